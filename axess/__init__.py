@@ -1,0 +1,1 @@
+"""axess: sessions and authentication for ASGI apps."""
