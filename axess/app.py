@@ -1,0 +1,187 @@
+"""``Axess``: the one object an app creates. It validates the configuration,
+builds and orders the middleware stack, and owns the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from axess.clock import Clock, Random, SystemClock, SystemRandom
+from axess.errors import ConfigurationError
+from axess.keys import Keyring
+from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
+from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.session.config import SessionConfig
+from axess.session.envelope import SessionCrypto
+from axess.session.events import SessionEventHook
+from axess.session.middleware import SessionMiddleware
+from axess.session.registry import SessionInfo, SessionRegistry
+from axess.stores.base import SessionStore
+
+logger = logging.getLogger("axess")
+
+
+class _Installable(Protocol):
+    def add_middleware(self, cls: Any, *args: Any, **kwargs: Any) -> None: ...
+
+
+class _Purgeable(Protocol):
+    async def purge_expired(self, now: float, *, only: Any = None) -> dict[str, int]: ...
+
+
+class Axess:
+    """Wires sessions (and, as they land, client IP, rate limits, CSRF, login,
+    audit) into an ASGI app.
+
+    Raises :class:`ConfigurationError` at construction for unsafe settings:
+    ephemeral (generated) keys outside ``debug=True``, a store that does not
+    implement sessions.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        keys: Keyring,
+        session: SessionConfig | None = None,
+        metrics: AuthnMetrics | None = None,
+        clock: Clock | None = None,
+        random: Random | None = None,
+        debug: bool = False,
+        on_session_event: SessionEventHook | None = None,
+        cleanup_interval: float | None = 300.0,
+    ) -> None:
+        if not isinstance(store, SessionStore):
+            raise ConfigurationError(f"{type(store).__name__} does not implement the session store")
+        if keys.ephemeral and not debug:
+            raise ConfigurationError(
+                "generated keys are for development only: pass debug=True, or load real keys "
+                "with Keyring.from_env() (create them with `axess keygen`)"
+            )
+        self.store = store
+        self.keys = keys
+        self.debug = debug
+        self.session_config = session or SessionConfig()
+        self.metrics: AuthnMetrics = metrics or NoopMetrics()
+        self.clock: Clock = clock or SystemClock()
+        self.random: Random = random or SystemRandom()
+        self.on_session_event = on_session_event
+        if cleanup_interval is not None and cleanup_interval <= 0:
+            raise ConfigurationError("cleanup_interval must be positive or None")
+        self.cleanup_interval = cleanup_interval
+        self.crypto = SessionCrypto(
+            keys, random=self.random, on_previous_key=self.metrics.session_decrypted_with_previous_key
+        )
+        self.sessions = SessionRegistry(store, self.crypto, self.clock, self.metrics, on_session_event)
+        self.health = CompositeHealthCheck()
+        if isinstance(store, HealthCheck):
+            self.health.add("store", store)
+        self.healthz: Callable[[Request], Awaitable[Response]] = healthz_endpoint(self.health)
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._warn_weakenings()
+
+    def _warn_weakenings(self) -> None:
+        weak = list(self.session_config.weakenings())
+        if self.keys.ephemeral:
+            weak.insert(
+                0,
+                "EPHEMERAL KEYS (Keyring.generate): every restart logs everyone out; "
+                "never use this in production",
+            )
+        for what in weak:
+            logger.warning("axess security weakened: %s", what)
+
+    # -- the stack ------------------------------------------------------------------
+    def session_middleware(self, app: ASGIApp) -> SessionMiddleware:
+        return SessionMiddleware(
+            app,
+            store=self.store,
+            keys=self.keys,
+            config=self.session_config,
+            clock=self.clock,
+            random=self.random,
+            metrics=self.metrics,
+            on_event=self.on_session_event,
+        )
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """The full stack around a plain ASGI app (outermost first: … → session)."""
+        return self.session_middleware(app)
+
+    def install(self, app: _Installable) -> None:
+        """Add the stack to a Starlette/FastAPI app, in the documented order."""
+        app.add_middleware(_Wrapped, axess=self)
+
+    # -- registry ---------------------------------------------------------------------
+    async def list_sessions(self, user_id: str, *, tenant_id: str | None = None) -> list[SessionInfo]:
+        return await self.sessions.list_sessions(user_id, tenant_id=tenant_id)
+
+    async def invalidate_user(
+        self, user_id: str, *, tenant_id: str | None = None, except_key: str | None = None
+    ) -> int:
+        return await self.sessions.invalidate_user(user_id, tenant_id=tenant_id, except_key=except_key)
+
+    async def invalidate_session(self, storage_key: str) -> bool:
+        return await self.sessions.invalidate_session(storage_key)
+
+    # -- lifespan -------------------------------------------------------------------------
+    async def startup(self) -> None:
+        open_ = getattr(self.store, "open", None)
+        if open_ is not None:
+            await open_()
+        if self.cleanup_interval is not None and hasattr(self.store, "purge_expired"):
+            self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="axess-cleanup")
+
+    async def shutdown(self) -> None:
+        task, self._cleanup_task = self._cleanup_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            await close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Use as ``Starlette(lifespan=auth.lifespan)`` or enter it from your own lifespan."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def purge_expired(self) -> dict[str, int]:
+        """Delete expired rows now; returns counts per target."""
+        store: _Purgeable = self.store  # type: ignore[assignment]
+        return await store.purge_expired(self.clock.time())
+
+    async def _cleanup_loop(self) -> None:
+        assert self.cleanup_interval is not None
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            try:
+                counts = await self.purge_expired()
+                if any(counts.values()):
+                    logger.info("purged expired rows: %s", counts)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried next tick
+                logger.warning("expired-row cleanup failed (%s); retrying next tick", type(exc).__name__)
+
+
+class _Wrapped:
+    """Adapter so ``app.add_middleware`` builds the whole stack lazily."""
+
+    def __init__(self, app: ASGIApp, axess: Axess) -> None:
+        self._inner = axess.wrap(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._inner(scope, receive, send)

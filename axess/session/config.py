@@ -1,0 +1,89 @@
+"""``SessionConfig``: cookie attributes, lifetimes and limits, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from axess.errors import ConfigurationError
+from axess.session.cookie import MAX_COOKIE_BYTES
+
+OnStoreError = Literal["unavailable", "guest"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Session settings. Defaults are the secure ones (DESIGN §4).
+
+    Raises :class:`ConfigurationError` for inconsistent values, e.g. a
+    ``__Host-`` cookie that is not Secure, or ``SameSite=None`` without Secure.
+    """
+
+    cookie_name: str = "axess.sid"
+    #: Absolute lifetime in seconds (from creation; never extended).
+    max_age: float = 24 * 3600
+    #: Optional inactivity lifetime in seconds (``None`` = off).
+    idle_timeout: float | None = None
+    #: With an idle timeout, ``last_seen_at`` is refreshed at most this often.
+    touch_interval: float = 60.0
+    secure: bool = True
+    http_only: bool = True
+    same_site: Literal["lax", "strict", "none"] = "lax"
+    path: str = "/"
+    domain: str | None = None
+    #: Cap on the custom data's JSON size in bytes (0 = no cap).
+    max_custom_bytes: int = 64 * 1024
+    #: What a request with a valid cookie gets when the store cannot load it:
+    #: ``"unavailable"`` = 503 + Retry-After (default), ``"guest"`` = a fresh guest.
+    on_store_error: OnStoreError = "unavailable"
+    #: Seconds announced in ``Retry-After`` on 503.
+    retry_after: int = 5
+    #: Evict the oldest sessions of a user beyond this many at login (None = no cap).
+    max_sessions_per_user: int | None = None
+
+    def __post_init__(self) -> None:
+        name = self.cookie_name
+        if not name or any(c in name for c in " ;,=\t\r\n\"") or not name.isascii():
+            raise ConfigurationError(f"invalid cookie name {name!r}")
+        if self.max_age <= 0:
+            raise ConfigurationError("max_age must be positive")
+        if self.idle_timeout is not None:
+            if self.idle_timeout <= 0:
+                raise ConfigurationError("idle_timeout must be positive or None")
+            if not 0 <= self.touch_interval < self.idle_timeout:
+                raise ConfigurationError("touch_interval must be >= 0 and below idle_timeout")
+        if self.same_site not in ("lax", "strict", "none"):
+            raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
+        if self.same_site == "none" and not self.secure:
+            raise ConfigurationError("SameSite=None requires secure=True")
+        if name.startswith(("__Host-", "__Secure-")) and not self.secure:
+            raise ConfigurationError(f"a {name.split('-')[0]}- cookie requires secure=True")
+        if name.startswith("__Host-") and (self.path != "/" or self.domain is not None):
+            raise ConfigurationError("a __Host- cookie requires path='/' and no domain")
+        if not self.path.startswith("/") or any(c in self.path for c in ";\r\n"):
+            raise ConfigurationError(f"invalid cookie path {self.path!r}")
+        if self.domain is not None and any(c in self.domain for c in " ;,\r\n"):
+            raise ConfigurationError(f"invalid cookie domain {self.domain!r}")
+        if self.max_custom_bytes < 0:
+            raise ConfigurationError("max_custom_bytes must be >= 0")
+        if self.on_store_error not in ("unavailable", "guest"):
+            raise ConfigurationError("on_store_error must be 'unavailable' or 'guest'")
+        if self.max_sessions_per_user is not None and self.max_sessions_per_user < 1:
+            raise ConfigurationError("max_sessions_per_user must be >= 1 or None")
+        if len(name) + 100 > MAX_COOKIE_BYTES:
+            raise ConfigurationError("cookie name too long")
+
+    def weakenings(self) -> list[str]:
+        """Human-readable list of settings weaker than the defaults."""
+        out = []
+        if not self.secure:
+            out.append("session cookie without Secure (secure=False)")
+        if not self.http_only:
+            out.append("session cookie readable by scripts (http_only=False)")
+        if self.same_site == "none":
+            out.append("session cookie sent cross-site (same_site='none')")
+        if self.max_custom_bytes == 0:
+            out.append("no cap on session custom data (max_custom_bytes=0)")
+        if self.on_store_error == "guest":
+            out.append("store outages degrade to guest sessions (on_store_error='guest')")
+        return out

@@ -1,0 +1,124 @@
+"""The session cookie: ``<session_id>.<signature>``.
+
+``session_id`` is 32 random bytes, base64url without padding (43 chars).
+The signature is an itsdangerous ``Signer`` (HMAC-SHA256) over the id, with
+one signer per signing key so we know *which* key verified: a cookie that
+only verifies with a previous key is re-signed with the active one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from itsdangerous import Signer
+
+from axess._cache import BoundedMemo
+from axess.clock import Random
+from axess.keys import Keyring
+
+ID_BYTES: Final = 32
+ID_CHARS: Final = 43
+SIG_CHARS: Final = 43
+COOKIE_CHARS: Final = ID_CHARS + 1 + SIG_CHARS
+MAX_COOKIE_BYTES: Final = 4096
+_B64URL_RE: Final = re.compile(rb"[A-Za-z0-9_-]{43}")
+_HKDF_INFO: Final = "session-cookie-v1"
+
+
+def new_session_id(random: Random) -> str:
+    """32 random bytes, base64url without padding."""
+    return base64.urlsafe_b64encode(random.token_bytes(ID_BYTES)).rstrip(b"=").decode("ascii")
+
+
+def storage_key(session_id: str) -> str:
+    """SHA-256 of the id (hex). The only form of the id a store ever sees."""
+    return hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
+def is_canonical_id(raw: bytes) -> bool:
+    """43 base64url chars that decode to 32 bytes and re-encode identically."""
+    if _B64URL_RE.fullmatch(raw) is None:
+        return False
+    # The last char carries 2 unused bits; only the canonical form (zeros) is accepted.
+    return base64.urlsafe_b64encode(base64.urlsafe_b64decode(raw + b"=")).rstrip(b"=") == raw
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCookie:
+    session_id: str
+    #: ``storage_key(session_id)``, computed once.
+    storage_key: str
+    #: True when the signature came from a previous signing key.
+    needs_resign: bool
+
+
+class SessionCookieSigner:
+    """Signs and verifies session cookie values with every signing key."""
+
+    __slots__ = ("_active", "_memo", "_signers")
+
+    def __init__(self, keys: Keyring, *, memo_size: int = 8192) -> None:
+        # key_derivation="none": the HKDF subkey is already purpose-bound, and
+        # skipping itsdangerous's per-call derivation keeps verification cheap.
+        self._signers = [
+            Signer(
+                keys.derive("signing", _HKDF_INFO, kid=k.kid),
+                key_derivation="none",
+                digest_method=hashlib.sha256,
+            )
+            for k in keys.keys("signing")
+        ]
+        self._active = self._signers[0]
+        # Verification is a pure function of the cookie bytes and the keyring
+        # (fixed for the process), so positive results can be memoized: a
+        # returning client skips the HMAC. Only verified values are stored.
+        self._memo: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(memo_size)
+
+    def sign(self, session_id: str) -> str:
+        return self._active.sign(session_id.encode("ascii")).decode("ascii")
+
+    def verify(self, raw: bytes) -> VerifiedCookie | None:
+        """The id if ``raw`` is a canonical cookie value signed by a configured key."""
+        hit = self._memo.get(raw)
+        if hit is not None:
+            return hit
+        if len(raw) != COOKIE_CHARS or raw[ID_CHARS] != 0x2E:  # "."
+            return None
+        sid, sig = raw[:ID_CHARS], raw[ID_CHARS + 1 :]
+        if not is_canonical_id(sid):
+            return None
+        # Compare whole signature strings: a non-canonical base64 spelling of
+        # the right MAC is refused instead of silently accepted.
+        for index, signer in enumerate(self._signers):
+            if hmac.compare_digest(signer.get_signature(sid), sig):
+                text = sid.decode("ascii")
+                verified = VerifiedCookie(text, storage_key(text), needs_resign=index > 0)
+                self._memo.put(raw, verified)
+                return verified
+        return None
+
+
+def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first cookie called ``name`` across all Cookie headers.
+
+    Returns ``None`` when absent or when the value exceeds
+    :data:`MAX_COOKIE_BYTES`.
+    """
+    for key, value in headers:
+        if key != b"cookie":
+            continue
+        for part in value.split(b";"):
+            k, sep, v = part.partition(b"=")
+            if sep and k.strip() == name:
+                v = v.strip()
+                if len(v) > MAX_COOKIE_BYTES:
+                    return None
+                if len(v) >= 2 and v[0] == v[-1] == 0x22:  # tolerate RFC 6265 quoting
+                    v = v[1:-1]
+                return v
+    return None

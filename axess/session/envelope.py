@@ -1,0 +1,104 @@
+"""``SessionCrypto``: the sealed envelope around a stored session payload.
+
+Byte format (version 1)::
+
+    0x01 | len(kid) (1 byte) | kid (ASCII) | nonce (12 bytes) | AES-256-GCM ciphertext + tag (16)
+
+Associated data is the storage key (ASCII hex), so a row copied under
+another key does not open. The key is selected by ``kid``; there is no
+trial decryption.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from axess.clock import Random, SystemRandom
+from axess.errors import EnvelopeError
+from axess.keys import Keyring
+
+logger = logging.getLogger("axess.session.envelope")
+
+VERSION: Final = 0x01
+NONCE_BYTES: Final = 12
+TAG_BYTES: Final = 16
+_HKDF_INFO: Final = "session-envelope-v1"
+
+
+class SessionCrypto:
+    """Seals and opens session payloads with the keyring's ``envelope`` keys.
+
+    ``seal`` always uses the active key. ``open`` accepts any configured key;
+    opening with a previous key logs INFO and calls ``on_previous_key`` (the
+    metrics hook), and :meth:`needs_reseal` tells the caller to re-seal.
+    """
+
+    __slots__ = ("_active_kid", "_aeads", "_header", "_on_previous", "_random")
+
+    def __init__(
+        self,
+        keys: Keyring,
+        *,
+        random: Random | None = None,
+        on_previous_key: Callable[[], None] | None = None,
+    ) -> None:
+        self._aeads: dict[bytes, AESGCM] = {}
+        for key in keys.keys("envelope"):
+            sub = keys.derive("envelope", _HKDF_INFO, kid=key.kid)
+            self._aeads[key.kid.encode("ascii")] = AESGCM(sub)
+        active = keys.active("envelope").kid.encode("ascii")
+        self._active_kid = active
+        self._header = bytes((VERSION, len(active))) + active
+        self._random = random or SystemRandom()
+        self._on_previous = on_previous_key
+
+    @property
+    def active_kid(self) -> str:
+        return self._active_kid.decode("ascii")
+
+    def seal(self, plaintext: bytes, storage_key: str) -> bytes:
+        """Encrypt ``plaintext`` bound to ``storage_key`` under the active key."""
+        nonce = self._random.token_bytes(NONCE_BYTES)
+        aead = self._aeads[self._active_kid]
+        return self._header + nonce + aead.encrypt(nonce, plaintext, storage_key.encode("ascii"))
+
+    def kid_of(self, sealed: bytes) -> str:
+        """The kid written in ``sealed``. Raises :class:`EnvelopeError` if malformed."""
+        return self._parse(sealed)[0].decode("ascii", "replace")
+
+    def needs_reseal(self, sealed: bytes) -> bool:
+        """True when ``sealed`` was not written with the active key."""
+        n = len(self._active_kid)
+        return sealed[1:2] != bytes((n,)) or sealed[2 : 2 + n] != self._active_kid
+
+    def open(self, sealed: bytes, storage_key: str) -> bytes:
+        """Decrypt ``sealed``. Raises :class:`EnvelopeError` (never anything else)
+        for a bad version, unknown kid, truncation or a failed tag."""
+        kid, nonce, body = self._parse(sealed)
+        aead = self._aeads.get(kid)
+        if aead is None:
+            raise EnvelopeError("unknown key id")
+        try:
+            plaintext = aead.decrypt(nonce, body, storage_key.encode("ascii"))
+        except InvalidTag:
+            raise EnvelopeError("authentication tag mismatch") from None
+        if kid != self._active_kid:
+            logger.info("session decrypted with previous (rotated) key")
+            if self._on_previous is not None:
+                self._on_previous()
+        return plaintext
+
+    @staticmethod
+    def _parse(sealed: bytes) -> tuple[bytes, bytes, bytes]:
+        if len(sealed) < 2 or sealed[0] != VERSION:
+            raise EnvelopeError("unsupported envelope version")
+        kid_len = sealed[1]
+        start = 2 + kid_len
+        if kid_len == 0 or len(sealed) < start + NONCE_BYTES + TAG_BYTES:
+            raise EnvelopeError("truncated envelope")
+        return sealed[2:start], sealed[start : start + NONCE_BYTES], sealed[start + NONCE_BYTES :]

@@ -1,0 +1,246 @@
+"""``Session``: what a handler sees as ``request.state.session``.
+
+Custom data behaves like a dict (``session["k"] = v``). Authentication state
+changes go through the pure transitions in :mod:`axess.session.data`. The
+handle only records intent; :class:`~axess.session.middleware.SessionMiddleware`
+persists it when the response starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import HTTPConnection
+
+from axess.session import data as d
+from axess.session.data import AuthState, SessionData
+
+if TYPE_CHECKING:
+    from axess.session.middleware import SessionMiddleware
+
+_EMPTY_JSON = b"{}"
+
+
+class Session(MutableMapping[str, Any]):
+    """The current request's session.
+
+    Reading custom data parses it on first access; a request that never
+    touches it pays nothing. Nested mutation (``session["cart"].append(x)``)
+    is detected at commit by comparing the serialized bytes.
+    """
+
+    __slots__ = (
+        "_custom",
+        "_custom_json",
+        "_data",
+        "_invalidated",
+        "_meta_dirty",
+        "_owner",
+        "_rotate",
+        "accessed",
+        "loaded_key",
+        "persisted_sid",
+        "resign",
+        "sealed_kid_stale",
+    )
+
+    def __init__(
+        self,
+        owner: SessionMiddleware,
+        data: SessionData,
+        *,
+        custom_json: bytes = _EMPTY_JSON,
+        persisted_sid: str | None = None,
+        loaded_key: str | None = None,
+    ) -> None:
+        self._owner = owner
+        self._data = data
+        self._custom_json = custom_json
+        self._custom: dict[str, Any] | None = None
+        self._meta_dirty = False
+        self._rotate = False
+        self._invalidated = False
+        #: Id of the row this session was loaded from (None for a new guest).
+        self.persisted_sid = persisted_sid
+        self.loaded_key = loaded_key
+        self.resign = False
+        self.sealed_kid_stale = False
+        self.accessed = False
+
+    # -- custom data (mapping) ------------------------------------------------
+    def _c(self) -> dict[str, Any]:
+        self.accessed = True
+        if self._custom is None:
+            try:
+                self._custom = d.load_custom(self._custom_json)
+            except ValueError:
+                self._custom = {}
+        return self._custom
+
+    def __getitem__(self, key: str) -> Any:
+        return self._c()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise TypeError("session keys must be strings")
+        self._c()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._c()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._c())
+
+    def __len__(self) -> int:
+        return len(self._c())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._c()
+
+    def size(self) -> int:
+        """Bytes the custom data takes as JSON (what the size cap measures)."""
+        return len(d.dump_custom(self._c()))
+
+    @property
+    def stored_custom_json(self) -> bytes:
+        """Custom data as loaded from the store (bytes)."""
+        return self._custom_json
+
+    @property
+    def loaded_custom(self) -> dict[str, Any] | None:
+        """The custom dict if a handler touched it during this request, else None."""
+        return self._custom
+
+    def revert_custom(self) -> None:
+        """Drop unsaved custom changes (used when they exceed the size cap)."""
+        self._custom = None
+
+    # -- authentication state --------------------------------------------------
+    @property
+    def data(self) -> SessionData:
+        """The session's metadata (read-only by convention; use the methods to change it)."""
+        self.accessed = True
+        return self._data
+
+    @property
+    def data_for_commit(self) -> SessionData:
+        """The metadata without marking the session as read (for the middleware)."""
+        return self._data
+
+    @property
+    def auth_state(self) -> AuthState:
+        self.accessed = True
+        return self._data.auth_state
+
+    @property
+    def user_id(self) -> str | None:
+        return d.user_of(self.auth_state)
+
+    @property
+    def tenant_id(self) -> str | None:
+        return d.tenant_of(self.auth_state)
+
+    @property
+    def is_authenticated(self) -> bool:
+        return isinstance(self.auth_state, d.Authenticated)
+
+    @property
+    def is_new(self) -> bool:
+        """True when no stored row backs this session (yet)."""
+        return self.persisted_sid is None
+
+    @property
+    def meta_dirty(self) -> bool:
+        return self._meta_dirty
+
+    @property
+    def rotate_pending(self) -> bool:
+        return self._rotate
+
+    @property
+    def invalidated(self) -> bool:
+        return self._invalidated
+
+    def set_auth_state(self, state: AuthState) -> None:
+        """Replace the auth state (a value from the pure transitions).
+
+        Entering ``Authenticated`` (or changing who is authenticated) rotates
+        the session id. The tenant recorded on the session follows the state.
+        """
+        before = self._data.auth_state
+        if isinstance(state, d.Authenticated) and before != state:
+            # A login starts a new session: new id, new absolute lifetime.
+            self._rotate = True
+            now = self._owner.clock.time()
+            self._data.created_at = now
+            self._data.last_seen_at = now
+        self._data.auth_state = state
+        if not isinstance(state, d.Guest):
+            self._data.tenant_id = state.tenant
+        self._meta_dirty = True
+        self.accessed = True
+
+    def authenticate(
+        self,
+        user_id: str,
+        tenant_id: str | None = None,
+        factors: tuple[str, ...] = ("external",),
+    ) -> None:
+        """Mark the session authenticated for credentials the app verified itself
+        (e.g. an external IdP). Rotates the session id."""
+        now = self._owner.clock.time()
+        self.set_auth_state(d.authenticate(self._data.auth_state, user_id, tenant_id, factors, now))
+
+    def regenerate(self) -> None:
+        """Rotate the session id at the next commit (e.g. on privilege change)."""
+        self._rotate = True
+        self.accessed = True
+
+    def mark_dirty(self) -> None:
+        """Force a save at the end of the request."""
+        self._meta_dirty = True
+
+    async def invalidate(self) -> None:
+        """Log out: delete the stored row now and clear the cookie.
+
+        The handle becomes a fresh guest; data written after this call starts
+        a new session. Raises :class:`axess.errors.StoreError` if the store is
+        down (the logout did not happen).
+        """
+        await self._owner.invalidate_handle(self)
+        now = self._owner.clock.time()
+        self._data = SessionData(created_at=now, last_seen_at=now)
+        self._custom_json = _EMPTY_JSON
+        self._custom = None
+        self._invalidated = True
+        self._rotate = False
+        self._meta_dirty = False
+        self.persisted_sid = None
+        self.resign = False
+
+    @property
+    def storage_key(self) -> str | None:
+        """Storage key of the row this request loaded (None for a new guest)."""
+        return self.loaded_key
+
+    def __repr__(self) -> str:
+        prefix = self.loaded_key[:8] if self.loaded_key else "new"
+        return f"<Session {prefix} {self._data.auth_state.kind}>"
+
+
+def get_session(conn: HTTPConnection) -> Session:
+    """The current session. Usable as a FastAPI dependency (``Depends(get_session)``).
+
+    Raises :class:`RuntimeError` if ``SessionMiddleware`` is not installed.
+    """
+    try:
+        session = conn.state.session
+    except AttributeError:
+        raise RuntimeError(
+            "no session on this request: install axess (Axess.install(app)) "
+            "or add SessionMiddleware"
+        ) from None
+    if not isinstance(session, Session):
+        raise RuntimeError("request.state.session is not an axess Session")
+    return session

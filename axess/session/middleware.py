@@ -1,0 +1,387 @@
+"""``SessionMiddleware``: a pure ASGI middleware that loads the session with one
+store call, exposes it as ``request.state.session`` and persists it when the
+response starts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from axess._cache import BoundedMemo
+from axess.clock import Clock, Random, SystemClock, SystemRandom
+from axess.errors import EnvelopeError, StoreError
+from axess.keys import Keyring
+from axess.net import ip_prefix
+from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.session import data as d
+from axess.session.config import SessionConfig
+from axess.session.cookie import SessionCookieSigner, first_cookie, new_session_id, storage_key
+from axess.session.envelope import SessionCrypto
+from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
+from axess.session.handle import Session
+from axess.stores.base import SessionRecord, SessionStore
+
+logger = logging.getLogger("axess.session")
+
+_VARY: Final = (b"vary", b"Cookie")
+#: Larger payloads are opened every time rather than memoized (bounds memory
+#: to about opened_memo_size x 4 KiB).
+_MEMO_MAX_PAYLOAD: Final = 4096
+#: Called with the scope and the loaded session before the app runs; the
+#: binding check (fingerprints) plugs in here. It may mutate the session or
+#: call ``invalidate``.
+SessionCheck = Callable[[Scope, Session], Awaitable[None]]
+
+
+class SessionMiddleware:
+    """Server-side sessions behind an HMAC-signed cookie, sealed with AES-256-GCM.
+
+    One ``load_session`` per request that carries a valid cookie; no store
+    write and no ``Set-Cookie`` when nothing changed; guests are persisted
+    only once they write. See DESIGN §4 for the full contract.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: SessionStore,
+        keys: Keyring,
+        config: SessionConfig | None = None,
+        clock: Clock | None = None,
+        random: Random | None = None,
+        metrics: AuthnMetrics | None = None,
+        on_event: SessionEventHook | None = None,
+        checks: list[SessionCheck] | None = None,
+        opened_memo_size: int = 8192,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.config = config or SessionConfig()
+        self.clock: Clock = clock or SystemClock()
+        self.random: Random = random or SystemRandom()
+        self.metrics: AuthnMetrics = metrics or NoopMetrics()
+        self.on_event = on_event
+        self.checks: list[SessionCheck] = list(checks or [])
+        self.signer = SessionCookieSigner(keys)
+        self.crypto = SessionCrypto(
+            keys, random=self.random, on_previous_key=self.metrics.session_decrypted_with_previous_key
+        )
+        self._cookie_name = self.config.cookie_name.encode("latin-1")
+        self._cookie_attrs = self._attributes()
+        self._envelope_warned: set[str] = set()
+        # Opening is a pure function of (storage key, sealed bytes) for a fixed
+        # keyring, so a payload that opened once maps to the same data again:
+        # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
+        # are immutable templates; each request gets a clone.
+        self._opened: BoundedMemo[tuple[str, bytes], tuple[d.SessionData, bytes]] = BoundedMemo(
+            opened_memo_size
+        )
+
+    # -- ASGI -------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        raw = first_cookie(scope["headers"], self._cookie_name)
+        try:
+            session = await self._load(raw)
+        except StoreError:
+            if self.config.on_store_error == "guest":
+                session = self._new_guest()
+            else:
+                await self._unavailable(scope, send)
+                return
+        had_cookie = raw is not None
+        scope.setdefault("state", {})["session"] = session
+        for check in self.checks:
+            await check(scope, session)
+        if kind == "websocket":
+            # A websocket cannot set cookies: its session is read-only.
+            await self.app(scope, receive, send)
+            return
+
+        suppressed = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal suppressed
+            if suppressed:
+                return
+            if message["type"] == "http.response.start":
+                try:
+                    cookie = await self.commit(scope, session, had_cookie)
+                except StoreError:
+                    suppressed = True
+                    await self._unavailable(scope, send)
+                    return
+                if cookie is not None or session.accessed or had_cookie:
+                    headers = message.setdefault("headers", [])
+                    if not isinstance(headers, list):
+                        headers = message["headers"] = list(headers)
+                    if cookie is not None:
+                        headers.append((b"set-cookie", cookie))
+                    _add_vary_cookie(headers)
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    # -- load ---------------------------------------------------------------------
+    def _new_guest(self) -> Session:
+        now = self.clock.time()
+        return Session(self, d.SessionData(created_at=now, last_seen_at=now))
+
+    async def _load(self, raw: bytes | None) -> Session:
+        if raw is None:
+            return self._new_guest()
+        verified = self.signer.verify(raw)
+        if verified is None:
+            logger.debug("session cookie rejected (format or signature)")
+            return self._new_guest()
+        sid = verified.session_id
+        key = verified.storage_key
+        now = self.clock.time()
+        record = await self.store.load_session(key, now)
+        if record is None:
+            return self._new_guest()
+        memo_key = (key, record.payload)
+        opened = self._opened.get(memo_key)
+        if opened is None:
+            try:
+                opened = d.decode(self.crypto.open(record.payload, key))
+            except EnvelopeError as exc:
+                self._warn_envelope(str(exc))
+                return self._new_guest()
+            except ValueError:
+                self._warn_envelope("undecodable session data")
+                return self._new_guest()
+            if len(record.payload) <= _MEMO_MAX_PAYLOAD:
+                self._opened.put(memo_key, opened)
+        data, custom_json = opened[0].clone(), opened[1]
+        cfg = self.config
+        expired = now >= data.created_at + cfg.max_age or (
+            cfg.idle_timeout is not None and now >= data.last_seen_at + cfg.idle_timeout
+        )
+        if expired:
+            await self.store.delete_session(key)
+            self._emit("session_expired", key, data.auth_state)
+            return self._new_guest()
+        session = Session(self, data, custom_json=custom_json, persisted_sid=sid, loaded_key=key)
+        session.resign = verified.needs_resign
+        if cfg.idle_timeout is not None and now - data.last_seen_at >= cfg.touch_interval:
+            data.last_seen_at = now
+            session.mark_dirty()
+        return session
+
+    def _warn_envelope(self, what: str) -> None:
+        if what not in self._envelope_warned:
+            self._envelope_warned.add(what)
+            logger.warning("stored session could not be opened (%s); starting a guest session", what)
+
+    # -- commit ---------------------------------------------------------------------
+    async def commit(self, scope: Scope, session: Session, had_cookie: bool) -> bytes | None:
+        """Persist what the request changed. Returns the Set-Cookie value, if any.
+
+        Raises :class:`StoreError` when a write the response depends on failed.
+        """
+        now = self.clock.time()
+        data = session.data_for_commit
+        new_custom = self._custom_json_within_cap(session)
+        custom_changed = new_custom is not None
+        custom_json = new_custom if new_custom is not None else session.stored_custom_json
+        is_guest = isinstance(data.auth_state, d.Guest)
+
+        if session.persisted_sid is None:
+            if is_guest and custom_json == b"{}" and not session.rotate_pending:
+                # Nothing worth storing: never persist an empty guest.
+                return self._clear_cookie() if had_cookie else None
+            sid = new_session_id(self.random)
+            key = storage_key(sid)
+            _describe_client(scope, data)
+            record = self._record(key, data, custom_json, now)
+            if not await self.store.create_session(record):
+                raise StoreError("session id collision", substore="sessions")
+            self.metrics.session_created()
+            self._emit("session_created", key, data.auth_state)
+            await self._enforce_session_cap(data.auth_state, key, now)
+            return self._set_cookie(sid, data, now)
+
+        old_sid = session.persisted_sid
+        old_key = session.loaded_key or storage_key(old_sid)
+        if session.rotate_pending:
+            sid = new_session_id(self.random)
+            key = storage_key(sid)
+            _describe_client(scope, data)
+            record = self._record(key, data, custom_json, now)
+            if not await self.store.cycle_session(old_key, record, now):
+                # The row vanished (revoked or expired mid-request): fail closed
+                # to a guest rather than recreating it.
+                logger.info("session %s revoked during the request; not rotated", old_key[:8])
+                return self._clear_cookie()
+            self._emit("session_rotated", key, data.auth_state)
+            await self._enforce_session_cap(data.auth_state, key, now)
+            return self._set_cookie(sid, data, now)
+
+        if session.meta_dirty or custom_changed:
+            record = self._record(old_key, data, custom_json, now)
+            if not await self.store.save_session(record, now):
+                logger.info("session %s revoked during the request; not saved", old_key[:8])
+                return self._clear_cookie()
+        if session.resign:
+            return self._set_cookie(old_sid, data, now)
+        return None
+
+    def _custom_json_within_cap(self, session: Session) -> bytes | None:
+        """New custom JSON if the request changed it and it fits; else None."""
+        custom = session.loaded_custom
+        if custom is None:
+            return None
+        try:
+            new = d.dump_custom(custom)
+        except (TypeError, ValueError):
+            logger.warning("session custom data is not JSON-serializable; change discarded")
+            session.revert_custom()
+            return None
+        if new == session.stored_custom_json:
+            return None
+        cap = self.config.max_custom_bytes
+        if cap and len(new) > cap:
+            logger.warning(
+                "session custom data exceeds size limit (%d > %d bytes); change discarded",
+                len(new),
+                cap,
+            )
+            self.metrics.session_size_exceeded()
+            session.revert_custom()
+            return None
+        return new
+
+    def _record(self, key: str, data: d.SessionData, custom_json: bytes, now: float) -> SessionRecord:
+        plaintext = d.encode(data, custom_json)
+        return SessionRecord(
+            key=key,
+            payload=self.crypto.seal(plaintext, key),
+            expires_at=self._expires_at(data),
+            created_at=data.created_at,
+            user_id=d.user_of(data.auth_state),
+            tenant_id=d.tenant_of(data.auth_state),
+        )
+
+    def _expires_at(self, data: d.SessionData) -> float:
+        cfg = self.config
+        end = data.created_at + cfg.max_age
+        if cfg.idle_timeout is not None:
+            end = min(end, data.last_seen_at + cfg.idle_timeout)
+        return end
+
+    async def _enforce_session_cap(self, state: d.AuthState, keep: str, now: float) -> None:
+        cap = self.config.max_sessions_per_user
+        user = d.user_of(state)
+        if cap is None or user is None or not isinstance(state, d.Authenticated):
+            return
+        rows = await self.store.list_user_sessions(user, now, tenant_id=state.tenant)
+        others = [r for r in rows if r.key != keep]
+        excess = len(others) - (cap - 1)
+        for row in others[: max(excess, 0)]:  # oldest first
+            if await self.store.delete_session(row.key):
+                self.metrics.session_invalidated()
+                self._emit("session_invalidated", row.key, state, reason="max_sessions_per_user")
+
+    async def invalidate_handle(self, session: Session) -> None:
+        if session.loaded_key is not None and session.persisted_sid is not None:
+            await self.store.delete_session(session.loaded_key)
+            self.metrics.session_invalidated()
+            self._emit("session_invalidated", session.loaded_key, session.data_for_commit.auth_state, "logout")
+
+    # -- cookies ----------------------------------------------------------------------
+    def _attributes(self) -> str:
+        cfg = self.config
+        parts = [f"Path={cfg.path}"]
+        if cfg.domain:
+            parts.append(f"Domain={cfg.domain}")
+        if cfg.http_only:
+            parts.append("HttpOnly")
+        if cfg.secure:
+            parts.append("Secure")
+        parts.append("SameSite=" + cfg.same_site.capitalize())
+        return "; ".join(parts)
+
+    def _set_cookie(self, sid: str, data: d.SessionData, now: float) -> bytes:
+        remaining = max(0, math.floor(self._expires_at(data) - now))
+        value = self.signer.sign(sid)
+        return f"{self.config.cookie_name}={value}; Max-Age={remaining}; {self._cookie_attrs}".encode()
+
+    def _clear_cookie(self) -> bytes:
+        return (
+            f"{self.config.cookie_name}=; Max-Age=0; "
+            f"Expires=Thu, 01 Jan 1970 00:00:00 GMT; {self._cookie_attrs}"
+        ).encode()
+
+    # -- misc ---------------------------------------------------------------------------
+    def _emit(
+        self, kind: Any, key: str, state: d.AuthState, reason: str | None = None
+    ) -> None:
+        hook = self.on_event
+        if hook is None:
+            return
+        try:
+            hook(
+                SessionEvent(
+                    kind, key[:KEY_PREFIX_CHARS], d.user_of(state), d.tenant_of(state), reason
+                )
+            )
+        except Exception:
+            logger.exception("session event hook failed")
+
+    async def _unavailable(self, scope: Scope, send: Send) -> None:
+        self.metrics.store_error("sessions")
+        logger.warning("session store unavailable; answering 503")
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        body = json.dumps(
+            {"error": "service_unavailable", "detail": "session store unavailable"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(self.config.retry_after).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+_UA_SUMMARY_CHARS: Final = 120
+
+
+def _describe_client(scope: Scope, data: d.SessionData) -> None:
+    """Record a coarse client description for "your sessions" pages."""
+    state = scope.get("state") or {}
+    ip = state.get("client_ip")
+    if ip is None and scope.get("client"):
+        ip = scope["client"][0]
+    data.ip_prefix = ip_prefix(ip) if isinstance(ip, str) else None
+    for k, v in scope["headers"]:
+        if k == b"user-agent":
+            data.user_agent = v[:_UA_SUMMARY_CHARS].decode("latin-1")
+            break
+
+
+def _add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:
+    for i, (k, v) in enumerate(headers):
+        if k.lower() == b"vary":
+            if b"cookie" not in v.lower() and v.strip() != b"*":
+                headers[i] = (k, v + b", Cookie")
+            return
+    headers.append(_VARY)

@@ -1,0 +1,420 @@
+"""Valkey session store (valkey-py, ``valkey.asyncio``).
+
+Data layout, under the configurable ``prefix`` (default ``"axess:"``):
+
+``<prefix>s:<storage key>``
+    A hash: ``p`` payload (binary), ``e`` expires_at, ``c`` created_at (both
+    as the shortest exact decimal of the float), ``u`` user_id and ``t``
+    tenant_id (absent when ``None``). It carries a native TTL.
+``<prefix>u:<user_id>``
+    A sorted set of the user's storage keys (every tenant), scored by
+    expires_at, for "log out everywhere" and session listing. It expires
+    with its longest-lived session.
+``<prefix>x``
+    A sorted set of every storage key scored by expires_at, so that
+    :meth:`ValkeyStore.purge_expired_sessions` finds exactly the expired
+    sessions without scanning the keyspace.
+
+Every write is one Lua script (atomic, one round trip); ``load_session`` is
+one ``HGETALL``. Scripts run with ``EVALSHA`` and are re-loaded
+transparently after ``NOSCRIPT`` (a server restart or ``SCRIPT FLUSH``).
+
+**Expiry.** Whether a row is alive is always decided by the caller's ``now``
+against the stored ``expires_at`` (so an injected clock works, and a clock
+ahead of the server's still sees the row as dead). The native TTL is only a
+safety net that frees memory; it is *relative*: ``expires_at - now`` for
+``save_session``/``cycle_session`` and ``expires_at - created_at`` for
+``create_session`` (which has no ``now``; a session is created at its
+``created_at``). A relative TTL does not depend on the app and the server
+clocks agreeing, and it keeps working with a mock clock far from real time.
+
+**Deployment.** The scripts touch the session hash and the index sets
+together, and ``delete_user_sessions`` discovers the session keys from the
+index inside the script (so it is atomic against concurrent saves and
+cycles). That needs a standalone server or a primary/replica setup: Valkey
+Cluster is not supported.
+
+**Safety floor.** Plaintext TCP (``valkey://``, ``redis://``) and a
+connection without a password (no ``AUTH``) are refused unless
+``allow_insecure=True``, which logs one WARNING naming what is insecure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any, Final, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from axess.errors import ConfigurationError, StoreError
+from axess.observability.health import HealthStatus
+from axess.stores.base import SESSIONS, SessionRecord
+
+try:
+    import valkey.asyncio as valkey_asyncio
+    from valkey.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+    from valkey.exceptions import NoScriptError, ValkeyError
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise ImportError("ValkeyStore needs the valkey client: pip install 'axess[valkey]'") from _exc
+
+logger = logging.getLogger("axess.stores.valkey")
+
+_PLAINTEXT_SCHEMES: Final = frozenset({"valkey", "redis"})
+_TLS_SCHEMES: Final = frozenset({"valkeys", "rediss"})
+_UNIX_SCHEMES: Final = frozenset({"unix"})
+_SCRIPT_NAMES: Final = ("create", "save", "cycle", "delete", "delete_user", "list_user", "purge")
+_PURGE_BATCH: Final = 500
+_HEALTH_TIMEOUT: Final = 2.0
+
+_Exec = Callable[..., Awaitable[Any]]
+
+
+def _load_script_sources() -> dict[str, bytes]:
+    folder = resources.files("axess.stores").joinpath("lua")
+    common = folder.joinpath("common.lua").read_bytes()
+    return {
+        name: common + b"\n" + folder.joinpath(f"{name}.lua").read_bytes() for name in _SCRIPT_NAMES
+    }
+
+
+class _Script:
+    __slots__ = ("body", "name", "sha")
+
+    def __init__(self, name: str, body: bytes) -> None:
+        self.name = name
+        self.body = body
+        self.sha = hashlib.sha1(body, usedforsecurity=False).hexdigest()
+
+
+def _opt(value: str | None) -> str:
+    """Optional string argument for the scripts: '' is None, '=' marks a value."""
+    return "" if value is None else "=" + value
+
+
+def _time(value: float) -> str:
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError("session times must not be NaN")
+    return repr(value)
+
+
+def _ttl_ms(expires_at: float, reference: float) -> int:
+    """Native TTL in ms (0 = none) from the remaining lifetime at ``reference``."""
+    if math.isinf(expires_at) and expires_at > 0:
+        return 0
+    remaining = math.ceil((expires_at - reference) * 1000)
+    return max(1, remaining)
+
+
+def _record_args(record: SessionRecord, reference: float) -> list[str | bytes]:
+    return [
+        str(_ttl_ms(record.expires_at, reference)),
+        _time(record.expires_at),
+        _time(record.created_at),
+        record.payload,
+        _opt(record.user_id),
+        _opt(record.tenant_id),
+    ]
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8")
+
+
+class ValkeyStore:
+    """Implements the session substore on Valkey (or Redis-protocol servers)."""
+
+    name: Final = "valkey"
+    substores: Final = frozenset({SESSIONS})
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "axess:",
+        allow_insecure: bool = False,
+        client: valkey_asyncio.Valkey | None = None,
+        socket_timeout: float = 2.0,
+        **pool_kwargs: Any,
+    ) -> None:
+        if pool_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "ValkeyStore needs decode_responses=False (payloads are binary)"
+            )
+        if client is not None and client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "ValkeyStore needs a client with decode_responses=False (payloads are binary)"
+            )
+        insecure, self._secrets = _inspect_connection(url, client, pool_kwargs)
+        if insecure:
+            if not allow_insecure:
+                raise ConfigurationError(
+                    "refusing an insecure Valkey connection ("
+                    + " and ".join(insecure)
+                    + "): use valkeys:// (TLS) or unix:// with a password,"
+                    " or pass allow_insecure=True to accept it"
+                )
+            logger.warning(
+                "ValkeyStore: insecure Valkey connection accepted (allow_insecure=True): %s",
+                "; ".join(insecure),
+            )
+        self._url = url
+        self._prefix = prefix
+        self._socket_timeout = socket_timeout
+        self._pool_kwargs = pool_kwargs
+        self._client: valkey_asyncio.Valkey | None = client
+        self._owns_client = client is None
+        #: Set while open; every operation goes through it.
+        self._exec: _Exec | None = None
+        self._scripts = {n: _Script(n, b) for n, b in _load_script_sources().items()}
+
+    def __repr__(self) -> str:
+        return f"ValkeyStore(prefix={self._prefix!r})"
+
+    # -- lifecycle ------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the client (if none was given) and load the scripts. Idempotent."""
+        if self._exec is not None:
+            return
+        if self._client is None:
+            self._client = valkey_asyncio.Valkey.from_url(
+                self._url,
+                **{
+                    "socket_timeout": self._socket_timeout,
+                    "socket_connect_timeout": self._socket_timeout,
+                    **self._pool_kwargs,
+                    "decode_responses": False,
+                },
+            )
+        execute = _executor(self._client)
+        try:
+            for script in self._scripts.values():
+                await execute("SCRIPT LOAD", script.body)
+        except (ValkeyError, OSError) as exc:
+            raise self._error("open", exc) from exc
+        self._exec = execute
+
+    async def close(self) -> None:
+        """Close the client if this store created it (a given client stays the
+        caller's to close). Idempotent; the store can be opened again."""
+        self._exec = None
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def check_health(self) -> HealthStatus:
+        """``PING`` within 2 s. Never raises; the reason never contains secrets."""
+        if self._exec is None:
+            return HealthStatus.unhealthy("valkey: store is not open")
+        try:
+            await asyncio.wait_for(self._exec("PING"), _HEALTH_TIMEOUT)
+        except TimeoutError:
+            return HealthStatus.unhealthy(f"valkey: no answer within {_HEALTH_TIMEOUT:g}s")
+        except (ValkeyError, OSError) as exc:
+            return HealthStatus.unhealthy(f"valkey: {type(exc).__name__}")
+        except Exception as exc:  # a health check must never raise
+            return HealthStatus.unhealthy(f"valkey: {type(exc).__name__}")
+        return HealthStatus.healthy()
+
+    # -- plumbing -------------------------------------------------------------
+    def _error(self, op: str, exc: BaseException) -> StoreError:
+        detail = str(exc)
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        message = f"valkey {op} failed: {type(exc).__name__}: {detail}"
+        logger.warning("%s", message)
+        return StoreError(message, backend="valkey", substore=SESSIONS)
+
+    async def _call(self, op: str, *args: Any) -> Any:
+        if self._exec is None:
+            raise RuntimeError("ValkeyStore is not open: await store.open() first")
+        try:
+            return await self._exec(*args)
+        except (ValkeyError, OSError) as exc:
+            raise self._error(op, exc) from exc
+
+    async def _run(self, name: str, keys: Sequence[str], args: Iterable[str | bytes]) -> Any:
+        if self._exec is None:
+            raise RuntimeError("ValkeyStore is not open: await store.open() first")
+        script = self._scripts[name]
+        argv = (self._prefix, *args)
+        try:
+            try:
+                return await self._exec("EVALSHA", script.sha, len(keys), *keys, *argv)
+            except NoScriptError:
+                # The server lost its script cache (restart, SCRIPT FLUSH).
+                await self._exec("SCRIPT LOAD", script.body)
+                return await self._exec("EVALSHA", script.sha, len(keys), *keys, *argv)
+        except (ValkeyError, OSError) as exc:
+            raise self._error(name, exc) from exc
+
+    def _skey(self, key: str) -> str:
+        return f"{self._prefix}s:{key}"
+
+    def _ukey(self, user_id: str) -> str:
+        return f"{self._prefix}u:{user_id}"
+
+    @property
+    def _xkey(self) -> str:
+        return f"{self._prefix}x"
+
+    def _decode(self, key: str, raw: Mapping[bytes, bytes]) -> SessionRecord:
+        try:
+            return SessionRecord(
+                key=key,
+                payload=bytes(raw[b"p"]),
+                expires_at=float(raw[b"e"]),
+                created_at=float(raw[b"c"]),
+                user_id=_text(raw.get(b"u")),
+                tenant_id=_text(raw.get(b"t")),
+            )
+        except (KeyError, ValueError) as exc:
+            raise self._error("decode", exc) from exc
+
+    # -- session substore -----------------------------------------------------
+    async def load_session(self, key: str, now: float) -> SessionRecord | None:
+        raw = await self._call("load", "HGETALL", self._skey(key))
+        if not raw:
+            return None
+        record = self._decode(key, cast(Mapping[bytes, bytes], raw))
+        return record if record.expires_at > now else None
+
+    async def create_session(self, record: SessionRecord) -> bool:
+        args = [record.key, *_record_args(record, record.created_at)]
+        return bool(await self._run("create", [self._skey(record.key), self._xkey], args))
+
+    async def save_session(self, record: SessionRecord, now: float) -> bool:
+        args = [record.key, _time(now), *_record_args(record, now)]
+        return bool(await self._run("save", [self._skey(record.key), self._xkey], args))
+
+    async def cycle_session(self, old_key: str, record: SessionRecord, now: float) -> bool:
+        keys = [self._skey(old_key), self._skey(record.key), self._xkey]
+        args = [old_key, record.key, _time(now), *_record_args(record, now)]
+        return bool(await self._run("cycle", keys, args))
+
+    async def delete_session(self, key: str) -> bool:
+        return bool(await self._run("delete", [self._skey(key), self._xkey], [key]))
+
+    async def delete_user_sessions(
+        self, user_id: str, *, tenant_id: str | None = None, except_key: str | None = None
+    ) -> int:
+        keys = [self._ukey(user_id), self._xkey]
+        args = [user_id, _opt(tenant_id), _opt(except_key)]
+        return int(await self._run("delete_user", keys, args))
+
+    async def list_user_sessions(
+        self, user_id: str, now: float, *, tenant_id: str | None = None
+    ) -> list[SessionRecord]:
+        args = [user_id, _opt(tenant_id), _time(now)]
+        rows = cast(list[list[bytes]], await self._run("list_user", [self._ukey(user_id)], args))
+        out: list[SessionRecord] = []
+        for key, payload, expires, created, tenant in rows:
+            try:
+                out.append(
+                    SessionRecord(
+                        key=key.decode("ascii"),
+                        payload=bytes(payload),
+                        expires_at=float(expires),
+                        created_at=float(created),
+                        user_id=user_id,
+                        tenant_id=tenant[1:].decode("utf-8") if tenant else None,
+                    )
+                )
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise self._error("list", exc) from exc
+        out.sort(key=lambda r: (r.created_at, r.key))
+        return out
+
+    async def purge_expired_sessions(self, now: float) -> int:
+        """Remove every session dead at ``now``; return how many.
+
+        Valkey already deletes most dead session hashes by their native TTL;
+        what this removes is each one's entry in the expiry index (and the
+        hash itself when the caller's clock is ahead of the server's). The
+        count is the number of those stale session references removed, i.e.
+        the number of sessions that had expired by ``now`` since the last
+        purge.
+        """
+        total = 0
+        while True:
+            removed, examined = cast(
+                list[int], await self._run("purge", [self._xkey], [_time(now), str(_PURGE_BATCH)])
+            )
+            total += int(removed)
+            if int(examined) < _PURGE_BATCH:
+                return total
+
+    async def purge_expired(
+        self, now: float, *, only: Iterable[str] | None = None
+    ) -> dict[str, int]:
+        """Purge the given substores (default: all this store implements)."""
+        targets = _purge_targets(self.substores, only)
+        return {SESSIONS: await self.purge_expired_sessions(now)} if SESSIONS in targets else {}
+
+
+def _purge_targets(supported: frozenset[str], only: Iterable[str] | None) -> frozenset[str]:
+    if only is None:
+        return supported
+    wanted = frozenset([only] if isinstance(only, str) else only)
+    unknown = wanted - supported
+    if unknown:
+        raise ValueError(f"unknown purge target(s): {', '.join(sorted(unknown))}")
+    return wanted
+
+
+def _secrets(*values: object) -> tuple[str, ...]:
+    found: set[str] = set()
+    for value in values:
+        if isinstance(value, str) and value:
+            found.update({value, unquote(value)})
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _executor(client: valkey_asyncio.Valkey) -> _Exec:
+    # valkey-py's command methods are typed as "Awaitable or value" (shared
+    # with the sync client); execute_command is the one async entry point.
+    return cast(_Exec, client.execute_command)
+
+
+def _inspect_connection(
+    url: str, client: valkey_asyncio.Valkey | None, pool_kwargs: Mapping[str, Any]
+) -> tuple[list[str], tuple[str, ...]]:
+    """What is insecure about the connection, and the secrets to scrub from messages."""
+    if client is not None:
+        kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
+        connection_class: Any = client.connection_pool.connection_class
+        password = kwargs.get("password")
+        has_auth = bool(password) or kwargs.get("credential_provider") is not None
+        encrypted = isinstance(connection_class, type) and issubclass(
+            connection_class, (SSLConnection, UnixDomainSocketConnection)
+        )
+        problems = [] if encrypted else ["plaintext TCP (no TLS)"]
+        if not has_auth:
+            problems.append("no AUTH password")
+        return problems, _secrets(password)
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        url_password = parts.password
+    except ValueError:
+        raise ConfigurationError("the Valkey URL cannot be parsed") from None
+    if scheme not in _PLAINTEXT_SCHEMES | _TLS_SCHEMES | _UNIX_SCHEMES:
+        raise ConfigurationError(
+            f"unsupported Valkey URL scheme {scheme!r}: use valkeys://, rediss:// or unix://"
+        )
+    query_password = next(iter(parse_qs(parts.query).get("password", [])), None)
+    password = url_password or query_password or pool_kwargs.get("password")
+    has_auth = bool(password) or pool_kwargs.get("credential_provider") is not None
+    connection_class = pool_kwargs.get("connection_class")
+    if isinstance(connection_class, type):
+        encrypted = issubclass(connection_class, (SSLConnection, UnixDomainSocketConnection))
+    else:
+        encrypted = scheme not in _PLAINTEXT_SCHEMES
+    problems = [] if encrypted else ["plaintext TCP (no TLS)"]
+    if not has_auth:
+        problems.append("no AUTH password")
+    return problems, _secrets(password, url_password)
