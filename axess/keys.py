@@ -80,7 +80,7 @@ def parse_key_list(text: str, *, purpose: str = "key") -> list[Key]:
         if not sep:
             raise ConfigurationError(f"{purpose} keys: entry {position} is not 'kid:base64url'")
         try:
-            secret = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+            secret = base64.b64decode(b64 + "=" * (-len(b64) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise ConfigurationError(
                 f"{purpose} keys: entry {position} ({kid!r}) is not valid base64url"

@@ -143,3 +143,35 @@ def cookie_of(response: httpx.Response, name: str = "axess.sid") -> str | None:
         if k == name:
             return rest.split(";", 1)[0]
     return None
+
+
+async def asgi_request(
+    app: Any, path: str = "/read", headers: list[tuple[bytes, bytes]] | None = None, method: str = "GET"
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Call an ASGI app directly with raw header bytes (httpx insists on ASCII)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *(headers or [])],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 443),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], list(start.get("headers", [])), body

@@ -10,6 +10,7 @@ not the backend's, decides what has expired.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -97,3 +98,24 @@ class Backend(Protocol):
         """Release connections. Idempotent."""
 
     async def check_health(self) -> HealthStatus: ...
+
+    async def purge_expired(
+        self, now: float, *, only: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """Delete expired rows of each target (default: all it has); counts per target.
+
+        Raises ValueError for a target name the backend does not know.
+        """
+
+
+def purge_targets(only: Collection[str] | None, known: Collection[str]) -> list[str]:
+    """Validate ``only`` against ``known`` purge targets; ``None`` means all.
+
+    Raises ValueError naming the unknown targets and the valid ones.
+    """
+    if only is None:
+        return sorted(known)
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        raise ValueError(f"unknown purge target(s) {unknown}; valid: {sorted(known)}")
+    return sorted(set(only))

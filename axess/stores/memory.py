@@ -7,10 +7,11 @@ with respect to other tasks on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final
 
 from axess.observability.health import HealthStatus
-from axess.stores.base import SESSIONS, SessionRecord
+from axess.stores.base import SESSIONS, SessionRecord, purge_targets
 
 _UserKey = tuple[str | None, str]
 
@@ -117,6 +118,12 @@ class MemoryStore:
         for key in dead:
             self._unindex(self._sessions.pop(key))
         return len(dead)
+
+    async def purge_expired(
+        self, now: float, *, only: Collection[str] | None = None
+    ) -> dict[str, int]:
+        targets = purge_targets(only, self.substores)
+        return {t: await self.purge_expired_sessions(now) for t in targets}
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -1,0 +1,145 @@
+"""Cookie parsing and verification through the public HTTP surface."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from itsdangerous import Signer
+
+from axess import Key, Keyring
+from axess.session.cookie import MAX_COOKIE_BYTES, SessionCookieSigner, first_cookie
+import json
+
+from helpers import asgi_request, client, cookie_of, make_app, make_auth
+
+def keyring(signing: list[Key]) -> Keyring:
+    return Keyring(
+        signing=signing,
+        envelope=[Key("e1", b"e" * 32)],
+        fingerprint=[Key("f1", b"f" * 32)],
+        csrf=[Key("c1", b"c" * 32)],
+    )
+
+
+async def logged_in(auth: Any) -> tuple[Any, str]:
+    app = make_app(auth)
+    async with client(app) as c:
+        r = await c.post("/login?user=alice")
+    value = cookie_of(r)
+    assert value
+    return app, value
+
+
+async def whoami(app: Any, cookie_header: str) -> Any:
+    async with client(app) as c:
+        r = await c.get("/read", headers={"cookie": cookie_header})
+    return r
+
+
+async def test_valid_cookie_authenticates() -> None:
+    app, value = await logged_in(make_auth())
+    r = await whoami(app, f"axess.sid={value}")
+    assert r.status_code == 200 and r.json()["user"] == "alice"
+
+
+class _Loop:
+    """One event loop and app shared by all hypothesis examples (fast)."""
+
+    loop = asyncio.new_event_loop()
+    app, value = loop.run_until_complete(logged_in(make_auth()))
+
+
+def _flip(value: str, index: int, bit: int) -> bytes:
+    raw = bytearray(value.encode())
+    raw[index % len(raw)] ^= 1 << bit
+    return bytes(raw)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(index=st.integers(min_value=0, max_value=200), bit=st.integers(min_value=0, max_value=7))
+def test_any_byte_flip_gives_guest(index: int, bit: int) -> None:
+    flipped = _flip(_Loop.value, index, bit)
+    status, _, body = _Loop.loop.run_until_complete(
+        asgi_request(_Loop.app, headers=[(b"cookie", b"axess.sid=" + flipped)])
+    )
+    assert status == 200
+    assert json.loads(body)["user"] is None
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_random_cookie_bytes_give_guest(raw: bytes) -> None:
+    signer = SessionCookieSigner(keyring([Key("s1", b"s" * 32)]))
+    assert signer.verify(raw) is None
+    status, _, body = _Loop.loop.run_until_complete(
+        asgi_request(_Loop.app, headers=[(b"cookie", b"axess.sid=" + raw)])
+    )
+    assert status == 200 and json.loads(body)["user"] is None
+
+
+async def test_previous_signing_key_verifies_and_is_resigned() -> None:
+    old = Key("s-old", b"o" * 32)
+    new = Key("s-new", b"n" * 32)
+    auth_old = make_auth(keys=keyring([old]))
+    _, value = await logged_in(auth_old)
+    # Same store, rotated keyring: the new key is active, the old one verifies.
+    auth_new = make_auth(auth_old.store, keys=keyring([new, old]), clock=auth_old.clock)  # type: ignore[arg-type]
+    app = make_app(auth_new)
+    writes_before = auth_old.store.writes  # type: ignore[attr-defined]
+    r = await whoami(app, f"axess.sid={value}")
+    assert r.json()["user"] == "alice"
+    resigned = cookie_of(r)
+    assert resigned and resigned != value
+    assert resigned.split(".")[0] == value.split(".")[0]  # same session id, new signature
+    assert auth_old.store.writes == writes_before  # type: ignore[attr-defined]  # re-sign: no write
+    # A key that has been removed no longer verifies.
+    auth_removed = make_auth(auth_old.store, keys=keyring([new]), clock=auth_old.clock)  # type: ignore[arg-type]
+    r = await whoami(make_app(auth_removed), f"axess.sid={value}")
+    assert r.json()["user"] is None
+    r = await whoami(make_app(auth_removed), f"axess.sid={resigned}")
+    assert r.json()["user"] == "alice"
+
+
+async def test_signature_is_itsdangerous_hmac_sha256() -> None:
+    ring = keyring([Key("s1", b"s" * 32)])
+    signer = SessionCookieSigner(ring)
+    value = signer.sign("A" * 43)
+    reference = Signer(
+        ring.derive("signing", "session-cookie-v1"),
+        key_derivation="none",
+        digest_method=hashlib.sha256,
+    )
+    assert reference.unsign(value.encode()) == b"A" * 43
+
+
+async def test_oversized_cookie_is_ignored() -> None:
+    app, value = await logged_in(make_auth())
+    padded = value + "x" * MAX_COOKIE_BYTES
+    r = await whoami(app, f"axess.sid={padded}")
+    assert r.status_code == 200 and r.json()["user"] is None
+    assert first_cookie([(b"cookie", b"axess.sid=" + b"a" * (MAX_COOKIE_BYTES + 1))], b"axess.sid") is None
+
+
+async def test_first_cookie_of_the_name_wins() -> None:
+    app, value = await logged_in(make_auth())
+    r = await whoami(app, f"other=1; axess.sid={value}; axess.sid=garbage")
+    assert r.json()["user"] == "alice"
+    r = await whoami(app, f"axess.sid=garbage; axess.sid={value}")
+    assert r.json()["user"] is None
+
+
+async def test_non_canonical_encodings_refused() -> None:
+    ring = keyring([Key("s1", b"s" * 32)])
+    signer = SessionCookieSigner(ring)
+    sid = "A" * 42 + "B"  # last char carries non-zero padding bits: not canonical
+    raw = signer._active.sign(sid.encode())  # bypass sign()'s own checks
+    assert signer.verify(raw) is None
+    good = signer.sign("A" * 43).encode()
+    assert signer.verify(good) is not None
+    assert signer.verify(good + b"=") is None
+    assert signer.verify(b" " + good) is None
