@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +18,10 @@ from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.net import ClientIPMiddleware, TrustedProxies
+from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
 from axess.session.config import SessionConfig
+from axess.session.csrf import CSRFConfig, CSRFMiddleware
 from axess.session.envelope import SessionCrypto
 from axess.session.events import SessionEventHook
 from axess.session.middleware import SessionMiddleware
@@ -54,6 +57,9 @@ class Axess:
         metrics: AuthnMetrics | None = None,
         clock: Clock | None = None,
         random: Random | None = None,
+        trusted_proxies: TrustedProxies | None = None,
+        binding: BindingPolicy | None = None,
+        csrf: CSRFConfig | Literal[False] | None = None,
         debug: bool = False,
         on_session_event: SessionEventHook | None = None,
         cleanup_interval: float | None = 300.0,
@@ -80,6 +86,12 @@ class Axess:
             keys, random=self.random, on_previous_key=self.metrics.session_decrypted_with_previous_key
         )
         self.sessions = SessionRegistry(store, self.crypto, self.clock, self.metrics, on_session_event)
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.binding_policy = binding or BindingPolicy()
+        self.peppers = TenantPeppers(keys)
+        self.binding = FingerprintBinding(self.binding_policy, self.peppers, self.metrics)
+        #: ``None`` when CSRF protection is switched off (``csrf=False``).
+        self.csrf_config: CSRFConfig | None = None if csrf is False else (csrf or CSRFConfig())
         self.health = CompositeHealthCheck()
         if isinstance(store, HealthCheck):
             self.health.add("store", store)
@@ -88,7 +100,11 @@ class Axess:
         self._warn_weakenings()
 
     def _warn_weakenings(self) -> None:
-        weak = list(self.session_config.weakenings())
+        weak = list(self.session_config.weakenings()) + self.binding_policy.weakenings()
+        if self.csrf_config is None:
+            weak.append("CSRF protection disabled (csrf=False)")
+        elif not self.csrf_config.secure:
+            weak.append("CSRF cookie without Secure (CSRFConfig(secure=False))")
         if self.keys.ephemeral:
             weak.insert(
                 0,
@@ -99,25 +115,49 @@ class Axess:
             logger.warning("axess security weakened: %s", what)
 
     # -- the stack ------------------------------------------------------------------
-    def session_middleware(self, app: ASGIApp) -> SessionMiddleware:
-        return SessionMiddleware(
-            app,
-            store=self.store,
-            keys=self.keys,
-            config=self.session_config,
-            clock=self.clock,
-            random=self.random,
-            metrics=self.metrics,
-            on_event=self.on_session_event,
-        )
+    def _layers(self) -> list[tuple[type[Any], dict[str, Any]]]:
+        """Middleware classes and arguments, outermost first."""
+        layers: list[tuple[type[Any], dict[str, Any]]] = [
+            (ClientIPMiddleware, {"proxies": self.trusted_proxies}),
+            (
+                SessionMiddleware,
+                {
+                    "store": self.store,
+                    "keys": self.keys,
+                    "config": self.session_config,
+                    "clock": self.clock,
+                    "random": self.random,
+                    "metrics": self.metrics,
+                    "on_event": self.on_session_event,
+                    "binding": self.binding,
+                },
+            ),
+        ]
+        if self.csrf_config is not None:
+            layers.append(
+                (CSRFMiddleware, {"keys": self.keys, "config": self.csrf_config, "random": self.random})
+            )
+        return layers
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        """The full stack around a plain ASGI app (outermost first: … → session)."""
-        return self.session_middleware(app)
+        """The full stack around a plain ASGI app: client IP → session → CSRF → app."""
+        for cls, kwargs in reversed(self._layers()):
+            app = cls(app, **kwargs)
+        return app
 
     def install(self, app: _Installable) -> None:
-        """Add the stack to a Starlette/FastAPI app, in the documented order."""
-        app.add_middleware(_Wrapped, axess=self)
+        """Add the stack to a Starlette/FastAPI app in the documented order
+        (client IP → rate limit → session → CSRF, outermost first)."""
+        # add_middleware puts each new layer outside the previous ones.
+        for cls, kwargs in reversed(self._layers()):
+            app.add_middleware(cls, **kwargs)
+
+    def rotate_fingerprint_pepper(self, tenant: str | None) -> int:
+        """Issue a new fingerprint pepper for ``tenant``; its sessions re-bind on
+        their next request (nobody is logged out). Returns the new version."""
+        version = self.peppers.rotate(tenant)
+        logger.info("fingerprint pepper rotated (version %d)", version)
+        return version
 
     # -- registry ---------------------------------------------------------------------
     async def list_sessions(self, user_id: str, *, tenant_id: str | None = None) -> list[SessionInfo]:
@@ -176,12 +216,3 @@ class Axess:
             except Exception as exc:  # retried next tick
                 logger.warning("expired-row cleanup failed (%s); retrying next tick", type(exc).__name__)
 
-
-class _Wrapped:
-    """Adapter so ``app.add_middleware`` builds the whole stack lazily."""
-
-    def __init__(self, app: ASGIApp, axess: Axess) -> None:
-        self._inner = axess.wrap(app)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._inner(scope, receive, send)

@@ -1,22 +1,202 @@
-"""Network helpers: IP prefixes (client-IP resolution behind proxies lands here too)."""
+"""Client-IP resolution behind trusted proxies, and IP prefixes.
+
+The rule (DESIGN §5): if the TCP peer is not a trusted proxy, the client is
+the peer and forwarded headers are ignored. Otherwise the forwarding header
+is walked right to left, skipping trusted hops; the first untrusted address
+is the client. If every hop is trusted, the leftmost one is. Anything
+unparseable stops the walk at the last address we could trust to have
+reported it. Resolution never raises.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+from collections.abc import Iterable
 from typing import Final
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from axess._cache import BoundedMemo
+from axess.errors import ConfigurationError
+
+logger = logging.getLogger("axess.net")
 
 IPV4_PREFIX: Final = 24
 IPV6_PREFIX: Final = 64
+#: What a connection without a peer address (e.g. a unix socket) resolves to.
+NO_PEER: Final = "0.0.0.0"  # noqa: S104 - a placeholder address, never bound
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FORWARDED_HEADERS: Final = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """An IP address from ``text``, tolerating ports (``1.2.3.4:80``,
+    ``[::1]:80``) and brackets; IPv4-mapped IPv6 becomes IPv4. ``None`` if
+    ``text`` is not an address (e.g. ``unknown`` or ``_hidden``)."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    if text[0] == "[":
+        end = text.find("]")
+        if end < 0 or (end + 1 < len(text) and text[end + 1] != ":"):
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.partition(":")[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        if addr.scope_id is not None:
+            return None
+    return addr
 
 
 def ip_prefix(ip: str, *, v4: int = IPV4_PREFIX, v6: int = IPV6_PREFIX) -> str | None:
-    """The network containing ``ip`` (``/24`` for IPv4, ``/64`` for IPv6 by default),
-    as CIDR text; ``None`` when ``ip`` is not an IP address."""
-    try:
-        addr = ipaddress.ip_address(ip.strip())
-    except ValueError:
+    """The network containing ``ip`` (``/24`` for IPv4, ``/64`` for IPv6 by
+    default) as CIDR text; ``None`` when ``ip`` is not an address."""
+    addr = parse_ip(ip)
+    if addr is None:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     bits = v4 if addr.version == 4 else v6
     return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+
+
+def _forwarded_for(element: str) -> str:
+    """The ``for=`` value of one RFC 7239 element ('' when absent)."""
+    for pair in element.split(";"):
+        name, sep, value = pair.partition("=")
+        if sep and name.strip().lower() == "for":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return ""
+
+
+class TrustedProxies:
+    """Which peers may tell us the client address, and how.
+
+    ``cidrs``: networks of your reverse proxies / load balancers (IPv4 and
+    IPv6). ``header``: ``"x-forwarded-for"`` (default), ``"forwarded"``
+    (RFC 7239) or a custom single-address header such as ``"x-real-ip"``.
+    Headers beyond ``max_header_bytes`` are cut from the left (the rightmost
+    hops are the ones your proxies wrote) and at most ``max_hops`` are walked.
+
+    Raises :class:`ConfigurationError` for an invalid CIDR.
+    """
+
+    def __init__(
+        self,
+        cidrs: Iterable[str] = (),
+        *,
+        header: str = "x-forwarded-for",
+        max_header_bytes: int = 2048,
+        max_hops: int = 16,
+    ) -> None:
+        networks: list[IPNetwork] = []
+        for cidr in cidrs:
+            try:
+                networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+            except ValueError:
+                raise ConfigurationError(f"trusted proxy {cidr!r} is not an IP network") from None
+        self.networks: tuple[IPNetwork, ...] = tuple(networks)
+        name = header.strip().lower()
+        if not name or any(c in name for c in " :\r\n"):
+            raise ConfigurationError(f"invalid forwarding header name {header!r}")
+        self.header = name
+        self._header_bytes = name.encode("latin-1")
+        self._rfc7239 = name == "forwarded"
+        self._single = name not in ("x-forwarded-for", "forwarded")
+        if max_header_bytes < 64 or max_hops < 1:
+            raise ConfigurationError("max_header_bytes must be >= 64 and max_hops >= 1")
+        self.max_header_bytes = max_header_bytes
+        self.max_hops = max_hops
+        # peer text -> (normalized address, trusted?): peers repeat a lot.
+        self._peer_memo: BoundedMemo[str, tuple[str, bool]] = BoundedMemo(4096)
+        self._warned = False
+
+    def is_trusted(self, addr: IPAddress) -> bool:
+        return any(addr in net for net in self.networks if net.version == addr.version)
+
+    def _peer(self, peer: str | None) -> tuple[str, bool]:
+        if peer is None:
+            return NO_PEER, False
+        hit = self._peer_memo.get(peer)
+        if hit is None:
+            addr = parse_ip(peer)
+            hit = (NO_PEER, False) if addr is None else (str(addr), self.is_trusted(addr))
+            self._peer_memo.put(peer, hit)
+        return hit
+
+    def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> str:
+        """The client IP (normalized text) for a request. Never raises."""
+        address, trusted = self._peer(peer)
+        if not self.networks:
+            if not self._warned and any(k in _FORWARDED_HEADERS for k, _ in headers):
+                self._warned = True
+                logger.warning(
+                    "forwarded headers received but no trusted proxies are configured; "
+                    "using the TCP peer address (configure TrustedProxies if behind a proxy)"
+                )
+            return address
+        if not trusted:
+            return address
+        values = [v for k, v in headers if k == self._header_bytes]
+        if not values:
+            return address
+        return self._walk(address, b",".join(values))
+
+    def _walk(self, current: str, raw: bytes) -> str:
+        """``current`` starts as the (trusted) peer: the last address we trust to report."""
+        if len(raw) > self.max_header_bytes:
+            raw = raw[-self.max_header_bytes :]
+            raw = raw.partition(b",")[2]  # drop the entry the cut went through
+        text = raw.decode("latin-1")
+        hops = [text] if self._single else text.split(",")
+        for hop in reversed(hops[-self.max_hops :]):
+            addr = parse_ip(_forwarded_for(hop) if self._rfc7239 else hop)
+            if addr is None:
+                return current  # garbage or obfuscated: stop, keep the last trusted view
+            current = str(addr)
+            if not self.is_trusted(addr):
+                return current
+        return current
+
+
+def _normalize_peer(peer: str | None) -> str:
+    if peer is None:
+        return NO_PEER
+    addr = parse_ip(peer)
+    return NO_PEER if addr is None else str(addr)
+
+
+class ClientIPMiddleware:
+    """Resolves the client IP once per request into ``scope["state"]["client_ip"]``."""
+
+    def __init__(self, app: ASGIApp, *, proxies: TrustedProxies | None = None) -> None:
+        self.app = app
+        self.proxies = proxies or TrustedProxies()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" or scope["type"] == "websocket":
+            client = scope.get("client")
+            ip = self.proxies.resolve(client[0] if client else None, scope["headers"])
+            scope.setdefault("state", {})["client_ip"] = ip
+        await self.app(scope, receive, send)
+
+
+def client_ip(conn: HTTPConnection) -> str:
+    """The resolved client IP of a request (the peer when axess did not resolve it)."""
+    ip = conn.scope.get("state", {}).get("client_ip")
+    if isinstance(ip, str):
+        return ip
+    client = conn.scope.get("client")
+    return _normalize_peer(client[0] if client else None)

@@ -1,1 +1,1 @@
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures_valkey"]

@@ -112,8 +112,10 @@ def make_auth(
     *,
     keys: Keyring | None = None,
     clock: MockClock | None = None,
+    csrf: Any = False,
     **session: Any,
 ) -> Axess:
+    """An Axess for tests. CSRF is off unless asked for (its own tests enable it)."""
     return Axess(
         store=store if store is not None else CountingStore(),
         keys=keys or Keyring.generate(),
@@ -122,6 +124,7 @@ def make_auth(
         random=SeededRandom(1),
         debug=True,
         cleanup_interval=None,
+        csrf=csrf,
     )
 
 

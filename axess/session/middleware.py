@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +22,7 @@ from axess.session.config import SessionConfig
 from axess.session.cookie import SessionCookieSigner, first_cookie, new_session_id, storage_key
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
+from axess.session.binding import FingerprintBinding
 from axess.session.handle import Session
 from axess.stores.base import SessionRecord, SessionStore
 
@@ -32,10 +32,6 @@ _VARY: Final = (b"vary", b"Cookie")
 #: Larger payloads are opened every time rather than memoized (bounds memory
 #: to about opened_memo_size x 4 KiB).
 _MEMO_MAX_PAYLOAD: Final = 4096
-#: Called with the scope and the loaded session before the app runs; the
-#: binding check (fingerprints) plugs in here. It may mutate the session or
-#: call ``invalidate``.
-SessionCheck = Callable[[Scope, Session], Awaitable[None]]
 
 
 class SessionMiddleware:
@@ -57,7 +53,7 @@ class SessionMiddleware:
         random: Random | None = None,
         metrics: AuthnMetrics | None = None,
         on_event: SessionEventHook | None = None,
-        checks: list[SessionCheck] | None = None,
+        binding: FingerprintBinding | None = None,
         opened_memo_size: int = 8192,
     ) -> None:
         self.app = app
@@ -67,7 +63,7 @@ class SessionMiddleware:
         self.random: Random = random or SystemRandom()
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.on_event = on_event
-        self.checks: list[SessionCheck] = list(checks or [])
+        self.binding = binding if binding is not None and binding.policy.enabled else None
         self.signer = SessionCookieSigner(keys)
         self.crypto = SessionCrypto(
             keys, random=self.random, on_previous_key=self.metrics.session_decrypted_with_previous_key
@@ -100,8 +96,12 @@ class SessionMiddleware:
                 return
         had_cookie = raw is not None
         scope.setdefault("state", {})["session"] = session
-        for check in self.checks:
-            await check(scope, session)
+        if self.binding is not None and session.persisted_sid is not None:
+            try:
+                await self._check_binding(scope, session)
+            except StoreError:
+                await self._unavailable(scope, send)
+                return
         if kind == "websocket":
             # A websocket cannot set cookies: its session is read-only.
             await self.app(scope, receive, send)
@@ -120,12 +120,17 @@ class SessionMiddleware:
                     suppressed = True
                     await self._unavailable(scope, send)
                     return
-                if cookie is not None or session.accessed or had_cookie:
+                hooks = session.commit_hooks
+                if cookie is not None or session.accessed or had_cookie or hooks:
                     headers = message.setdefault("headers", [])
                     if not isinstance(headers, list):
                         headers = message["headers"] = list(headers)
                     if cookie is not None:
                         headers.append((b"set-cookie", cookie))
+                    for hook in hooks:
+                        extra = hook(session.committed_key)
+                        if extra is not None:
+                            headers.append(extra)
                     _add_vary_cookie(headers)
             await send(message)
 
@@ -178,6 +183,35 @@ class SessionMiddleware:
             session.mark_dirty()
         return session
 
+    async def _check_binding(self, scope: Scope, session: Session) -> None:
+        binding = self.binding
+        assert binding is not None
+        data = session.data_for_commit
+        state = data.auth_state
+        if isinstance(state, d.Guest) or data.fingerprint is None:
+            return
+        tenant = data.tenant_id
+        version = data.pepper_version or 1
+        if binding.verify(scope, tenant, data.fingerprint, version):
+            if binding.peppers.version(tenant) != version:
+                # The tenant's pepper was rotated: re-bind, do not log out.
+                data.fingerprint, data.pepper_version = binding.bind(scope, tenant)
+                session.mark_dirty()
+            return
+        key = session.loaded_key or ""
+        binding.mismatch(d.user_of(state), tenant)
+        self._emit("session_binding_mismatch", key, state, binding.policy.on_mismatch)
+        policy = binding.policy.on_mismatch
+        if policy == "warn":
+            return
+        if policy == "reauth":
+            if isinstance(state, d.Authenticated):
+                session.set_auth_state(d.step_up(state, binding.policy.reauth_factors))
+                return
+            if isinstance(state, d.Authenticating) and state.method == "step_up":
+                return  # already waiting for the step-up
+        await session.invalidate()
+
     def _warn_envelope(self, what: str) -> None:
         if what not in self._envelope_warned:
             self._envelope_warned.add(what)
@@ -195,6 +229,8 @@ class SessionMiddleware:
         custom_changed = new_custom is not None
         custom_json = new_custom if new_custom is not None else session.stored_custom_json
         is_guest = isinstance(data.auth_state, d.Guest)
+        self._bind(scope, session, data)
+        session.committed_key = None
 
         if session.persisted_sid is None:
             if is_guest and custom_json == b"{}" and not session.rotate_pending:
@@ -206,6 +242,7 @@ class SessionMiddleware:
             record = self._record(key, data, custom_json, now)
             if not await self.store.create_session(record):
                 raise StoreError("session id collision", substore="sessions")
+            session.committed_key = key
             self.metrics.session_created()
             self._emit("session_created", key, data.auth_state)
             await self._enforce_session_cap(data.auth_state, key, now)
@@ -223,6 +260,7 @@ class SessionMiddleware:
                 # to a guest rather than recreating it.
                 logger.info("session %s revoked during the request; not rotated", old_key[:8])
                 return self._clear_cookie()
+            session.committed_key = key
             self._emit("session_rotated", key, data.auth_state)
             await self._enforce_session_cap(data.auth_state, key, now)
             return self._set_cookie(sid, data, now)
@@ -232,9 +270,18 @@ class SessionMiddleware:
             if not await self.store.save_session(record, now):
                 logger.info("session %s revoked during the request; not saved", old_key[:8])
                 return self._clear_cookie()
+        session.committed_key = old_key
         if session.resign:
             return self._set_cookie(old_sid, data, now)
         return None
+
+    def _bind(self, scope: Scope, session: Session, data: d.SessionData) -> None:
+        """Bind at the first non-guest transition and on every (re)authentication."""
+        if self.binding is None or isinstance(data.auth_state, d.Guest):
+            return
+        entering = session.rotate_pending and isinstance(data.auth_state, d.Authenticated)
+        if data.fingerprint is None or entering:
+            data.fingerprint, data.pepper_version = self.binding.bind(scope, data.tenant_id)
 
     def _custom_json_within_cap(self, session: Session) -> bytes | None:
         """New custom JSON if the request changed it and it fits; else None."""

@@ -86,10 +86,13 @@ class SessionStore(Protocol):
 class Backend(Protocol):
     """Lifecycle and health shared by every backend object."""
 
-    #: Short backend name for logs and health output ("sqlite", "valkey"…).
-    name: str
-    #: Substore names this backend implements.
-    substores: frozenset[str]
+    @property
+    def name(self) -> str:
+        """Short backend name for logs and health output ("sqlite", "valkey"…)."""
+
+    @property
+    def substores(self) -> frozenset[str]:
+        """Substore names this backend implements."""
 
     async def open(self) -> None:
         """Connect / create pools / apply automatic migrations. Idempotent."""

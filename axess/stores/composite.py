@@ -53,7 +53,7 @@ class CompositeStore:
     """Routes each substore to a backend; implements :class:`SessionStore` by
     delegating to the sessions backend."""
 
-    name: Final = "composite"
+    name: str = "composite"
 
     def __init__(
         self,
@@ -99,9 +99,12 @@ class CompositeStore:
                 for s in _ORDER
                 if s in TRANSACTIONAL_CLUSTER and s in routes
             )
+            same_names = len({b.name for b in cluster.values()}) == 1
             raise ConfigurationError(
                 "identity, factors and audit change together in one transaction and must "
-                f"share one backend; this configuration splits them ({placement})"
+                f"share one backend; this configuration splits them ({placement}"
+                + (", distinct backend objects" if same_names else "")
+                + ")"
             )
         session_store = routes.get(SESSIONS)
         if session_store is not None and not isinstance(session_store, SessionStore):

@@ -49,10 +49,16 @@ class MemoryStore:
                     del self._by_user[(rec.tenant_id, rec.user_id)]
 
     def _live(self, key: str, now: float) -> SessionRecord | None:
+        # Reads never delete: expired rows stay until purged, as in SQL/Valkey.
         rec = self._sessions.get(key)
-        if rec is None:
+        if rec is None or rec.expires_at <= now:
             return None
-        if rec.expires_at <= now:
+        return rec
+
+    def _live_or_drop(self, key: str, now: float) -> SessionRecord | None:
+        """For writes: a dead row found on the way is removed (as Valkey does)."""
+        rec = self._sessions.get(key)
+        if rec is not None and rec.expires_at <= now:
             self._unindex(self._sessions.pop(key))
             return None
         return rec
@@ -74,7 +80,7 @@ class MemoryStore:
         return True
 
     async def save_session(self, record: SessionRecord, now: float) -> bool:
-        old = self._live(record.key, now)
+        old = self._live_or_drop(record.key, now)
         if old is None:
             return False
         self._unindex(old)
@@ -83,7 +89,7 @@ class MemoryStore:
         return True
 
     async def cycle_session(self, old_key: str, record: SessionRecord, now: float) -> bool:
-        old = self._live(old_key, now)
+        old = self._live_or_drop(old_key, now)
         if old is None or record.key in self._sessions:
             return False
         self._unindex(self._sessions.pop(old_key))

@@ -128,8 +128,9 @@ def _text(value: bytes | None) -> str | None:
 class ValkeyStore:
     """Implements the session substore on Valkey (or Redis-protocol servers)."""
 
-    name: Final = "valkey"
-    substores: Final = frozenset({SESSIONS})
+    # Plain (not Final) so the class matches Backend's settable protocol members.
+    name: str = "valkey"
+    substores: frozenset[str] = frozenset({SESSIONS})
 
     def __init__(
         self,
@@ -316,7 +317,7 @@ class ValkeyStore:
             try:
                 out.append(
                     SessionRecord(
-                        key=key.decode("ascii"),
+                        key=key.decode("utf-8"),
                         payload=bytes(payload),
                         expires_at=float(expires),
                         created_at=float(created),

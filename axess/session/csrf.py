@@ -1,0 +1,306 @@
+"""``CSRFMiddleware``: signed double-submit tokens bound to the session.
+
+Token = base64url(nonce (16) ‖ HMAC-SHA256(csrf subkey, nonce ‖ binding)[:16])
+where *binding* is the session's storage key, or ``anon`` before the
+session is stored. The token travels in the ``axess.csrf`` cookie (readable
+by scripts) and must come back in the ``X-CSRF-Token`` header or the
+``csrf_token`` form field on unsafe methods. When the session id rotates
+(login, logout) the cookie is re-minted in the same response, so the next
+form works.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import json
+import logging
+from dataclasses import dataclass
+from typing import Final, Literal
+from urllib.parse import parse_qs
+
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from axess._cache import BoundedMemo
+from axess.clock import Random, SystemRandom
+from axess.errors import ConfigurationError
+from axess.keys import Keyring
+from axess.session.cookie import first_cookie
+from axess.session.handle import Session
+
+logger = logging.getLogger("axess.csrf")
+
+UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_NONCE: Final = 16
+_MAC: Final = 16
+_TOKEN_CHARS: Final = 43  # base64url of 32 bytes, no padding
+_ANON: Final = b"anon"
+_STATE_KEY: Final = "csrf_token"
+
+
+@dataclass(frozen=True, slots=True)
+class CSRFConfig:
+    """CSRF settings. ``exempt_paths``: exact paths, or prefixes ending in ``/``."""
+
+    cookie_name: str = "axess.csrf"
+    header_name: str = "x-csrf-token"
+    form_field: str = "csrf_token"
+    exempt_paths: tuple[str, ...] = ()
+    secure: bool = True
+    same_site: Literal["lax", "strict", "none"] = "lax"
+    path: str = "/"
+    #: Largest form body read to find the token (larger bodies must use the header).
+    max_form_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in (self.cookie_name, self.header_name, self.form_field):
+            if not name or any(c in name for c in " ;,=\r\n\t\""):
+                raise ConfigurationError(f"invalid CSRF name {name!r}")
+        if self.same_site not in ("lax", "strict", "none"):
+            raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
+        if self.max_form_bytes < 0:
+            raise ConfigurationError("max_form_bytes must be >= 0")
+
+    def is_exempt(self, path: str) -> bool:
+        return any(path == p or (p.endswith("/") and path.startswith(p)) for p in self.exempt_paths)
+
+
+class CSRFTokens:
+    """Mints and checks tokens for one keyring."""
+
+    def __init__(self, keys: Keyring, random: Random | None = None) -> None:
+        self._key = keys.derive("csrf", "double-submit-v1")
+        self._random = random or SystemRandom()
+        # Validity is a pure function of (token, binding): remember positives so
+        # a returning page view costs no HMAC.
+        self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(8192)
+
+    def _mac(self, nonce: bytes, binding: bytes) -> bytes:
+        return hmac.new(self._key, nonce + binding, hashlib.sha256).digest()[:_MAC]
+
+    def mint(self, binding: str | None) -> str:
+        nonce = self._random.token_bytes(_NONCE)
+        raw = nonce + self._mac(nonce, _binding(binding))
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def valid(self, token: str | bytes | None, binding: str | None) -> bool:
+        """True when ``token`` is well formed and was minted for ``binding``."""
+        if token is None:
+            return False
+        raw_token = token.encode("latin-1") if isinstance(token, str) else token
+        if len(raw_token) != _TOKEN_CHARS:
+            return False
+        if self._valid.get((raw_token, binding)):
+            return True
+        try:
+            raw = base64.urlsafe_b64decode(raw_token + b"=")
+        except ValueError:
+            return False
+        if len(raw) != _NONCE + _MAC or base64.urlsafe_b64encode(raw).rstrip(b"=") != raw_token:
+            return False
+        ok = hmac.compare_digest(raw[_NONCE:], self._mac(raw[:_NONCE], _binding(binding)))
+        if ok:
+            self._valid.put((raw_token, binding), True)
+        return ok
+
+
+def _binding(storage_key: str | None) -> bytes:
+    return b"s:" + storage_key.encode("ascii") if storage_key else _ANON
+
+
+class CSRFMiddleware:
+    """Checks unsafe requests, answers 403 JSON on failure, and keeps the
+    ``axess.csrf`` cookie valid for the session it rides with.
+
+    Must run inside ``SessionMiddleware`` (``Axess.install`` orders it).
+    Requests that carry no cookies at all are not checked: without ambient
+    credentials there is nothing to forge (bearer-token API clients).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: Keyring,
+        config: CSRFConfig | None = None,
+        random: Random | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config or CSRFConfig()
+        self.tokens = CSRFTokens(keys, random)
+        self._cookie = self.config.cookie_name.encode("latin-1")
+        self._header = self.config.header_name.lower().encode("latin-1")
+        attrs = [f"Path={self.config.path}", "SameSite=" + self.config.same_site.capitalize()]
+        if self.config.secure:
+            attrs.append("Secure")
+        self._attrs = "; ".join(attrs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["csrf"] = self
+        session = state.get("session")
+        if not isinstance(session, Session):
+            raise RuntimeError("CSRFMiddleware needs SessionMiddleware outside it (use Axess.install)")
+        headers = scope["headers"]
+        cookie_token = first_cookie(headers, self._cookie)
+        request_binding = session.loaded_key
+        if scope["method"] in UNSAFE_METHODS and not self.config.is_exempt(scope["path"]):
+            if any(k == b"cookie" for k, _ in headers):
+                submitted: bytes | None = None
+                for k, v in headers:
+                    if k == self._header:
+                        submitted = v.strip()
+                        break
+                if submitted is None:
+                    submitted, receive = await self._form_token(scope, receive)
+                if not (
+                    cookie_token is not None
+                    and submitted is not None
+                    and hmac.compare_digest(submitted, cookie_token)
+                    and self.tokens.valid(submitted, request_binding)
+                ):
+                    logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
+                    await _forbidden(send)
+                    return
+        current = cookie_token.decode("latin-1") if cookie_token else None
+        if current is not None and self.tokens.valid(current, request_binding):
+            state[_STATE_KEY] = current
+        session.commit_hooks.append(lambda key: self._remint(scope, current, request_binding, key))
+        await self.app(scope, receive, send)
+
+    def _remint(
+        self,
+        scope: Scope,
+        current: str | None,
+        request_binding: str | None,
+        committed_key: str | None,
+    ) -> tuple[bytes, bytes] | None:
+        """After the session commit: the cookie to send, if any.
+
+        A token is (re-)minted when the page asked for one, when the browser
+        holds one that no longer fits the session (e.g. the id rotated at
+        login), or when the session was just created or rotated. Otherwise
+        nothing is sent, so plain page views carry no Set-Cookie.
+        """
+        state = scope.get("state") or {}
+        rendered = state.get(_STATE_KEY)
+        if isinstance(rendered, str) and self.tokens.valid(rendered, committed_key):
+            token = rendered  # what the page may already have embedded in a form
+        elif self.tokens.valid(current, committed_key):
+            return None
+        elif current is not None or rendered is not None or committed_key != request_binding:
+            token = self.tokens.mint(committed_key)
+        else:
+            return None
+        if token == current:
+            return None
+        return (b"set-cookie", f"{self.config.cookie_name}={token}; {self._attrs}".encode())
+
+    async def _form_token(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Receive]:
+        """Read the body (bounded) for the form field; returns a receive that replays it."""
+        ctype = b""
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                ctype = v.split(b";")[0].strip().lower()
+                break
+        if ctype not in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
+            return None, receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None, receive
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.config.max_form_bytes:
+                return None, receive
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        token: bytes | None = None
+        field = self.config.form_field
+        if ctype == b"application/x-www-form-urlencoded":
+            values = parse_qs(body.decode("latin-1"), max_num_fields=1000).get(field)
+            token = values[0].encode("latin-1") if values else None
+        else:
+            token = await _multipart_field(scope, body, field)
+        return token, replay
+
+
+async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | None:
+    sent = False
+
+    async def once() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, once).form(max_files=100, max_fields=1000)
+    except Exception:  # missing python-multipart or a malformed body: no token
+        return None
+    try:
+        value = form.get(field)
+        return value.encode("latin-1") if isinstance(value, str) else None
+    finally:
+        await form.close()
+
+
+async def _forbidden(send: Send) -> None:
+    body = json.dumps({"error": "csrf_failed", "detail": "missing or invalid CSRF token"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def csrf_token(conn: HTTPConnection) -> str:
+    """The CSRF token to embed in a page (minted when the request has none).
+
+    The response carries the matching cookie.
+    """
+    state = conn.scope.setdefault("state", {})
+    token = state.get(_STATE_KEY)
+    if isinstance(token, str):
+        return token
+    mw = state.get("csrf")
+    session = state.get("session")
+    if not isinstance(mw, CSRFMiddleware) or not isinstance(session, Session):
+        raise RuntimeError("csrf_token() needs CSRFMiddleware (use Axess.install with csrf enabled)")
+    token = mw.tokens.mint(session.loaded_key)
+    state[_STATE_KEY] = token
+    return token
+
+
+def csrf_input(conn: HTTPConnection) -> str:
+    """``<input type="hidden" name="csrf_token" value="…">`` for HTML forms."""
+    token = html.escape(csrf_token(conn))
+    mw = conn.scope["state"]["csrf"]
+    return f'<input type="hidden" name="{html.escape(mw.config.form_field)}" value="{token}">'
