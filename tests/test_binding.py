@@ -1,0 +1,156 @@
+"""Fingerprint binding: stolen cookies replayed elsewhere fail; real users stay."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig
+from axess.net import TrustedProxies
+from axess.session.binding import BindingPolicy
+from helpers import CountingStore, client, cookie_of, make_app
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
+
+
+def make(policy: BindingPolicy | None = None, events: list[Any] | None = None) -> Axess:
+    return Axess(
+        store=CountingStore(),
+        keys=Keyring.generate(),
+        session=SessionConfig(),
+        clock=MockClock(),
+        random=SeededRandom(3),
+        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
+        binding=policy,
+        csrf=False,
+        debug=True,
+        cleanup_interval=None,
+        on_session_event=(events.append if events is not None else None),
+    )
+
+
+def env(ip: str, ua: str | None = UA, lang: str | None = None) -> dict[str, str]:
+    h = {"x-forwarded-for": ip}
+    if ua is not None:
+        h["user-agent"] = ua
+    if lang is not None:
+        h["accept-language"] = lang
+    return h
+
+
+async def login(auth: Axess, headers: dict[str, str]) -> str:
+    async with client(make_app(auth)) as c:
+        r = await c.post("/login?user=alice&tenant=acme", headers=headers)
+    value = cookie_of(r)
+    assert value
+    return value
+
+
+async def whoami(auth: Axess, cookie: str, headers: dict[str, str]) -> tuple[Any, Any]:
+    async with client(make_app(auth)) as c:
+        c.cookies.set("axess.sid", cookie)
+        r = await c.get("/read", headers=headers)
+    return r.json(), r
+
+
+async def test_same_client_and_mobile_ip_change_inside_prefix_keep_session() -> None:
+    auth = make()
+    cookie = await login(auth, env("198.51.100.10"))
+    assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    assert (await whoami(auth, cookie, env("198.51.100.200")))[0]["user"] == "alice"
+
+
+async def test_stolen_cookie_revoked_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[Any] = []
+    auth = make(events=events)
+    cookie = await login(auth, env("198.51.100.10"))
+    with caplog.at_level(logging.WARNING, logger="axess.session.binding"):
+        body, r = await whoami(auth, cookie, env("198.51.100.10", ua="curl/8.0"))
+    assert body["user"] is None and cookie_of(r) == ""
+    assert "fingerprint mismatch" in caplog.text
+    assert [e.type for e in events][-2:] == ["session_binding_mismatch", "session_invalidated"]
+    # The row is gone: the legitimate client is logged out too (revoke policy).
+    assert await auth.list_sessions("alice") == []
+    assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] is None
+
+
+async def test_other_network_is_a_mismatch() -> None:
+    auth = make()
+    cookie = await login(auth, env("198.51.100.10"))
+    assert (await whoami(auth, cookie, env("203.0.113.5")))[0]["user"] is None
+
+
+async def test_missing_user_agent_is_a_mismatch() -> None:
+    auth = make()
+    cookie = await login(auth, env("198.51.100.10"))
+    assert (await whoami(auth, cookie, env("198.51.100.10", ua=None)))[0]["user"] is None
+
+
+async def test_reauth_policy_steps_up_instead_of_revoking() -> None:
+    auth = make(BindingPolicy(on_mismatch="reauth", reauth_factors=("password",)))
+    cookie = await login(auth, env("198.51.100.10"))
+    body, _ = await whoami(auth, cookie, env("203.0.113.5"))
+    assert body == {"user": "alice", "n": None, "auth": "authenticating"}
+    # The original client now also has to step up: the session is no longer authenticated.
+    body, _ = await whoami(auth, cookie, env("198.51.100.10"))
+    assert body["auth"] == "authenticating"
+    assert len(await auth.list_sessions("alice", tenant_id="acme")) == 1
+
+
+async def test_warn_policy_keeps_session(caplog: pytest.LogCaptureFixture) -> None:
+    auth = make(BindingPolicy(on_mismatch="warn"))
+    cookie = await login(auth, env("198.51.100.10"))
+    with caplog.at_level(logging.WARNING):
+        body, _ = await whoami(auth, cookie, env("203.0.113.5"))
+    assert body["user"] == "alice"
+    assert "fingerprint mismatch" in caplog.text
+
+
+async def test_accept_language_optional_material() -> None:
+    auth = make(BindingPolicy(accept_language=True))
+    cookie = await login(auth, env("198.51.100.10", lang="de-DE,de;q=0.9"))
+    assert (await whoami(auth, cookie, env("198.51.100.10", lang="de-AT")))[0]["user"] == "alice"
+    assert (await whoami(auth, cookie, env("198.51.100.10", lang="fr-FR")))[0]["user"] is None
+
+
+async def test_ipv6_prefix_64() -> None:
+    auth = make()
+    cookie = await login(auth, env("2001:db8:1:2::10"))
+    assert (await whoami(auth, cookie, env("2001:db8:1:2:ffff::1")))[0]["user"] == "alice"
+    assert (await whoami(auth, cookie, env("2001:db8:1:3::10")))[0]["user"] is None
+
+
+async def test_pepper_rotation_rebinds_without_logout() -> None:
+    auth = make()
+    store: CountingStore = auth.store  # type: ignore[assignment]
+    cookie = await login(auth, env("198.51.100.10"))
+    (before,) = await store.list_user_sessions("alice", auth.clock.time())
+    assert auth.rotate_fingerprint_pepper("acme") == 2
+    writes = store.writes
+    assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    assert store.writes == writes + 1  # re-bound and saved once
+    (after,) = await store.list_user_sessions("alice", auth.clock.time())
+    assert after.payload != before.payload
+    # Next request: bound with the new pepper, no further write.
+    assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    assert store.writes == writes + 1
+    # A thief after rotation still fails.
+    assert (await whoami(auth, cookie, env("203.0.113.5")))[0]["user"] is None
+
+
+async def test_guests_are_not_bound() -> None:
+    auth = make()
+    async with client(make_app(auth)) as c:
+        await c.post("/write", headers=env("198.51.100.10"))
+        r = await c.get("/read", headers=env("203.0.113.5", ua="other"))
+    assert r.json()["n"] == 1
+
+
+async def test_binding_disabled_is_a_logged_weakening(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="axess"):
+        auth = make(BindingPolicy(enabled=False))
+    assert "binding disabled" in caplog.text
+    cookie = await login(auth, env("198.51.100.10"))
+    assert (await whoami(auth, cookie, env("203.0.113.5", ua="x")))[0]["user"] == "alice"
