@@ -95,11 +95,9 @@ class TenantPeppers:
         return new
 
 
-@dataclass(frozen=True, slots=True)
-class Material:
-    user_agent: str | None
-    prefix: str
-    language: str
+#: (User-Agent or None, client-IP prefix, primary language tag); a plain
+#: tuple because it is built and hashed on every request.
+Material = tuple[str | None, str, str]
 
 
 def _lp(text: str) -> bytes:
@@ -124,6 +122,7 @@ class FingerprintBinding:
         # (tenant, version, material) -> fingerprint: HMAC is the costly part
         # and the same client sends the same material on every request.
         self._memo: BoundedMemo[tuple[str, int, Material], str] = BoundedMemo(8192)
+        self._prefixes: BoundedMemo[str, str] = BoundedMemo(8192)
 
     def material(self, scope: Scope) -> Material:
         ua: str | None = None
@@ -140,14 +139,18 @@ class FingerprintBinding:
         if not isinstance(ip, str):
             client = scope.get("client")
             ip = client[0] if client else ""
-        prefix = ip_prefix(ip, v4=self.policy.ipv4_prefix, v6=self.policy.ipv6_prefix) or ""
-        return Material(ua or None, prefix, lang)
+        prefix = self._prefixes.get(ip)
+        if prefix is None:
+            policy = self.policy
+            prefix = ip_prefix(ip, v4=policy.ipv4_prefix, v6=policy.ipv6_prefix) or ""
+            self._prefixes.put(ip, prefix)
+        return (ua or None, prefix, lang)
 
     def fingerprint(self, tenant: str | None, version: int, material: Material) -> str:
         memo_key = (tenant or "", version, material)
         fp = self._memo.get(memo_key)
         if fp is None:
-            msg = _lp(material.user_agent or "") + _lp(material.prefix) + _lp(material.language)
+            msg = _lp(material[0] or "") + _lp(material[1]) + _lp(material[2])
             fp = hmac.new(self.peppers.pepper(tenant, version), msg, hashlib.sha256).hexdigest()
             self._memo.put(memo_key, fp)
         return fp
@@ -161,7 +164,7 @@ class FingerprintBinding:
         """Constant-time check of ``stored`` against this request. A missing
         User-Agent on a bound session is a mismatch."""
         material = self.material(scope)
-        if material.user_agent is None:
+        if material[0] is None:
             return False
         expected = self.fingerprint(tenant, version, material)
         return hmac.compare_digest(expected.encode(), stored.encode())

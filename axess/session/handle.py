@@ -101,6 +101,9 @@ class Session(MutableMapping[str, Any]):
         return iter(self._c())
 
     def __len__(self) -> int:
+        if self._custom is None and self._custom_json == _EMPTY_JSON:
+            self.accessed = True
+            return 0  # `if session:` on an empty session costs no parse
         return len(self._c())
 
     def __contains__(self, key: object) -> bool:
@@ -157,6 +160,17 @@ class Session(MutableMapping[str, Any]):
     def is_new(self) -> bool:
         """True when no stored row backs this session (yet)."""
         return self.persisted_sid is None
+
+    @property
+    def untouched(self) -> bool:
+        """A stored session this request neither changed nor needs to re-sign."""
+        return (
+            self.persisted_sid is not None
+            and (self._custom is None or (not self._custom and self._custom_json == _EMPTY_JSON))
+            and not self._meta_dirty
+            and not self._rotate
+            and not self.resign
+        )
 
     @property
     def meta_dirty(self) -> bool:

@@ -223,6 +223,10 @@ class SessionMiddleware:
 
         Raises :class:`StoreError` when a write the response depends on failed.
         """
+        if session.untouched:
+            # The common read-only request: nothing to write, nothing to tell.
+            session.committed_key = session.loaded_key
+            return None
         now = self.clock.time()
         data = session.data_for_commit
         new_custom = self._custom_json_within_cap(session)
