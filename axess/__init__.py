@@ -10,7 +10,12 @@ from axess.errors import (
     StoreError,
 )
 from axess.keys import Key, Keyring
-from axess.observability.health import CompositeHealthCheck, HealthCheck, HealthStatus, healthz_endpoint
+from axess.observability.health import (
+    CompositeHealthCheck,
+    HealthCheck,
+    HealthStatus,
+    healthz_endpoint,
+)
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session.config import SessionConfig
 from axess.session.data import AuthState

@@ -16,9 +16,9 @@ from starlette.types import ASGIApp
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
+from axess.net import ClientIPMiddleware, TrustedProxies
 from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
-from axess.net import ClientIPMiddleware, TrustedProxies
 from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
 from axess.session.config import SessionConfig
 from axess.session.csrf import CSRFConfig, CSRFMiddleware
@@ -83,9 +83,13 @@ class Axess:
             raise ConfigurationError("cleanup_interval must be positive or None")
         self.cleanup_interval = cleanup_interval
         self.crypto = SessionCrypto(
-            keys, random=self.random, on_previous_key=self.metrics.session_decrypted_with_previous_key
+            keys,
+            random=self.random,
+            on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
-        self.sessions = SessionRegistry(store, self.crypto, self.clock, self.metrics, on_session_event)
+        self.sessions = SessionRegistry(
+            store, self.crypto, self.clock, self.metrics, on_session_event
+        )
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.binding_policy = binding or BindingPolicy()
         self.peppers = TenantPeppers(keys)
@@ -135,7 +139,10 @@ class Axess:
         ]
         if self.csrf_config is not None:
             layers.append(
-                (CSRFMiddleware, {"keys": self.keys, "config": self.csrf_config, "random": self.random})
+                (
+                    CSRFMiddleware,
+                    {"keys": self.keys, "config": self.csrf_config, "random": self.random},
+                )
             )
         return layers
 
@@ -160,13 +167,17 @@ class Axess:
         return version
 
     # -- registry ---------------------------------------------------------------------
-    async def list_sessions(self, user_id: str, *, tenant_id: str | None = None) -> list[SessionInfo]:
+    async def list_sessions(
+        self, user_id: str, *, tenant_id: str | None = None
+    ) -> list[SessionInfo]:
         return await self.sessions.list_sessions(user_id, tenant_id=tenant_id)
 
     async def invalidate_user(
         self, user_id: str, *, tenant_id: str | None = None, except_key: str | None = None
     ) -> int:
-        return await self.sessions.invalidate_user(user_id, tenant_id=tenant_id, except_key=except_key)
+        return await self.sessions.invalidate_user(
+            user_id, tenant_id=tenant_id, except_key=except_key
+        )
 
     async def invalidate_session(self, storage_key: str) -> bool:
         return await self.sessions.invalidate_session(storage_key)
@@ -214,5 +225,6 @@ class Axess:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # retried next tick
-                logger.warning("expired-row cleanup failed (%s); retrying next tick", type(exc).__name__)
-
+                logger.warning(
+                    "expired-row cleanup failed (%s); retrying next tick", type(exc).__name__
+                )

@@ -183,7 +183,9 @@ class Keyring:
                 return key
         return None
 
-    def derive(self, purpose: Purpose, info: str, *, length: int = 32, kid: str | None = None) -> bytes:
+    def derive(
+        self, purpose: Purpose, info: str, *, length: int = 32, kid: str | None = None
+    ) -> bytes:
         """HKDF-SHA256 subkey of ``purpose``'s active key (or ``kid``) for ``info``.
 
         Distinct ``info`` labels give independent subkeys.
@@ -195,9 +197,7 @@ class Keyring:
 
     def env_lines(self) -> list[str]:
         """``VAR=value`` lines that :meth:`from_env` reads back."""
-        return [
-            f"{ENV_VARS[p]}={','.join(k.encode() for k in self._keys[p])}" for p in PURPOSES
-        ]
+        return [f"{ENV_VARS[p]}={','.join(k.encode() for k in self._keys[p])}" for p in PURPOSES]
 
     def __repr__(self) -> str:
         kids = {p: [k.kid for k in ks] for p, ks in self._keys.items()}

@@ -57,7 +57,10 @@ async def home(request: Request) -> Response:
         )
         body += f"<h2>Your sessions</h2><table>{rows}</table>"
         body += '<form method="post" action="/logout"><button>Log out</button></form> '
-        body += '<form method="post" action="/logout-everywhere"><button>Log out everywhere</button></form>'
+        body += (
+            '<form method="post" action="/logout-everywhere">'
+            "<button>Log out everywhere</button></form>"
+        )
     else:
         body += (
             '<form method="post" action="/login"><label>Name <input name="user" required '

@@ -149,7 +149,10 @@ def cookie_of(response: httpx.Response, name: str = "axess.sid") -> str | None:
 
 
 async def asgi_request(
-    app: Any, path: str = "/read", headers: list[tuple[bytes, bytes]] | None = None, method: str = "GET"
+    app: Any,
+    path: str = "/read",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    method: str = "GET",
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Call an ASGI app directly with raw header bytes (httpx insists on ASCII)."""
     scope = {

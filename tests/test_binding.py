@@ -6,11 +6,11 @@ import logging
 from typing import Any
 
 import pytest
+from helpers import CountingStore, client, cookie_of, make_app
 
 from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig
 from axess.net import TrustedProxies
 from axess.session.binding import BindingPolicy
-from helpers import CountingStore, client, cookie_of, make_app
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
-import pytest
+from helpers import asgi_request, client, cookie_of, make_app, make_auth
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from itsdangerous import Signer
 
 from axess import Key, Keyring
 from axess.session.cookie import MAX_COOKIE_BYTES, SessionCookieSigner, first_cookie
-import json
 
-from helpers import asgi_request, client, cookie_of, make_app, make_auth
 
 def keyring(signing: list[Key]) -> Keyring:
     return Keyring(
@@ -122,7 +121,10 @@ async def test_oversized_cookie_is_ignored() -> None:
     padded = value + "x" * MAX_COOKIE_BYTES
     r = await whoami(app, f"axess.sid={padded}")
     assert r.status_code == 200 and r.json()["user"] is None
-    assert first_cookie([(b"cookie", b"axess.sid=" + b"a" * (MAX_COOKIE_BYTES + 1))], b"axess.sid") is None
+    assert (
+        first_cookie([(b"cookie", b"axess.sid=" + b"a" * (MAX_COOKIE_BYTES + 1))], b"axess.sid")
+        is None
+    )
 
 
 async def test_first_cookie_of_the_name_wins() -> None:

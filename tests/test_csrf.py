@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from helpers import ROUTES, client, cookie_of, make_auth
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -11,7 +12,6 @@ from starlette.routing import Route
 
 from axess import Axess
 from axess.session.csrf import CSRFConfig, csrf_input, csrf_token
-from helpers import ROUTES, client, cookie_of, make_auth
 
 
 async def form(request: Request) -> HTMLResponse:

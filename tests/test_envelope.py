@@ -3,13 +3,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+from helpers import client, cookie_of, make_app, make_auth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from axess import EnvelopeError, Key, Keyring, SessionCrypto
 from axess.session.cookie import storage_key
 from axess.session.envelope import NONCE_BYTES, TAG_BYTES, VERSION
-from helpers import client, cookie_of, make_app, make_auth
 
 
 def ring(*envelope: Key) -> Keyring:

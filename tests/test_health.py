@@ -32,7 +32,11 @@ class Raises:
 
 
 async def test_all_healthy() -> None:
-    c = CompositeHealthCheck().add("a", Fixed(HealthStatus.healthy())).add("b", Fixed(HealthStatus.healthy()))
+    c = (
+        CompositeHealthCheck()
+        .add("a", Fixed(HealthStatus.healthy()))
+        .add("b", Fixed(HealthStatus.healthy()))
+    )
     assert (await c.check_health()).state is HealthState.HEALTHY
 
 
@@ -87,13 +91,26 @@ async def test_endpoint_status_codes_and_details() -> None:
     ok = Fixed(HealthStatus.healthy())
     bad = Fixed(HealthStatus.unhealthy("db: connection refused"))
     c = CompositeHealthCheck().add("store", ok).add("cache", bad, critical=False)
-    app = Starlette(routes=[Route("/healthz", healthz_endpoint(c)), Route("/d", healthz_endpoint(c, details=True))])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz_endpoint(c)),
+            Route("/d", healthz_endpoint(c, details=True)),
+        ]
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
         r = await client.get("/healthz")
         assert r.status_code == 200
-        assert r.json() == {"status": "degraded", "components": {"store": "healthy", "cache": "unhealthy"}}
+        assert r.json() == {
+            "status": "degraded",
+            "components": {"store": "healthy", "cache": "unhealthy"},
+        }
         r = await client.get("/d")
-        assert r.json()["components"]["cache"] == {"status": "unhealthy", "reason": "db: connection refused"}
+        assert r.json()["components"]["cache"] == {
+            "status": "unhealthy",
+            "reason": "db: connection refused",
+        }
         ok.status = HealthStatus.unhealthy("x")
         r = await client.get("/healthz")
         assert r.status_code == 503 and r.headers["retry-after"]

@@ -64,17 +64,30 @@ states = st.one_of(
         st.floats(allow_nan=False, allow_infinity=False),
         st.lists(st.text(min_size=1)).map(tuple),
     ),
-    st.builds(d.PendingWorkflow, st.text(min_size=1), st.none() | st.text(min_size=1), st.text(min_size=1), st.text(min_size=1)),
+    st.builds(
+        d.PendingWorkflow,
+        st.text(min_size=1),
+        st.none() | st.text(min_size=1),
+        st.text(min_size=1),
+        st.text(min_size=1),
+    ),
 )
 
 
 @given(states, st.dictionaries(st.text(), st.integers() | st.text()))
 def test_encode_decode_roundtrip(state: d.AuthState, custom: dict[str, object]) -> None:
-    data = d.SessionData(created_at=1.5, last_seen_at=2.5, auth_state=state, tenant_id="t", user_agent="ua")
+    data = d.SessionData(
+        created_at=1.5, last_seen_at=2.5, auth_state=state, tenant_id="t", user_agent="ua"
+    )
     raw = d.encode(data, d.dump_custom(custom))
     back, custom_json = d.decode(raw)
     assert back.auth_state == state
-    assert (back.created_at, back.last_seen_at, back.tenant_id, back.user_agent) == (1.5, 2.5, "t", "ua")
+    assert (back.created_at, back.last_seen_at, back.tenant_id, back.user_agent) == (
+        1.5,
+        2.5,
+        "t",
+        "ua",
+    )
     assert d.load_custom(custom_json) == custom
 
 

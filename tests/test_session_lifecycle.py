@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from helpers import CountingStore, client, cookie_of, make_app, make_auth
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -13,7 +14,6 @@ from starlette.routing import Route
 
 from axess import MockClock, Session, get_session
 from axess.session.cookie import storage_key
-from helpers import CountingStore, client, cookie_of, make_app, make_auth
 
 
 async def test_guest_without_writes_is_never_persisted() -> None:
@@ -82,7 +82,9 @@ async def test_authentication_rotates_id_and_removes_old_row() -> None:
         r = await c.post("/login?user=alice")
         after = cookie_of(r)
         assert after and after.split(".")[0] != before.split(".")[0]
-        assert await store.load_session(storage_key(before.split(".")[0]), auth.clock.time()) is None
+        assert (
+            await store.load_session(storage_key(before.split(".")[0]), auth.clock.time()) is None
+        )
         r = await c.get("/read")
         assert r.json() == {"user": "alice", "n": 1, "auth": "authenticated"}
         # The pre-login cookie no longer works (fixation).
@@ -181,7 +183,9 @@ async def test_idle_timeout_with_touch_interval() -> None:
         assert (await c.get("/read")).json()["user"] is None
 
 
-async def test_custom_cap_refuses_and_keeps_stored_version(caplog: pytest.LogCaptureFixture) -> None:
+async def test_custom_cap_refuses_and_keeps_stored_version(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     auth = make_auth(max_custom_bytes=1000)
     async with client(make_app(auth)) as c:
         await c.post("/write?k=small")
@@ -278,7 +282,7 @@ async def test_fastapi_dependency() -> None:
     auth.install(app)
 
     @app.post("/count")
-    async def count(session: Session = Depends(get_session)) -> dict[str, int]:  # noqa: B008
+    async def count(session: Session = Depends(get_session)) -> dict[str, int]:
         session["n"] = session.get("n", 0) + 1
         return {"n": session["n"]}
 

@@ -86,7 +86,9 @@ class CompositeHealthCheck:
     ) -> CompositeHealthCheck:
         if any(e.name == name for e in self._entries):
             raise ValueError(f"health check {name!r} is already registered")
-        self._entries.append(_Entry(name, check, critical, self._timeout if timeout is None else timeout))
+        self._entries.append(
+            _Entry(name, check, critical, self._timeout if timeout is None else timeout)
+        )
         return self
 
     @property

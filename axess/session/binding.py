@@ -131,9 +131,14 @@ class FingerprintBinding:
             if k == b"user-agent":
                 ua = v[:_MAX_UA].decode("latin-1")
             elif k == b"accept-language" and self.policy.accept_language:
-                lang = v.split(b",")[0].split(b";")[0].split(b"-")[0].strip()[:_MAX_LANG].decode(
-                    "latin-1"
-                ).lower()
+                lang = (
+                    v.split(b",")[0]
+                    .split(b";")[0]
+                    .split(b"-")[0]
+                    .strip()[:_MAX_LANG]
+                    .decode("latin-1")
+                    .lower()
+                )
         state = scope.get("state") or {}
         ip = state.get("client_ip")
         if not isinstance(ip, str):

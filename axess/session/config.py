@@ -43,7 +43,7 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         name = self.cookie_name
-        if not name or any(c in name for c in " ;,=\t\r\n\"") or not name.isascii():
+        if not name or any(c in name for c in ' ;,=\t\r\n"') or not name.isascii():
             raise ConfigurationError(f"invalid cookie name {name!r}")
         if self.max_age <= 0:
             raise ConfigurationError("max_age must be positive")

@@ -57,7 +57,7 @@ class CSRFConfig:
 
     def __post_init__(self) -> None:
         for name in (self.cookie_name, self.header_name, self.form_field):
-            if not name or any(c in name for c in " ;,=\r\n\t\""):
+            if not name or any(c in name for c in ' ;,=\r\n\t"'):
                 raise ConfigurationError(f"invalid CSRF name {name!r}")
         if self.same_site not in ("lax", "strict", "none"):
             raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
@@ -146,7 +146,9 @@ class CSRFMiddleware:
         state["csrf"] = self
         session = state.get("session")
         if not isinstance(session, Session):
-            raise RuntimeError("CSRFMiddleware needs SessionMiddleware outside it (use Axess.install)")
+            raise RuntimeError(
+                "CSRFMiddleware needs SessionMiddleware outside it (use Axess.install)"
+            )
         headers = scope["headers"]
         cookie_token = first_cookie(headers, self._cookie)
         request_binding = session.loaded_key
@@ -293,7 +295,9 @@ def csrf_token(conn: HTTPConnection) -> str:
     mw = state.get("csrf")
     session = state.get("session")
     if not isinstance(mw, CSRFMiddleware) or not isinstance(session, Session):
-        raise RuntimeError("csrf_token() needs CSRFMiddleware (use Axess.install with csrf enabled)")
+        raise RuntimeError(
+            "csrf_token() needs CSRFMiddleware (use Axess.install with csrf enabled)"
+        )
     token = mw.tokens.mint(session.loaded_key)
     state[_STATE_KEY] = token
     return token

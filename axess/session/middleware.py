@@ -18,11 +18,11 @@ from axess.keys import Keyring
 from axess.net import ip_prefix
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
+from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
 from axess.session.cookie import SessionCookieSigner, first_cookie, new_session_id, storage_key
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
-from axess.session.binding import FingerprintBinding
 from axess.session.handle import Session
 from axess.stores.base import SessionRecord, SessionStore
 
@@ -66,7 +66,9 @@ class SessionMiddleware:
         self.binding = binding if binding is not None and binding.policy.enabled else None
         self.signer = SessionCookieSigner(keys)
         self.crypto = SessionCrypto(
-            keys, random=self.random, on_previous_key=self.metrics.session_decrypted_with_previous_key
+            keys,
+            random=self.random,
+            on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
         self._cookie_name = self.config.cookie_name.encode("latin-1")
         self._cookie_attrs = self._attributes()
@@ -215,7 +217,9 @@ class SessionMiddleware:
     def _warn_envelope(self, what: str) -> None:
         if what not in self._envelope_warned:
             self._envelope_warned.add(what)
-            logger.warning("stored session could not be opened (%s); starting a guest session", what)
+            logger.warning(
+                "stored session could not be opened (%s); starting a guest session", what
+            )
 
     # -- commit ---------------------------------------------------------------------
     async def commit(self, scope: Scope, session: Session, had_cookie: bool) -> bytes | None:
@@ -312,7 +316,9 @@ class SessionMiddleware:
             return None
         return new
 
-    def _record(self, key: str, data: d.SessionData, custom_json: bytes, now: float) -> SessionRecord:
+    def _record(
+        self, key: str, data: d.SessionData, custom_json: bytes, now: float
+    ) -> SessionRecord:
         plaintext = d.encode(data, custom_json)
         return SessionRecord(
             key=key,
@@ -347,7 +353,12 @@ class SessionMiddleware:
         if session.loaded_key is not None and session.persisted_sid is not None:
             await self.store.delete_session(session.loaded_key)
             self.metrics.session_invalidated()
-            self._emit("session_invalidated", session.loaded_key, session.data_for_commit.auth_state, "logout")
+            self._emit(
+                "session_invalidated",
+                session.loaded_key,
+                session.data_for_commit.auth_state,
+                "logout",
+            )
 
     # -- cookies ----------------------------------------------------------------------
     def _attributes(self) -> str:
@@ -365,7 +376,9 @@ class SessionMiddleware:
     def _set_cookie(self, sid: str, data: d.SessionData, now: float) -> bytes:
         remaining = max(0, math.floor(self._expires_at(data) - now))
         value = self.signer.sign(sid)
-        return f"{self.config.cookie_name}={value}; Max-Age={remaining}; {self._cookie_attrs}".encode()
+        return (
+            f"{self.config.cookie_name}={value}; Max-Age={remaining}; {self._cookie_attrs}".encode()
+        )
 
     def _clear_cookie(self) -> bytes:
         return (
@@ -374,9 +387,7 @@ class SessionMiddleware:
         ).encode()
 
     # -- misc ---------------------------------------------------------------------------
-    def _emit(
-        self, kind: Any, key: str, state: d.AuthState, reason: str | None = None
-    ) -> None:
+    def _emit(self, kind: Any, key: str, state: d.AuthState, reason: str | None = None) -> None:
         hook = self.on_event
         if hook is None:
             return

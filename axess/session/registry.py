@@ -55,10 +55,14 @@ class SessionRegistry:
         self._metrics = metrics
         self._on_event = on_event
 
-    async def list_sessions(self, user_id: str, *, tenant_id: str | None = None) -> list[SessionInfo]:
+    async def list_sessions(
+        self, user_id: str, *, tenant_id: str | None = None
+    ) -> list[SessionInfo]:
         """Live sessions of ``user_id``, oldest first. Rows that no longer open
         (e.g. sealed with a removed key) are listed without details."""
-        rows = await self._store.list_user_sessions(user_id, self._clock.time(), tenant_id=tenant_id)
+        rows = await self._store.list_user_sessions(
+            user_id, self._clock.time(), tenant_id=tenant_id
+        )
         out = []
         for row in rows:
             data: d.SessionData | None
@@ -93,7 +97,9 @@ class SessionRegistry:
             self._metrics.session_invalidated()
         if count:
             logger.info("invalidated %d session(s) of a user", count)
-            self._emit(SessionEvent("session_invalidated", "*", user_id, tenant_id, "invalidate_user"))
+            self._emit(
+                SessionEvent("session_invalidated", "*", user_id, tenant_id, "invalidate_user")
+            )
         return count
 
     async def invalidate_session(self, storage_key: str) -> bool:
@@ -102,7 +108,9 @@ class SessionRegistry:
         if deleted:
             self._metrics.session_invalidated()
             self._emit(
-                SessionEvent("session_invalidated", storage_key[:KEY_PREFIX_CHARS], reason="revoked")
+                SessionEvent(
+                    "session_invalidated", storage_key[:KEY_PREFIX_CHARS], reason="revoked"
+                )
             )
         return deleted
 

@@ -153,7 +153,9 @@ class SessionStoreContract:
         ]
         for r in recs:
             await store.create_session(r)
-        assert await store.delete_user_sessions("alice", tenant_id="t1", except_key=recs[0].key) == 1
+        assert (
+            await store.delete_user_sessions("alice", tenant_id="t1", except_key=recs[0].key) == 1
+        )
         assert await store.load_session(recs[0].key, NOW) is not None
         assert await store.load_session(recs[1].key, NOW) is None
         assert await store.load_session(recs[2].key, NOW) is not None
@@ -193,9 +195,17 @@ class SessionStoreContract:
         ops: list[Any] = []
         for i, r in enumerate(recs):
             if i % 2:
-                ops.append(store.save_session(make_record(f"c{i}", payload=b"late", user="victim", tenant="t"), NOW))
+                ops.append(
+                    store.save_session(
+                        make_record(f"c{i}", payload=b"late", user="victim", tenant="t"), NOW
+                    )
+                )
             else:
-                ops.append(store.cycle_session(r.key, make_record(f"c{i}-new", user="victim", tenant="t"), NOW))
+                ops.append(
+                    store.cycle_session(
+                        r.key, make_record(f"c{i}-new", user="victim", tenant="t"), NOW
+                    )
+                )
         ops.insert(len(ops) // 2, store.delete_user_sessions("victim", tenant_id="t"))
         ops.extend(store.save_session(r, NOW) for r in recs[:20])
         results = await asyncio.gather(*ops)
