@@ -26,6 +26,7 @@ from axess.session.envelope import SessionCrypto
 from axess.session.events import SessionEventHook
 from axess.session.middleware import SessionMiddleware
 from axess.session.registry import SessionInfo, SessionRegistry
+from axess.stack import Stack, Stage
 from axess.stores.base import SessionStore
 
 logger = logging.getLogger("axess")
@@ -146,18 +147,19 @@ class Axess:
             )
         return layers
 
-    def wrap(self, app: ASGIApp) -> ASGIApp:
+    def stages(self) -> list[Stage]:
+        """Fresh stage instances, outermost first."""
+        return [cls(None, **kwargs) for cls, kwargs in self._layers()]
+
+    def wrap(self, app: ASGIApp) -> Stack:
         """The full stack around a plain ASGI app: client IP → session → CSRF → app."""
-        for cls, kwargs in reversed(self._layers()):
-            app = cls(app, **kwargs)
-        return app
+        return Stack(app, self.stages())
 
     def install(self, app: _Installable) -> None:
         """Add the stack to a Starlette/FastAPI app in the documented order
-        (client IP → rate limit → session → CSRF, outermost first)."""
-        # add_middleware puts each new layer outside the previous ones.
-        for cls, kwargs in reversed(self._layers()):
-            app.add_middleware(cls, **kwargs)
+        (client IP → rate limit → session → CSRF, outermost first), as one
+        middleware."""
+        app.add_middleware(Stack, stages=self.stages())
 
     def rotate_fingerprint_pepper(self, tenant: str | None) -> int:
         """Issue a new fingerprint pepper for ``tenant``; its sessions re-bind on

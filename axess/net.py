@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axess._cache import BoundedMemo
 from axess.errors import ConfigurationError
+from axess.stack import Stage
 
 logger = logging.getLogger("axess.net")
 
@@ -178,19 +179,20 @@ def _normalize_peer(peer: str | None) -> str:
     return NO_PEER if addr is None else str(addr)
 
 
-class ClientIPMiddleware:
+class ClientIPMiddleware(Stage):
     """Resolves the client IP once per request into ``scope["state"]["client_ip"]``."""
 
-    def __init__(self, app: ASGIApp, *, proxies: TrustedProxies | None = None) -> None:
-        self.app = app
+    def __init__(
+        self, app: ASGIApp | None = None, *, proxies: TrustedProxies | None = None
+    ) -> None:
+        super().__init__(app)
         self.proxies = proxies or TrustedProxies()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" or scope["type"] == "websocket":
-            client = scope.get("client")
-            ip = self.proxies.resolve(client[0] if client else None, scope["headers"])
-            scope.setdefault("state", {})["client_ip"] = ip
-        await self.app(scope, receive, send)
+    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        client = scope.get("client")
+        ip = self.proxies.resolve(client[0] if client else None, scope["headers"])
+        scope.setdefault("state", {})["client_ip"] = ip
+        return receive
 
 
 def client_ip(conn: HTTPConnection) -> str:

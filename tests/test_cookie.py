@@ -145,3 +145,31 @@ async def test_non_canonical_encodings_refused() -> None:
     assert signer.verify(good) is not None
     assert signer.verify(good + b"=") is None
     assert signer.verify(b" " + good) is None
+
+
+def test_first_cookie_parsing_rules() -> None:
+    name = b"axess.sid"
+    assert first_cookie([(b"cookie", b"xaxess.sid=1; axess.sid=2")], name) == b"2"
+    assert first_cookie([(b"cookie", b"a=1;axess.sid=2")], name) == b"2"
+    assert first_cookie([(b"cookie", b'axess.sid="q"')], name) == b"q"
+    assert first_cookie([(b"cookie", b"a=1"), (b"cookie", b"axess.sid=3")], name) == b"3"
+    assert first_cookie([(b"cookie", b"axess.sidx=1")], name) is None
+    assert first_cookie([(b"x-cookie", b"axess.sid=1")], name) is None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"axess.sid", b"b"]),
+            st.binary(max_size=20).filter(lambda v: b";" not in v),
+        ),
+        max_size=6,
+    )
+)
+def test_first_cookie_matches_reference(pairs: list[tuple[bytes, bytes]]) -> None:
+    header = b"; ".join(k + b"=" + v for k, v in pairs)
+    expected = next((v.strip() for k, v in pairs if k == b"axess.sid"), None)
+    if expected is not None and len(expected) >= 2 and expected[0] == expected[-1] == 0x22:
+        expected = expected[1:-1]
+    assert first_cookie([(b"cookie", header)], b"axess.sid") == expected

@@ -109,16 +109,20 @@ def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | Non
     Returns ``None`` when absent or when the value exceeds
     :data:`MAX_COOKIE_BYTES`.
     """
+    needle = name + b"="
     for key, value in headers:
         if key != b"cookie":
             continue
-        for part in value.split(b";"):
-            k, sep, v = part.partition(b"=")
-            if sep and k.strip() == name:
-                v = v.strip()
+        start = value.find(needle)
+        while start != -1:
+            # Only a match at the start of a cookie pair counts ("xaxess.sid=" does not).
+            if start == 0 or value[start - 1] in b"; \t":
+                end = value.find(b";", start)
+                v = value[start + len(needle) : end if end != -1 else len(value)].strip()
                 if len(v) > MAX_COOKIE_BYTES:
                     return None
                 if len(v) >= 2 and v[0] == v[-1] == 0x22:  # tolerate RFC 6265 quoting
                     v = v[1:-1]
                 return v
+            start = value.find(needle, start + 1)
     return None

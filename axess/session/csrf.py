@@ -30,6 +30,7 @@ from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.session.cookie import first_cookie
 from axess.session.handle import Session
+from axess.stack import Stage
 
 logger = logging.getLogger("axess.csrf")
 
@@ -111,7 +112,7 @@ def _binding(storage_key: str | None) -> bytes:
     return b"s:" + storage_key.encode("ascii") if storage_key else _ANON
 
 
-class CSRFMiddleware:
+class CSRFMiddleware(Stage):
     """Checks unsafe requests, answers 403 JSON on failure, and keeps the
     ``axess.csrf`` cookie valid for the session it rides with.
 
@@ -120,15 +121,17 @@ class CSRFMiddleware:
     credentials there is nothing to forge (bearer-token API clients).
     """
 
+    has_response_hook = True
+
     def __init__(
         self,
-        app: ASGIApp,
+        app: ASGIApp | None = None,
         *,
         keys: Keyring,
         config: CSRFConfig | None = None,
         random: Random | None = None,
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.config = config or CSRFConfig()
         self.tokens = CSRFTokens(keys, random)
         self._cookie = self.config.cookie_name.encode("latin-1")
@@ -138,10 +141,9 @@ class CSRFMiddleware:
             attrs.append("Secure")
         self._attrs = "; ".join(attrs)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return receive
         state = scope.setdefault("state", {})
         state["csrf"] = self
         session = state.get("session")
@@ -169,16 +171,29 @@ class CSRFMiddleware:
                 ):
                     logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
                     await _forbidden(send)
-                    return
+                    return None
         current = cookie_token.decode("latin-1") if cookie_token else None
         if current is not None and self.tokens.valid(current, request_binding):
             state[_STATE_KEY] = current
-        session.commit_hooks.append(lambda key: self._remint(scope, current, request_binding, key))
-        await self.app(scope, receive, send)
+        state["csrf_cookie"] = current
+        return receive
+
+    async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
+        state = scope["state"]
+        session: Session = state["session"]
+        header = self._remint(
+            state, state["csrf_cookie"], session.loaded_key, session.committed_key
+        )
+        if header is not None:
+            headers = message.setdefault("headers", [])
+            if not isinstance(headers, list):
+                headers = message["headers"] = list(headers)
+            headers.append(header)
+        return True
 
     def _remint(
         self,
-        scope: Scope,
+        state: dict[str, object],
         current: str | None,
         request_binding: str | None,
         committed_key: str | None,
@@ -190,7 +205,6 @@ class CSRFMiddleware:
         login), or when the session was just created or rotated. Otherwise
         nothing is sent, so plain page views carry no Set-Cookie.
         """
-        state = scope.get("state") or {}
         rendered = state.get(_STATE_KEY)
         if isinstance(rendered, str) and self.tokens.valid(rendered, committed_key):
             token = rendered  # what the page may already have embedded in a form

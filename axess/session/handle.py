@@ -8,7 +8,7 @@ persists it when the response starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from axess.session.middleware import SessionMiddleware
 
 _EMPTY_JSON = b"{}"
-CommitHook = Callable[[str | None], tuple[bytes, bytes] | None]
 
 
 class Session(MutableMapping[str, Any]):
@@ -40,8 +39,8 @@ class Session(MutableMapping[str, Any]):
         "_owner",
         "_rotate",
         "accessed",
-        "commit_hooks",
         "committed_key",
+        "had_cookie",
         "loaded_key",
         "persisted_sid",
         "resign",
@@ -72,9 +71,8 @@ class Session(MutableMapping[str, Any]):
         self.accessed = False
         #: Storage key after the commit (None: no stored session). Set by the middleware.
         self.committed_key: str | None = None
-        #: Called after the commit with ``committed_key``; may return one extra
-        #: response header (CSRF re-minting uses this).
-        self.commit_hooks: list[CommitHook] = []
+        #: Whether the request carried a session cookie (set by the middleware).
+        self.had_cookie = False
 
     # -- custom data (mapping) ------------------------------------------------
     def _c(self) -> dict[str, Any]:

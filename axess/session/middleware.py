@@ -24,6 +24,7 @@ from axess.session.cookie import SessionCookieSigner, first_cookie, new_session_
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
+from axess.stack import Stage
 from axess.stores.base import SessionRecord, SessionStore
 
 logger = logging.getLogger("axess.session")
@@ -34,7 +35,7 @@ _VARY: Final = (b"vary", b"Cookie")
 _MEMO_MAX_PAYLOAD: Final = 4096
 
 
-class SessionMiddleware:
+class SessionMiddleware(Stage):
     """Server-side sessions behind an HMAC-signed cookie, sealed with AES-256-GCM.
 
     One ``load_session`` per request that carries a valid cookie; no store
@@ -42,9 +43,11 @@ class SessionMiddleware:
     only once they write. See DESIGN §4 for the full contract.
     """
 
+    has_response_hook = True
+
     def __init__(
         self,
-        app: ASGIApp,
+        app: ASGIApp | None = None,
         *,
         store: SessionStore,
         keys: Keyring,
@@ -56,7 +59,7 @@ class SessionMiddleware:
         binding: FingerprintBinding | None = None,
         opened_memo_size: int = 8192,
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.store = store
         self.config = config or SessionConfig()
         self.clock: Clock = clock or SystemClock()
@@ -81,62 +84,42 @@ class SessionMiddleware:
             opened_memo_size
         )
 
-    # -- ASGI -------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
-            return
+    # -- stage ------------------------------------------------------------------
+    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         raw = first_cookie(scope["headers"], self._cookie_name)
         try:
             session = await self._load(raw)
         except StoreError:
-            if self.config.on_store_error == "guest":
-                session = self._new_guest()
-            else:
+            if self.config.on_store_error != "guest":
                 await self._unavailable(scope, send)
-                return
-        had_cookie = raw is not None
+                return None
+            session = self._new_guest()
+        session.had_cookie = raw is not None
         scope.setdefault("state", {})["session"] = session
         if self.binding is not None and session.persisted_sid is not None:
             try:
                 await self._check_binding(scope, session)
             except StoreError:
                 await self._unavailable(scope, send)
-                return
-        if kind == "websocket":
-            # A websocket cannot set cookies: its session is read-only.
-            await self.app(scope, receive, send)
-            return
+                return None
+        # A websocket cannot set cookies: its session is read-only (no commit).
+        return receive
 
-        suppressed = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal suppressed
-            if suppressed:
-                return
-            if message["type"] == "http.response.start":
-                try:
-                    cookie = await self.commit(scope, session, had_cookie)
-                except StoreError:
-                    suppressed = True
-                    await self._unavailable(scope, send)
-                    return
-                hooks = session.commit_hooks
-                if cookie is not None or session.accessed or had_cookie or hooks:
-                    headers = message.setdefault("headers", [])
-                    if not isinstance(headers, list):
-                        headers = message["headers"] = list(headers)
-                    if cookie is not None:
-                        headers.append((b"set-cookie", cookie))
-                    for hook in hooks:
-                        extra = hook(session.committed_key)
-                        if extra is not None:
-                            headers.append(extra)
-                    _add_vary_cookie(headers)
-            await send(message)
-
-        await self.app(scope, receive, send_wrapper)
+    async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
+        session: Session = scope["state"]["session"]
+        try:
+            cookie = await self.commit(scope, session, session.had_cookie)
+        except StoreError:
+            await self._unavailable(scope, send)
+            return False
+        if cookie is not None or session.accessed or session.had_cookie:
+            headers = message.setdefault("headers", [])
+            if not isinstance(headers, list):
+                headers = message["headers"] = list(headers)
+            if cookie is not None:
+                headers.append((b"set-cookie", cookie))
+            _add_vary_cookie(headers)
+        return True
 
     # -- load ---------------------------------------------------------------------
     def _new_guest(self) -> Session:
@@ -442,7 +425,7 @@ def _describe_client(scope: Scope, data: d.SessionData) -> None:
 
 def _add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:
     for i, (k, v) in enumerate(headers):
-        if k.lower() == b"vary":
+        if k == b"vary" or (len(k) == 4 and k.lower() == b"vary"):
             if b"cookie" not in v.lower() and v.strip() != b"*":
                 headers[i] = (k, v + b", Cookie")
             return
