@@ -10,6 +10,7 @@ from axess.errors import (
     StoreError,
 )
 from axess.keys import Key, Keyring
+from axess.net import ClientIPMiddleware, TrustedProxies, client_ip
 from axess.observability.health import (
     CompositeHealthCheck,
     HealthCheck,
@@ -17,7 +18,9 @@ from axess.observability.health import (
     healthz_endpoint,
 )
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.session.binding import BindingPolicy
 from axess.session.config import SessionConfig
+from axess.session.csrf import CSRFConfig, CSRFMiddleware, csrf_input, csrf_token
 from axess.session.data import AuthState
 from axess.session.envelope import SessionCrypto
 from axess.session.handle import Session, get_session
@@ -29,6 +32,10 @@ __all__ = [
     "AuthnMetrics",
     "Axess",
     "AxessError",
+    "BindingPolicy",
+    "CSRFConfig",
+    "CSRFMiddleware",
+    "ClientIPMiddleware",
     "Clock",
     "CompositeHealthCheck",
     "ConfigurationError",
@@ -50,6 +57,10 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "SystemRandom",
+    "TrustedProxies",
+    "client_ip",
+    "csrf_input",
+    "csrf_token",
     "get_session",
     "healthz_endpoint",
 ]

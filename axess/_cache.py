@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-class BoundedMemo(Generic[K, V]):
+class BoundedMemo(dict[K, V]):
     """Maps inputs to results of a deterministic, side-effect-free computation
     (e.g. "this exact cookie value verified to this id").
 
     Only ever store results that are a pure function of the key: a hit must
-    be indistinguishable from recomputing. Evicts first-in first-out when
-    full, so memory is bounded by ``capacity`` entries.
+    be indistinguishable from recomputing. Read with ``get`` (the plain dict
+    method, so a hit costs no Python call); write with :meth:`put`, which
+    evicts first-in first-out so memory stays bounded by ``capacity`` entries.
     """
 
-    __slots__ = ("_capacity", "_data")
+    __slots__ = ("_capacity",)
 
     def __init__(self, capacity: int) -> None:
+        super().__init__()
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._capacity = capacity
-        self._data: dict[K, V] = {}
-
-    def get(self, key: K) -> V | None:
-        return self._data.get(key)
 
     def put(self, key: K, value: V) -> None:
-        data = self._data
-        if len(data) >= self._capacity and key not in data:
-            del data[next(iter(data))]
-        data[key] = value
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
+        if len(self) >= self._capacity and key not in self:
+            del self[next(iter(self))]
+        self[key] = value

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, SessionConfig, get_session
+from axess import Axess, CSRFConfig, Keyring, SessionConfig, csrf_input, get_session
 from axess.stores import SQLiteStore
 
 auth = Axess(
@@ -24,6 +24,7 @@ auth = Axess(
     # Plain http on 127.0.0.1: browsers would drop a Secure cookie. This is a
     # named weakening and is logged as a WARNING at startup.
     session=SessionConfig(secure=False, idle_timeout=30 * 60),
+    csrf=CSRFConfig(secure=False),
     debug=True,
 )
 
@@ -48,6 +49,7 @@ async def home(request: Request) -> Response:
     who = html.escape(s.user_id) if s.user_id else "a guest"
     body = f"<p>You are <strong>{who}</strong> ({html.escape(s.auth_state.kind)}).</p>"
     body += f"<p>Visits in this session: <code>{visits}</code></p>"
+    token = csrf_input(request)
     if s.is_authenticated and s.user_id:
         rows = "".join(
             f"<tr><td>{html.escape(i.key_prefix)}</td><td>{html.escape(i.ip_prefix or '?')}</td>"
@@ -56,14 +58,14 @@ async def home(request: Request) -> Response:
             for i in await auth.list_sessions(s.user_id)
         )
         body += f"<h2>Your sessions</h2><table>{rows}</table>"
-        body += '<form method="post" action="/logout"><button>Log out</button></form> '
+        body += f'<form method="post" action="/logout">{token}<button>Log out</button></form> '
         body += (
-            '<form method="post" action="/logout-everywhere">'
+            f'<form method="post" action="/logout-everywhere">{token}'
             "<button>Log out everywhere</button></form>"
         )
     else:
         body += (
-            '<form method="post" action="/login"><label>Name <input name="user" required '
+            f'<form method="post" action="/login">{token}<label>Name <input name="user" required '
             'maxlength="64"></label> <button>Sign in (demo: no password)</button></form>'
         )
     return page(body)

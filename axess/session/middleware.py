@@ -96,9 +96,13 @@ class SessionMiddleware(Stage):
             session = self._new_guest()
         session.had_cookie = raw is not None
         scope.setdefault("state", {})["session"] = session
-        if self.binding is not None and session.persisted_sid is not None:
+        if (
+            self.binding is not None
+            and session.persisted_sid is not None
+            and not self._binding_holds(scope, session)
+        ):
             try:
-                await self._check_binding(scope, session)
+                await self._on_binding_mismatch(session)
             except StoreError:
                 await self._unavailable(scope, send)
                 return None
@@ -168,25 +172,32 @@ class SessionMiddleware(Stage):
             session.mark_dirty()
         return session
 
-    async def _check_binding(self, scope: Scope, session: Session) -> None:
+    def _binding_holds(self, scope: Scope, session: Session) -> bool:
+        """True unless a bound session's fingerprint does not match this request.
+
+        Re-binds (without logging out) when the tenant's pepper was rotated.
+        """
         binding = self.binding
         assert binding is not None
-        data = session.data_for_commit
-        state = data.auth_state
-        if isinstance(state, d.Guest) or data.fingerprint is None:
-            return
+        data = session._data
+        if data.fingerprint is None or isinstance(data.auth_state, d.Guest):
+            return True
         tenant = data.tenant_id
         version = data.pepper_version or 1
-        if binding.verify(scope, tenant, data.fingerprint, version):
-            if binding.peppers.version(tenant) != version:
-                # The tenant's pepper was rotated: re-bind, do not log out.
-                data.fingerprint, data.pepper_version = binding.bind(scope, tenant)
-                session.mark_dirty()
-            return
-        key = session.loaded_key or ""
-        binding.mismatch(d.user_of(state), tenant)
-        self._emit("session_binding_mismatch", key, state, binding.policy.on_mismatch)
+        if not binding.verify(scope, tenant, data.fingerprint, version):
+            return False
+        if binding.peppers.version(tenant) != version:
+            data.fingerprint, data.pepper_version = binding.bind(scope, tenant)
+            session.mark_dirty()
+        return True
+
+    async def _on_binding_mismatch(self, session: Session) -> None:
+        binding = self.binding
+        assert binding is not None
+        state = session._data.auth_state
+        binding.mismatch(d.user_of(state), session._data.tenant_id)
         policy = binding.policy.on_mismatch
+        self._emit("session_binding_mismatch", session.loaded_key or "", state, policy)
         if policy == "warn":
             return
         if policy == "reauth":
@@ -210,12 +221,18 @@ class SessionMiddleware(Stage):
 
         Raises :class:`StoreError` when a write the response depends on failed.
         """
-        if session.untouched:
+        if (
+            session.persisted_sid is not None
+            and not session._meta_dirty
+            and not session._rotate
+            and not session.resign
+            and (session._custom is None or session.untouched)
+        ):
             # The common read-only request: nothing to write, nothing to tell.
             session.committed_key = session.loaded_key
             return None
         now = self.clock.time()
-        data = session.data_for_commit
+        data = session._data
         new_custom = self._custom_json_within_cap(session)
         custom_changed = new_custom is not None
         custom_json = new_custom if new_custom is not None else session.stored_custom_json

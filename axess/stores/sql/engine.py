@@ -1,0 +1,630 @@
+"""The SQL session store, written once against a small dialect interface.
+
+A dialect module (:mod:`.sqlite`, :mod:`.postgres`, :mod:`.mysql`) supplies
+only what really differs between databases: a :class:`Dialect` (placeholder
+style and a few SQL fragments), a :class:`Driver` (how a connection is
+acquired and a statement run, and which driver exceptions exist) and its
+migration files under ``migrations/<dialect>/``. The session semantics,
+migrations, error mapping, retries and health live here, once.
+
+Times are stored as epoch milliseconds (``BIGINT``); :class:`SessionRecord`
+carries float seconds.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import importlib.resources
+import itertools
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
+from urllib.parse import unquote
+
+from axess.errors import SchemaVersionError, StoreError
+from axess.observability.health import HealthStatus
+from axess.stores.base import SESSIONS, SessionRecord
+
+logger = logging.getLogger("axess.stores.sql")
+
+T = TypeVar("T")
+
+#: Seconds ``check_health`` waits for ``SELECT 1`` (DESIGN §12).
+HEALTH_TIMEOUT: Final = 2.0
+#: Rows deleted per statement by the purge, so a huge backlog never holds
+#: one long lock.
+PURGE_BATCH: Final = 1000
+#: Attempts for an operation that failed with a deadlock or serialization
+#: failure (the database rolled it back, so running it again is safe).
+_RETRIES: Final = 25
+_COLS: Final = "skey, payload, user_id, tenant_id, created_at, expires_at"
+_MIGRATION_FILE: Final = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+
+
+# -- secrets in messages ------------------------------------------------------
+_URL_USERINFO: Final = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/?#\s@]*):[^\s]*@")
+_KV_PASSWORD: Final = re.compile(
+    r"(?i)\b(password|passwd|pwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;#]*)"
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with every password replaced by ``***``.
+
+    Covers the URL userinfo (``scheme://user:secret@host``, also when the
+    secret is not percent-encoded) and ``password=`` parameters. When the
+    string is ambiguous it redacts too much rather than too little.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if sep:
+        # The last "@" ends the userinfo: a raw password may contain "@".
+        at = rest.rfind("@")
+        if at != -1:
+            user, colon, _ = rest[:at].partition(":")
+            if colon:
+                rest = f"{user}:***@{rest[at + 1 :]}"
+        dsn = scheme + sep + rest
+    return _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{m.group(2)}***", dsn)
+
+
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The password(s) in ``dsn``, raw and decoded, to scrub from driver messages."""
+    found: list[str] = []
+    _, sep, rest = dsn.partition("://")
+    if sep and (at := rest.rfind("@")) != -1:
+        _, colon, password = rest[:at].partition(":")
+        if colon:
+            found.append(password)
+    found.extend(m.group(3).strip("'") for m in _KV_PASSWORD.finditer(dsn))
+    found.extend([unquote(s) for s in found])
+    return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+
+# -- what a dialect supplies ------------------------------------------------
+class Result(NamedTuple):
+    """Rows (for ``fetch=True``) and the affected-row count of one statement."""
+
+    rows: Sequence[Sequence[Any]]
+    rowcount: int
+
+
+class Connection(Protocol):
+    """One acquired connection. Every statement the store issues goes through ``run``."""
+
+    async def run(self, sql: str, args: Sequence[object] = (), *, fetch: bool = False) -> Result:
+        """Execute one statement; ``args`` bind the dialect's placeholders."""
+        ...
+
+
+class Driver(abc.ABC):
+    """Connection management for one database driver (the only code importing it)."""
+
+    #: Where the store connects, password redacted; used in log messages.
+    target: str = ""
+    #: Strings that must never reach a message or log line (passwords).
+    secrets: tuple[str, ...] = ()
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool:
+        """True once :meth:`connect` succeeded and until :meth:`close`."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Create the pool or connection; raise a driver error on failure."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything. Idempotent."""
+
+    @abc.abstractmethod
+    def acquire(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for the duration of one operation."""
+
+    @abc.abstractmethod
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """Exception classes the driver raises for backend failures."""
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """True for deadlocks / serialization failures the database rolled back."""
+        return False
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """True if ``exc`` is a duplicate-key error (dialects without ON CONFLICT)."""
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The SQL that differs between databases. Statements use ``?`` placeholders."""
+
+    name: str
+    paramstyle: Literal["qmark", "numeric", "format"]
+    #: Appended to the session INSERT to make it insert-if-absent ("" when the
+    #: driver reports duplicates through :meth:`Driver.is_duplicate`).
+    insert_suffix: str
+    #: Starts a read-write transaction.
+    begin: str
+    #: Starts the transaction a "log out everywhere" pass runs in, or None to
+    #: run it as one autocommit statement. See ``delete_user_sessions``.
+    begin_strict: str | None
+    #: One row iff the table named by the parameter exists.
+    table_exists: str
+    #: Serializes concurrent migrations (run right after ``begin``), and its release.
+    migration_lock: str | None = None
+    migration_unlock: str | None = None
+    #: Statements run before the bootstrap inside the migration transaction.
+    prelude: tuple[str, ...] = ()
+    #: Deletes at most ``?``(2nd) rows expired at ``?``(1st) and reports the count.
+    purge_batch: str = (
+        "DELETE FROM axess_sessions WHERE skey IN "
+        "(SELECT skey FROM axess_sessions WHERE expires_at <= ? LIMIT ?)"
+    )
+
+
+# -- migrations ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def split_statements(script: str) -> tuple[str, ...]:
+    """Statements of a migration file: ``;``-separated, ``--`` comment lines dropped."""
+    lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
+    return tuple(s.strip() for s in "\n".join(lines).split(";") if s.strip())
+
+
+@functools.cache
+def load_migrations(dialect: str) -> tuple[tuple[str, ...], tuple[Migration, ...]]:
+    """The bootstrap statements and the numbered migrations (1..N) for ``dialect``."""
+    root = importlib.resources.files(__package__).joinpath("migrations", dialect)
+    bootstrap = split_statements(root.joinpath("schema_version.sql").read_text("utf-8"))
+    found: list[Migration] = []
+    for entry in root.iterdir():
+        m = _MIGRATION_FILE.match(entry.name)
+        if m:
+            found.append(
+                Migration(int(m[1]), entry.name, split_statements(entry.read_text("utf-8")))
+            )
+    found.sort(key=lambda mig: mig.version)
+    if [mig.version for mig in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"axess {dialect} migrations are not numbered 1..N: {found}")
+    return bootstrap, tuple(found)
+
+
+# -- the store ----------------------------------------------------------------
+def _placeholders(sql: str, style: str) -> str:
+    if style == "format":
+        return sql.replace("?", "%s")
+    if style == "numeric":
+        n = itertools.count(1)
+        return re.sub(r"\?", lambda _: f"${next(n)}", sql)
+    return sql
+
+
+class _Queries:
+    """Every statement the store issues, converted once to the dialect's placeholders.
+
+    The f-strings below only splice module constants and fixed fragments;
+    every value is a bound parameter (hence the S608 suppressions).
+    """
+
+    def __init__(self, d: Dialect) -> None:
+        def p(sql: str) -> str:
+            return _placeholders(sql, d.paramstyle)
+
+        live = "expires_at > ?"
+        self.load = p(f"SELECT {_COLS} FROM axess_sessions WHERE skey = ? AND {live}")  # noqa: S608
+        self.insert = p(
+            f"INSERT INTO axess_sessions ({_COLS}) VALUES (?, ?, ?, ?, ?, ?){d.insert_suffix}"  # noqa: S608
+        )
+        self.save = p(
+            "UPDATE axess_sessions SET payload = ?, user_id = ?, tenant_id = ?, "
+            "created_at = ?, expires_at = ? WHERE skey = ? AND expires_at > ?"
+        )
+        self.delete = p("DELETE FROM axess_sessions WHERE skey = ?")
+        self.delete_live = p(f"DELETE FROM axess_sessions WHERE skey = ? AND {live}")  # noqa: S608
+        self.purge_batch = p(d.purge_batch)
+        self.table_exists = p(d.table_exists)
+        self.max_version = "SELECT MAX(version) FROM axess_schema_version"
+        self.record_version = p("INSERT INTO axess_schema_version (version) VALUES (?)")
+        self.delete_user: dict[tuple[bool, bool], str] = {}
+        self.list_user: dict[bool, str] = {}
+        for tenant in (False, True):
+            scope = "user_id = ?" + (" AND tenant_id = ?" if tenant else "")
+            self.list_user[tenant] = p(
+                f"SELECT {_COLS} FROM axess_sessions WHERE {scope} AND {live} "  # noqa: S608
+                "ORDER BY created_at, skey"
+            )
+            for except_key in (False, True):
+                extra = " AND skey <> ?" if except_key else ""
+                self.delete_user[tenant, except_key] = p(
+                    f"DELETE FROM axess_sessions WHERE {scope}{extra}"  # noqa: S608
+                )
+
+
+class _Abort(Exception):
+    """Raised inside a transaction body: roll back and report ``False``."""
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _params(rec: SessionRecord) -> tuple[object, ...]:
+    return (
+        rec.key,
+        bytes(rec.payload),
+        rec.user_id,
+        rec.tenant_id,
+        _ms(rec.created_at),
+        _ms(rec.expires_at),
+    )
+
+
+def _record(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        key=str(row[0]),
+        payload=bytes(row[1]),
+        user_id=row[2],
+        tenant_id=row[3],
+        created_at=int(row[4]) / 1000,
+        expires_at=int(row[5]) / 1000,
+    )
+
+
+async def _quietly(conn: Connection, sql: str) -> None:
+    """Run a cleanup statement whose failure must not mask the original error."""
+    try:
+        await conn.run(sql)
+    except Exception as exc:  # the connection is broken: the server cleans up itself
+        logger.debug("cleanup statement %r failed: %s", sql, type(exc).__name__)
+
+
+class SQLStore:
+    """Session substore on a SQL database; use :class:`SQLiteStore`,
+    :class:`PostgresStore` or :class:`MySQLStore`.
+
+    Guarantees of :class:`~axess.stores.base.SessionStore`: a load is one
+    ``SELECT`` by primary key; creation is insert-if-absent; a save only
+    updates a live row; a cycle deletes the live old row and inserts the new
+    one in one transaction; every driver failure is a :class:`StoreError`
+    naming the backend. After an outage the store recovers by itself.
+    """
+
+    substores: frozenset[str] = frozenset({SESSIONS})
+
+    def __init__(self, dialect: Dialect, driver: Driver, *, auto_migrate: bool) -> None:
+        self.name: str = dialect.name
+        self._dialect = dialect
+        self._driver = driver
+        self._auto_migrate = auto_migrate
+        self._bootstrap, self._migrations = load_migrations(dialect.name)
+        self._q = _Queries(dialect)
+        self._closed = False
+        self._connect_lock = asyncio.Lock()
+
+    @property
+    def known_schema_version(self) -> int:
+        """The highest migration this version of axess ships."""
+        return self._migrations[-1].version
+
+    # -- lifecycle ------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, then migrate (``auto_migrate``) or check the schema version.
+
+        Raises :class:`SchemaVersionError` if the database is newer than this
+        axess, :class:`StoreError` if it is unreachable (later operations
+        retry connecting).
+        """
+        self._closed = False
+        try:
+            if self._auto_migrate:
+                await self.migrate()
+                return
+            version = await self.schema_version()
+            self._check_not_newer(version)
+        except SchemaVersionError:
+            await self._driver.close()
+            raise
+        if version < self.known_schema_version:
+            logger.warning(
+                "%s schema is at version %d, this axess needs %d: run `axess migrate`",
+                self.name,
+                version,
+                self.known_schema_version,
+            )
+
+    async def close(self) -> None:
+        """Close the pool/connection. Idempotent; later operations raise StoreError."""
+        self._closed = True
+        try:
+            await self._driver.close()
+        except self._driver.errors() as exc:
+            logger.warning("%s store: close failed: %s", self.name, self._describe(exc))
+
+    async def check_health(self) -> HealthStatus:
+        """``SELECT 1`` within 2 s. Never raises; reasons name the backend, never a secret."""
+
+        async def ping(conn: Connection) -> None:
+            await conn.run("SELECT 1", fetch=True)
+
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await self._op("health check", ping, log=False)
+        except TimeoutError:
+            return HealthStatus.unhealthy(f"{self.name}: no answer within {HEALTH_TIMEOUT:g}s")
+        except StoreError as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            return HealthStatus.unhealthy(f"{self.name}: {self._describe(cause, limit=120)}")
+        except Exception as exc:  # a health check must not raise
+            return HealthStatus.unhealthy(f"{self.name}: {type(exc).__name__}")
+        return HealthStatus.healthy()
+
+    # -- migrations -----------------------------------------------------------
+    async def schema_version(self) -> int:
+        """The version recorded in ``axess_schema_version`` (0 when never migrated)."""
+        return await self._op("schema_version", self._read_version)
+
+    async def migrate(self) -> int:
+        """Apply the missing migrations in order, under a database-wide lock.
+
+        Forward-only and idempotent (a second run is a no-op). Returns the
+        resulting version. Raises :class:`SchemaVersionError` when the
+        database is newer than this axess.
+        """
+        d, q = self._dialect, self._q
+
+        async def steps(conn: Connection) -> int:
+            if d.migration_lock is not None:
+                got = await conn.run(d.migration_lock, fetch=True)
+                if got.rows and got.rows[0][0] == 0:
+                    raise StoreError(
+                        f"{self.name}: timed out waiting for the migration lock",
+                        backend=self.name,
+                        substore=SESSIONS,
+                    )
+            for stmt in (*d.prelude, *self._bootstrap):
+                await conn.run(stmt)
+            current = await self._read_version(conn)
+            self._check_not_newer(current)
+            for mig in self._migrations:
+                if mig.version > current:
+                    for stmt in mig.statements:
+                        await conn.run(stmt)
+                    await conn.run(q.record_version, (mig.version,))
+                    logger.info("%s: applied migration %s", self.name, mig.name)
+                    current = mig.version
+            return current
+
+        async def body(conn: Connection) -> int:
+            try:
+                return await self._transaction(conn, d.begin, lambda: steps(conn))
+            finally:
+                if d.migration_unlock is not None:
+                    await _quietly(conn, d.migration_unlock)
+
+        return await self._op("migrate", body)
+
+    async def _read_version(self, conn: Connection) -> int:
+        exists = await conn.run(self._q.table_exists, ("axess_schema_version",), fetch=True)
+        if not exists.rows:
+            return 0
+        rows = (await conn.run(self._q.max_version, fetch=True)).rows
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _check_not_newer(self, version: int) -> None:
+        if version > self.known_schema_version:
+            raise SchemaVersionError(
+                f"{self.name}: database schema version {version} is newer than this axess "
+                f"(knows {self.known_schema_version}); upgrade axess"
+            )
+
+    # -- session substore -------------------------------------------------------
+    async def load_session(self, key: str, now: float) -> SessionRecord | None:
+        """The live row for ``key``: exactly one ``SELECT`` by primary key."""
+
+        async def body(conn: Connection) -> SessionRecord | None:
+            rows = (await conn.run(self._q.load, (key, _ms(now)), fetch=True)).rows
+            return _record(rows[0]) if rows else None
+
+        return await self._op("load_session", body)
+
+    async def create_session(self, record: SessionRecord) -> bool:
+        """Insert if the key is absent; ``False`` (row untouched) otherwise."""
+
+        async def body(conn: Connection) -> bool:
+            return await self._insert(conn, record)
+
+        return await self._op("create_session", body)
+
+    async def save_session(self, record: SessionRecord, now: float) -> bool:
+        """Update a row that still exists and is live; never resurrects one."""
+        p = _params(record)
+        args = (*p[1:], record.key, _ms(now))
+
+        async def body(conn: Connection) -> bool:
+            return (await conn.run(self._q.save, args)).rowcount == 1
+
+        return await self._op("save_session", body)
+
+    async def cycle_session(self, old_key: str, record: SessionRecord, now: float) -> bool:
+        """In one transaction: delete the live ``old_key`` row and insert ``record``.
+
+        Writes nothing and returns ``False`` if the old row is gone or the new
+        key is taken.
+        """
+        if old_key == record.key:
+            return False
+        q = self._q
+
+        async def steps(conn: Connection) -> None:
+            if (await conn.run(q.delete_live, (old_key, _ms(now)))).rowcount != 1:
+                raise _Abort
+            if not await self._insert(conn, record):
+                raise _Abort
+
+        async def body(conn: Connection) -> None:
+            await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
+
+        try:
+            await self._op("cycle_session", body)
+        except _Abort:
+            return False
+        return True
+
+    async def delete_session(self, key: str) -> bool:
+        """Delete the row (live or not); ``True`` if there was one."""
+
+        async def body(conn: Connection) -> bool:
+            return (await conn.run(self._q.delete, (key,))).rowcount == 1
+
+        return await self._op("delete_session", body)
+
+    async def delete_user_sessions(
+        self, user_id: str, *, tenant_id: str | None = None, except_key: str | None = None
+    ) -> int:
+        """Delete every row of the user (in ``tenant_id`` if given) but ``except_key``.
+
+        A cycle that commits its new row while a pass runs can slip past that
+        pass's snapshot, so passes repeat until one deletes nothing. Each pass
+        runs with the dialect's strict isolation (PostgreSQL REPEATABLE READ,
+        retried on serialization failure; InnoDB next-key locks), under which
+        a row moved by a concurrent cycle is either deleted or makes the pass
+        retry with a fresh snapshot.
+        """
+        args: list[object] = [user_id]
+        if tenant_id is not None:
+            args.append(tenant_id)
+        if except_key is not None:
+            args.append(except_key)
+        sql = self._q.delete_user[tenant_id is not None, except_key is not None]
+        begin = self._dialect.begin_strict
+
+        async def one_pass(conn: Connection) -> int:
+            if begin is None:
+                return (await conn.run(sql, args)).rowcount
+            result = await self._transaction(conn, begin, lambda: conn.run(sql, args))
+            return result.rowcount
+
+        total = 0
+        while (deleted := await self._op("delete_user_sessions", one_pass)) > 0:
+            total += deleted
+        return total
+
+    async def list_user_sessions(
+        self, user_id: str, now: float, *, tenant_id: str | None = None
+    ) -> list[SessionRecord]:
+        """Live rows of the user, oldest first (``created_at``, then key)."""
+        args: tuple[object, ...] = (
+            (user_id, _ms(now)) if tenant_id is None else (user_id, tenant_id, _ms(now))
+        )
+
+        async def body(conn: Connection) -> list[SessionRecord]:
+            rows = (await conn.run(self._q.list_user[tenant_id is not None], args, fetch=True)).rows
+            return [_record(r) for r in rows]
+
+        return await self._op("list_user_sessions", body)
+
+    async def purge_expired_sessions(self, now: float) -> int:
+        """Delete rows expired at ``now`` in batches of :data:`PURGE_BATCH`; the count."""
+        args = (_ms(now), PURGE_BATCH)
+
+        async def batch(conn: Connection) -> int:
+            return (await conn.run(self._q.purge_batch, args)).rowcount
+
+        total = 0
+        while True:
+            deleted = await self._op("purge_expired_sessions", batch)
+            total += deleted
+            if deleted < PURGE_BATCH:
+                return total
+
+    async def purge_expired(
+        self, now: float, *, only: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """Purge expired state of every target (or those in ``only``); counts per target.
+
+        Raises :class:`ValueError` naming the valid targets for an unknown one.
+        """
+        targets: dict[str, Callable[[float], Awaitable[int]]] = {
+            SESSIONS: self.purge_expired_sessions
+        }
+        names = [only] if isinstance(only, str) else list(targets if only is None else only)
+        unknown = sorted(set(names) - targets.keys())
+        if unknown:
+            raise ValueError(
+                f"unknown purge target(s) {', '.join(unknown)}; valid: {', '.join(sorted(targets))}"
+            )
+        return {name: await targets[name](now) for name in dict.fromkeys(names)}
+
+    # -- plumbing ---------------------------------------------------------------
+    async def _insert(self, conn: Connection, record: SessionRecord) -> bool:
+        try:
+            return (await conn.run(self._q.insert, _params(record))).rowcount == 1
+        except self._driver.errors() as exc:
+            if self._driver.is_duplicate(exc):
+                return False
+            raise
+
+    async def _transaction(
+        self, conn: Connection, begin: str, body: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run ``body`` between ``begin`` and COMMIT; ROLLBACK if it raises."""
+        await conn.run(begin)
+        try:
+            result = await body()
+        except BaseException:
+            await _quietly(conn, "ROLLBACK")
+            raise
+        await conn.run("COMMIT")
+        return result
+
+    async def _connected(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.name} store is closed", backend=self.name, substore=SESSIONS)
+        if not self._driver.connected:
+            # One task creates the pool; the others wait for it. A failure
+            # leaves it unset so the next operation tries again.
+            async with self._connect_lock:
+                if not self._driver.connected:
+                    await self._driver.connect()
+
+    async def _op(
+        self, what: str, body: Callable[[Connection], Awaitable[T]], *, log: bool = True
+    ) -> T:
+        """Run ``body`` on an acquired connection, retrying deadlocks and
+        serialization failures, and turning driver errors into StoreError."""
+        errors = self._driver.errors()
+        for attempt in itertools.count(1):
+            try:
+                await self._connected()
+                async with self._driver.acquire() as conn:
+                    return await body(conn)
+            except errors as exc:
+                if attempt < _RETRIES and self._driver.is_retryable(exc):
+                    logger.debug("%s store: %s retried after %s", self.name, what, exc)
+                    await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
+                    continue
+                message = f"{self.name} store: {what} failed: {self._describe(exc)}"
+                if log:
+                    logger.warning("%s (%s)", message, self._driver.target)
+                raise StoreError(message, backend=self.name, substore=SESSIONS) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _describe(self, exc: BaseException, *, limit: int = 300) -> str:
+        """``Type: message``, secrets scrubbed, truncated."""
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        for secret in self._driver.secrets:
+            text = text.replace(secret, "***")
+        text = _URL_USERINFO.sub(r"\1:***@", text)
+        text = _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+        return text if len(text) <= limit else text[: limit - 1] + "…"

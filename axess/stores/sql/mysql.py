@@ -1,0 +1,221 @@
+"""MySQL 8 / MariaDB 10.11+ dialect (aiomysql). The driver is imported when the pool is created."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote
+
+from axess.errors import ConfigurationError
+from axess.stores.sql.engine import (
+    Connection,
+    Dialect,
+    Driver,
+    Result,
+    SQLStore,
+    dsn_secrets,
+    redact_dsn,
+)
+
+# GET_LOCK names are server-wide (max 64 chars): scope the lock to the database.
+_LOCK_NAME: Final = "CONCAT('axess_migrate_', MD5(DATABASE()))"
+
+MYSQL: Final = Dialect(
+    name="mysql",
+    paramstyle="format",
+    # Plain INSERT; the duplicate-key error means "already there". (INSERT
+    # IGNORE would also turn truncation and other data errors into warnings.)
+    insert_suffix="",
+    begin="START TRANSACTION",
+    # One autocommit DELETE under REPEATABLE READ (set per connection below):
+    # its next-key locks cover the user's index range, so a concurrent cycle
+    # either commits before the DELETE reads its row or blocks until after.
+    begin_strict=None,
+    table_exists=(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+    ),
+    # DDL commits implicitly in MySQL, so the migration transaction cannot be
+    # the lock: a named lock held by the session is.
+    migration_lock=f"SELECT GET_LOCK({_LOCK_NAME}, 60)",
+    migration_unlock=f"SELECT RELEASE_LOCK({_LOCK_NAME})",
+    purge_batch="DELETE FROM axess_sessions WHERE expires_at <= ? LIMIT ?",
+)
+
+_CLIENT_FOUND_ROWS: Final = 2  # pymysql.constants.CLIENT.FOUND_ROWS
+_ER_DUP_ENTRY: Final = 1062
+_RETRYABLE_CODES: Final = frozenset({1205, 1213})  # lock wait timeout, deadlock
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    host: str
+    port: int
+    user: str
+    password: str
+    db: str
+
+
+def parse_mysql_dsn(dsn: str) -> _Target:
+    """``mysql://user:pass@host:port/db`` (percent-encode special characters)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("mysql", "mariadb"):
+        raise ConfigurationError(f"MySQLStore needs a mysql:// DSN, got {redact_dsn(dsn)!r}")
+    userinfo, at, hostpart = rest.rpartition("@")
+    user, _, password = userinfo.partition(":") if at else ("", "", "")
+    hostport, _, path = hostpart.partition("?")[0].partition("/")
+    host, port = hostport, "3306"
+    if hostport.startswith("["):  # [::1]:3306
+        host, _, tail = hostport[1:].partition("]")
+        port = tail.removeprefix(":") or port
+    elif ":" in hostport:
+        host, _, port = hostport.rpartition(":")
+    db = unquote(path.strip("/"))
+    if not host or not db or not port.isdigit():
+        raise ConfigurationError(
+            f"MySQL DSN must look like mysql://user:pass@host:port/db, got {redact_dsn(dsn)!r}"
+        )
+    return _Target(unquote(host), int(port), unquote(user), unquote(password), db)
+
+
+class _MySQLConnection:
+    __slots__ = ("_con", "_timeout")
+
+    def __init__(self, con: Any, timeout: float | None) -> None:
+        self._con = con
+        self._timeout = timeout
+
+    async def run(self, sql: str, args: Sequence[object] = (), *, fetch: bool = False) -> Result:
+        if args:
+            # aiomysql interpolates client-side anyway; doing it here avoids
+            # its bytes escaping, which is broken with PyMySQL >= 1.1.2
+            # (it imports a removed helper). A hex literal is always safe.
+            sql = sql % tuple(self._literal(a) for a in args)
+        try:
+            async with asyncio.timeout(self._timeout), self._con.cursor() as cur:
+                # No arguments: aiomysql must not %-format the statement again.
+                count = await cur.execute(sql)
+                rows = await cur.fetchall() if fetch else ()
+        except (asyncio.CancelledError, TimeoutError):
+            # The protocol stopped mid-exchange: the pool must not reuse it.
+            self._con.close()
+            raise
+        return Result(list(rows), int(count))
+
+    def _literal(self, value: object) -> str:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return f"X'{bytes(value).hex()}'"
+        return str(self._con.escape(value))
+
+
+class _MySQLDriver(Driver):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: float,
+        command_timeout: float | None,
+    ) -> None:
+        self._target = parse_mysql_dsn(dsn)
+        self._sizes = (min_size, max_size)
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: Any = None
+        self.target = redact_dsn(dsn)
+        self.secrets = tuple({*dsn_secrets(dsn), self._target.password} - {""})
+
+    @property
+    def connected(self) -> bool:
+        return self._pool is not None
+
+    async def connect(self) -> None:
+        import aiomysql
+
+        t = self._target
+        self._pool = await aiomysql.create_pool(
+            minsize=self._sizes[0],
+            maxsize=self._sizes[1],
+            host=t.host,
+            port=t.port,
+            user=t.user,
+            password=t.password,
+            db=t.db,
+            charset="utf8mb4",
+            # Statements autocommit; multi-statement work uses an explicit
+            # START TRANSACTION. (With autocommit off even a lone SELECT
+            # opens a transaction, which would need a second round trip to
+            # end and would pin a stale snapshot.)
+            autocommit=True,
+            # UPDATE reports matched rows, not changed rows: saving an
+            # unchanged session still counts as "the row exists".
+            client_flag=_CLIENT_FOUND_ROWS,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            connect_timeout=self._connect_timeout,
+            pool_recycle=3600,
+        )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        try:
+            await asyncio.wait_for(pool.wait_closed(), timeout=10)
+        except TimeoutError:
+            pool.terminate()
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        async with self._pool.acquire() as con:
+            yield _MySQLConnection(con, self._command_timeout)
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        import aiomysql
+
+        return (aiomysql.MySQLError, OSError, TimeoutError)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return _error_code(exc) in _RETRYABLE_CODES
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        return _error_code(exc) == _ER_DUP_ENTRY
+
+
+def _error_code(exc: BaseException) -> int | None:
+    import aiomysql
+
+    if not isinstance(exc, aiomysql.MySQLError) or not exc.args:
+        return None
+    code = exc.args[0]
+    return code if isinstance(code, int) else None
+
+
+class MySQLStore(SQLStore):
+    """Sessions in MySQL 8 or MariaDB 10.11+ through an aiomysql pool.
+
+    DSN ``mysql://user:pass@host:port/db``. ``auto_migrate`` is off by
+    default: run ``axess migrate`` in deployment.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        auto_migrate: bool = False,
+        connect_timeout: float = 5.0,
+        command_timeout: float | None = 30.0,
+    ) -> None:
+        driver = _MySQLDriver(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+        )
+        super().__init__(MYSQL, driver, auto_migrate=auto_migrate)
