@@ -94,8 +94,7 @@ class Keyring:
     ``fingerprint``, ``csrf``).
 
     Raises :class:`ConfigurationError` for an empty list, duplicate kids within
-    a purpose, a kid reused across purposes, or the same secret used for two
-    purposes (or twice within one).
+    a purpose, or the same secret used for two purposes (or twice within one).
     """
 
     __slots__ = ("_keys", "ephemeral")

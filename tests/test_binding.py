@@ -154,3 +154,32 @@ async def test_binding_disabled_is_a_logged_weakening(caplog: pytest.LogCaptureF
     assert "binding disabled" in caplog.text
     cookie = await login(auth, env("198.51.100.10"))
     assert (await whoami(auth, cookie, env("203.0.113.5", ua="x")))[0]["user"] == "alice"
+
+
+async def test_fingerprint_key_rotation_rebinds_instead_of_logging_out() -> None:
+    from axess import Key
+
+    auth = make()
+    cookie = await login(auth, env("198.51.100.10"))
+    old = auth.keys
+    rotated = Keyring(
+        signing=old.keys("signing"),
+        envelope=old.keys("envelope"),
+        fingerprint=[Key("f2", b"\x02" * 32), *old.keys("fingerprint")],
+        csrf=old.keys("csrf"),
+    )
+    auth2 = Axess(
+        store=auth.store,
+        keys=rotated,
+        clock=auth.clock,
+        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
+        csrf=False,
+        cleanup_interval=None,
+    )
+    store: CountingStore = auth.store  # type: ignore[assignment]
+    writes = store.writes
+    assert (await whoami(auth2, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    assert store.writes == writes + 1  # re-bound under the new key
+    assert (await whoami(auth2, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    assert store.writes == writes + 1
+    assert (await whoami(auth2, cookie, env("203.0.113.5")))[0]["user"] is None

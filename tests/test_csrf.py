@@ -146,3 +146,21 @@ async def test_garbage_tokens_are_403_not_500() -> None:
             c.cookies.set("axess.csrf", bad or "x")
             r = await c.post("/write", headers={"x-csrf-token": bad.encode("utf-8")})
             assert r.status_code == 403
+
+
+async def test_previous_csrf_key_still_verifies() -> None:
+    from axess import Key, Keyring
+
+    first = csrf_auth()
+    async with client(app_for(first)) as c:
+        t = await _anon(c)
+        old = first.keys
+        rotated = Keyring(
+            signing=old.keys("signing"),
+            envelope=old.keys("envelope"),
+            fingerprint=old.keys("fingerprint"),
+            csrf=[Key("c2", b"\x03" * 32), *old.keys("csrf")],
+        )
+        second = make_auth(first.store, keys=rotated, clock=first.clock, csrf=CSRFConfig())  # type: ignore[arg-type]
+        c._transport = __import__("httpx").ASGITransport(app=app_for(second))
+        assert (await c.post("/write", headers={"x-csrf-token": t})).status_code == 200

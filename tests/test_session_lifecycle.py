@@ -320,3 +320,14 @@ async def test_lifespan_opens_and_purges() -> None:
             await c.post("/write")
         clock.advance(11)
         assert await auth.purge_expired() == {"sessions": 1}
+
+
+async def test_cookie_max_age_is_the_absolute_lifetime_even_with_idle_timeout() -> None:
+    clock = MockClock()
+    auth = make_auth(clock=clock, max_age=7200, idle_timeout=600, touch_interval=60)
+    async with client(make_app(auth)) as c:
+        r = await c.post("/login?user=alice")
+        assert "Max-Age=7200" in r.headers["set-cookie"]
+        clock.advance(100)
+        r = await c.post("/regenerate")
+        assert "Max-Age=7100" in r.headers["set-cookie"]

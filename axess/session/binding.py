@@ -73,18 +73,24 @@ class TenantPeppers:
 
     def __init__(self, keys: Keyring, versions: dict[str, int] | None = None) -> None:
         self._keys = keys
+        #: Fingerprint key ids, active first: previous keys still verify so a
+        #: key rotation re-binds sessions instead of logging them out.
+        self.kids = tuple(k.kid for k in keys.keys("fingerprint"))
         self._versions: dict[str, int] = dict(versions or {})
-        self._memo: BoundedMemo[tuple[str, int], bytes] = BoundedMemo(1024)
+        self._memo: BoundedMemo[tuple[str, int, str], bytes] = BoundedMemo(1024)
 
     def version(self, tenant: str | None) -> int:
         return self._versions.get(tenant or "", 1)
 
-    def pepper(self, tenant: str | None, version: int) -> bytes:
-        memo_key = (tenant or "", version)
+    def pepper(self, tenant: str | None, version: int, kid: str | None = None) -> bytes:
+        """The pepper of ``tenant`` at ``version`` under fingerprint key ``kid``
+        (default: the active key)."""
+        kid = kid or self.kids[0]
+        memo_key = (tenant or "", version, kid)
         pepper = self._memo.get(memo_key)
         if pepper is None:
             label = f"pepper/v{version}/{len(memo_key[0])}:{memo_key[0]}"
-            pepper = self._keys.derive("fingerprint", label)
+            pepper = self._keys.derive("fingerprint", label, kid=kid)
             self._memo.put(memo_key, pepper)
         return pepper
 
@@ -121,7 +127,7 @@ class FingerprintBinding:
         self._on_mismatch_event = on_mismatch_event
         # (tenant, version, material) -> fingerprint: HMAC is the costly part
         # and the same client sends the same material on every request.
-        self._memo: BoundedMemo[tuple[str, int, Material], str] = BoundedMemo(8192)
+        self._memo: BoundedMemo[tuple[str, int, Material, str], str] = BoundedMemo(8192)
         self._prefixes: BoundedMemo[str, str] = BoundedMemo(8192)
 
     def material(self, scope: Scope) -> Material:
@@ -151,12 +157,16 @@ class FingerprintBinding:
             self._prefixes.put(ip, prefix)
         return (ua or None, prefix, lang)
 
-    def fingerprint(self, tenant: str | None, version: int, material: Material) -> str:
-        memo_key = (tenant or "", version, material)
+    def fingerprint(
+        self, tenant: str | None, version: int, material: Material, kid: str | None = None
+    ) -> str:
+        kid = kid or self.peppers.kids[0]
+        memo_key = (tenant or "", version, material, kid)
         fp = self._memo.get(memo_key)
         if fp is None:
             msg = _lp(material[0] or "") + _lp(material[1]) + _lp(material[2])
-            fp = hmac.new(self.peppers.pepper(tenant, version), msg, hashlib.sha256).hexdigest()
+            pepper = self.peppers.pepper(tenant, version, kid)
+            fp = hmac.new(pepper, msg, hashlib.sha256).hexdigest()
             self._memo.put(memo_key, fp)
         return fp
 
@@ -165,14 +175,22 @@ class FingerprintBinding:
         version = self.peppers.version(tenant)
         return self.fingerprint(tenant, version, self.material(scope)), version
 
-    def verify(self, scope: Scope, tenant: str | None, stored: str, version: int) -> bool:
-        """Constant-time check of ``stored`` against this request. A missing
-        User-Agent on a bound session is a mismatch."""
+    def verify(self, scope: Scope, tenant: str | None, stored: str, version: int) -> int:
+        """Constant-time check of ``stored`` against this request.
+
+        Returns 0 when it matches under the active fingerprint key, a positive
+        index when it matches only under a previous key (re-bind), and -1 on a
+        mismatch. A missing User-Agent on a bound session is a mismatch.
+        """
         material = self.material(scope)
         if material[0] is None:
-            return False
-        expected = self.fingerprint(tenant, version, material)
-        return hmac.compare_digest(expected.encode(), stored.encode())
+            return -1
+        raw = stored.encode()
+        for index, kid in enumerate(self.peppers.kids):
+            expected = self.fingerprint(tenant, version, material, kid)
+            if hmac.compare_digest(expected.encode(), raw):
+                return index
+        return -1
 
     def mismatch(self, user: str | None, tenant: str | None) -> None:
         self.metrics.session_binding_mismatch()

@@ -30,6 +30,7 @@ from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.session.cookie import first_cookie
 from axess.session.handle import Session
+from axess.session.middleware import add_vary_cookie
 from axess.stack import Stage
 
 logger = logging.getLogger("axess.csrf")
@@ -73,18 +74,20 @@ class CSRFTokens:
     """Mints and checks tokens for one keyring."""
 
     def __init__(self, keys: Keyring, random: Random | None = None) -> None:
-        self._key = keys.derive("csrf", "double-submit-v1")
+        # Active key first; previous keys still verify tokens already in pages.
+        self._keys = [keys.derive("csrf", "double-submit-v1", kid=k.kid) for k in keys.keys("csrf")]
         self._random = random or SystemRandom()
         # Validity is a pure function of (token, binding): remember positives so
         # a returning page view costs no HMAC.
         self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(8192)
 
-    def _mac(self, nonce: bytes, binding: bytes) -> bytes:
-        return hmac.new(self._key, nonce + binding, hashlib.sha256).digest()[:_MAC]
+    @staticmethod
+    def _mac(key: bytes, nonce: bytes, binding: bytes) -> bytes:
+        return hmac.new(key, nonce + binding, hashlib.sha256).digest()[:_MAC]
 
     def mint(self, binding: str | None) -> str:
         nonce = self._random.token_bytes(_NONCE)
-        raw = nonce + self._mac(nonce, _binding(binding))
+        raw = nonce + self._mac(self._keys[0], nonce, _binding(binding))
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def valid(self, token: str | bytes | None, binding: str | None) -> bool:
@@ -102,7 +105,8 @@ class CSRFTokens:
             return False
         if len(raw) != _NONCE + _MAC or base64.urlsafe_b64encode(raw).rstrip(b"=") != raw_token:
             return False
-        ok = hmac.compare_digest(raw[_NONCE:], self._mac(raw[:_NONCE], _binding(binding)))
+        nonce, mac, bound = raw[:_NONCE], raw[_NONCE:], _binding(binding)
+        ok = any(hmac.compare_digest(mac, self._mac(k, nonce, bound)) for k in self._keys)
         if ok:
             self._valid.put((raw_token, binding), True)
         return ok
@@ -189,6 +193,7 @@ class CSRFMiddleware(Stage):
             if not isinstance(headers, list):
                 headers = message["headers"] = list(headers)
             headers.append(header)
+            add_vary_cookie(headers)
         return True
 
     def _remint(

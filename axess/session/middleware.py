@@ -122,7 +122,7 @@ class SessionMiddleware(Stage):
                 headers = message["headers"] = list(headers)
             if cookie is not None:
                 headers.append((b"set-cookie", cookie))
-            _add_vary_cookie(headers)
+            add_vary_cookie(headers)
         return True
 
     # -- load ---------------------------------------------------------------------
@@ -184,9 +184,11 @@ class SessionMiddleware(Stage):
             return True
         tenant = data.tenant_id
         version = data.pepper_version or 1
-        if not binding.verify(scope, tenant, data.fingerprint, version):
+        matched = binding.verify(scope, tenant, data.fingerprint, version)
+        if matched < 0:
             return False
-        if binding.peppers.version(tenant) != version:
+        if matched > 0 or binding.peppers.version(tenant) != version:
+            # Pepper or fingerprint key rotated: re-bind, do not log out.
             data.fingerprint, data.pepper_version = binding.bind(scope, tenant)
             session.mark_dirty()
         return True
@@ -374,7 +376,9 @@ class SessionMiddleware(Stage):
         return "; ".join(parts)
 
     def _set_cookie(self, sid: str, data: d.SessionData, now: float) -> bytes:
-        remaining = max(0, math.floor(self._expires_at(data) - now))
+        # Max-Age follows the absolute lifetime only: the idle timeout is
+        # enforced server-side, and touches do not re-send the cookie.
+        remaining = max(0, math.floor(data.created_at + self.config.max_age - now))
         value = self.signer.sign(sid)
         return (
             f"{self.config.cookie_name}={value}; Max-Age={remaining}; {self._cookie_attrs}".encode()
@@ -440,7 +444,8 @@ def _describe_client(scope: Scope, data: d.SessionData) -> None:
             break
 
 
-def _add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:
+def add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:
+    """Add ``Cookie`` to the response's ``Vary`` header (once)."""
     for i, (k, v) in enumerate(headers):
         if k == b"vary" or (len(k) == 4 and k.lower() == b"vary"):
             if b"cookie" not in v.lower() and v.strip() != b"*":
