@@ -33,7 +33,7 @@ logger = logging.getLogger("axess")
 
 
 class _Installable(Protocol):
-    def add_middleware(self, cls: Any, *args: Any, **kwargs: Any) -> None: ...
+    def add_middleware(self, cls: Any, /, *args: Any, **kwargs: Any) -> None: ...
 
 
 class _Purgeable(Protocol):

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axess._cache import BoundedMemo
 from axess.errors import ConfigurationError
-from axess.stack import Stage
+from axess.stack import Stage, join_headers, request_headers
 
 logger = logging.getLogger("axess.net")
 
@@ -31,7 +31,6 @@ NO_PEER: Final = "0.0.0.0"  # noqa: S104 - a placeholder address, never bound
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_FORWARDED_HEADERS: Final = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -139,9 +138,15 @@ class TrustedProxies:
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> str:
         """The client IP (normalized text) for a request. Never raises."""
+        return self.resolve_headers(peer, join_headers(headers))
+
+    def resolve_headers(self, peer: str | None, headers: dict[bytes, bytes]) -> str:
+        """:meth:`resolve` for headers already joined into a dict."""
         address, trusted = self._peer(peer)
         if not self.networks:
-            if not self._warned and any(k in _FORWARDED_HEADERS for k, _ in headers):
+            if not self._warned and (
+                b"x-forwarded-for" in headers or b"forwarded" in headers or b"x-real-ip" in headers
+            ):
                 self._warned = True
                 logger.warning(
                     "forwarded headers received but no trusted proxies are configured; "
@@ -150,10 +155,10 @@ class TrustedProxies:
             return address
         if not trusted:
             return address
-        values = [v for k, v in headers if k == self._header_bytes]
-        if not values:
+        value = headers.get(self._header_bytes)
+        if value is None:
             return address
-        return self._walk(address, b",".join(values))
+        return self._walk(address, value)
 
     def _walk(self, current: str, raw: bytes) -> str:
         """``current`` starts as the (trusted) peer: the last address we trust to report."""
@@ -190,7 +195,7 @@ class ClientIPMiddleware(Stage):
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         client = scope.get("client")
-        ip = self.proxies.resolve(client[0] if client else None, scope["headers"])
+        ip = self.proxies.resolve_headers(client[0] if client else None, request_headers(scope))
         scope.setdefault("state", {})["client_ip"] = ip
         return receive
 

@@ -9,10 +9,39 @@ wrapper per request instead of one per layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Sequence
+from typing import ClassVar, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+_HEADERS_KEY: Final = "axess.headers"
+
+
+def join_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Request headers as a dict: repeated ``cookie`` lines joined with ``; ``,
+    other repeated headers with ``,`` (RFC 9110 list semantics), in order."""
+    out: dict[bytes, bytes] = {}
+    for k, v in headers:
+        if k in out:
+            out[k] += (b"; " if k == b"cookie" else b",") + v
+        else:
+            out[k] = v
+    return out
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers as a dict, built once per request and shared by
+    every stage (each would otherwise rescan the header list)."""
+    state = scope.setdefault("state", {})
+    found = state.get(_HEADERS_KEY)
+    if found is None:
+        raw = scope["headers"]
+        found = dict(raw)  # C fast path; falls back when a name repeats
+        if len(found) != len(raw):
+            found = join_headers(raw)
+        state[_HEADERS_KEY] = found
+    return found  # type: ignore[no-any-return]
 
 
 class Stage:

@@ -20,6 +20,7 @@ from itsdangerous import Signer
 from axess._cache import BoundedMemo
 from axess.clock import Random
 from axess.keys import Keyring
+from axess.stack import join_headers
 
 ID_BYTES: Final = 32
 ID_CHARS: Final = 43
@@ -103,26 +104,30 @@ class SessionCookieSigner:
         return None
 
 
-def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The value of the first cookie called ``name`` across all Cookie headers.
+def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
+    """The value of the first cookie called ``name`` in a Cookie header value.
 
     Returns ``None`` when absent or when the value exceeds
     :data:`MAX_COOKIE_BYTES`.
     """
+    if header is None:
+        return None
     needle = name + b"="
-    for key, value in headers:
-        if key != b"cookie":
-            continue
-        start = value.find(needle)
-        while start != -1:
-            # Only a match at the start of a cookie pair counts ("xaxess.sid=" does not).
-            if start == 0 or value[start - 1] in b"; \t":
-                end = value.find(b";", start)
-                v = value[start + len(needle) : end if end != -1 else len(value)].strip()
-                if len(v) > MAX_COOKIE_BYTES:
-                    return None
-                if len(v) >= 2 and v[0] == v[-1] == 0x22:  # tolerate RFC 6265 quoting
-                    v = v[1:-1]
-                return v
-            start = value.find(needle, start + 1)
+    start = header.find(needle)
+    while start != -1:
+        # Only a match at the start of a cookie pair counts ("xaxess.sid=" does not).
+        if start == 0 or header[start - 1] in b"; \t":
+            end = header.find(b";", start)
+            v = header[start + len(needle) : end if end != -1 else len(header)].strip()
+            if len(v) > MAX_COOKIE_BYTES:
+                return None
+            if len(v) >= 2 and v[0] == v[-1] == 0x22:  # tolerate RFC 6265 quoting
+                v = v[1:-1]
+            return v
+        start = header.find(needle, start + 1)
     return None
+
+
+def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """:func:`find_cookie` over a raw ASGI header list (all Cookie lines, in order)."""
+    return find_cookie(join_headers(headers).get(b"cookie"), name)

@@ -28,10 +28,10 @@ from axess._cache import BoundedMemo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
-from axess.session.cookie import first_cookie
+from axess.session.cookie import find_cookie
 from axess.session.handle import Session
 from axess.session.middleware import add_vary_cookie
-from axess.stack import Stage
+from axess.stack import Stage, request_headers
 
 logger = logging.getLogger("axess.csrf")
 
@@ -155,17 +155,16 @@ class CSRFMiddleware(Stage):
             raise RuntimeError(
                 "CSRFMiddleware needs SessionMiddleware outside it (use Axess.install)"
             )
-        headers = scope["headers"]
-        cookie_token = first_cookie(headers, self._cookie)
+        headers = request_headers(scope)
+        cookie_header = headers.get(b"cookie")
+        cookie_token = find_cookie(cookie_header, self._cookie)
         request_binding = session.loaded_key
         if scope["method"] in UNSAFE_METHODS and not self.config.is_exempt(scope["path"]):
-            if any(k == b"cookie" for k, _ in headers):
-                submitted: bytes | None = None
-                for k, v in headers:
-                    if k == self._header:
-                        submitted = v.strip()
-                        break
-                if submitted is None:
+            if cookie_header is not None:
+                submitted = headers.get(self._header)
+                if submitted is not None:
+                    submitted = submitted.strip()
+                else:
                     submitted, receive = await self._form_token(scope, receive)
                 if not (
                     cookie_token is not None
@@ -225,11 +224,7 @@ class CSRFMiddleware(Stage):
 
     async def _form_token(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Receive]:
         """Read the body (bounded) for the form field; returns a receive that replays it."""
-        ctype = b""
-        for k, v in scope["headers"]:
-            if k == b"content-type":
-                ctype = v.split(b";")[0].strip().lower()
-                break
+        ctype = request_headers(scope).get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype not in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
             return None, receive
         chunks: list[bytes] = []

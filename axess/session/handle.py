@@ -30,22 +30,21 @@ class Session(MutableMapping[str, Any]):
     is detected at commit by comparing the serialized bytes.
     """
 
-    __slots__ = (
-        "_custom",
-        "_custom_json",
-        "_data",
-        "_invalidated",
-        "_meta_dirty",
-        "_owner",
-        "_rotate",
-        "accessed",
-        "committed_key",
-        "had_cookie",
-        "loaded_key",
-        "persisted_sid",
-        "resign",
-        "sealed_kid_stale",
-    )
+    # Per-request flags live as class-level defaults: a request that changes
+    # nothing assigns only the five fields below (this object is built on
+    # every request, so that matters).
+    _custom: dict[str, Any] | None = None
+    _meta_dirty = False
+    _rotate = False
+    _invalidated = False
+    #: True when the cookie verified only with a previous signing key.
+    resign = False
+    #: True once the handler read anything from the session (adds ``Vary: Cookie``).
+    accessed = False
+    #: Storage key after the commit (None: no stored session). Set by the middleware.
+    committed_key: str | None = None
+    #: Whether the request carried a session cookie (set by the middleware).
+    had_cookie = False
 
     def __init__(
         self,
@@ -59,20 +58,10 @@ class Session(MutableMapping[str, Any]):
         self._owner = owner
         self._data = data
         self._custom_json = custom_json
-        self._custom: dict[str, Any] | None = None
-        self._meta_dirty = False
-        self._rotate = False
-        self._invalidated = False
         #: Id of the row this session was loaded from (None for a new guest).
         self.persisted_sid = persisted_sid
+        #: Storage key of that row.
         self.loaded_key = loaded_key
-        self.resign = False
-        self.sealed_kid_stale = False
-        self.accessed = False
-        #: Storage key after the commit (None: no stored session). Set by the middleware.
-        self.committed_key: str | None = None
-        #: Whether the request carried a session cookie (set by the middleware).
-        self.had_cookie = False
 
     # -- custom data (mapping) ------------------------------------------------
     def _c(self) -> dict[str, Any]:
@@ -254,13 +243,12 @@ def get_session(conn: HTTPConnection) -> Session:
 
     Raises :class:`RuntimeError` if ``SessionMiddleware`` is not installed.
     """
-    try:
-        session = conn.state.session
-    except AttributeError:
+    session = conn.scope.get("state", {}).get("session")
+    if session is None:
         raise RuntimeError(
             "no session on this request: install axess (Axess.install(app)) "
             "or add SessionMiddleware"
-        ) from None
+        )
     if not isinstance(session, Session):
         raise RuntimeError("request.state.session is not an axess Session")
     return session

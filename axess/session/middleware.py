@@ -20,11 +20,11 @@ from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
-from axess.session.cookie import SessionCookieSigner, first_cookie, new_session_id, storage_key
+from axess.session.cookie import SessionCookieSigner, find_cookie, new_session_id, storage_key
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
-from axess.stack import Stage
+from axess.stack import Stage, request_headers
 from axess.stores.base import SessionRecord, SessionStore
 
 logger = logging.getLogger("axess.session")
@@ -86,7 +86,7 @@ class SessionMiddleware(Stage):
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        raw = first_cookie(scope["headers"], self._cookie_name)
+        raw = find_cookie(request_headers(scope).get(b"cookie"), self._cookie_name)
         try:
             session = await self._load(raw)
         except StoreError:
@@ -438,10 +438,9 @@ def _describe_client(scope: Scope, data: d.SessionData) -> None:
     if ip is None and scope.get("client"):
         ip = scope["client"][0]
     data.ip_prefix = ip_prefix(ip) if isinstance(ip, str) else None
-    for k, v in scope["headers"]:
-        if k == b"user-agent":
-            data.user_agent = v[:_UA_SUMMARY_CHARS].decode("latin-1")
-            break
+    ua = request_headers(scope).get(b"user-agent")
+    if ua is not None:
+        data.user_agent = ua[:_UA_SUMMARY_CHARS].decode("latin-1")
 
 
 def add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:

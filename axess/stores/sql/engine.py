@@ -156,11 +156,14 @@ class Dialect:
     begin_strict: str | None
     #: One row iff the table named by the parameter exists.
     table_exists: str
-    #: Serializes concurrent migrations (run right after ``begin``), and its release.
+    #: Serializes concurrent migrations (run right after ``begin``; a result
+    #: of 0 means the lock was not granted).
     migration_lock: str | None = None
-    migration_unlock: str | None = None
     #: Statements run before the bootstrap inside the migration transaction.
     prelude: tuple[str, ...] = ()
+    #: Statements run after the migration, even when it failed (lock release,
+    #: undoing the prelude's session settings).
+    migration_cleanup: tuple[str, ...] = ()
     #: Deletes at most ``?``(2nd) rows expired at ``?``(1st) and reports the count.
     purge_batch: str = (
         "DELETE FROM axess_sessions WHERE skey IN "
@@ -409,8 +412,8 @@ class SQLStore:
             try:
                 return await self._transaction(conn, d.begin, lambda: steps(conn))
             finally:
-                if d.migration_unlock is not None:
-                    await _quietly(conn, d.migration_unlock)
+                for stmt in d.migration_cleanup:
+                    await _quietly(conn, stmt)
 
         return await self._op("migrate", body)
 

@@ -40,7 +40,10 @@ MYSQL: Final = Dialect(
     # DDL commits implicitly in MySQL, so the migration transaction cannot be
     # the lock: a named lock held by the session is.
     migration_lock=f"SELECT GET_LOCK({_LOCK_NAME}, 60)",
-    migration_unlock=f"SELECT RELEASE_LOCK({_LOCK_NAME})",
+    # IF NOT EXISTS on an existing table is a "note"; the driver would turn
+    # it into a Python warning after an extra SHOW WARNINGS round trip.
+    prelude=("SET SESSION sql_notes = 0",),
+    migration_cleanup=(f"SELECT RELEASE_LOCK({_LOCK_NAME})", "SET SESSION sql_notes = DEFAULT"),
     purge_batch="DELETE FROM axess_sessions WHERE expires_at <= ? LIMIT ?",
 )
 
