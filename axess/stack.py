@@ -14,7 +14,6 @@ from typing import ClassVar, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
 _HEADERS_KEY: Final = "axess.headers"
 
 

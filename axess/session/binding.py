@@ -23,7 +23,6 @@ from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.net import ip_prefix
 from axess.observability.metrics import AuthnMetrics
-from axess.stack import request_headers
 
 logger = logging.getLogger("axess.session.binding")
 
