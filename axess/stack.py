@@ -9,6 +9,7 @@ wrapper per request instead of one per layer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Final
 
@@ -41,6 +42,33 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
             found = join_headers(raw)
         state[_HEADERS_KEY] = found
     return found  # type: ignore[no-any-return]
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: dict[str, object],
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with a small JSON body (errors from stages: 403, 429, 503…).
+
+    The response is never cached; ``headers`` are added as given.
+    """
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
 
 
 class Stage:

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import hmac
 import html
-import json
 import logging
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -31,7 +30,7 @@ from axess.keys import Keyring
 from axess.session.cookie import find_cookie
 from axess.session.handle import Session
 from axess.session.middleware import add_vary_cookie
-from axess.stack import Stage, request_headers
+from axess.stack import Stage, request_headers, send_json
 
 logger = logging.getLogger("axess.csrf")
 
@@ -173,7 +172,11 @@ class CSRFMiddleware(Stage):
                     and self.tokens.valid(submitted, request_binding)
                 ):
                     logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
-                    await _forbidden(send)
+                    await send_json(
+                        send,
+                        403,
+                        {"error": "csrf_failed", "detail": "missing or invalid CSRF token"},
+                    )
                     return None
         current = cookie_token.decode("latin-1") if cookie_token else None
         if current is not None and self.tokens.valid(current, request_binding):
@@ -279,22 +282,6 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
         return value.encode("latin-1") if isinstance(value, str) else None
     finally:
         await form.close()
-
-
-async def _forbidden(send: Send) -> None:
-    body = json.dumps({"error": "csrf_failed", "detail": "missing or invalid CSRF token"}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 403,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def csrf_token(conn: HTTPConnection) -> str:

@@ -4,7 +4,6 @@ response starts."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any, Final
@@ -24,7 +23,7 @@ from axess.session.cookie import SessionCookieSigner, find_cookie, new_session_i
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
-from axess.stack import Stage, request_headers
+from axess.stack import Stage, request_headers, send_json
 from axess.stores.base import SessionRecord, SessionStore
 
 logger = logging.getLogger("axess.session")
@@ -410,22 +409,12 @@ class SessionMiddleware(Stage):
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013})
             return
-        body = json.dumps(
-            {"error": "service_unavailable", "detail": "session store unavailable"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.config.retry_after).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        await send_json(
+            send,
+            503,
+            {"error": "service_unavailable", "detail": "session store unavailable"},
+            headers=[(b"retry-after", str(self.config.retry_after).encode())],
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 _UA_SUMMARY_CHARS: Final = 120
