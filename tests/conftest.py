@@ -1,1 +1,1 @@
-pytest_plugins: list[str] = ["fixtures_valkey"]
+pytest_plugins: list[str] = ["fixtures_sql", "fixtures_valkey"]

@@ -17,6 +17,7 @@ import abc
 import asyncio
 import functools
 import importlib.resources
+import importlib.util
 import itertools
 import logging
 import random
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import unquote
 
-from axess.errors import SchemaVersionError, StoreError
+from axess.errors import ConfigurationError, SchemaVersionError, StoreError
 from axess.observability.health import HealthStatus
-from axess.stores.base import SESSIONS, SessionRecord
+from axess.stores.base import SESSIONS, SessionRecord, purge_targets
 
 logger = logging.getLogger("axess.stores.sql")
 
@@ -138,6 +139,72 @@ class Driver(abc.ABC):
     def is_duplicate(self, exc: BaseException) -> bool:
         """True if ``exc`` is a duplicate-key error (dialects without ON CONFLICT)."""
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Pool sizes and timeouts (seconds) shared by the server dialects."""
+
+    min_size: int = 1
+    max_size: int = 10
+    connect_timeout: float = 5.0
+    command_timeout: float | None = 30.0
+
+
+class PooledDriver(Driver):
+    """A driver over a connection pool created by :meth:`create_pool`.
+
+    The pool is created on first need, so a server that was down when the
+    app started is picked up by a later operation; the driver's own pool
+    replaces broken connections after an outage.
+    """
+
+    #: Seconds :meth:`close` waits for operations in flight before terminating.
+    CLOSE_TIMEOUT: Final = 10.0
+
+    def __init__(self, dsn: str, driver_module: str, extra: str, settings: PoolSettings) -> None:
+        if importlib.util.find_spec(driver_module) is None:
+            raise ConfigurationError(
+                f"{driver_module} is not installed: pip install 'axess[{extra}]'"
+            )
+        self.settings = settings
+        self.target = redact_dsn(dsn)
+        self.secrets = dsn_secrets(dsn)
+        self._pool: Any = None
+        self._errors: tuple[type[BaseException], ...] | None = None
+
+    @abc.abstractmethod
+    async def create_pool(self) -> Any:
+        """A new, ready pool; raise a driver error on failure."""
+
+    @abc.abstractmethod
+    async def close_pool(self, pool: Any) -> None:
+        """Close ``pool`` gracefully, waiting for connections in use."""
+
+    @abc.abstractmethod
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's exception classes (imported on first use)."""
+
+    @property
+    def connected(self) -> bool:
+        return self._pool is not None
+
+    async def connect(self) -> None:
+        self._pool = await self.create_pool()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(self.close_pool(pool), timeout=self.CLOSE_TIMEOUT)
+        except TimeoutError:
+            pool.terminate()  # an operation hung: do not hang shutdown with it
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        if self._errors is None:
+            self._errors = (*self.driver_errors(), OSError, TimeoutError)
+        return self._errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,13 +628,8 @@ class SQLStore:
         targets: dict[str, Callable[[float], Awaitable[int]]] = {
             SESSIONS: self.purge_expired_sessions
         }
-        names = [only] if isinstance(only, str) else list(targets if only is None else only)
-        unknown = sorted(set(names) - targets.keys())
-        if unknown:
-            raise ValueError(
-                f"unknown purge target(s) {', '.join(unknown)}; valid: {', '.join(sorted(targets))}"
-            )
-        return {name: await targets[name](now) for name in dict.fromkeys(names)}
+        names = purge_targets([only] if isinstance(only, str) else only, targets)
+        return {name: await targets[name](now) for name in names}
 
     # -- plumbing ---------------------------------------------------------------
     async def _insert(self, conn: Connection, record: SessionRecord) -> bool:

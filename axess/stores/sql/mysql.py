@@ -13,10 +13,10 @@ from axess.errors import ConfigurationError
 from axess.stores.sql.engine import (
     Connection,
     Dialect,
-    Driver,
+    PooledDriver,
+    PoolSettings,
     Result,
     SQLStore,
-    dsn_secrets,
     redact_dsn,
 )
 
@@ -113,35 +113,20 @@ class _MySQLConnection:
         return str(self._con.escape(value))
 
 
-class _MySQLDriver(Driver):
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        min_size: int,
-        max_size: int,
-        connect_timeout: float,
-        command_timeout: float | None,
-    ) -> None:
+class _MySQLDriver(PooledDriver):
+    def __init__(self, dsn: str, settings: PoolSettings) -> None:
         self._target = parse_mysql_dsn(dsn)
-        self._sizes = (min_size, max_size)
-        self._connect_timeout = connect_timeout
-        self._command_timeout = command_timeout
-        self._pool: Any = None
-        self.target = redact_dsn(dsn)
-        self.secrets = tuple({*dsn_secrets(dsn), self._target.password} - {""})
+        super().__init__(dsn, "aiomysql", "mysql", settings)
+        found = {*self.secrets, self._target.password} - {""}
+        self.secrets = tuple(sorted(found, key=len, reverse=True))  # longest first
 
-    @property
-    def connected(self) -> bool:
-        return self._pool is not None
-
-    async def connect(self) -> None:
+    async def create_pool(self) -> Any:
         import aiomysql
 
-        t = self._target
-        self._pool = await aiomysql.create_pool(
-            minsize=self._sizes[0],
-            maxsize=self._sizes[1],
+        s, t = self.settings, self._target
+        return await aiomysql.create_pool(
+            minsize=s.min_size,
+            maxsize=s.max_size,
             host=t.host,
             port=t.port,
             user=t.user,
@@ -151,35 +136,30 @@ class _MySQLDriver(Driver):
             # Statements autocommit; multi-statement work uses an explicit
             # START TRANSACTION. (With autocommit off even a lone SELECT
             # opens a transaction, which would need a second round trip to
-            # end and would pin a stale snapshot.)
+            # end, pins a stale snapshot, and makes aiomysql's pool discard
+            # the connection on release.)
             autocommit=True,
             # UPDATE reports matched rows, not changed rows: saving an
             # unchanged session still counts as "the row exists".
             client_flag=_CLIENT_FOUND_ROWS,
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-            connect_timeout=self._connect_timeout,
+            connect_timeout=s.connect_timeout,
             pool_recycle=3600,
         )
 
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
+    async def close_pool(self, pool: Any) -> None:
         pool.close()
-        try:
-            await asyncio.wait_for(pool.wait_closed(), timeout=10)
-        except TimeoutError:
-            pool.terminate()
+        await pool.wait_closed()
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         async with self._pool.acquire() as con:
-            yield _MySQLConnection(con, self._command_timeout)
+            yield _MySQLConnection(con, self.settings.command_timeout)
 
-    def errors(self) -> tuple[type[BaseException], ...]:
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
         import aiomysql
 
-        return (aiomysql.MySQLError, OSError, TimeoutError)
+        return (aiomysql.MySQLError,)
 
     def is_retryable(self, exc: BaseException) -> bool:
         return _error_code(exc) in _RETRYABLE_CODES
@@ -201,7 +181,7 @@ class MySQLStore(SQLStore):
     """Sessions in MySQL 8 or MariaDB 10.11+ through an aiomysql pool.
 
     DSN ``mysql://user:pass@host:port/db``. ``auto_migrate`` is off by
-    default: run ``axess migrate`` in deployment.
+    default: run ``axess migrate`` in deployment. Timeouts are in seconds.
     """
 
     def __init__(
@@ -214,11 +194,6 @@ class MySQLStore(SQLStore):
         connect_timeout: float = 5.0,
         command_timeout: float | None = 30.0,
     ) -> None:
-        driver = _MySQLDriver(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            connect_timeout=connect_timeout,
-            command_timeout=command_timeout,
-        )
+        settings = PoolSettings(min_size, max_size, connect_timeout, command_timeout)
+        driver = _MySQLDriver(dsn, settings)
         super().__init__(MYSQL, driver, auto_migrate=auto_migrate)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -12,10 +11,10 @@ from axess.errors import ConfigurationError
 from axess.stores.sql.engine import (
     Connection,
     Dialect,
-    Driver,
+    PooledDriver,
+    PoolSettings,
     Result,
     SQLStore,
-    dsn_secrets,
     redact_dsn,
 )
 
@@ -73,70 +72,43 @@ class _PostgresConnection:
         return Result((), _status_count(await self._con.execute(sql, *args)))
 
 
-class _PostgresDriver(Driver):
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        schema: str | None,
-        min_size: int,
-        max_size: int,
-        connect_timeout: float,
-        command_timeout: float | None,
-    ) -> None:
+class _PostgresDriver(PooledDriver):
+    def __init__(self, dsn: str, *, schema: str | None, settings: PoolSettings) -> None:
         if not dsn.startswith(("postgres://", "postgresql://")):
             raise ConfigurationError(
                 f"PostgresStore needs a postgresql:// DSN, got {redact_dsn(dsn)!r}"
             )
+        super().__init__(dsn, "asyncpg", "postgres", settings)
         self._dsn = dsn
-        self._pool_args: dict[str, Any] = {
-            "min_size": min_size,
-            "max_size": max_size,
-            "timeout": connect_timeout,
-            "command_timeout": command_timeout,
-            "reset": _keep_session,
-        }
-        if schema is not None:
-            self._pool_args["server_settings"] = {"search_path": _quote_ident(schema)}
-        self._acquire_timeout = connect_timeout
-        self._pool: Any = None
-        self.target = redact_dsn(dsn)
-        self.secrets = dsn_secrets(dsn)
+        self._server_settings = None if schema is None else {"search_path": _quote_ident(schema)}
 
-    @property
-    def connected(self) -> bool:
-        return self._pool is not None
-
-    async def connect(self) -> None:
+    async def create_pool(self) -> Any:
         import asyncpg
 
-        self._pool = await asyncpg.create_pool(self._dsn, **self._pool_args)
+        s = self.settings
+        return await asyncpg.create_pool(
+            self._dsn,
+            min_size=s.min_size,
+            max_size=s.max_size,
+            timeout=s.connect_timeout,
+            command_timeout=s.command_timeout,
+            server_settings=self._server_settings,
+            reset=_keep_session,
+        )
 
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), timeout=10)
-        except TimeoutError:
-            pool.terminate()  # an operation hung: do not hang shutdown with it
+    async def close_pool(self, pool: Any) -> None:
+        await pool.close()
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire(timeout=self._acquire_timeout) as con:
+        async with self._pool.acquire(timeout=self.settings.connect_timeout) as con:
             yield _PostgresConnection(con)
 
-    def errors(self) -> tuple[type[BaseException], ...]:
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
         import asyncpg
         from asyncpg.exceptions import InternalClientError
 
-        return (
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            InternalClientError,
-            OSError,
-            TimeoutError,
-        )
+        return (asyncpg.PostgresError, asyncpg.InterfaceError, InternalClientError)
 
     def is_retryable(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) in _RETRYABLE_SQLSTATES
@@ -148,7 +120,7 @@ class PostgresStore(SQLStore):
 
     ``schema`` sets ``search_path`` on every pooled connection and is created
     by :meth:`migrate` if missing. ``auto_migrate`` is off by default: run
-    ``axess migrate`` in deployment.
+    ``axess migrate`` in deployment. Timeouts are in seconds.
     """
 
     def __init__(
@@ -166,12 +138,6 @@ class PostgresStore(SQLStore):
         if schema is not None:
             prelude = (f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(schema)}",)
             dialect = dataclasses.replace(POSTGRES, prelude=prelude)
-        driver = _PostgresDriver(
-            dsn,
-            schema=schema,
-            min_size=min_size,
-            max_size=max_size,
-            connect_timeout=connect_timeout,
-            command_timeout=command_timeout,
-        )
+        settings = PoolSettings(min_size, max_size, connect_timeout, command_timeout)
+        driver = _PostgresDriver(dsn, schema=schema, settings=settings)
         super().__init__(dialect, driver, auto_migrate=auto_migrate)

@@ -58,20 +58,35 @@ class _SQLiteDriver(Driver):
     async def connect(self) -> None:
         con = await aiosqlite.connect(self._path, isolation_level=None)
         try:
-            # busy_timeout first: switching to WAL needs a lock another
-            # process may hold.
             for pragma in (
                 f"PRAGMA busy_timeout = {self._busy_ms}",
-                "PRAGMA journal_mode = WAL",
                 "PRAGMA foreign_keys = ON",
                 "PRAGMA synchronous = NORMAL",
             ):
                 async with con.execute(pragma):
                     pass
+            await self._enable_wal(con)
         except BaseException:
             await con.close()
             raise
         self._con = con
+
+    async def _enable_wal(self, con: aiosqlite.Connection) -> None:
+        """Switch the file to WAL (a persistent setting: usually already done).
+
+        The switch needs an exclusive lock and SQLite may refuse it at once,
+        without the busy handler, while another connection opens the same
+        new file; so retry for up to the busy timeout.
+        """
+        deadline = asyncio.get_running_loop().time() + self._busy_ms / 1000
+        while True:
+            try:
+                async with con.execute("PRAGMA journal_mode = WAL"):
+                    return
+            except sqlite3.OperationalError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         async with self._lock:  # let the operation in flight finish
