@@ -164,3 +164,43 @@ async def test_previous_csrf_key_still_verifies() -> None:
         second = make_auth(first.store, keys=rotated, clock=first.clock, csrf=CSRFConfig())  # type: ignore[arg-type]
         c._transport = __import__("httpx").ASGITransport(app=app_for(second))
         assert (await c.post("/write", headers={"x-csrf-token": t})).status_code == 200
+
+
+async def test_first_form_on_a_new_session_works() -> None:
+    """A page that creates the session and renders a form in the same response."""
+
+    async def page(request: Request) -> HTMLResponse:
+        from axess import get_session
+
+        get_session(request)["visits"] = 1  # creates the session in this response
+        return HTMLResponse(csrf_input(request))
+
+    auth = csrf_auth()
+    app = Starlette(routes=[*ROUTES, Route("/page", page)])
+    auth.install(app)
+    async with client(app) as c:
+        html = (await c.get("/page")).text
+        t = html.split('value="')[1].split('"')[0]
+        assert c.cookies.get("axess.csrf") == t
+        r = await c.post("/login?user=alice", headers={"x-csrf-token": t})
+        assert r.status_code == 200
+
+
+async def test_form_rendered_in_the_login_response_fits_the_rotated_session() -> None:
+    async def login_page(request: Request) -> HTMLResponse:
+        from axess import get_session
+
+        get_session(request).authenticate("alice")
+        return HTMLResponse(csrf_input(request))
+
+    auth = csrf_auth()
+    app = Starlette(
+        routes=[*ROUTES, Route("/token", token), Route("/login-page", login_page, methods=["POST"])]
+    )
+    auth.install(app)
+    async with client(app) as c:
+        anon = await _anon(c)
+        r = await c.post("/login-page", headers={"x-csrf-token": anon})
+        t = r.text.split('value="')[1].split('"')[0]
+        assert t != anon and c.cookies.get("axess.csrf") == t
+        assert (await c.post("/write", headers={"x-csrf-token": t})).status_code == 200

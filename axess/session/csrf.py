@@ -28,6 +28,7 @@ from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.session.cookie import find_cookie
+from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.session.middleware import add_vary_cookie
 from axess.stack import Stage, request_headers, send_json
@@ -157,7 +158,7 @@ class CSRFMiddleware(Stage):
         headers = request_headers(scope)
         cookie_header = headers.get(b"cookie")
         cookie_token = find_cookie(cookie_header, self._cookie)
-        request_binding = session.loaded_key
+        request_binding = session.csrf_binding
         if scope["method"] in UNSAFE_METHODS and not self.config.is_exempt(scope["path"]):
             if cookie_header is not None:
                 submitted = headers.get(self._header)
@@ -182,13 +183,14 @@ class CSRFMiddleware(Stage):
         if current is not None and self.tokens.valid(current, request_binding):
             state[_STATE_KEY] = current
         state["csrf_cookie"] = current
+        state["csrf_binding"] = request_binding
         return receive
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         state = scope["state"]
         session: Session = state["session"]
         header = self._remint(
-            state, state["csrf_cookie"], session.loaded_key, session.committed_key
+            state, state["csrf_cookie"], state["csrf_binding"], _committed_binding(session)
         )
         if header is not None:
             headers = message.setdefault("headers", [])
@@ -284,23 +286,31 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
         await form.close()
 
 
+def _committed_binding(session: Session) -> str | None:
+    """The binding after the commit: the stored key of a signed-in session."""
+    if isinstance(session.data_for_commit.auth_state, Guest):
+        return None
+    return session.committed_key
+
+
 def csrf_token(conn: HTTPConnection) -> str:
-    """The CSRF token to embed in a page (minted when the request has none).
+    """The CSRF token to embed in a page (minted when the request has none, or
+    when the one it has no longer fits the session, e.g. right after login).
 
     The response carries the matching cookie.
     """
     state = conn.scope.setdefault("state", {})
-    token = state.get(_STATE_KEY)
-    if isinstance(token, str):
-        return token
     mw = state.get("csrf")
     session = state.get("session")
     if not isinstance(mw, CSRFMiddleware) or not isinstance(session, Session):
         raise RuntimeError(
             "csrf_token() needs CSRFMiddleware (use Axess.install with csrf enabled)"
         )
-    token = mw.tokens.mint(session.loaded_key)
-    state[_STATE_KEY] = token
+    binding = session.csrf_binding
+    token = state.get(_STATE_KEY)
+    if not isinstance(token, str) or not mw.tokens.valid(token, binding):
+        token = mw.tokens.mint(binding)
+        state[_STATE_KEY] = token
     return token
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import HTTPConnection
 
 from axess.session import data as d
+from axess.session.cookie import new_session_id, storage_key
 from axess.session.data import AuthState, SessionData
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ class Session(MutableMapping[str, Any]):
     committed_key: str | None = None
     #: Whether the request carried a session cookie (set by the middleware).
     had_cookie = False
+    #: Id the session will get when it is next created or rotated, chosen
+    #: early so a CSRF token rendered during this request already fits it.
+    _next_sid: str | None = None
 
     def __init__(
         self,
@@ -227,6 +231,30 @@ class Session(MutableMapping[str, Any]):
         self._meta_dirty = False
         self.persisted_sid = None
         self.resign = False
+
+    def next_session_id(self) -> str:
+        """The id the next create/rotation will use (chosen once per request)."""
+        if self._next_sid is None:
+            self._next_sid = new_session_id(self._owner.random)
+        return self._next_sid
+
+    def take_next_session_id(self) -> str:
+        """Use up :meth:`next_session_id` (the commit calls this)."""
+        sid = self.next_session_id()
+        self._next_sid = None
+        return sid
+
+    @property
+    def csrf_binding(self) -> str | None:
+        """What CSRF tokens rendered now must be bound to: the storage key the
+        session will have after this response when it is signed in, ``None``
+        (anonymous) for guests. Guests writing data keep their tokens valid;
+        logging in or out changes the binding."""
+        if isinstance(self._data.auth_state, d.Guest):
+            return None
+        if self._rotate or self.persisted_sid is None:
+            return storage_key(self.next_session_id())
+        return self.loaded_key
 
     @property
     def storage_key(self) -> str | None:

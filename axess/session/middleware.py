@@ -19,7 +19,7 @@ from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
-from axess.session.cookie import SessionCookieSigner, find_cookie, new_session_id, storage_key
+from axess.session.cookie import SessionCookieSigner, find_cookie, storage_key
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
@@ -245,7 +245,7 @@ class SessionMiddleware(Stage):
             if is_guest and custom_json == b"{}" and not session.rotate_pending:
                 # Nothing worth storing: never persist an empty guest.
                 return self._clear_cookie() if had_cookie else None
-            sid = new_session_id(self.random)
+            sid = session.take_next_session_id()
             key = storage_key(sid)
             _describe_client(scope, data)
             record = self._record(key, data, custom_json, now)
@@ -260,7 +260,7 @@ class SessionMiddleware(Stage):
         old_sid = session.persisted_sid
         old_key = session.loaded_key or storage_key(old_sid)
         if session.rotate_pending:
-            sid = new_session_id(self.random)
+            sid = session.take_next_session_id()
             key = storage_key(sid)
             _describe_client(scope, data)
             record = self._record(key, data, custom_json, now)
