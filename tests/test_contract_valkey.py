@@ -16,7 +16,7 @@ from axess.testing.contract import SessionStoreContract
 def _durable_default() -> Any:
     """SQLite (in memory) when the SQL stores exist, else MemoryStore."""
     try:
-        from axess.stores.sql import SQLiteStore  # type: ignore[attr-defined]
+        from axess.stores.sql import SQLiteStore
     except ImportError:
         return MemoryStore()
     return SQLiteStore(":memory:")

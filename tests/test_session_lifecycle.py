@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from axess import MockClock, Session, get_session
+from axess import MockClock, Session, StoreError, get_session
 from axess.session.cookie import storage_key
 
 
@@ -331,3 +331,29 @@ async def test_cookie_max_age_is_the_absolute_lifetime_even_with_idle_timeout() 
         clock.advance(100)
         r = await c.post("/regenerate")
         assert "Max-Age=7100" in r.headers["set-cookie"]
+
+
+async def test_cleanup_task_retries_after_failures_and_stops_on_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from axess import Axess, Keyring
+
+    calls: list[float] = []
+    done = asyncio.Event()
+
+    class FlakyPurge(CountingStore):
+        async def purge_expired(self, now: float, *, only: object = None) -> dict[str, int]:
+            calls.append(now)
+            if len(calls) == 1:
+                raise StoreError("down", backend="memory")
+            if len(calls) >= 3:
+                done.set()
+            return {"sessions": 0}
+
+    auth = Axess(store=FlakyPurge(), keys=Keyring.generate(), debug=True, cleanup_interval=0.001)
+    with caplog.at_level(logging.WARNING, logger="axess"):
+        async with auth.lifespan():
+            await asyncio.wait_for(done.wait(), timeout=10)
+    assert len(calls) >= 3
+    assert "cleanup failed" in caplog.text
+    assert auth._cleanup_task is None

@@ -526,3 +526,34 @@ async def test_behaves_like_the_memory_store(valkey_store: ValkeyStore, seed: in
         (f_ref, a_ref, k_ref), (f_vk, a_vk, k_vk) = calls
         expected, got = await f_ref(*a_ref, **k_ref), await f_vk(*a_vk, **k_vk)
         assert norm(got) == norm(expected), f"step {step}: {f_ref.__name__}"
+
+
+async def test_http_during_valkey_outage_is_503_and_recovers(own_server: LocalValkey) -> None:
+    """Kill/restart through the whole stack: 503 (never 500) while down, a
+    clean guest after the restart (no persistence)."""
+    import httpx
+    from helpers import ROUTES
+    from starlette.applications import Starlette
+
+    from axess import Axess, Keyring
+
+    store = ValkeyStore(own_server.url, prefix="axess-test-http:", allow_insecure=True)
+    auth = Axess(
+        store=store, keys=Keyring.generate(), debug=True, csrf=False, cleanup_interval=None
+    )
+    app = Starlette(routes=ROUTES, lifespan=auth.lifespan)
+    auth.install(app)
+    app.add_route("/healthz", auth.healthz)
+    async with auth.lifespan():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://t") as c:
+            assert (await c.post("/login?user=alice")).status_code == 200
+            assert (await c.get("/read")).json()["user"] == "alice"
+            own_server.stop()
+            r = await c.get("/read")
+            assert r.status_code == 503 and r.headers["retry-after"]
+            assert (await c.get("/healthz")).status_code == 503
+            own_server.start()
+            assert (await c.get("/healthz")).status_code == 200
+            r = await c.get("/read")
+            assert r.status_code == 200 and r.json()["user"] is None
