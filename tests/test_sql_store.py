@@ -91,7 +91,7 @@ def test_public_classes_implement_both_protocols(tmp_path: Path) -> None:
     assert [s.name for s in stores] == ["sqlite", "postgres", "mysql"]
     for s in stores:
         assert isinstance(s, SessionStore) and isinstance(s, Backend)
-        assert s.substores == frozenset({"sessions"})
+        assert {"sessions", "lockout"} <= s.substores
 
 
 async def test_close_is_idempotent_and_a_closed_store_raises(sqlite_store: SQLiteStore) -> None:
@@ -190,10 +190,10 @@ async def test_postgres_schema_option_creates_and_isolates_the_schema(pg_schema:
         assert rows[0][0] == pg_schema
         rows = await raw(
             store,
-            "SELECT count(*) FROM information_schema.tables "
+            "SELECT table_name FROM information_schema.tables "
             f"WHERE table_schema = '{pg_schema}' AND table_name LIKE 'axess_%'",
         )
-        assert rows[0][0] == 2
+        assert {"axess_schema_version", "axess_sessions", "axess_lockouts"} <= {r[0] for r in rows}
     finally:
         await store.close()
 
@@ -293,7 +293,8 @@ async def test_purge_expired_targets_counts_and_batches(
         await any_store.purge_expired(NOW + 10, only=["sessions", "lockouts"])
     assert await any_store.purge_expired(NOW + 10, only=[]) == {}
     assert await any_store.purge_expired(NOW + 10, only=["sessions"]) == {"sessions": 10}
-    assert await any_store.purge_expired(NOW + 10) == {"sessions": 0}
+    counts = await any_store.purge_expired(NOW + 10)
+    assert set(counts) == any_store.substores and counts["sessions"] == 0
     assert await any_store.load_session(live.key, NOW + 10) is not None
 
 

@@ -133,12 +133,12 @@ def test_decode_responses_is_refused() -> None:
 
 async def test_purge_expired_targets(valkey_store: ValkeyStore) -> None:
     assert valkey_store.name == "valkey"
-    assert valkey_store.substores == frozenset({"sessions"})
-    assert await valkey_store.purge_expired(NOW) == {"sessions": 0}
+    assert valkey_store.substores == frozenset({"sessions", "lockout"})
+    assert await valkey_store.purge_expired(NOW) == {"sessions": 0, "lockout": 0}
     assert await valkey_store.purge_expired(NOW, only=["sessions"]) == {"sessions": 0}
     assert await valkey_store.purge_expired(NOW, only=[]) == {}
-    with pytest.raises(ValueError, match="lockout"):
-        await valkey_store.purge_expired(NOW, only=["sessions", "lockout"])
+    with pytest.raises(ValueError, match="lockouts"):
+        await valkey_store.purge_expired(NOW, only=["sessions", "lockouts"])
 
 
 # -- round trips --------------------------------------------------------------

@@ -10,11 +10,14 @@ not the backend's, decides what has expired.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from collections.abc import Collection, Sequence
+from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from axess.observability.health import HealthStatus
+
+if TYPE_CHECKING:
+    from axess.audit.events import AuditQuery, AuthEvent
 
 SESSIONS: Final = "sessions"
 #: Substores that must live on one backend (they change together in one
@@ -122,3 +125,168 @@ def purge_targets(only: Collection[str] | None, known: Collection[str]) -> list[
     if unknown:
         raise ValueError(f"unknown purge target(s) {unknown}; valid: {sorted(known)}")
     return sorted(set(only))
+
+
+# -- audit substore -------------------------------------------------------------
+AUDIT: Final = "audit"
+
+
+@runtime_checkable
+class AuditStore(Protocol):
+    """The regulatory audit substore: an append-only event table.
+
+    Guarantees every implementation must give (checked by
+    ``AuditStoreContract`` in :mod:`axess.testing.contract`):
+
+    * ``insert_audit_events`` is idempotent on the event id: inserting an
+      event that is already stored (also twice in one batch) keeps the first
+      copy and is not an error, so at-least-once redelivery never
+      duplicates rows. A batch is written in one transaction.
+    * ``query_audit_events`` only ever returns rows of ``tenant_id`` (the
+      tenant rail; ``None`` means rows without a tenant, never "all").
+    * ``audit_events_to_archive`` returns rows not yet archived whose time
+      is before ``before_us``, oldest first; ``mark_audit_events_archived``
+      stamps them; only archived rows whose ``purge_at_us`` has passed are
+      ever deleted (``purge_archived_audit_events``).
+    * Backend failures raise :class:`axess.errors.StoreError`.
+
+    Event times are epoch microseconds; ``now`` is epoch seconds, as
+    everywhere else in the stores.
+    """
+
+    async def insert_audit_events(self, events: Sequence[AuthEvent]) -> None: ...
+
+    async def query_audit_events(
+        self, tenant_id: str | None, query: AuditQuery | None = None
+    ) -> list[AuthEvent]: ...
+
+    async def audit_events_to_archive(self, before_us: int, limit: int) -> list[AuthEvent]: ...
+
+    async def mark_audit_events_archived(
+        self, ids: Sequence[str], *, archived_at_us: int, purge_at_us: int
+    ) -> int: ...
+
+    async def purge_archived_audit_events(self, now: float) -> int: ...
+
+
+# -- lockout substore -----------------------------------------------------------
+LOCKOUT: Final = "lockout"
+
+
+@dataclass(frozen=True, slots=True)
+class LeverSpec:
+    """One lever's counter key and rules, as a store applies them.
+
+    ``key`` is opaque to the store (``axess.authn.lockout`` builds fixed-size
+    hashed keys). ``exempt_if_trusted``: the failure is not counted when the
+    attempt comes from a trusted origin (the user lever).
+    """
+
+    key: str
+    threshold: int
+    window: float
+    lock_for: float
+    backoff: float
+    max_lock: float
+    exempt_if_trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeverState:
+    """A lever counter. ``expires_at`` is when the row may be forgotten.
+    ``tripped`` (not stored) is True in the state returned by the failure
+    that applied the lock."""
+
+    key: str
+    failures: int = 0
+    window_start: float = 0.0
+    locked_until: float = 0.0
+    lockouts: int = 0
+    expires_at: float = 0.0
+    tripped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutStatus:
+    """Result of a pre-check: ``locked_until`` of each locked key, and whether
+    the origin is trusted."""
+
+    locked_until: dict[str, float]
+    trusted: bool = False
+
+
+def lock_duration(spec: LeverSpec, lockouts: int) -> float:
+    """``lock_for * backoff^(lockouts-1)``, capped at ``max_lock``."""
+    try:
+        length = spec.lock_for * spec.backoff ** max(0, lockouts - 1)
+    except OverflowError:
+        return spec.max_lock
+    return min(length, spec.max_lock)
+
+
+def apply_failure(spec: LeverSpec, state: LeverState | None, now: float) -> LeverState:
+    """The counter after one failure at ``now`` (the rules every store applies).
+
+    * A row whose ``expires_at`` has passed is forgotten (starts fresh).
+    * While locked, failures are not counted.
+    * Fixed window: the first failure opens a window of ``window`` seconds;
+      a failure after it closed opens a new one with a count of 1.
+    * Reaching ``threshold`` within the window locks for
+      :func:`lock_duration` (n = consecutive lockouts) and starts a new,
+      empty window.
+    * The row (and with it the escalation count n) is forgotten ``max_lock``
+      after the last lock ends, or when the window closes if never locked.
+    """
+    if state is None or state.expires_at <= now:
+        state = LeverState(spec.key)
+    if state.locked_until > now:
+        return LeverState(*astuple(state)[:6])  # not tripped by this failure
+    if state.failures == 0 or state.window_start + spec.window <= now:
+        failures, start = 1, now
+    else:
+        failures, start = state.failures + 1, state.window_start
+    lockouts, locked_until = state.lockouts, state.locked_until
+    tripped = failures >= spec.threshold
+    if tripped:
+        lockouts += 1
+        locked_until = now + lock_duration(spec, lockouts)
+        failures, start = 0, now
+    expires = start + spec.window
+    if lockouts:
+        expires = max(expires, locked_until + spec.max_lock)
+    return LeverState(spec.key, failures, start, locked_until, lockouts, expires, tripped)
+
+
+@runtime_checkable
+class LockoutStore(Protocol):
+    """The lockout substore: counters of the three levers and trusted origins.
+
+    Guarantees (checked by ``LockoutStoreContract``):
+
+    * ``lockout_status`` is one round trip for all keys and the origin.
+    * ``lockout_failure`` applies :func:`apply_failure` to every lever
+      atomically (no lost update under concurrency) in one round trip, and
+      skips levers marked ``exempt_if_trusted`` when ``origin`` is trusted.
+    * Backend failures raise :class:`axess.errors.StoreError`.
+    """
+
+    async def lockout_status(
+        self, keys: Sequence[str], origin: str | None, now: float
+    ) -> LockoutStatus: ...
+
+    async def lockout_failure(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> list[LeverState]: ...
+
+    async def lockout_success(
+        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+    ) -> None:
+        """Delete the ``reset`` counters and trust ``origin`` until ``trusted_until``."""
+
+    async def lockout_clear(self, keys: Sequence[str]) -> int:
+        """Delete these counters (and trusted origins); how many existed."""
+
+    async def lockout_state(self, key: str, now: float) -> LeverState | None:
+        """The live counter for ``key`` (for admin views and tests)."""
+
+    async def purge_expired_lockouts(self, now: float) -> int: ...

@@ -20,19 +20,24 @@ on violation):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from typing import Final, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from axess.errors import ConfigurationError
 from axess.observability.health import HealthState, HealthStatus
 from axess.stores.base import (
     ALL_SUBSTORES,
+    AUDIT,
     SESSIONS,
     TRANSACTIONAL_CLUSTER,
+    AuditStore,
     Backend,
     SessionRecord,
     SessionStore,
 )
+
+if TYPE_CHECKING:
+    from axess.audit.events import AuditQuery, AuthEvent
 
 _NAMED: Final = ("sessions", "lockout", "ratelimit", "identity", "factors", "audit")
 #: Every routable substore, in listing order (constructor order first; names
@@ -50,8 +55,8 @@ class Purgeable(Protocol):
 
 
 class CompositeStore:
-    """Routes each substore to a backend; implements :class:`SessionStore` by
-    delegating to the sessions backend."""
+    """Routes each substore to a backend; implements :class:`SessionStore` and
+    :class:`AuditStore` by delegating to the backends serving them."""
 
     name: str = "composite"
 
@@ -112,7 +117,14 @@ class CompositeStore:
                 f"backend {session_store.name!r} lists 'sessions' but does not "
                 "implement the SessionStore protocol"
             )
+        audit_store = routes.get(AUDIT)
+        if audit_store is not None and not isinstance(audit_store, AuditStore):
+            raise ConfigurationError(
+                f"backend {audit_store.name!r} lists 'audit' but does not "
+                "implement the AuditStore protocol"
+            )
         self._session_store: SessionStore | None = session_store
+        self._audit_store: AuditStore | None = audit_store
         self._routes: Mapping[str, Backend] = routes
         distinct: dict[int, Backend] = {id(default): default}
         for substore in _ORDER:
@@ -150,6 +162,12 @@ class CompositeStore:
     def _label(self, backend: Backend) -> str:
         owned = self._owned(backend)
         return f"{backend.name} ({', '.join(owned)})" if owned else f"{backend.name} (default)"
+
+    def _audit(self) -> AuditStore:
+        if self._audit_store is None:
+            self.backend_for(AUDIT)  # raises, naming the substore
+        assert self._audit_store is not None
+        return self._audit_store
 
     def _sessions(self) -> SessionStore:
         if self._session_store is None:
@@ -268,3 +286,25 @@ class CompositeStore:
 
     async def purge_expired_sessions(self, now: float) -> int:
         return await self._sessions().purge_expired_sessions(now)
+
+    # -- audit substore (delegated) -------------------------------------------
+    async def insert_audit_events(self, events: Sequence[AuthEvent]) -> None:
+        await self._audit().insert_audit_events(events)
+
+    async def query_audit_events(
+        self, tenant_id: str | None, query: AuditQuery | None = None
+    ) -> list[AuthEvent]:
+        return await self._audit().query_audit_events(tenant_id, query)
+
+    async def audit_events_to_archive(self, before_us: int, limit: int) -> list[AuthEvent]:
+        return await self._audit().audit_events_to_archive(before_us, limit)
+
+    async def mark_audit_events_archived(
+        self, ids: Sequence[str], *, archived_at_us: int, purge_at_us: int
+    ) -> int:
+        return await self._audit().mark_audit_events_archived(
+            ids, archived_at_us=archived_at_us, purge_at_us=purge_at_us
+        )
+
+    async def purge_archived_audit_events(self, now: float) -> int:
+        return await self._audit().purge_archived_audit_events(now)

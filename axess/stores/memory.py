@@ -7,11 +7,23 @@ with respect to other tasks on the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Final
 
+from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.observability.health import HealthStatus
-from axess.stores.base import SESSIONS, SessionRecord, purge_targets
+from axess.stores.base import (
+    AUDIT,
+    LOCKOUT,
+    SESSIONS,
+    LeverSpec,
+    LeverState,
+    LockoutStatus,
+    SessionRecord,
+    apply_failure,
+    purge_targets,
+)
 
 _UserKey = tuple[str | None, str]
 
@@ -20,11 +32,16 @@ class MemoryStore:
     """Implements the session substore in a dict."""
 
     name: Final = "memory"
-    substores: Final = frozenset({SESSIONS})
+    substores: Final = frozenset({SESSIONS, LOCKOUT, AUDIT})
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
         self._by_user: dict[_UserKey, set[str]] = {}
+        self._levers: dict[str, LeverState] = {}
+        #: Trusted origin key -> trusted until (epoch seconds).
+        self._origins: dict[str, float] = {}
+        #: Audit rows: event id -> [event, archived_at_us, purge_at_us].
+        self._audit: dict[str, _AuditRow] = {}
 
     async def open(self) -> None:
         return None
@@ -129,7 +146,117 @@ class MemoryStore:
         self, now: float, *, only: Collection[str] | None = None
     ) -> dict[str, int]:
         targets = purge_targets(only, self.substores)
-        return {t: await self.purge_expired_sessions(now) for t in targets}
+        purge = {
+            SESSIONS: self.purge_expired_sessions,
+            LOCKOUT: self.purge_expired_lockouts,
+            AUDIT: self.purge_archived_audit_events,
+        }
+        return {t: await purge[t](now) for t in targets}
+
+    # -- lockout substore ---------------------------------------------------
+    def _trusted(self, origin: str | None, now: float) -> bool:
+        return origin is not None and self._origins.get(origin, 0.0) > now
+
+    async def lockout_status(
+        self, keys: Sequence[str], origin: str | None, now: float
+    ) -> LockoutStatus:
+        locked = {
+            k: st.locked_until
+            for k in keys
+            if (st := self._levers.get(k)) is not None and st.locked_until > now
+        }
+        return LockoutStatus(locked, self._trusted(origin, now))
+
+    async def lockout_failure(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> list[LeverState]:
+        trusted = self._trusted(origin, now)
+        out: list[LeverState] = []
+        for spec in levers:
+            if spec.exempt_if_trusted and trusted:
+                continue
+            state = apply_failure(spec, self._levers.get(spec.key), now)
+            self._levers[spec.key] = state
+            out.append(state)
+        return out
+
+    async def lockout_success(
+        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+    ) -> None:
+        for key in reset:
+            self._levers.pop(key, None)
+        if origin is not None:
+            self._origins[origin] = max(trusted_until, self._origins.get(origin, 0.0))
+
+    async def lockout_clear(self, keys: Sequence[str]) -> int:
+        return sum(
+            (self._levers.pop(k, None) is not None) + (self._origins.pop(k, None) is not None)
+            for k in keys
+        )
+
+    async def lockout_state(self, key: str, now: float) -> LeverState | None:
+        state = self._levers.get(key)
+        return state if state is not None and state.expires_at > now else None
+
+    async def purge_expired_lockouts(self, now: float) -> int:
+        dead = [k for k, st in self._levers.items() if st.expires_at <= now]
+        dead_origins = [k for k, until in self._origins.items() if until <= now]
+        for key in dead:
+            del self._levers[key]
+        for key in dead_origins:
+            del self._origins[key]
+        return len(dead) + len(dead_origins)
+
+    # -- audit substore -----------------------------------------------------
+    async def insert_audit_events(self, events: Sequence[AuthEvent]) -> None:
+        for event in events:
+            self._audit.setdefault(event.id, _AuditRow(event))
+
+    async def query_audit_events(
+        self, tenant_id: str | None, query: AuditQuery | None = None
+    ) -> list[AuthEvent]:
+        q = query or AuditQuery()
+        found = [r.event for r in self._audit.values() if q.matches(tenant_id, r.event)]
+        found.sort(key=lambda e: (e.time, e.id), reverse=q.order == "desc")
+        return found[: q.limit]
+
+    async def audit_events_to_archive(self, before_us: int, limit: int) -> list[AuthEvent]:
+        due = [
+            r.event
+            for r in self._audit.values()
+            if r.archived_at_us is None and r.event.time < before_us
+        ]
+        due.sort(key=lambda e: (e.time, e.id))
+        return due[:limit]
+
+    async def mark_audit_events_archived(
+        self, ids: Sequence[str], *, archived_at_us: int, purge_at_us: int
+    ) -> int:
+        count = 0
+        for event_id in dict.fromkeys(ids):
+            row = self._audit.get(event_id)
+            if row is not None and row.archived_at_us is None:
+                row.archived_at_us, row.purge_at_us = archived_at_us, purge_at_us
+                count += 1
+        return count
+
+    async def purge_archived_audit_events(self, now: float) -> int:
+        now_us = to_us(now)
+        dead = [
+            k
+            for k, r in self._audit.items()
+            if r.purge_at_us is not None and r.purge_at_us <= now_us
+        ]
+        for key in dead:
+            del self._audit[key]
+        return len(dead)
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+@dataclass(slots=True)
+class _AuditRow:
+    event: AuthEvent
+    archived_at_us: int | None = None
+    purge_at_us: int | None = None

@@ -52,7 +52,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.health import HealthStatus
-from axess.stores.base import SESSIONS, SessionRecord
+from axess.stores.base import LOCKOUT, SESSIONS, SessionRecord
+from axess.stores.valkey_lockout import ValkeyLockoutMixin
 
 try:
     import valkey.asyncio as valkey_asyncio
@@ -125,12 +126,12 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8")
 
 
-class ValkeyStore:
+class ValkeyStore(ValkeyLockoutMixin):
     """Implements the session substore on Valkey (or Redis-protocol servers)."""
 
     # Plain (not Final) so the class matches Backend's settable protocol members.
     name: str = "valkey"
-    substores: frozenset[str] = frozenset({SESSIONS})
+    substores: frozenset[str] = frozenset({SESSIONS, LOCKOUT})
 
     def __init__(
         self,
@@ -222,26 +223,51 @@ class ValkeyStore:
         return HealthStatus.healthy()
 
     # -- plumbing -------------------------------------------------------------
-    def _error(self, op: str, exc: BaseException) -> StoreError:
+    def _error(self, op: str, exc: BaseException, substore: str = SESSIONS) -> StoreError:
         detail = str(exc)
         for secret in self._secrets:
             detail = detail.replace(secret, "***")
         message = f"valkey {op} failed: {type(exc).__name__}: {detail}"
         logger.warning("%s", message)
-        return StoreError(message, backend="valkey", substore=SESSIONS)
+        return StoreError(message, backend="valkey", substore=substore)
 
-    async def _call(self, op: str, *args: Any) -> Any:
+    async def _call(self, op: str, *args: Any, substore: str = SESSIONS) -> Any:
         if self._exec is None:
             raise RuntimeError("ValkeyStore is not open: await store.open() first")
         try:
             return await self._exec(*args)
         except (ValkeyError, OSError) as exc:
-            raise self._error(op, exc) from exc
+            raise self._error(op, exc, substore) from exc
 
     async def _run(self, name: str, keys: Sequence[str], args: Iterable[str | bytes]) -> Any:
+        return await self.run_script(self._scripts[name], keys, args)
+
+    # -- shared with other Valkey-backed stores (rate-limit buckets) -------------
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def is_open(self) -> bool:
+        return self._exec is not None
+
+    async def load_script(self, script: _Script, *, substore: str = SESSIONS) -> None:
+        """``SCRIPT LOAD`` a script of another store sharing this connection."""
+        await self._call(script.name, "SCRIPT LOAD", script.body, substore=substore)
+
+    async def run_script(
+        self,
+        script: _Script,
+        keys: Sequence[str],
+        args: Iterable[str | bytes],
+        *,
+        substore: str = SESSIONS,
+    ) -> Any:
+        """One ``EVALSHA`` of ``script`` (re-loaded after ``NOSCRIPT``), with
+        this store's prefix as ``ARGV[1]``. Failures raise :class:`StoreError`
+        naming ``substore``."""
         if self._exec is None:
             raise RuntimeError("ValkeyStore is not open: await store.open() first")
-        script = self._scripts[name]
         argv = (self._prefix, *args)
         try:
             try:
@@ -251,7 +277,7 @@ class ValkeyStore:
                 await self._exec("SCRIPT LOAD", script.body)
                 return await self._exec("EVALSHA", script.sha, len(keys), *keys, *argv)
         except (ValkeyError, OSError) as exc:
-            raise self._error(name, exc) from exc
+            raise self._error(script.name, exc, substore) from exc
 
     def _skey(self, key: str) -> str:
         return f"{self._prefix}s:{key}"
@@ -354,7 +380,12 @@ class ValkeyStore:
     ) -> dict[str, int]:
         """Purge the given substores (default: all this store implements)."""
         targets = _purge_targets(self.substores, only)
-        return {SESSIONS: await self.purge_expired_sessions(now)} if SESSIONS in targets else {}
+        out: dict[str, int] = {}
+        if SESSIONS in targets:
+            out[SESSIONS] = await self.purge_expired_sessions(now)
+        if LOCKOUT in targets:
+            out[LOCKOUT] = await self.purge_expired_lockouts(now)
+        return out
 
 
 def _purge_targets(supported: frozenset[str], only: Iterable[str] | None) -> frozenset[str]:

@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from axess.stores.base import SessionRecord, SessionStore
+from axess.audit.events import AuditQuery, AuthEvent, to_us
+from axess.stores.base import (
+    AuditStore,
+    LeverSpec,
+    LockoutStore,
+    SessionRecord,
+    SessionStore,
+)
 
 NOW = 1_767_225_600.0
 DAY = 86_400.0
@@ -216,3 +223,331 @@ class SessionStoreContract:
         for i in range(40):
             assert await store.load_session(make_key(f"c{i}"), NOW) is None
             assert await store.load_session(make_key(f"c{i}-new"), NOW) is None
+
+
+# -- lockout ------------------------------------------------------------------
+def make_lever(
+    key: str,
+    *,
+    threshold: int = 3,
+    window: float = 60.0,
+    lock_for: float = 100.0,
+    backoff: float = 2.0,
+    max_lock: float = 350.0,
+    exempt_if_trusted: bool = False,
+) -> LeverSpec:
+    return LeverSpec(key, threshold, window, lock_for, backoff, max_lock, exempt_if_trusted)
+
+
+@pytest.mark.asyncio
+class LockoutStoreContract:
+    """Behaviour every :class:`~axess.stores.base.LockoutStore` must have.
+
+    Levers here: 3 failures / 60 s lock 100 s, doubling, capped at 350 s.
+    """
+
+    @pytest.fixture
+    def store(self) -> Any:  # pragma: no cover - overridden by subclasses
+        raise NotImplementedError("provide a `store` fixture yielding an opened, empty store")
+
+    async def test_implements_protocol(self, store: LockoutStore) -> None:
+        assert isinstance(store, LockoutStore)
+
+    async def test_status_of_unknown_keys_is_unlocked(self, store: LockoutStore) -> None:
+        status = await store.lockout_status(["u:a", "i:b", "t:c"], "o:x", NOW)
+        assert status.locked_until == {} and status.trusted is False
+
+    async def test_threshold_locks_every_lever_atomically(self, store: LockoutStore) -> None:
+        levers = [make_lever("u:a"), make_lever("i:a", threshold=5), make_lever("t:a")]
+        for i in range(2):
+            states = await store.lockout_failure(levers, None, NOW + i)
+            assert [s.failures for s in states] == [i + 1, i + 1, i + 1]
+        assert (await store.lockout_status(["u:a", "i:a", "t:a"], None, NOW + 2)).locked_until == {}
+        states = await store.lockout_failure(levers, None, NOW + 2)
+        assert [s.key for s in states] == ["u:a", "i:a", "t:a"]
+        assert [s.tripped for s in states] == [True, False, True]
+        status = await store.lockout_status(["u:a", "i:a", "t:a"], None, NOW + 3)
+        assert set(status.locked_until) == {"u:a", "t:a"}
+        assert abs(status.locked_until["u:a"] - (NOW + 102)) < 0.002
+        state = await store.lockout_state("u:a", NOW + 3)
+        assert state is not None and state.lockouts == 1 and state.failures == 0
+
+    async def test_failures_while_locked_are_not_counted(self, store: LockoutStore) -> None:
+        lever = [make_lever("u:b", threshold=1)]
+        (first,) = await store.lockout_failure(lever, None, NOW)
+        (again,) = await store.lockout_failure(lever, None, NOW + 50)
+        assert first.tripped and not again.tripped
+        assert again.lockouts == 1 and abs(again.locked_until - (NOW + 100)) < 0.002
+
+    async def test_window_is_fixed_from_first_failure(self, store: LockoutStore) -> None:
+        lever = [make_lever("u:w")]
+        await store.lockout_failure(lever, None, NOW)
+        await store.lockout_failure(lever, None, NOW + 59)
+        (s,) = await store.lockout_failure(lever, None, NOW + 60)  # window closed
+        assert s.failures == 1 and abs(s.window_start - (NOW + 60)) < 0.002
+        assert (await store.lockout_status(["u:w"], None, NOW + 60)).locked_until == {}
+
+    async def test_backoff_doubles_and_caps(self, store: LockoutStore) -> None:
+        lever = [make_lever("u:k", threshold=1)]
+        t = NOW
+        lengths = []
+        for _ in range(4):
+            (s,) = await store.lockout_failure(lever, None, t)
+            assert s.tripped
+            lengths.append(round(s.locked_until - t, 3))
+            t = s.locked_until
+        assert lengths == [100.0, 200.0, 350.0, 350.0]
+
+    async def test_escalation_forgotten_after_max_lock(self, store: LockoutStore) -> None:
+        lever = [make_lever("u:f", threshold=1)]
+        (s,) = await store.lockout_failure(lever, None, NOW)
+        later = s.locked_until + 350.0
+        assert await store.lockout_state("u:f", later) is None
+        (s2,) = await store.lockout_failure(lever, None, later)
+        assert s2.lockouts == 1 and round(s2.locked_until - later, 3) == 100.0
+
+    async def test_lock_expires(self, store: LockoutStore) -> None:
+        await store.lockout_failure([make_lever("u:e", threshold=1)], None, NOW)
+        assert (await store.lockout_status(["u:e"], None, NOW + 99.9)).locked_until
+        assert (await store.lockout_status(["u:e"], None, NOW + 100)).locked_until == {}
+
+    async def test_success_resets_given_keys_and_trusts_origin(self, store: LockoutStore) -> None:
+        levers = [make_lever("u:s", exempt_if_trusted=True), make_lever("i:s")]
+        await store.lockout_failure(levers, "o:s", NOW)
+        await store.lockout_success(["u:s"], "o:s", NOW + 1000, NOW)
+        assert await store.lockout_state("u:s", NOW) is None
+        ip_state = await store.lockout_state("i:s", NOW)
+        assert ip_state is not None and ip_state.failures == 1
+        assert (await store.lockout_status(["u:s"], "o:s", NOW + 999)).trusted
+        assert not (await store.lockout_status(["u:s"], "o:s", NOW + 1000)).trusted
+        assert not (await store.lockout_status(["u:s"], "o:other", NOW)).trusted
+
+    async def test_trusted_origin_skips_exempt_levers(self, store: LockoutStore) -> None:
+        levers = [make_lever("u:t", threshold=1, exempt_if_trusted=True), make_lever("i:t")]
+        await store.lockout_success([], "o:t", NOW + 1000, NOW)
+        states = await store.lockout_failure(levers, "o:t", NOW)
+        assert [s.key for s in states] == ["i:t"]
+        assert (await store.lockout_status(["u:t"], "o:t", NOW)).locked_until == {}
+        states = await store.lockout_failure(levers, "o:elsewhere", NOW)
+        assert [s.key for s in states] == ["u:t", "i:t"] and states[0].tripped
+
+    async def test_clear(self, store: LockoutStore) -> None:
+        lever = [make_lever("u:c", threshold=1), make_lever("t:c")]
+        await store.lockout_failure(lever, None, NOW)
+        assert await store.lockout_clear(["u:c", "t:c", "u:none"]) == 2
+        assert (await store.lockout_status(["u:c"], None, NOW)).locked_until == {}
+        (s,) = await store.lockout_failure([make_lever("u:c", threshold=1)], None, NOW)
+        assert s.lockouts == 1  # escalation forgotten too
+        assert await store.lockout_clear([]) == 0
+
+    async def test_purge_removes_only_dead_rows(self, store: LockoutStore) -> None:
+        await store.lockout_failure([make_lever("u:p1")], None, NOW)
+        await store.lockout_failure([make_lever("u:p2", threshold=1)], None, NOW)
+        await store.lockout_success([], "o:p", NOW + 30, NOW)
+        await store.purge_expired_lockouts(NOW + 61)
+        assert await store.lockout_state("u:p1", NOW + 61) is None  # window closed
+        assert (await store.lockout_status(["u:p2"], None, NOW + 61)).locked_until
+        assert not (await store.lockout_status([], "o:p", NOW + 61)).trusted
+        await store.purge_expired_lockouts(NOW + 1000)
+        assert await store.lockout_state("u:p2", NOW + 1000) is None
+
+    async def test_concurrent_failures_lose_no_update(self, store: LockoutStore) -> None:
+        n = 200
+        levers = [
+            make_lever("u:race", threshold=n + 1),
+            make_lever("i:race", threshold=n + 1),
+            make_lever("t:race", threshold=150),
+        ]
+        results = await asyncio.gather(
+            *(store.lockout_failure(levers, None, NOW) for _ in range(n))
+        )
+        assert all(len(r) == 3 for r in results)
+        user = await store.lockout_state("u:race", NOW)
+        tenant = await store.lockout_state("t:race", NOW)
+        assert user is not None and user.failures == n
+        assert tenant is not None and tenant.lockouts == 1 and tenant.failures == 0
+        assert sum(r[2].tripped for r in results) == 1
+        status = await store.lockout_status(["u:race", "i:race", "t:race"], None, NOW)
+        assert set(status.locked_until) == {"t:race"}
+
+
+# -- audit ----------------------------------------------------------------------
+#: ``NOW`` in epoch microseconds (audit event times).
+NOW_US = to_us(NOW)
+DAY_US = to_us(DAY)
+
+
+def make_event(
+    n: int,
+    *,
+    tenant: str | None = "t1",
+    type: str = "authenticated",
+    user: str | None = "alice",
+    time_us: int | None = None,
+    status: str | None = None,
+    session: str | None = None,
+    extras: dict[str, Any] | None = None,
+) -> AuthEvent:
+    """A deterministic event: id ``e<n>``, time ``NOW_US + n`` unless given."""
+    return AuthEvent(
+        id=f"e{n:07d}",
+        type=type,
+        status=status or ("failure" if type.endswith("failed") else "success"),
+        time=NOW_US + n if time_us is None else time_us,
+        tenant=tenant,
+        user=user,
+        session=session,
+        extras=extras or {},
+    )
+
+
+async def _all_pages(
+    store: AuditStore, tenant: str | None, order: Any = "desc", limit: int = 7
+) -> list[AuthEvent]:
+    out: list[AuthEvent] = []
+    cursor: tuple[int, str] | None = None
+    while True:
+        page = await store.query_audit_events(
+            tenant, AuditQuery(order=order, limit=limit, cursor=cursor)
+        )
+        out.extend(page)
+        if len(page) < limit:
+            return out
+        cursor = (page[-1].time, page[-1].id)
+
+
+@pytest.mark.asyncio
+class AuditStoreContract:
+    """Behaviour every :class:`~axess.stores.base.AuditStore` must have."""
+
+    @pytest.fixture
+    def store(self) -> Any:  # pragma: no cover - overridden by subclasses
+        raise NotImplementedError("provide a `store` fixture yielding an opened, empty store")
+
+    async def test_implements_protocol(self, store: AuditStore) -> None:
+        assert isinstance(store, AuditStore)
+
+    async def test_insert_then_query_roundtrips_every_field(self, store: AuditStore) -> None:
+        event = AuthEvent(
+            id="0195c6a1-7e00-7abc-8def-0123456789ab",
+            type="factor_failed",
+            status="failure",
+            time=NOW_US + 123_456,
+            tenant="tenant-ü",
+            user="zoë@example.com",
+            session="abcdef012345",
+            ip="2001:db8::1",
+            user_agent="Mozilla/5.0 " + "x" * 400,
+            request_id="req-1",
+            factor="totp",
+            lever="user",
+            reason="bad code ☃",
+            actor="admin:1",
+            extras={"attempt": 3, "ratio": 0.5, "nested": {"ok": True, "list": [1, "a", None]}},
+        )
+        await store.insert_audit_events([event])
+        assert await store.query_audit_events("tenant-ü") == [event]
+
+    async def test_empty_batch_is_a_noop(self, store: AuditStore) -> None:
+        await store.insert_audit_events([])
+        assert await store.query_audit_events("t1") == []
+
+    async def test_insert_is_idempotent_on_event_id(self, store: AuditStore) -> None:
+        a, b, c, d = (make_event(i) for i in range(4))
+        await store.insert_audit_events([a, b])
+        changed = make_event(0, type="logout", user="mallory")
+        await store.insert_audit_events([changed, b, c])
+        await store.insert_audit_events([d, d])
+        rows = await store.query_audit_events("t1", AuditQuery(order="asc"))
+        assert rows == [a, b, c, d]  # the first copy of e0000000 is kept
+
+    async def test_a_large_batch_is_stored_completely(self, store: AuditStore) -> None:
+        events = [make_event(i) for i in range(1234)]
+        await store.insert_audit_events(events)
+        await store.insert_audit_events(events[::-1])  # redelivered, reordered
+        assert await _all_pages(store, "t1", "asc", limit=1000) == events
+
+    async def test_tenant_rail(self, store: AuditStore) -> None:
+        mine = [make_event(i, tenant="t1", user="alice") for i in range(3)]
+        theirs = [make_event(10 + i, tenant="t2", user="alice") for i in range(3)]
+        nobody = [make_event(20 + i, tenant=None, user="alice") for i in range(2)]
+        await store.insert_audit_events([*mine, *theirs, *nobody])
+        assert await store.query_audit_events("t1", AuditQuery(order="asc")) == mine
+        assert await store.query_audit_events("t2", AuditQuery(order="asc")) == theirs
+        assert await store.query_audit_events(None, AuditQuery(order="asc")) == nobody
+        assert await store.query_audit_events("t3") == []
+        assert await store.query_audit_events("T1") == []
+        for q in (
+            AuditQuery(user="alice"),
+            AuditQuery(types=["authenticated"]),
+            AuditQuery(since_us=0),
+            AuditQuery(cursor=(NOW_US + 100, "z")),
+        ):
+            assert {e.tenant for e in await store.query_audit_events("t1", q)} == {"t1"}
+
+    async def test_filters(self, store: AuditStore) -> None:
+        events = [
+            make_event(0, type="login_attempt", status="info", user="alice"),
+            make_event(1, type="factor_failed", user="alice", session="s1"),
+            make_event(2, type="authenticated", user="alice", session="s1"),
+            make_event(3, type="authenticated", user="bob"),
+            make_event(4, type="logout", user="bob"),
+        ]
+        await store.insert_audit_events(events)
+
+        async def ids(**kw: Any) -> list[str]:
+            return [e.id for e in await store.query_audit_events("t1", AuditQuery(**kw))]
+
+        e = [x.id for x in events]
+        assert await ids() == e[::-1]
+        assert await ids(order="asc") == e
+        assert await ids(order="asc", limit=2) == e[:2]
+        assert await ids(types=["authenticated", "logout"]) == [e[4], e[3], e[2]]
+        assert await ids(types=[]) == []
+        assert await ids(user="bob") == [e[4], e[3]]
+        assert await ids(status="failure") == [e[1]]
+        assert await ids(session="s1", order="asc") == [e[1], e[2]]
+        assert await ids(since_us=NOW_US + 1, until_us=NOW_US + 3, order="asc") == [e[1], e[2]]
+        assert await ids(user="bob", types=["logout"]) == [e[4]]
+
+    async def test_cursor_pages_visit_every_row_once(self, store: AuditStore) -> None:
+        # Ties on time are broken by id.
+        events = [make_event(i, time_us=NOW_US + i // 4) for i in range(30)]
+        await store.insert_audit_events(events[::-1])
+        assert await _all_pages(store, "t1", "asc") == events
+        assert await _all_pages(store, "t1", "desc") == events[::-1]
+
+    async def test_archive_then_purge(self, store: AuditStore) -> None:
+        old = [make_event(i, time_us=NOW_US - 100 * DAY_US + i) for i in range(5)]
+        young = [make_event(10 + i, time_us=NOW_US - DAY_US + i) for i in range(3)]
+        other_tenant_old = make_event(20, tenant="t2", time_us=NOW_US - 95 * DAY_US)
+        await store.insert_audit_events([*young, other_tenant_old, *old])
+        cutoff = NOW_US - 90 * DAY_US
+        due = await store.audit_events_to_archive(cutoff, 4)
+        assert due == old[:4]  # oldest first, across tenants, limited
+        purge_at = NOW_US + 7 * DAY_US
+        marked = await store.mark_audit_events_archived(
+            [x.id for x in due], archived_at_us=NOW_US, purge_at_us=purge_at
+        )
+        assert marked == 4
+        assert await store.audit_events_to_archive(cutoff, 100) == [old[4], other_tenant_old]
+        again = await store.mark_audit_events_archived(
+            [old[0].id, "e9999999"], archived_at_us=NOW_US, purge_at_us=purge_at
+        )
+        assert again == 0  # already archived (or unknown): untouched
+        assert len(await store.query_audit_events("t1")) == 8  # still queryable
+        assert await store.purge_archived_audit_events(NOW + 7 * DAY - 1) == 0
+        assert await store.purge_archived_audit_events(NOW + 7 * DAY) == 4
+        assert await store.purge_archived_audit_events(NOW + 7 * DAY) == 0
+        rows = await store.query_audit_events("t1", AuditQuery(order="asc"))
+        assert rows == [old[4], *young]
+        # Rows never archived are never purged, however old.
+        assert await store.purge_archived_audit_events(NOW + 10_000 * DAY) == 0
+        assert len(await store.query_audit_events("t2")) == 1
+
+    async def test_concurrent_overlapping_batches(self, store: AuditStore) -> None:
+        events = [make_event(i) for i in range(120)]
+        batches = [events[i : i + 40] for i in range(0, 120, 10)]
+        await asyncio.gather(*(store.insert_audit_events(b) for b in batches))
+        await asyncio.gather(*(store.insert_audit_events(b) for b in batches[::-1]))
+        assert await _all_pages(store, "t1", "asc", limit=1000) == events

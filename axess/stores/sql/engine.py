@@ -7,8 +7,9 @@ acquired and a statement run, and which driver exceptions exist) and its
 migration files under ``migrations/<dialect>/``. The session semantics,
 migrations, error mapping, retries and health live here, once.
 
-Times are stored as epoch milliseconds (``BIGINT``); :class:`SessionRecord`
-carries float seconds.
+Session times are stored as epoch milliseconds (``BIGINT``); :class:`SessionRecord`
+carries float seconds. The regulatory audit table (substore ``audit``) keeps
+event times in epoch microseconds, like :class:`~axess.audit.events.AuthEvent`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import importlib.resources
 import importlib.util
 import itertools
+import json
 import logging
 import random
 import re
@@ -28,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import unquote
 
+from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.errors import ConfigurationError, SchemaVersionError, StoreError
 from axess.observability.health import HealthStatus
-from axess.stores.base import SESSIONS, SessionRecord, purge_targets
+from axess.stores.base import AUDIT, LOCKOUT, SESSIONS, SessionRecord, purge_targets
+from axess.stores.sql.lockout import SQLLockoutMixin
 
 logger = logging.getLogger("axess.stores.sql")
 
@@ -45,6 +49,14 @@ PURGE_BATCH: Final = 1000
 #: failure (the database rolled it back, so running it again is safe).
 _RETRIES: Final = 25
 _COLS: Final = "skey, payload, user_id, tenant_id, created_at, expires_at"
+_AUDIT_COLS: Final = (
+    "event_id, time_us, tenant_id, event_type, status, user_id, session_prefix, ip, "
+    "user_agent, request_id, factor, lever, reason, actor, extras"
+)
+_AUDIT_ROW: Final = "(" + ", ".join(["?"] * 15) + ")"
+#: Audit rows per INSERT statement (and ids per archive UPDATE): keeps every
+#: statement far below the drivers' bound-parameter limits.
+AUDIT_CHUNK: Final = 500
 _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 
 
@@ -231,11 +243,13 @@ class Dialect:
     #: Statements run after the migration, even when it failed (lock release,
     #: undoing the prelude's session settings).
     migration_cleanup: tuple[str, ...] = ()
-    #: Deletes at most ``?``(2nd) rows expired at ``?``(1st) and reports the count.
+    #: Deletes at most ``?``(2nd) rows of ``{table}`` whose ``{col}`` is at or
+    #: before ``?``(1st) and reports the count (``{key}``: the primary key).
     purge_batch: str = (
-        "DELETE FROM axess_sessions WHERE skey IN "
-        "(SELECT skey FROM axess_sessions WHERE expires_at <= ? LIMIT ?)"
+        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {col} <= ? LIMIT ?)"
     )
+    #: Appended to the audit INSERT: skip rows whose event id is stored already.
+    audit_insert_suffix: str = " ON CONFLICT (event_id) DO NOTHING"
 
 
 # -- migrations ---------------------------------------------------------------
@@ -302,7 +316,19 @@ class _Queries:
         )
         self.delete = p("DELETE FROM axess_sessions WHERE skey = ?")
         self.delete_live = p(f"DELETE FROM axess_sessions WHERE skey = ? AND {live}")  # noqa: S608
-        self.purge_batch = p(d.purge_batch)
+        self.purge_batch = p(
+            d.purge_batch.format(table="axess_sessions", key="skey", col="expires_at")
+        )
+        self.p = p
+        self._sized: dict[tuple[str, int], str] = {}
+        self.audit_insert_suffix = d.audit_insert_suffix
+        self.audit_purge_batch = p(
+            d.purge_batch.format(table="axess_audit_events", key="event_id", col="purge_at")
+        )
+        self.audit_to_archive = p(
+            f"SELECT {_AUDIT_COLS} FROM axess_audit_events "  # noqa: S608
+            "WHERE archived_at IS NULL AND time_us < ? ORDER BY time_us, event_id LIMIT ?"
+        )
         self.table_exists = p(d.table_exists)
         self.max_version = "SELECT MAX(version) FROM axess_schema_version"
         self.record_version = p("INSERT INTO axess_schema_version (version) VALUES (?)")
@@ -319,6 +345,62 @@ class _Queries:
                 self.delete_user[tenant, except_key] = p(
                     f"DELETE FROM axess_sessions WHERE {scope}{extra}"  # noqa: S608
                 )
+
+    def audit_insert(self, rows: int) -> str:
+        """INSERT of ``rows`` audit rows, skipping ids already stored (cached per size)."""
+        sql = self._sized.get(("insert", rows))
+        if sql is None:
+            values = ", ".join([_AUDIT_ROW] * rows)
+            sql = self._sized["insert", rows] = self.p(
+                f"INSERT INTO axess_audit_events ({_AUDIT_COLS}) VALUES {values}"  # noqa: S608
+                + self.audit_insert_suffix
+            )
+        return sql
+
+    def audit_mark(self, ids: int) -> str:
+        """UPDATE stamping ``ids`` not-yet-archived rows as archived (cached per size)."""
+        sql = self._sized.get(("mark", ids))
+        if sql is None:
+            marks = ", ".join(["?"] * ids)
+            sql = self._sized["mark", ids] = self.p(
+                "UPDATE axess_audit_events SET archived_at = ?, purge_at = ? "  # noqa: S608
+                f"WHERE archived_at IS NULL AND event_id IN ({marks})"
+            )
+        return sql
+
+    def audit_query(self, tenant_id: str | None, q: AuditQuery) -> tuple[str, list[object]]:
+        """The SELECT for one audit query; every value is a bound parameter."""
+        where = ["tenant_id IS NULL" if tenant_id is None else "tenant_id = ?"]
+        args: list[object] = [] if tenant_id is None else [tenant_id]
+        if q.types is not None:
+            where.append(
+                f"event_type IN ({', '.join(['?'] * len(q.types))})" if q.types else "1 = 0"
+            )
+            args.extend(q.types)
+        for column, value in (
+            ("user_id", q.user),
+            ("status", q.status),
+            ("session_prefix", q.session),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if q.since_us is not None:
+            where.append("time_us >= ?")
+            args.append(q.since_us)
+        if q.until_us is not None:
+            where.append("time_us < ?")
+            args.append(q.until_us)
+        op, direction = (">", "ASC") if q.order == "asc" else ("<", "DESC")
+        if q.cursor is not None:
+            where.append(f"(time_us {op} ? OR (time_us = ? AND event_id {op} ?))")
+            args.extend((q.cursor[0], q.cursor[0], q.cursor[1]))
+        args.append(q.limit)
+        sql = (
+            f"SELECT {_AUDIT_COLS} FROM axess_audit_events WHERE {' AND '.join(where)} "  # noqa: S608
+            f"ORDER BY time_us {direction}, event_id {direction} LIMIT ?"
+        )
+        return self.p(sql), args
 
 
 class _Abort(Exception):
@@ -337,6 +419,47 @@ def _params(rec: SessionRecord) -> tuple[object, ...]:
         rec.tenant_id,
         _ms(rec.created_at),
         _ms(rec.expires_at),
+    )
+
+
+def _audit_params(e: AuthEvent) -> tuple[object, ...]:
+    return (
+        e.id,
+        e.time,
+        e.tenant,
+        e.type,
+        e.status,
+        e.user,
+        e.session,
+        e.ip,
+        e.user_agent,
+        e.request_id,
+        e.factor,
+        e.lever,
+        e.reason,
+        e.actor,
+        json.dumps(dict(e.extras), separators=(",", ":"), ensure_ascii=False),
+    )
+
+
+def _audit_event(row: Sequence[Any]) -> AuthEvent:
+    extras = row[14]
+    return AuthEvent(
+        id=str(row[0]),
+        time=int(row[1]),
+        tenant=row[2],
+        type=str(row[3]),
+        status=str(row[4]),
+        user=row[5],
+        session=row[6],
+        ip=row[7],
+        user_agent=row[8],
+        request_id=row[9],
+        factor=row[10],
+        lever=row[11],
+        reason=row[12],
+        actor=row[13],
+        extras=json.loads(extras) if isinstance(extras, str | bytes) else (extras or {}),
     )
 
 
@@ -359,7 +482,7 @@ async def _quietly(conn: Connection, sql: str) -> None:
         logger.debug("cleanup statement %r failed: %s", sql, type(exc).__name__)
 
 
-class SQLStore:
+class SQLStore(SQLLockoutMixin):
     """Session substore on a SQL database; use :class:`SQLiteStore`,
     :class:`PostgresStore` or :class:`MySQLStore`.
 
@@ -370,7 +493,7 @@ class SQLStore:
     naming the backend. After an outage the store recovers by itself.
     """
 
-    substores: frozenset[str] = frozenset({SESSIONS})
+    substores: frozenset[str] = frozenset({SESSIONS, AUDIT, LOCKOUT})
 
     def __init__(self, dialect: Dialect, driver: Driver, *, auto_migrate: bool) -> None:
         self.name: str = dialect.name
@@ -606,17 +729,7 @@ class SQLStore:
 
     async def purge_expired_sessions(self, now: float) -> int:
         """Delete rows expired at ``now`` in batches of :data:`PURGE_BATCH`; the count."""
-        args = (_ms(now), PURGE_BATCH)
-
-        async def batch(conn: Connection) -> int:
-            return (await conn.run(self._q.purge_batch, args)).rowcount
-
-        total = 0
-        while True:
-            deleted = await self._op("purge_expired_sessions", batch)
-            total += deleted
-            if deleted < PURGE_BATCH:
-                return total
+        return await self._purge("purge_expired_sessions", self._q.purge_batch, _ms(now), SESSIONS)
 
     async def purge_expired(
         self, now: float, *, only: Collection[str] | None = None
@@ -626,12 +739,98 @@ class SQLStore:
         Raises :class:`ValueError` naming the valid targets for an unknown one.
         """
         targets: dict[str, Callable[[float], Awaitable[int]]] = {
-            SESSIONS: self.purge_expired_sessions
+            SESSIONS: self.purge_expired_sessions,
+            AUDIT: self.purge_archived_audit_events,
+            LOCKOUT: self.purge_expired_lockouts,
         }
         names = purge_targets([only] if isinstance(only, str) else only, targets)
         return {name: await targets[name](now) for name in names}
 
+    # -- audit substore ---------------------------------------------------------
+    async def insert_audit_events(self, events: Sequence[AuthEvent]) -> None:
+        """Insert-if-absent by event id, in one transaction; redelivery is a no-op."""
+        if not events:
+            return
+        rows = [_audit_params(e) for e in sorted(events, key=lambda e: e.id)]
+        chunks = [rows[i : i + AUDIT_CHUNK] for i in range(0, len(rows), AUDIT_CHUNK)]
+
+        async def steps(conn: Connection) -> None:
+            for chunk in chunks:
+                await conn.run(self._q.audit_insert(len(chunk)), [v for r in chunk for v in r])
+
+        async def body(conn: Connection) -> None:
+            if len(chunks) == 1:
+                await steps(conn)
+            else:
+                await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
+
+        await self._op("insert_audit_events", body, substore=AUDIT)
+
+    async def query_audit_events(
+        self, tenant_id: str | None, query: AuditQuery | None = None
+    ) -> list[AuthEvent]:
+        """Rows of ``tenant_id`` only (``None``: rows without a tenant) matching ``query``."""
+        if tenant_id is not None and not isinstance(tenant_id, str):
+            raise TypeError("tenant_id must be a string or None")
+        sql, args = self._q.audit_query(tenant_id, query or AuditQuery())
+
+        async def body(conn: Connection) -> list[AuthEvent]:
+            return [_audit_event(r) for r in (await conn.run(sql, args, fetch=True)).rows]
+
+        return await self._op("query_audit_events", body, substore=AUDIT)
+
+    async def audit_events_to_archive(self, before_us: int, limit: int) -> list[AuthEvent]:
+        """Rows not archived yet with a time before ``before_us``, oldest first."""
+        args = (int(before_us), int(limit))
+
+        async def body(conn: Connection) -> list[AuthEvent]:
+            rows = (await conn.run(self._q.audit_to_archive, args, fetch=True)).rows
+            return [_audit_event(r) for r in rows]
+
+        return await self._op("audit_events_to_archive", body, substore=AUDIT)
+
+    async def mark_audit_events_archived(
+        self, ids: Sequence[str], *, archived_at_us: int, purge_at_us: int
+    ) -> int:
+        """Stamp rows as archived (those not archived yet); how many were stamped."""
+        unique = list(dict.fromkeys(ids))
+        chunks = [unique[i : i + AUDIT_CHUNK] for i in range(0, len(unique), AUDIT_CHUNK)]
+
+        async def steps(conn: Connection) -> int:
+            total = 0
+            for chunk in chunks:
+                args = [archived_at_us, purge_at_us, *chunk]
+                total += (await conn.run(self._q.audit_mark(len(chunk)), args)).rowcount
+            return total
+
+        async def body(conn: Connection) -> int:
+            return await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
+
+        if not chunks:
+            return 0
+        return await self._op("mark_audit_events_archived", body, substore=AUDIT)
+
+    async def purge_archived_audit_events(self, now: float) -> int:
+        """Delete archived rows whose ``purge_at`` is at or before ``now``; the count."""
+        return await self._purge(
+            "purge_archived_audit_events", self._q.audit_purge_batch, to_us(now), AUDIT
+        )
+
     # -- plumbing ---------------------------------------------------------------
+    async def _purge(self, what: str, sql: str, cutoff: int, substore: str) -> int:
+        """Run a purge statement in batches of :data:`PURGE_BATCH` until one deletes less."""
+        args = (cutoff, PURGE_BATCH)
+
+        async def batch(conn: Connection) -> int:
+            return (await conn.run(sql, args)).rowcount
+
+        total = 0
+        while True:
+            deleted = await self._op(what, batch, substore=substore)
+            total += deleted
+            if deleted < PURGE_BATCH:
+                return total
+
     async def _insert(self, conn: Connection, record: SessionRecord) -> bool:
         try:
             return (await conn.run(self._q.insert, _params(record))).rowcount == 1
@@ -653,9 +852,9 @@ class SQLStore:
         await conn.run("COMMIT")
         return result
 
-    async def _connected(self) -> None:
+    async def _connected(self, substore: str = SESSIONS) -> None:
         if self._closed:
-            raise StoreError(f"{self.name} store is closed", backend=self.name, substore=SESSIONS)
+            raise StoreError(f"{self.name} store is closed", backend=self.name, substore=substore)
         if not self._driver.connected:
             # One task creates the pool; the others wait for it. A failure
             # leaves it unset so the next operation tries again.
@@ -664,14 +863,19 @@ class SQLStore:
                     await self._driver.connect()
 
     async def _op(
-        self, what: str, body: Callable[[Connection], Awaitable[T]], *, log: bool = True
+        self,
+        what: str,
+        body: Callable[[Connection], Awaitable[T]],
+        *,
+        log: bool = True,
+        substore: str = SESSIONS,
     ) -> T:
         """Run ``body`` on an acquired connection, retrying deadlocks and
         serialization failures, and turning driver errors into StoreError."""
         errors = self._driver.errors()
         for attempt in itertools.count(1):
             try:
-                await self._connected()
+                await self._connected(substore)
                 async with self._driver.acquire() as conn:
                     return await body(conn)
             except errors as exc:
@@ -682,7 +886,7 @@ class SQLStore:
                 message = f"{self.name} store: {what} failed: {self._describe(exc)}"
                 if log:
                     logger.warning("%s (%s)", message, self._driver.target)
-                raise StoreError(message, backend=self.name, substore=SESSIONS) from exc
+                raise StoreError(message, backend=self.name, substore=substore) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _describe(self, exc: BaseException, *, limit: int = 300) -> str:

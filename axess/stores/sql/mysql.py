@@ -44,7 +44,10 @@ MYSQL: Final = Dialect(
     # it into a Python warning after an extra SHOW WARNINGS round trip.
     prelude=("SET SESSION sql_notes = 0",),
     migration_cleanup=(f"SELECT RELEASE_LOCK({_LOCK_NAME})", "SET SESSION sql_notes = DEFAULT"),
-    purge_batch="DELETE FROM axess_sessions WHERE expires_at <= ? LIMIT ?",
+    purge_batch="DELETE FROM {table} WHERE {col} <= ? LIMIT ?",
+    # A no-op update on a duplicate id: unlike INSERT IGNORE it does not turn
+    # data errors into warnings.
+    audit_insert_suffix=" ON DUPLICATE KEY UPDATE event_id = event_id",
 )
 
 _CLIENT_FOUND_ROWS: Final = 2  # pymysql.constants.CLIENT.FOUND_ROWS

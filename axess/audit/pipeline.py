@@ -1,0 +1,929 @@
+"""The audit pipeline: buffers, background delivery, overflow policies,
+bounded drain on shutdown, recovery log.
+
+``emit(event)`` is synchronous and O(number of sinks): it appends the event
+to one bounded buffer per sink and returns. One background worker per sink
+takes batches from its buffer and writes them, retrying a failed batch with
+exponential backoff until it succeeds — a slow or dead SIEM never holds back
+the SQL audit table, and the other way round.
+
+Guarantee (counted per sink): every event a sink accepted is *delivered*,
+*dropped* (only analytics sinks under :class:`DropOldest`, counted in the
+``audit_dropped`` metric) or *recovered* (written with fsync to the
+recovery log, counted in ``audit_recovered``, delivered by the next start).
+A regulatory sink never drops, so for it ``emitted = delivered +
+recovered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random as _random
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from starlette.responses import JSONResponse
+
+from axess.audit.events import AuditQuery, AuthEvent
+from axess.audit.recovery import RecoveryLog
+from axess.audit.sinks import AuditSink
+from axess.clock import Clock, Random, SystemClock, SystemRandom
+from axess.errors import AxessError, ConfigurationError
+from axess.observability.health import HealthStatus
+from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.session.events import SessionEvent, SessionEventHook
+
+logger = logging.getLogger("axess.audit")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Seconds ``stop()`` waits for cancelled workers to finish after the drain
+#: deadline (a sink that ignores cancellation must not hang shutdown).
+_CANCEL_GRACE: Final = 1.0
+#: Seconds between two "login refused" WARNINGs (the count is in the next one).
+_REFUSAL_LOG_INTERVAL: Final = 10.0
+
+
+# -- overflow policies ----------------------------------------------------------
+class OverflowPolicy:
+    """What happens when a sink's buffer holds ``max_buffer`` events."""
+
+    __slots__ = ()
+
+    #: True if the policy never discards an event.
+    keeps_everything: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DropOldest(OverflowPolicy):
+    """A new event pushes out the oldest buffered one (counted in ``audit_dropped``).
+
+    The default for analytics sinks. Events already handed to the sink (the
+    batch in flight) are never dropped; if the whole buffer is in flight the
+    new event itself is dropped.
+    """
+
+    keeps_everything = False
+
+
+@dataclass(frozen=True, slots=True)
+class Block(OverflowPolicy):
+    """``await pipeline.emit_wait(event)`` waits for room, at most ``timeout`` seconds,
+    then raises :class:`AuditUnavailable` without accepting the event.
+
+    ``emit()`` cannot wait: on a full buffer it keeps the event beyond
+    ``max_buffer`` (see :attr:`AuditPipeline.hard_limit`).
+    """
+
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownAuthn(OverflowPolicy):
+    """While the buffer is full, new logins are refused with 503 (no
+    authentication without an audit trail); other events are kept beyond
+    ``max_buffer``. Logins resume once the buffer is down to ``resume_at``
+    (a fraction of ``max_buffer``; default half). The regulatory default.
+    """
+
+    resume_at: float = 0.5
+
+
+class AuditUnavailable(AxessError):
+    """The audit trail cannot take the operation's events right now.
+
+    Raised by :meth:`AuditPipeline.authn_gate` (regulatory buffer full under
+    :class:`ShutdownAuthn`) and by :meth:`AuditPipeline.emit_wait` (no room
+    within the :class:`Block` timeout). Answer with :meth:`response` (503).
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        """503 JSON with ``Retry-After``, never cached."""
+        return JSONResponse(
+            {"error": "service_unavailable", "detail": "audit trail unavailable"},
+            status_code=503,
+            headers={"Retry-After": str(self.retry_after), "Cache-Control": "no-store"},
+        )
+
+
+# -- per-sink state -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """Counters of one sink. ``accepted = delivered + dropped + recovered + depth``."""
+
+    name: str
+    regulatory: bool
+    policy: str
+    accepted: int
+    delivered: int
+    dropped: int
+    recovered: int
+    depth: int
+    consecutive_failures: int
+    failures: int
+    last_error: str | None
+
+
+class _Sink:
+    __slots__ = (
+        "accepted",
+        "buffer",
+        "delivered",
+        "dropped",
+        "failures",
+        "inflight",
+        "last_error",
+        "name",
+        "overflowing",
+        "policy",
+        "recovered",
+        "regulatory",
+        "replay_inflight",
+        "replay_left",
+        "room",
+        "sink",
+        "streak",
+        "task",
+        "wake",
+    )
+
+    def __init__(self, sink: AuditSink, policy: OverflowPolicy) -> None:
+        self.sink = sink
+        self.name: str = sink.name
+        self.regulatory = bool(sink.regulatory)
+        self.policy = policy
+        self.buffer: deque[AuthEvent] = deque()
+        self.inflight: list[AuthEvent] = []
+        self.accepted = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.recovered = 0
+        self.failures = 0
+        self.streak = 0  # consecutive failures
+        self.last_error: str | None = None
+        self.overflowing = False
+        #: Replayed events still in ``buffer`` (at its front) / in ``inflight``.
+        self.replay_left = 0
+        self.replay_inflight = 0
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.buffer) + len(self.inflight)
+
+
+class _SinkHealth:
+    """A :class:`~axess.observability.health.HealthCheck` for one sink."""
+
+    def __init__(self, pipeline: AuditPipeline, state: _Sink) -> None:
+        self._pipeline = pipeline
+        self._state = state
+
+    async def check_health(self) -> HealthStatus:
+        return self._pipeline._sink_status(self._state)
+
+
+class AuditPipeline:
+    """Buffers audit events and delivers them to every sink in the background.
+
+    * ``sinks``: the destinations (names must be unique). Regulatory sinks
+      (``sink.regulatory``) use ``on_full`` (default :class:`ShutdownAuthn`),
+      analytics sinks ``analytics_on_full`` (default :class:`DropOldest`).
+    * ``max_buffer``: events buffered per sink before the policy applies.
+      Policies that keep everything accept up to :attr:`hard_limit` (twice
+      ``max_buffer``); beyond it events go straight to the recovery log.
+    * ``batch_size`` / ``flush_interval``: a worker writes as soon as
+      ``batch_size`` events are waiting, otherwise ``flush_interval``
+      seconds after it found the first one.
+    * ``retry_initial`` / ``retry_max``: backoff (seconds, doubling, with
+      jitter) between attempts at a failed batch; attempts never stop.
+    * ``drain_timeout``: how long :meth:`stop` keeps delivering.
+    * ``recovery_log``: where leftovers go (JSONL, fsync); replayed by
+      :meth:`start`. Without one, leftovers at shutdown are lost (logged
+      and counted as dropped).
+    * ``retention``: an :class:`~axess.audit.retention.AuditRetention`
+      started and stopped with the pipeline.
+    * ``clock`` / ``random`` / ``metrics`` default to what ``Axess`` binds
+      (:meth:`bind`), else the system clock, system randomness, no metrics;
+      ``sleep`` (default :func:`asyncio.sleep`) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        sinks: Sequence[AuditSink],
+        max_buffer: int = 10_000,
+        on_full: OverflowPolicy | None = None,
+        analytics_on_full: OverflowPolicy | None = None,
+        batch_size: int = 200,
+        flush_interval: float = 0.25,
+        drain_timeout: float = 10.0,
+        recovery_log: str | os.PathLike[str] | None = None,
+        retry_initial: float = 0.05,
+        retry_max: float = 30.0,
+        retention: Any = None,
+        clock: Clock | None = None,
+        random: Random | None = None,
+        metrics: AuthnMetrics | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        if not sinks:
+            raise ConfigurationError("AuditPipeline needs at least one sink")
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"audit sink names must be unique, got {names}")
+        if max_buffer < 1 or not 1 <= batch_size <= max_buffer:
+            raise ConfigurationError("need max_buffer >= 1 and 1 <= batch_size <= max_buffer")
+        for what, value in (
+            ("flush_interval", flush_interval),
+            ("drain_timeout", drain_timeout),
+            ("retry_max", retry_max),
+        ):
+            if value < 0:
+                raise ConfigurationError(f"{what} must not be negative")
+        if retry_initial <= 0:
+            raise ConfigurationError("retry_initial must be positive")
+        regulatory_policy = on_full if on_full is not None else ShutdownAuthn()
+        analytics_policy = analytics_on_full if analytics_on_full is not None else DropOldest()
+        for policy in (regulatory_policy, analytics_policy):
+            if not isinstance(policy, OverflowPolicy):
+                raise ConfigurationError(
+                    "on_full must be DropOldest(), Block(timeout=...) or ShutdownAuthn()"
+                )
+        self.max_buffer = max_buffer
+        #: Buffer depth beyond which events of keep-everything policies are
+        #: written to the recovery log instead of memory.
+        self.hard_limit = 2 * max_buffer
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.drain_timeout = drain_timeout
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.recovery = RecoveryLog(recovery_log) if recovery_log is not None else None
+        self.retention = retention
+        self._clock = clock
+        self._random = random
+        self._metrics = metrics
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._sinks = tuple(
+            _Sink(s, regulatory_policy if s.regulatory else analytics_policy) for s in sinks
+        )
+        self._by_name = {st.name: st for st in self._sinks}
+        #: Events handed to :meth:`emit` (and accepted by :meth:`emit_wait`).
+        self.emitted = 0
+        #: Events read back from the recovery log by :meth:`start`.
+        self.replayed = 0
+        #: Login attempts refused by :meth:`authn_gate`.
+        self.refused = 0
+        self._gated: set[str] = set()
+        self._started = False
+        self._stopping = False
+        self._closed = False
+        self._urgent = 0
+        self._progress = asyncio.Event()
+        self._last_refusal_log = -_REFUSAL_LOG_INTERVAL
+        self._refused_since_log = 0
+        self._warn_weakenings()
+
+    def _warn_weakenings(self) -> None:
+        regulatory = [st for st in self._sinks if st.regulatory]
+        if not regulatory:
+            logger.warning(
+                "axess security weakened: audit pipeline without a regulatory sink "
+                "(every sink is best effort)"
+            )
+        for st in regulatory:
+            if not st.policy.keeps_everything:
+                logger.warning(
+                    "axess security weakened: regulatory audit sink %r drops events when its "
+                    "buffer is full (on_full=%s)",
+                    st.name,
+                    type(st.policy).__name__,
+                )
+        if self.recovery is None:
+            logger.warning(
+                "axess security weakened: audit pipeline without recovery_log "
+                "(events still buffered when the drain times out are lost)"
+            )
+
+    # -- wiring -----------------------------------------------------------------------
+    def bind(
+        self,
+        *,
+        clock: Clock | None = None,
+        random: Random | None = None,
+        metrics: AuthnMetrics | None = None,
+    ) -> None:
+        """Use the app's clock, randomness and metrics unless given to the constructor."""
+        self._clock = self._clock or clock
+        self._random = self._random or random
+        self._metrics = self._metrics or metrics
+        bind = getattr(self.retention, "bind", None)
+        if bind is not None:
+            bind(clock=self.clock)
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = SystemClock()
+        return self._clock
+
+    @property
+    def random(self) -> Random:
+        if self._random is None:
+            self._random = SystemRandom()
+        return self._random
+
+    @property
+    def metrics(self) -> AuthnMetrics:
+        if self._metrics is None:
+            self._metrics = NoopMetrics()
+        return self._metrics
+
+    @property
+    def sinks(self) -> list[AuditSink]:
+        return [st.sink for st in self._sinks]
+
+    # -- producing ----------------------------------------------------------------------
+    def event(self, type: str, **fields: Any) -> AuthEvent:
+        """A new :class:`AuthEvent` stamped with the pipeline's clock and randomness."""
+        return AuthEvent.create(type, clock=self.clock, random=self.random, **fields)
+
+    def record(self, type: str, **fields: Any) -> AuthEvent:
+        """Build an event (see :meth:`event`) and :meth:`emit` it; returns it."""
+        event = self.event(type, **fields)
+        self.emit(event)
+        return event
+
+    def emit(self, event: AuthEvent) -> None:
+        """Queue ``event`` for every sink. Never blocks, never raises.
+
+        On a full buffer the sink's policy applies (see the policy classes).
+        After :meth:`stop` the event is written to the recovery log at once.
+        """
+        if self._closed:
+            self._emit_after_close(event)
+            return
+        self.emitted += 1
+        limit = self.max_buffer
+        for st in self._sinks:
+            buf = st.buffer
+            depth = len(buf) + len(st.inflight)
+            if depth >= limit:
+                self._overflow(st, event, depth)
+                continue
+            buf.append(event)
+            st.accepted += 1
+            n = len(buf)
+            if n == 1 or n == self.batch_size:
+                st.wake.set()
+            if depth + 1 >= limit:
+                self._filled(st)
+
+    async def emit_wait(self, event: AuthEvent) -> None:
+        """:meth:`emit`, but first wait for room in every :class:`Block` sink.
+
+        Waits at most the policy's ``timeout``; then raises
+        :class:`AuditUnavailable` and the event is not accepted by any sink.
+        """
+        blocking = [st for st in self._sinks if isinstance(st.policy, Block)]
+        timer: asyncio.Task[None] | None = None
+        try:
+            while not self._closed:
+                full = [st for st in blocking if st.depth >= self.max_buffer]
+                if not full:
+                    break
+                if timer is None:
+                    timeout = min(
+                        p.timeout for p in (st.policy for st in full) if isinstance(p, Block)
+                    )
+                    timer = asyncio.ensure_future(self._sleep(timeout))
+                waiters = [asyncio.ensure_future(st.room.wait()) for st in full]
+                try:
+                    await asyncio.wait([timer, *waiters], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+                if timer.done() and any(st.depth >= self.max_buffer for st in blocking):
+                    self.refused += 1
+                    logger.warning(
+                        "audit buffer of sink(s) %s still full after the Block timeout; "
+                        "operation refused",
+                        ", ".join(st.name for st in full),
+                    )
+                    raise AuditUnavailable("audit buffer full (Block timeout)")
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self.emit(event)
+
+    def session_event_hook(self, then: SessionEventHook | None = None) -> SessionEventHook:
+        """A hook for ``Axess(on_session_event=...)`` that emits each session
+        event as an :class:`AuthEvent` (same wire string), then calls ``then``."""
+
+        def hook(event: SessionEvent) -> None:
+            try:
+                self.emit(AuthEvent.from_session_event(event, clock=self.clock, random=self.random))
+            except Exception:  # an unexpected event shape must not break the request
+                logger.exception("could not turn a session event into an audit event")
+            if then is not None:
+                then(event)
+
+        return hook
+
+    # -- the authentication gate --------------------------------------------------------------
+    @property
+    def accepting_authn(self) -> bool:
+        """False while a :class:`ShutdownAuthn` buffer is full or after :meth:`stop`."""
+        return not self._gated and not self._closed
+
+    def authn_gate(self) -> None:
+        """Call before starting a login: raises :class:`AuditUnavailable` (→ 503)
+        when the login could not be audited. Logs a WARNING (at most every 10 s,
+        with the number of refusals since the previous one)."""
+        if self._gated or self._closed:
+            self.refused += 1
+            self._refused_since_log += 1
+            now = self.clock.monotonic()
+            if now - self._last_refusal_log >= _REFUSAL_LOG_INTERVAL:
+                logger.warning(
+                    "login refused with 503: audit trail unavailable (%s); %d refusal(s) "
+                    "since the last report",
+                    "pipeline stopped"
+                    if self._closed
+                    else "regulatory audit buffer full: " + ", ".join(sorted(self._gated)),
+                    self._refused_since_log,
+                )
+                self._last_refusal_log = now
+                self._refused_since_log = 0
+            raise AuditUnavailable("audit trail unavailable: logins are paused")
+
+    # -- overflow ---------------------------------------------------------------------------
+    def _filled(self, st: _Sink) -> None:
+        """``st`` just reached ``max_buffer``."""
+        st.room.clear()
+        if isinstance(st.policy, ShutdownAuthn) and st.name not in self._gated:
+            self._gated.add(st.name)
+            logger.warning(
+                "audit buffer of sink %r is full (%d events): refusing new logins with 503 "
+                "until it drains (ShutdownAuthn)",
+                st.name,
+                self.max_buffer,
+            )
+            self.metrics.audit_buffer_depth(self._max_depth())
+
+    def _overflow(self, st: _Sink, event: AuthEvent, depth: int) -> None:
+        if not st.overflowing:
+            st.overflowing = True
+            self._filled(st)
+            if not st.policy.keeps_everything:
+                logger.warning(
+                    "audit buffer of sink %r is full (%d events): dropping the oldest (DropOldest)",
+                    st.name,
+                    self.max_buffer,
+                )
+        st.accepted += 1
+        if not st.policy.keeps_everything:
+            if st.buffer:
+                st.buffer.popleft()
+                if st.replay_left:
+                    st.replay_left -= 1
+                st.buffer.append(event)
+            st.dropped += 1
+            self.metrics.audit_dropped(1)
+            return
+        if depth < self.hard_limit:
+            st.buffer.append(event)
+            st.wake.set()
+            return
+        self._spill(st, event)
+
+    def _spill(self, st: _Sink, event: AuthEvent) -> None:
+        """Past the hard limit: straight to the recovery log (no memory growth)."""
+        if self.recovery is None:
+            st.dropped += 1
+            self.metrics.audit_dropped(1)
+            logger.error(
+                "audit buffer of sink %r is over its hard limit (%d) and there is no "
+                "recovery_log: event dropped",
+                st.name,
+                self.hard_limit,
+            )
+            return
+        try:
+            self.recovery.append([(event, (st.name,))], fsync=False)
+        except OSError as exc:
+            st.dropped += 1
+            self.metrics.audit_dropped(1)
+            logger.error("audit recovery log unwritable (%s): event dropped", type(exc).__name__)
+            return
+        st.recovered += 1
+        self.metrics.audit_recovered(1)
+        if st.recovered == 1 or st.recovered % 1000 == 0:
+            logger.warning(
+                "audit buffer of sink %r is over its hard limit (%d): events go to the "
+                "recovery log %s until it drains (%d so far); they are delivered at the "
+                "next start",
+                st.name,
+                self.hard_limit,
+                self.recovery.path,
+                st.recovered,
+            )
+
+    def _emit_after_close(self, event: AuthEvent) -> None:
+        self.emitted += 1
+        names = [st.name for st in self._sinks]
+        for st in self._sinks:
+            st.accepted += 1
+        if self.recovery is not None:
+            try:
+                self.recovery.append([(event, names)], fsync=True)
+            except OSError as exc:
+                logger.error("audit recovery log unwritable (%s)", type(exc).__name__)
+            else:
+                for st in self._sinks:
+                    st.recovered += 1
+                self.metrics.audit_recovered(1)
+                logger.warning(
+                    "audit event emitted after the pipeline stopped: written to the recovery log"
+                )
+                return
+        for st in self._sinks:
+            st.dropped += 1
+        self.metrics.audit_dropped(1)
+        logger.error("audit event emitted after the pipeline stopped and could not be saved")
+
+    # -- delivery ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Replay the recovery log (ahead of anything emitted so far), then start
+        the workers and the retention loop. Idempotent."""
+        if self._closed:
+            raise RuntimeError("a stopped AuditPipeline cannot be restarted; build a new one")
+        if self._started:
+            return
+        self._started = True
+        if self.recovery is not None and self.recovery.pending():
+            await self._replay()
+        for st in self._sinks:
+            st.task = asyncio.create_task(self._worker(st), name=f"axess-audit-{st.name}")
+        if self.retention is not None:
+            self.retention.bind(clock=self.clock)
+            await self.retention.start()
+
+    async def _replay(self) -> None:
+        assert self.recovery is not None
+        result = await asyncio.to_thread(self.recovery.take)
+        per_sink: dict[str, list[AuthEvent]] = {st.name: [] for st in self._sinks}
+        fallback = [st.name for st in self._sinks if st.regulatory] or list(per_sink)
+        unknown: set[str] = set()
+        for entry in result.entries:
+            targets = [n for n in entry.sinks if n in per_sink]
+            missing = [n for n in entry.sinks if n not in per_sink]
+            if missing:
+                unknown.update(missing)
+                targets = list(dict.fromkeys([*targets, *fallback]))
+            for name in targets:
+                per_sink[name].append(entry.event)
+        if unknown:
+            logger.warning(
+                "audit recovery log names unknown sink(s) %s; their events go to %s",
+                sorted(unknown),
+                fallback,
+            )
+        for st in self._sinks:
+            events = per_sink[st.name]
+            st.buffer.extendleft(reversed(events))
+            st.accepted += len(events)
+            st.replay_left += len(events)
+            if events:
+                st.wake.set()
+        self.replayed += len(result.entries)
+        if result.entries:
+            logger.info(
+                "replaying %d audit event(s) from the recovery log %s",
+                len(result.entries),
+                self.recovery.replaying,
+            )
+        self._check_replay_done()
+
+    def _check_replay_done(self) -> None:
+        if self.recovery is not None and not any(
+            st.replay_left or st.replay_inflight for st in self._sinks
+        ):
+            if self.recovery.replaying.exists():
+                self.recovery.commit()
+
+    async def _worker(self, st: _Sink) -> None:
+        while True:
+            if not st.buffer:
+                if self._stopping:
+                    return
+                st.wake.clear()
+                await st.wake.wait()
+                continue
+            if len(st.buffer) < self.batch_size and not self._urgent:
+                await self._linger(st)
+                if not st.buffer:
+                    continue
+            take = min(self.batch_size, len(st.buffer))
+            st.inflight = [st.buffer.popleft() for _ in range(take)]
+            st.replay_inflight = min(st.replay_left, take)
+            st.replay_left -= st.replay_inflight
+            await self._deliver(st)
+            st.inflight = []
+            st.delivered += take
+            if st.replay_inflight:
+                st.replay_inflight = 0
+                self._check_replay_done()
+            self._after_batch(st)
+
+    async def _linger(self, st: _Sink) -> None:
+        """Wait up to ``flush_interval`` for a full batch (or a flush/stop)."""
+        st.wake.clear()
+        timer = asyncio.ensure_future(self._sleep(self.flush_interval))
+        woken = asyncio.ensure_future(st.wake.wait())
+        try:
+            await asyncio.wait([timer, woken], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            woken.cancel()
+
+    async def _deliver(self, st: _Sink) -> None:
+        """Write ``st.inflight`` until it succeeds (backoff between attempts)."""
+        while True:
+            try:
+                await st.sink.write(st.inflight)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                st.failures += 1
+                st.streak += 1
+                st.last_error = type(exc).__name__
+                delay = min(self.retry_max, self.retry_initial * 2 ** min(st.streak - 1, 30))
+                delay *= 0.5 + _random.random() / 2
+                if st.streak == 1:
+                    logger.warning(
+                        "audit sink %r failed (%s); retrying the batch of %d with backoff",
+                        st.name,
+                        _describe(exc),
+                        len(st.inflight),
+                    )
+                else:
+                    logger.debug("audit sink %r failed again (%s)", st.name, type(exc).__name__)
+                await self._sleep(delay)
+                continue
+            if st.streak:
+                logger.info(
+                    "audit sink %r recovered after %d failed attempt(s)", st.name, st.streak
+                )
+                st.streak = 0
+            return
+
+    def _after_batch(self, st: _Sink) -> None:
+        depth = st.depth
+        if depth < self.max_buffer:
+            st.room.set()
+            if st.overflowing:
+                st.overflowing = False
+                logger.info(
+                    "audit buffer of sink %r has room again (%d dropped, %d sent to the "
+                    "recovery log so far)",
+                    st.name,
+                    st.dropped,
+                    st.recovered,
+                )
+        if st.name in self._gated:
+            resume = st.policy.resume_at if isinstance(st.policy, ShutdownAuthn) else 0.5
+            if depth <= resume * self.max_buffer:
+                self._gated.discard(st.name)
+                logger.warning(
+                    "audit buffer of sink %r drained to %d events: logins resume", st.name, depth
+                )
+        self.metrics.audit_buffer_depth(self._max_depth())
+        self._progress.set()
+
+    def _max_depth(self) -> int:
+        return max(st.depth for st in self._sinks)
+
+    async def flush(self) -> None:
+        """Deliver everything buffered now, without lingering; returns when every
+        buffer is empty. Unbounded (a dead sink makes it wait): use :meth:`stop`
+        for the bounded drain."""
+        if not self._started or self._closed:
+            raise RuntimeError("flush() needs a started, not stopped, pipeline")
+        self._urgent += 1
+        try:
+            for st in self._sinks:
+                st.wake.set()
+            while any(st.depth for st in self._sinks):
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self._urgent -= 1
+
+    async def stop(self) -> None:
+        """Drain for at most ``drain_timeout`` seconds, then write what is left
+        to the recovery log (fsync) and stop. Idempotent; never raises for a
+        sink's failure."""
+        if self._closed:
+            return
+        self._stopping = True
+        self._urgent += 1
+        if self.retention is not None:
+            with contextlib.suppress(Exception):
+                await self.retention.stop()
+        workers = [st.task for st in self._sinks if st.task is not None]
+        for st in self._sinks:
+            st.wake.set()
+        timed_out = False
+        if workers:
+            timer = asyncio.ensure_future(self._sleep(self.drain_timeout))
+            pending: set[asyncio.Future[Any]] = set(workers)
+            try:
+                while pending:
+                    done, _ = await asyncio.wait(
+                        {*pending, timer}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending -= done
+                    if timer in done:
+                        timed_out = bool(pending)
+                        break
+            finally:
+                timer.cancel()
+            self._closed = True
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=_CANCEL_GRACE)
+            for task in workers:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    logger.error("audit worker crashed: %s", type(task.exception()).__name__)
+        self._closed = True
+        leftovers = self._leftovers()
+        if leftovers:
+            self._save_leftovers(leftovers, timed_out)
+        elif self.recovery is not None:
+            self._check_replay_done()
+        for st in self._sinks:
+            close = getattr(st.sink, "close", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:
+                    logger.warning("audit sink %r: close failed (%s)", st.name, type(exc).__name__)
+        self.metrics.audit_buffer_depth(0)
+        delivered = sum(st.delivered for st in self._sinks)
+        logger.info("audit pipeline stopped (%d batch event(s) delivered)", delivered)
+
+    def _leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
+        """Every undelivered event (in-flight batch first, then the buffer), with
+        the sinks that still need it; buffers are emptied."""
+        found: dict[str, tuple[AuthEvent, list[str]]] = {}
+        for st in self._sinks:
+            for event in [*st.inflight, *st.buffer]:
+                entry = found.get(event.id)
+                if entry is None:
+                    found[event.id] = (event, [st.name])
+                elif st.name not in entry[1]:
+                    entry[1].append(st.name)
+        return found
+
+    def _save_leftovers(
+        self, leftovers: dict[str, tuple[AuthEvent, list[str]]], timed_out: bool
+    ) -> None:
+        counts = {st.name: st.depth for st in self._sinks}
+        if self.recovery is not None:
+            try:
+                self.recovery.append(leftovers.values(), fsync=True)
+            except OSError as exc:
+                logger.error(
+                    "audit recovery log %s unwritable (%s): %d event(s) lost",
+                    self.recovery.path,
+                    type(exc).__name__,
+                    len(leftovers),
+                )
+            else:
+                for st in self._sinks:
+                    st.recovered += counts[st.name]
+                    self._clear(st)
+                self.metrics.audit_recovered(len(leftovers))
+                logger.warning(
+                    "audit drain %s: %d event(s) written to the recovery log %s (per sink: %s)",
+                    f"timed out after {self.drain_timeout:g}s" if timed_out else "incomplete",
+                    len(leftovers),
+                    self.recovery.path,
+                    ", ".join(f"{n}={c}" for n, c in counts.items() if c),
+                )
+                self.recovery.commit()  # the replayed file's remainder is in the log now
+                return
+        else:
+            logger.error(
+                "audit drain timed out: %d event(s) lost (no recovery_log configured)",
+                len(leftovers),
+            )
+        for st in self._sinks:
+            st.dropped += counts[st.name]
+            self._clear(st)
+        self.metrics.audit_dropped(len(leftovers))
+
+    @staticmethod
+    def _clear(st: _Sink) -> None:
+        st.buffer.clear()
+        st.inflight = []
+        st.replay_left = 0
+        st.replay_inflight = 0
+
+    # -- observation --------------------------------------------------------------------------
+    def stats(self) -> list[SinkStats]:
+        return [
+            SinkStats(
+                name=st.name,
+                regulatory=st.regulatory,
+                policy=type(st.policy).__name__,
+                accepted=st.accepted,
+                delivered=st.delivered,
+                dropped=st.dropped,
+                recovered=st.recovered,
+                depth=st.depth,
+                consecutive_failures=st.streak,
+                failures=st.failures,
+                last_error=st.last_error,
+            )
+            for st in self._sinks
+        ]
+
+    def sink_stats(self, name: str) -> SinkStats:
+        for s in self.stats():
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def health_checks(self) -> dict[str, _SinkHealth]:
+        """One health check per sink, by sink name (register them with
+        ``critical=sink.regulatory``)."""
+        return {st.name: _SinkHealth(self, st) for st in self._sinks}
+
+    def _sink_status(self, st: _Sink) -> HealthStatus:
+        if self._closed:
+            return HealthStatus.unhealthy(f"audit sink {st.name}: pipeline stopped")
+        if st.name in self._gated:
+            return HealthStatus.unhealthy(
+                f"audit sink {st.name}: buffer full, logins paused ({st.depth} events)"
+            )
+        if st.streak:
+            reason = f"audit sink {st.name}: failing ({st.streak} attempts, {st.last_error})"
+            return (
+                HealthStatus.unhealthy(reason) if st.regulatory else HealthStatus.degraded(reason)
+            )
+        if st.overflowing:
+            return HealthStatus.degraded(f"audit sink {st.name}: buffer full")
+        return HealthStatus.healthy()
+
+    async def check_health(self) -> HealthStatus:
+        """Unhealthy while logins are paused or a regulatory sink fails;
+        degraded while an analytics sink fails or drops."""
+        if not self._started and not self._closed:
+            return HealthStatus.degraded("audit pipeline not started")
+        worst = HealthStatus.healthy()
+        for st in self._sinks:
+            status = self._sink_status(st)
+            if not status.ok:
+                return status
+            if worst.ok and worst.reason is None and status.reason is not None:
+                worst = status
+        return worst
+
+    async def query_events(
+        self, tenant: str | None, filters: AuditQuery | None = None
+    ) -> list[AuthEvent]:
+        """Events of ``tenant`` from the first sink that can be queried (the
+        store sink). See :func:`axess.audit.sinks.query_events`."""
+        for st in self._sinks:
+            query = getattr(st.sink, "query_events", None)
+            if query is not None:
+                result: list[AuthEvent] = await query(tenant, filters)
+                return result
+        raise ConfigurationError("no queryable audit sink (add a StoreSink)")
+
+    def __repr__(self) -> str:
+        return f"AuditPipeline(sinks={[st.name for st in self._sinks]})"
+
+
+def _describe(exc: BaseException) -> str:
+    """Type and (for axess's own errors, which are scrubbed) message."""
+    if isinstance(exc, AxessError):
+        text = str(exc)
+        return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    return type(exc).__name__

@@ -1,0 +1,217 @@
+"""The audit recovery log: events not delivered yet, safe on disk.
+
+Format: JSONL, one event per line, each line a JSON object
+``{"sinks": ["<sink name>", ...], "event": {<AuthEvent.to_dict()>}}`` naming
+the sinks that still need the event. Lines are appended with ``fsync``;
+before appending, a last line left without its newline (a write torn by a
+crash) is terminated, so a torn line never swallows the next one. Reading
+skips a line that does not parse, with a WARNING, and replays the rest.
+
+Life cycle of the files (``path`` and ``path + ".replaying"``):
+
+1. A pipeline appends leftovers (drain timeout, overflow spill) to ``path``.
+2. At start, :meth:`RecoveryLog.take` atomically renames ``path`` to
+   ``path.replaying`` (merging it into an existing ``.replaying`` left by a
+   crash) and returns its events; new leftovers go to a fresh ``path``.
+3. Once every replayed event is delivered (or, at shutdown, written to the
+   fresh ``path`` again), :meth:`RecoveryLog.commit` deletes
+   ``path.replaying``. A crash before that replays it again at the next
+   start: delivery is at least once, and the SQL sink is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from axess.audit.events import AuthEvent
+
+logger = logging.getLogger("axess.audit")
+
+#: File mode of files axess creates for audit data (it names users and IPs).
+FILE_MODE: Final = 0o600
+_REPORT_LINES: Final = 10
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a create/rename/unlink in ``directory`` durable (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_lines(path: Path, lines: Iterable[str], *, fsync: bool = True) -> int:
+    """Append ``lines`` (without newlines) to ``path``; the number of bytes written.
+
+    Creates the file (mode 0600) if needed. If the file's last line has no
+    newline (a torn write), one is added first so the torn line stays a
+    separate, skippable line.
+    """
+    data = "".join(f"{line}\n" for line in lines).encode("utf-8")
+    if not data:
+        return 0
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created and fsync:
+        _fsync_dir(path.parent)
+    return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """One replayed event and the sinks that still need it."""
+
+    event: AuthEvent
+    sinks: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class ReadResult:
+    entries: list[Recovered] = field(default_factory=list)
+    #: 1-based line numbers that did not parse (torn or corrupt).
+    skipped: list[int] = field(default_factory=list)
+
+
+def encode_entry(event: AuthEvent, sinks: Sequence[str]) -> str:
+    """One recovery-log line (without the newline)."""
+    return json.dumps(
+        {"sinks": list(sinks), "event": event.to_dict()},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def read_entries(path: Path) -> ReadResult:
+    """Parse a recovery log; duplicate event ids merge their sink lists."""
+    result = ReadResult()
+    merged: dict[str, tuple[AuthEvent, dict[str, None]]] = {}
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw)
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                sinks = data.get("sinks")
+                if not isinstance(sinks, list) or not all(isinstance(s, str) for s in sinks):
+                    raise ValueError("sinks must be a list of names")
+                event = AuthEvent.from_dict(data.get("event"))  # type: ignore[arg-type]
+            except (ValueError, TypeError, UnicodeDecodeError):
+                result.skipped.append(number)
+                continue
+            if event.id in merged:
+                merged[event.id][1].update(dict.fromkeys(sinks))
+            else:
+                merged[event.id] = (event, dict.fromkeys(sinks))
+    result.entries = [Recovered(e, tuple(s)) for e, s in merged.values()]
+    return result
+
+
+class RecoveryLog:
+    """The recovery log at ``path`` (see the module docstring for the protocol).
+
+    Methods do blocking file I/O; the pipeline runs the slow ones in a
+    worker thread. A lock serializes them, so spills from the event loop and
+    a replay in a thread never interleave.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.replaying = self.path.with_name(self.path.name + ".replaying")
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RecoveryLog({str(self.path)!r})"
+
+    def append(
+        self, entries: Iterable[tuple[AuthEvent, Sequence[str]]], *, fsync: bool = True
+    ) -> int:
+        """Append events (each with the sinks that still need it); how many."""
+        lines = [encode_entry(event, sinks) for event, sinks in entries]
+        if lines:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                append_lines(self.path, lines, fsync=fsync)
+        return len(lines)
+
+    def sync(self) -> None:
+        """fsync the log (after appends made with ``fsync=False``)."""
+        with self._lock:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def pending(self) -> bool:
+        """True if either file exists (there may be events to replay)."""
+        return self.path.exists() or self.replaying.exists()
+
+    def take(self) -> ReadResult:
+        """Move ``path`` into ``path.replaying`` and read everything to replay.
+
+        Logs a WARNING naming the lines skipped because they do not parse.
+        """
+        with self._lock:
+            if self.path.exists():
+                if self.replaying.exists():
+                    # A crash left a replay unfinished: merge, then drop the source.
+                    with open(self.path, "rb") as fh:
+                        tail = fh.read().decode("utf-8", errors="replace").splitlines()
+                    append_lines(self.replaying, tail, fsync=True)
+                    self.path.unlink()
+                else:
+                    os.replace(self.path, self.replaying)
+                _fsync_dir(self.path.parent)
+            if not self.replaying.exists():
+                return ReadResult()
+            result = read_entries(self.replaying)
+        if result.skipped:
+            shown = ", ".join(map(str, result.skipped[:_REPORT_LINES]))
+            more = "…" if len(result.skipped) > _REPORT_LINES else ""
+            logger.warning(
+                "audit recovery log %s: skipped %d line(s) that do not parse (line %s%s); "
+                "a torn last line is expected after a crash",
+                self.replaying,
+                len(result.skipped),
+                shown,
+                more,
+            )
+        return result
+
+    def commit(self) -> None:
+        """Forget the replayed file: everything in it is delivered or re-logged."""
+        with self._lock:
+            try:
+                self.replaying.unlink()
+            except FileNotFoundError:
+                return
+            _fsync_dir(self.replaying.parent)

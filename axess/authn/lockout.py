@@ -1,0 +1,363 @@
+"""Three-lever lockout (DESIGN §8.1): per user, per IP, per tenant.
+
+Order of a login attempt::
+
+    keys = lockout_keys(tenant, identifier, ip, device=cookie)  # ValueError if empty
+    locked = await lockout.pre_check(keys)       # ONE store round trip, no hash
+    if locked: return Locked(locked.retry_after)  # -> 429 + Retry-After
+    ... verify the password (Argon2id) ...
+    await lockout.record_failure(keys)            # ONE round trip, all three levers
+    await lockout.record_success(keys)            # resets the user lever only
+
+**Window semantics (fixed window).** A lever's first failure opens a window
+of ``window`` seconds; failures inside it are counted; the first failure
+after it closes opens a new window with a count of 1. Reaching
+``threshold`` inside one window locks the key for
+``lock_for * backoff^(n-1)`` (n = consecutive lockouts of that key), capped
+at ``max_lock``, and starts a fresh, empty window. Failures arriving while
+the key is locked are not counted. The escalation count n is forgotten
+``max_lock`` after the last lock ended (or on a successful login, for the
+user lever; or by :meth:`Lockout.unlock`).
+
+**Keys.** The user lever is keyed by (tenant, normalized identifier), never
+by user id, so unknown identifiers lock exactly like real ones. Store keys
+are SHA-256 hex digests with a lever prefix (``u:``, ``i:``, ``t:``,
+``o:`` for trusted origins): fixed length, no raw identifier or address in
+the store. IPv6 addresses count per /64 (one host usually owns a /64).
+
+**Trusted origins.** A successful login trusts (user, origin) for
+``trusted_origin_ttl``; the origin is the device cookie when there is one,
+else the client's IP prefix (/24 IPv4, /64 IPv6). Attempts from a trusted
+origin are exempt from the user lever (neither blocked nor counted) but
+still subject to the IP and tenant levers, so an attacker elsewhere cannot
+lock the owner out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final, Literal
+
+from axess.clock import Clock, SystemClock
+from axess.errors import StoreError
+from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
+
+logger = logging.getLogger("axess.authn")
+
+LeverName = Literal["user", "ip", "tenant"]
+LEVERS: Final[tuple[LeverName, ...]] = ("user", "ip", "tenant")
+MINUTE: Final = 60.0
+HOUR: Final = 3600.0
+DAY: Final = 86_400.0
+_MAX_IDENTIFIER: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Lever:
+    """``threshold`` failures within ``window`` seconds lock for ``lock_for``
+    seconds; each consecutive lockout multiplies that by ``backoff`` up to
+    ``max_lock`` (default: ``lock_for``, i.e. no growth)."""
+
+    threshold: int
+    window: float
+    lock_for: float
+    backoff: float = 2.0
+    max_lock: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise ValueError("Lever.threshold must be at least 1")
+        for name in ("window", "lock_for"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Lever.{name} must be a positive number of seconds")
+        if not (math.isfinite(self.backoff) and self.backoff >= 1.0):
+            raise ValueError("Lever.backoff must be >= 1")
+        if self.max_lock is not None and not (
+            math.isfinite(self.max_lock) and self.max_lock >= self.lock_for
+        ):
+            raise ValueError("Lever.max_lock must be >= lock_for")
+
+    @property
+    def cap(self) -> float:
+        """The longest lock (``max_lock``, or ``lock_for`` when unset)."""
+        return self.lock_for if self.max_lock is None else self.max_lock
+
+    def spec(self, key: str, *, exempt_if_trusted: bool = False) -> LeverSpec:
+        return LeverSpec(
+            key,
+            self.threshold,
+            self.window,
+            self.lock_for,
+            self.backoff,
+            self.cap,
+            exempt_if_trusted,
+        )
+
+
+def _default_user() -> Lever:
+    return Lever(5, 15 * MINUTE, 15 * MINUTE, backoff=2.0, max_lock=DAY)
+
+
+def _default_ip() -> Lever:
+    return Lever(50, 15 * MINUTE, 15 * MINUTE)
+
+
+def _default_tenant() -> Lever:
+    return Lever(1000, 5 * MINUTE, 5 * MINUTE)
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    """The three levers (defaults from DESIGN §8.1) and their options.
+
+    * user: 5 failures / 15 min → 15 min, doubling up to 24 h
+    * ip: 50 / 15 min → 15 min
+    * tenant: 1000 / 5 min → 5 min
+
+    ``overrides`` maps a tenant id to replacement levers for that tenant.
+    ``on_store_error``: ``"closed"`` (default) re-raises the
+    :class:`~axess.errors.StoreError` (the caller answers 503); ``"open"``
+    logs a WARNING, counts ``store_error("lockout")`` and lets the attempt
+    proceed.
+    """
+
+    user: Lever = field(default_factory=_default_user)
+    ip: Lever = field(default_factory=_default_ip)
+    tenant: Lever = field(default_factory=_default_tenant)
+    trusted_origin_ttl: float = 30 * DAY
+    on_store_error: Literal["closed", "open"] = "closed"
+    overrides: Mapping[str, Mapping[LeverName, Lever]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_store_error not in ("closed", "open"):
+            raise ValueError('on_store_error must be "closed" or "open"')
+        if not self.trusted_origin_ttl >= 0:
+            raise ValueError("trusted_origin_ttl must be >= 0 seconds")
+        for tenant, levers in self.overrides.items():
+            unknown = set(levers) - set(LEVERS)
+            if unknown:
+                raise ValueError(f"tenant {tenant!r}: unknown lever(s) {sorted(unknown)}")
+
+    def for_tenant(self, tenant: str) -> LockoutPolicy:
+        """This policy with ``tenant``'s overrides applied."""
+        levers = self.overrides.get(tenant)
+        if not levers:
+            return self
+        return replace(self, overrides={}, **levers)  # type: ignore[arg-type]
+
+
+def normalize_identifier(identifier: str) -> str:
+    """The one normalization of login identifiers: NFKC, casefold, NFKC, strip.
+
+    Raises ValueError when nothing is left (or the input is absurdly long),
+    before any lever is touched.
+    """
+    if not isinstance(identifier, str):
+        raise TypeError("an identifier must be a str")
+    if len(identifier) > _MAX_IDENTIFIER:
+        raise ValueError("identifier too long")
+    # NFKC again after casefolding makes the function idempotent.
+    folded = unicodedata.normalize("NFKC", identifier).casefold()
+    normalized = unicodedata.normalize("NFKC", folded).strip()
+    if not normalized:
+        raise ValueError("empty identifier")
+    return normalized
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(4, "big") + data)
+    return h.hexdigest()
+
+
+def _network(ip: str, v4_prefix: int, v6_prefix: int) -> str:
+    """``ip`` reduced to its prefix; unparsable input is used as given."""
+    try:
+        addr = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = v4_prefix if addr.version == 4 else v6_prefix
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutKeys:
+    """Store keys for one attempt. Build with :func:`lockout_keys`."""
+
+    tenant_id: str
+    user: str
+    tenant: str
+    ip: str | None
+    origin: str | None
+
+    def __repr__(self) -> str:  # keys are hashes; still keep logs short
+        return f"LockoutKeys(tenant={self.tenant_id!r}, user={self.user[:10]}…)"
+
+
+def lockout_keys(
+    tenant: str, identifier: str, ip: str | None, *, device: str | None = None
+) -> LockoutKeys:
+    """Keys of the three levers and of the trusted origin for one attempt.
+
+    ``identifier`` is normalized with :func:`normalize_identifier` (ValueError
+    if empty). ``ip`` is the resolved client address (``None``: no IP lever).
+    ``device`` is the device cookie value, if the client has one.
+    """
+    ident = normalize_identifier(identifier)
+    user = "u:" + _digest(tenant, ident)
+    ip_key = None if not ip else "i:" + _digest(_network(ip, 32, 64))
+    origin_src = device if device else (_network(ip, 24, 64) if ip else None)
+    origin = None if origin_src is None else "o:" + _digest(user, origin_src)
+    return LockoutKeys(tenant, user, "t:" + _digest(tenant), ip_key, origin)
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """The attempt is refused: retry after ``retry_after`` seconds (whole, >= 1).
+
+    ``lever`` is for logs and metrics only; the HTTP answer is the same for
+    every lever.
+    """
+
+    retry_after: int
+    lever: LeverName
+
+
+#: HTTP status of a refused attempt.
+LOCKED_STATUS: Final = 429
+
+
+def locked_body(locked: Locked) -> dict[str, object]:
+    """The JSON body of the 429, identical for every lever and for real and
+    unknown users (the lever is never shown). Send with
+    ``Retry-After: locked.retry_after``."""
+    return {
+        "error": "locked",
+        "detail": "too many failed login attempts; try again later",
+        "retry_after": locked.retry_after,
+    }
+
+
+class Lockout:
+    """Runs the policy against a :class:`~axess.stores.base.LockoutStore`."""
+
+    def __init__(
+        self,
+        store: LockoutStore,
+        policy: LockoutPolicy | None = None,
+        *,
+        clock: Clock | None = None,
+        metrics: AuthnMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy or LockoutPolicy()
+        self._clock = clock or SystemClock()
+        self._metrics = metrics or NoopMetrics()
+
+    def _levers(self, keys: LockoutKeys) -> list[tuple[LeverName, str, Lever]]:
+        policy = self.policy.for_tenant(keys.tenant_id)
+        out: list[tuple[LeverName, str, Lever]] = [("user", keys.user, policy.user)]
+        if keys.ip is not None:
+            out.append(("ip", keys.ip, policy.ip))
+        out.append(("tenant", keys.tenant, policy.tenant))
+        return out
+
+    def _store_failed(self, what: str, exc: StoreError) -> None:
+        if self.policy.on_store_error == "closed":
+            raise exc
+        self._metrics.store_error(LOCKOUT)
+        logger.warning("lockout %s failed, proceeding (on_store_error='open'): %s", what, exc)
+
+    async def pre_check(self, keys: LockoutKeys, now: float | None = None) -> Locked | None:
+        """``Locked`` if any lever refuses the attempt; one store round trip.
+
+        Raises :class:`StoreError` on a store outage unless ``on_store_error="open"``.
+        """
+        now = self._clock.time() if now is None else now
+        levers = self._levers(keys)
+        try:
+            status = await self.store.lockout_status([k for _, k, _ in levers], keys.origin, now)
+        except StoreError as exc:
+            self._store_failed("pre-check", exc)
+            return None
+        worst: Locked | None = None
+        for name, key, _ in levers:
+            until = status.locked_until.get(key)
+            if until is None or (name == "user" and status.trusted):
+                continue
+            retry = max(1, math.ceil(until - now))
+            if worst is None or retry > worst.retry_after:
+                worst = Locked(retry, name)
+        return worst
+
+    async def record_failure(
+        self, keys: LockoutKeys, now: float | None = None
+    ) -> dict[LeverName, LeverState]:
+        """Count one failure on every lever atomically (one round trip).
+
+        Returns the new states by lever (the user lever is absent when the
+        origin is trusted). Logs and counts ``account_locked(lever)`` for each
+        lever this failure locked.
+        """
+        now = self._clock.time() if now is None else now
+        levers = self._levers(keys)
+        specs = [lv.spec(k, exempt_if_trusted=name == "user") for name, k, lv in levers]
+        try:
+            states = await self.store.lockout_failure(specs, keys.origin, now)
+        except StoreError as exc:
+            self._store_failed("record_failure", exc)
+            return {}
+        by_key = {s.key: s for s in states}
+        out: dict[LeverName, LeverState] = {}
+        for name, key, _ in levers:
+            state = by_key.get(key)
+            if state is None:
+                continue
+            out[name] = state
+            if state.tripped:
+                self._metrics.account_locked(name)
+                logger.warning(
+                    "lockout_triggered lever=%s key=%s… lockouts=%d for=%.0fs",
+                    name,
+                    key[:10],
+                    state.lockouts,
+                    state.locked_until - now,
+                )
+        return out
+
+    async def record_success(self, keys: LockoutKeys, now: float | None = None) -> None:
+        """Reset the user lever (only) and trust this origin for ``trusted_origin_ttl``."""
+        now = self._clock.time() if now is None else now
+        ttl = self.policy.for_tenant(keys.tenant_id).trusted_origin_ttl
+        origin = keys.origin if ttl > 0 else None
+        try:
+            await self.store.lockout_success([keys.user], origin, now + ttl, now)
+        except StoreError as exc:
+            self._store_failed("record_success", exc)
+
+    async def unlock(self, keys: LockoutKeys, *, levers: tuple[LeverName, ...] = LEVERS) -> int:
+        """Clear the given levers (default all three); how many counters existed.
+
+        Store errors always raise here: an admin action must not silently fail.
+        """
+        chosen = {
+            "user": keys.user,
+            "ip": keys.ip,
+            "tenant": keys.tenant,
+        }
+        cleared = await self.store.lockout_clear([k for n in levers if (k := chosen[n])])
+        if cleared:
+            logger.info("lockout_cleared key=%s… levers=%s", keys.user[:10], ",".join(levers))
+        return cleared

@@ -1,0 +1,214 @@
+"""TOTP second factor (RFC 6238: HMAC-SHA-1, 6 digits, 30 s steps, ±1 step).
+
+* :func:`verify` is pure: it takes the time and the last accepted step and
+  returns the step it accepts (or ``None``). A step at or below the last
+  accepted one is refused, so a code can be used once.
+* The store records the accepted step with a compare-and-set
+  (:class:`TOTPReplayGuard`): of two concurrent submissions of one code
+  exactly one wins.
+* Secrets are stored sealed (:class:`TOTPSecretSealer`): AES-256-GCM under an
+  HKDF subkey of the keyring's ``envelope`` keys, the user id as associated
+  data (a sealed secret copied to another user does not open), in the same
+  byte format as session envelopes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import struct
+from typing import Final, Protocol, runtime_checkable
+from urllib.parse import quote, urlencode
+
+from axess.clock import Random, SystemRandom
+from axess.keys import Keyring
+from axess.session.envelope import Sealer
+
+logger = logging.getLogger("axess.authn")
+
+DIGITS: Final = 6
+PERIOD: Final = 30
+#: Steps accepted on each side of the current one (clock drift, typing time).
+WINDOW: Final = 1
+SECRET_BYTES: Final = 20  # 160 bits, the RFC 4226 recommendation for SHA-1
+_HKDF_INFO: Final = "totp-secret-v1"
+_MAX_CODE_CHARS: Final = 32
+
+
+class TOTPCode:
+    """A TOTP code submitted by a user. ``repr`` never shows it.
+
+    Spaces and dashes are ignored (``"123 456"``). Any string is accepted
+    here; one that is not a code simply never verifies.
+    """
+
+    __slots__ = ("_value",)
+    kind: Final = "totp"
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("a TOTP code must be a str")
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    def normalized(self, digits: int = DIGITS) -> str | None:
+        """The code as ``digits`` ASCII digits, or ``None`` if it is not one."""
+        if len(self._value) > _MAX_CODE_CHARS:
+            return None
+        text = self._value.replace(" ", "").replace("-", "").strip()
+        if len(text) != digits or not (text.isascii() and text.isdigit()):
+            return None
+        return text
+
+    def __repr__(self) -> str:
+        return "TOTPCode('***')"
+
+    __str__ = __repr__
+
+
+def generate_secret(random: Random | None = None) -> bytes:
+    """A fresh 160-bit TOTP secret."""
+    return (random or SystemRandom()).token_bytes(SECRET_BYTES)
+
+
+def hotp(secret: bytes, counter: int, digits: int = DIGITS) -> str:
+    """RFC 4226 HOTP value (HMAC-SHA-1, dynamic truncation) as ``digits`` digits."""
+    if not 6 <= digits <= 8:
+        raise ValueError("digits must be 6, 7 or 8")
+    mac = hmac.new(secret, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10**digits).zfill(digits)
+
+
+def time_step(now: float, period: int = PERIOD) -> int:
+    """The RFC 6238 time step ``T`` of ``now`` (epoch seconds)."""
+    return math.floor(now / period)
+
+
+def totp(secret: bytes, now: float, *, digits: int = DIGITS, period: int = PERIOD) -> str:
+    """The code valid at ``now``."""
+    return hotp(secret, time_step(now, period), digits)
+
+
+def verify(
+    secret: bytes,
+    code: TOTPCode | str,
+    now: float,
+    last_step: int | None,
+    *,
+    window: int = WINDOW,
+    digits: int = DIGITS,
+    period: int = PERIOD,
+) -> int | None:
+    """The time step ``code`` is valid for (current ±``window``), or ``None``.
+
+    Steps at or below ``last_step`` (the last accepted one) are refused: a
+    code is never accepted twice, and neither is an older one after a newer
+    one was used. The caller records the returned step with
+    :meth:`TOTPReplayGuard.compare_and_set`. Never raises for any ``code``.
+    """
+    wanted = (code if isinstance(code, TOTPCode) else TOTPCode(code)).normalized(digits)
+    if wanted is None or not math.isfinite(now):
+        return None
+    current = time_step(now, period)
+    accepted: int | None = None
+    # Every candidate is computed and compared (no early exit on a match).
+    for step in range(current - window, current + window + 1):
+        if step < 0 or (last_step is not None and step <= last_step):
+            continue
+        if hmac.compare_digest(hotp(secret, step, digits), wanted) and accepted is None:
+            accepted = step
+    return accepted
+
+
+def provisioning_uri(
+    secret: bytes,
+    account: str,
+    issuer: str,
+    *,
+    digits: int = DIGITS,
+    period: int = PERIOD,
+) -> str:
+    """``otpauth://totp/<issuer>:<account>?secret=…&issuer=…&algorithm=SHA1&digits=6&period=30``.
+
+    Label parts and parameters are percent-encoded (spaces as ``%20``, a
+    ``:`` inside a part as ``%3A``) so that authenticator apps parse them.
+    """
+    if not account or not issuer:
+        raise ValueError("account and issuer must be non-empty")
+    b32 = base64.b32encode(secret).decode("ascii").rstrip("=")
+    label = f"{quote(issuer, safe='')}:{quote(account, safe='')}"
+    query = urlencode(
+        {
+            "secret": b32,
+            "issuer": issuer,
+            "algorithm": "SHA1",
+            "digits": str(digits),
+            "period": str(period),
+        },
+        quote_via=quote,
+        safe="",
+    )
+    return f"otpauth://totp/{label}?{query}"
+
+
+class TOTPSecretSealer:
+    """Seals TOTP secrets for storage, bound to the user id.
+
+    Uses the envelope format of :mod:`axess.session.envelope` with its own
+    HKDF label; previous envelope keys still open (rotate by re-sealing when
+    :meth:`needs_reseal` is true). :meth:`open` raises
+    :class:`~axess.errors.EnvelopeError` for anything that does not open.
+    """
+
+    __slots__ = ("_sealer",)
+
+    def __init__(self, keys: Keyring, *, random: Random | None = None) -> None:
+        self._sealer = Sealer(keys, _HKDF_INFO, random=random)
+
+    def seal(self, secret: bytes, user_id: str) -> bytes:
+        return self._sealer.seal(secret, user_id.encode("utf-8"))
+
+    def open(self, sealed: bytes, user_id: str) -> bytes:
+        return self._sealer.open(sealed, user_id.encode("utf-8"))[0]
+
+    def needs_reseal(self, sealed: bytes) -> bool:
+        return self._sealer.needs_reseal(sealed)
+
+
+@runtime_checkable
+class TOTPReplayGuard(Protocol):
+    """Where the last accepted step lives (the factor store implements it)."""
+
+    async def compare_and_set(self, user: str, step: int) -> bool:
+        """Atomically record ``step`` for ``user`` if it is above the stored
+        one; True if it was recorded (the code is accepted)."""
+        ...
+
+    async def last_step(self, user: str) -> int | None: ...
+
+
+class MemoryTOTPReplayGuard:
+    """In-process :class:`TOTPReplayGuard` (no await between read and write)."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self) -> None:
+        self._steps: dict[str, int] = {}
+
+    async def compare_and_set(self, user: str, step: int) -> bool:
+        current = self._steps.get(user)
+        if current is not None and step <= current:
+            return False
+        self._steps[user] = step
+        return True
+
+    async def last_step(self, user: str) -> int | None:
+        return self._steps.get(user)

@@ -1,0 +1,44 @@
+"""Rate limiting (DESIGN §9): GCRA buckets in memory or shared in Valkey,
+rules applied by :class:`RateLimitMiddleware` or per route with a FastAPI
+dependency, standard ``RateLimit`` / ``RateLimit-Policy`` / ``Retry-After``
+headers.
+
+::
+
+    from axess.ratelimit import RateLimit, RateLimitMiddleware, ValkeyBucketStore, auth_rules
+
+    limiter_rules = [*auth_rules(), RateLimit("300/minute", paths=["/api/"], name="api-ip")]
+"""
+
+from axess.ratelimit import keys
+from axess.ratelimit.dependency import RateLimitDependency, limit
+from axess.ratelimit.keys import Key, KeyContext
+from axess.ratelimit.limits import Limit, RateLimit, auth_rules, parse_limits
+from axess.ratelimit.middleware import (
+    RateLimiter,
+    RateLimitEvent,
+    RateLimitMiddleware,
+    Verdict,
+    detect_workers,
+)
+from axess.ratelimit.stores import BucketStore, MemoryBucketStore, ValkeyBucketStore
+
+__all__ = [
+    "BucketStore",
+    "Key",
+    "KeyContext",
+    "Limit",
+    "MemoryBucketStore",
+    "RateLimit",
+    "RateLimitDependency",
+    "RateLimitEvent",
+    "RateLimitMiddleware",
+    "RateLimiter",
+    "ValkeyBucketStore",
+    "Verdict",
+    "auth_rules",
+    "detect_workers",
+    "keys",
+    "limit",
+    "parse_limits",
+]

@@ -1,0 +1,394 @@
+"""Limit strings and rules.
+
+A *limit* is written ``"<count>/<period>"`` with an optional burst:
+``"10/minute"``, ``"100/hour;burst=20"``, ``"5/30s"``, ``"1000 / 1 day"``.
+Periods: ``s``/``sec``/``second``, ``m``/``min``/``minute``, ``h``/``hr``/
+``hour``, ``d``/``day`` (plural forms too), optionally preceded by a whole
+multiplier. The burst (how many requests may arrive at once) defaults to
+the count. Several limits are separated by commas:
+``"10/minute, 100/hour"``. Bad strings raise :class:`ValueError` with the
+reason.
+
+A :class:`RateLimit` is a *rule*: a name (the policy name in headers,
+metrics and events), one or more limits, a key, and which requests it
+applies to (path patterns and methods).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from axess.errors import ConfigurationError
+from axess.ratelimit import gcra
+from axess.ratelimit.keys import Key, KeySpec, LoginIdentifierKey, as_key
+
+_UNITS: Final = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+}
+_LIMIT_RE: Final = re.compile(r"(\d{1,10})\s*/\s*(\d{0,10})\s*([a-z]+)", re.ASCII)
+_PARAM_RE: Final = re.compile(r"([a-z]+)\s*=\s*(\d{1,10})", re.ASCII)
+#: Longest period, and the longest a bucket may stay non-full (keeps every
+#: time value far below 2**53 microseconds, exact in Lua's doubles).
+MAX_PERIOD: Final = 366 * 86400
+MAX_COUNT: Final = 1_000_000_000
+MAX_TEXT: Final = 200
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
+
+OnStoreError = Literal["open", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One parsed limit: ``count`` per ``period`` seconds, ``burst`` at once."""
+
+    count: int
+    period: int
+    burst: int
+    emission_us: int = field(init=False, repr=False, compare=False)
+    capacity_us: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_COUNT:
+            raise ValueError(f"count must be between 1 and {MAX_COUNT}")
+        if not 1 <= self.period <= MAX_PERIOD:
+            raise ValueError(f"period must be between 1 second and {MAX_PERIOD // 86400} days")
+        if not 1 <= self.burst <= MAX_COUNT:
+            raise ValueError(f"burst must be between 1 and {MAX_COUNT}")
+        emission = gcra.emission_us(self.count, self.period)
+        if self.burst * emission > MAX_PERIOD * gcra.US:
+            raise ValueError(
+                f"burst {self.burst} at {self.count}/{self.period}s takes longer than "
+                f"{MAX_PERIOD // 86400} days to refill"
+            )
+        object.__setattr__(self, "emission_us", emission)
+        object.__setattr__(self, "capacity_us", self.burst * emission)
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        """Parse one limit string; :class:`ValueError` says what is wrong."""
+        if not isinstance(text, str):
+            raise ValueError(
+                f"a limit must be a string like '10/minute', not {type(text).__name__}"
+            )
+        if len(text) > MAX_TEXT:
+            raise ValueError(f"limit string too long ({len(text)} characters)")
+        main, *params = text.strip().lower().split(";")
+        match = _LIMIT_RE.fullmatch(main.strip())
+        if match is None:
+            raise ValueError(
+                f"invalid limit {text!r}: expected '<count>/<period>', e.g. '10/minute', "
+                "'100/hour;burst=20', '5/30s'"
+            )
+        count_s, mult_s, unit = match.groups()
+        seconds = _UNITS.get(unit)
+        if seconds is None:
+            raise ValueError(
+                f"invalid limit {text!r}: unknown period {unit!r} (use second, minute, hour, day)"
+            )
+        mult = int(mult_s) if mult_s else 1
+        if mult < 1:
+            raise ValueError(f"invalid limit {text!r}: the period multiplier must be >= 1")
+        count = int(count_s)
+        burst = count
+        seen: set[str] = set()
+        for raw in params:
+            param = _PARAM_RE.fullmatch(raw.strip())
+            if param is None:
+                raise ValueError(f"invalid limit {text!r}: bad parameter {raw.strip()!r}")
+            name, value = param.groups()
+            if name != "burst":
+                raise ValueError(f"invalid limit {text!r}: unknown parameter {name!r} (burst=N)")
+            if name in seen:
+                raise ValueError(f"invalid limit {text!r}: {name} given twice")
+            seen.add(name)
+            burst = int(value)
+        try:
+            return cls(count=count, period=mult * seconds, burst=burst)
+        except ValueError as exc:
+            raise ValueError(f"invalid limit {text!r}: {exc}") from None
+
+    @property
+    def window_label(self) -> str:
+        """``1m``, ``1h``, ``30s``, ``2d``: the period, short."""
+        for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+            if self.period % seconds == 0:
+                return f"{self.period // seconds}{unit}"
+        return f"{self.period}s"
+
+    @property
+    def signature(self) -> str:
+        """Identifies the bucket of this limit within a policy (count/period)."""
+        return f"{self.count}/{self.period}"
+
+    def __str__(self) -> str:
+        text = f"{self.count}/{self.window_label}"
+        return text if self.burst == self.count else f"{text};burst={self.burst}"
+
+
+def parse_limits(*specs: str | Limit) -> tuple[Limit, ...]:
+    """Parse limit strings (each may hold several, comma-separated)."""
+    out: list[Limit] = []
+    for spec in specs:
+        if isinstance(spec, Limit):
+            out.append(spec)
+            continue
+        if not isinstance(spec, str):
+            raise ValueError(
+                f"a limit must be a string like '10/minute', not {type(spec).__name__}"
+            )
+        parts = [p for p in spec.split(",") if p.strip()]
+        if not parts:
+            raise ValueError("empty limit string")
+        out.extend(Limit.parse(p) for p in parts)
+    if not out:
+        raise ValueError("at least one limit is required")
+    seen: set[str] = set()
+    for limit in out:
+        if limit.signature in seen:
+            raise ValueError(f"limit {limit.signature} given twice in one rule")
+        seen.add(limit.signature)
+    return tuple(out)
+
+
+def _path_regex(pattern: str) -> re.Pattern[str] | str:
+    """An exact path (returned as a string) or a compiled pattern.
+
+    ``*`` matches within one segment, ``**`` across segments, and a pattern
+    ending in ``/`` matches everything below it.
+    """
+    if not pattern.startswith("/"):
+        raise ConfigurationError(f"path pattern {pattern!r} must start with '/'")
+    if pattern.endswith("/") and pattern != "/":
+        pattern = pattern + "**"
+    elif pattern == "/":
+        pattern = "/**"
+    if "*" not in pattern:
+        return pattern
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("/**", i) and i + 3 == len(pattern):
+            out.append("(?:/.*)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _slug(paths: tuple[str, ...]) -> str:
+    if not paths:
+        return "all"
+    words = re.findall(r"[A-Za-z0-9]+", paths[0])
+    return "-".join(words[-2:]).lower() or "all"
+
+
+class RateLimit:
+    """A rate-limit rule.
+
+    ``RateLimit("10/minute", "100/hour", key="ip", paths=["/login"],
+    methods=["POST"], name="login-ip")``
+
+    * ``limits``: limit strings (or :class:`Limit`); a request must conform
+      to every one of them.
+    * ``key``: ``"ip"`` (default), ``"user"``, ``"tenant"``, ``"login"``,
+      ``"header:<name>"``, a :mod:`axess.ratelimit.keys` key or a callable
+      ``(conn) -> str | None``. A missing value falls back to the IP.
+    * ``paths``: exact paths, prefixes ending in ``/``, or patterns with
+      ``*`` (one segment) and ``**`` (any depth); empty = every path.
+      A trailing slash on the request path is ignored.
+    * ``methods``: e.g. ``["POST"]``; ``None`` = every method (websocket
+      handshakes count as method ``WEBSOCKET``).
+    * ``on_store_error``: ``"closed"`` (default) answers 503 with
+      ``Retry-After`` while the bucket store is unreachable; ``"open"``
+      lets the request through, logs and counts ``store_error``.
+    * ``cost``: units each request takes (default 1).
+    * ``name``: the policy name (``[A-Za-z0-9_.:-]``, at most 64); by
+      default derived from the first path and the key, e.g. ``login-ip``.
+    """
+
+    __slots__ = (
+        "_exact",
+        "_patterns",
+        "cost",
+        "key",
+        "limits",
+        "methods",
+        "name",
+        "on_store_error",
+        "params",
+        "paths",
+        "prefix",
+        "signatures",
+    )
+
+    def __init__(
+        self,
+        *limits: str | Limit,
+        key: KeySpec = "ip",
+        paths: str | Iterable[str] = (),
+        methods: str | Iterable[str] | None = None,
+        on_store_error: OnStoreError = "closed",
+        cost: int = 1,
+        name: str | None = None,
+    ) -> None:
+        try:
+            self.limits = parse_limits(*limits)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.key: Key = as_key(key)
+        self.paths = (paths,) if isinstance(paths, str) else tuple(paths)
+        exact: set[str] = set()
+        patterns: list[re.Pattern[str]] = []
+        for path in self.paths:
+            compiled = _path_regex(path)
+            if isinstance(compiled, str):
+                exact.add(compiled.rstrip("/") or "/")
+            else:
+                patterns.append(compiled)
+        self._exact = frozenset(exact)
+        self._patterns = tuple(patterns)
+        if isinstance(methods, str):
+            methods = [methods]
+        self.methods = None if methods is None else frozenset(m.strip().upper() for m in methods)
+        if on_store_error not in ("open", "closed"):
+            raise ConfigurationError("on_store_error must be 'open' or 'closed'")
+        self.on_store_error: OnStoreError = on_store_error
+        if not isinstance(cost, int) or cost < 1:
+            raise ConfigurationError("cost must be a positive integer")
+        if any(cost > limit.burst for limit in self.limits):
+            raise ConfigurationError(f"cost {cost} exceeds a burst: no request could ever pass")
+        self.cost = cost
+        self.name = name if name is not None else f"{_slug(self.paths)}-{self.key.kind}"
+        if not _NAME_RE.fullmatch(self.name):
+            raise ConfigurationError(
+                f"invalid rate-limit name {self.name!r}: 1-64 of A-Z a-z 0-9 _ . : -"
+            )
+        #: Bucket keys of this rule start with it: ``"<name>:"``.
+        self.prefix = self.name + ":"
+        #: ``(emission_us, capacity_us, cost)`` per limit, for the stores.
+        self.params = tuple((lim.emission_us, lim.capacity_us, cost) for lim in self.limits)
+        #: Per limit: what tells its bucket apart within the policy.
+        self.signatures = tuple(lim.signature for lim in self.limits)
+
+    def matches_path(self, path: str) -> bool:
+        if not self.paths:
+            return True
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/") or "/"
+        if path in self._exact:
+            return True
+        return any(p.fullmatch(path) for p in self._patterns)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self.matches_path(path)
+
+    def policy_names(self) -> tuple[str, ...]:
+        """The header item name of each limit: the rule name, suffixed with
+        the window (``login-ip-1m``) when the rule has several limits."""
+        if len(self.limits) == 1:
+            return (self.name,)
+        names: list[str] = []
+        for i, limit in enumerate(self.limits):
+            candidate = f"{self.name}-{limit.window_label}"
+            names.append(candidate if candidate not in names else f"{candidate}-{i}")
+        return tuple(names)
+
+    def weakenings(self) -> list[str]:
+        if self.on_store_error == "open":
+            return [f"rate limit {self.name!r} lets requests through while its store is down"]
+        return []
+
+    def __repr__(self) -> str:
+        limits = ", ".join(str(lim) for lim in self.limits)
+        return f"RateLimit({limits!r}, name={self.name!r}, key={self.key!r}, paths={self.paths!r})"
+
+
+LOGIN_PATHS: Final = ("/login", "/auth/login", "/api/login", "/token")
+SIGNUP_PATHS: Final = ("/signup", "/register", "/auth/signup", "/auth/register", "/api/signup")
+RESET_PATHS: Final = (
+    "/password-reset",
+    "/password/reset",
+    "/forgot-password",
+    "/auth/password-reset",
+    "/auth/forgot-password",
+    "/api/password-reset",
+)
+
+
+def auth_rules(
+    *,
+    login_paths: Iterable[str] = LOGIN_PATHS,
+    signup_paths: Iterable[str] = SIGNUP_PATHS,
+    reset_paths: Iterable[str] = RESET_PATHS,
+    identifier_fields: Iterable[str] = ("username", "email"),
+    on_store_error: OnStoreError = "closed",
+) -> list[RateLimit]:
+    """Starting-point limits for the authentication endpoints (``POST`` only).
+
+    ========== ========== =================== =============================
+    policy     key        limits              what it stops
+    ========== ========== =================== =============================
+    login-ip   client IP  10/minute, 100/hour password spraying from one IP
+    login-id   identifier 5/minute, 30/hour   guessing one account's password
+                                              from many IPs (lockout is the
+                                              second line)
+    signup-ip  client IP  5/minute, 20/hour   bulk account creation
+    reset-ip   client IP  5/minute, 20/hour   reset-mail flooding from one IP
+    reset-id   identifier 3/hour              mail-bombing one address
+    ========== ========== =================== =============================
+
+    Tune them to your legitimate traffic (offices and mobile carriers put
+    many users behind one IP). A path list of ``()`` drops that group.
+    """
+    ident = LoginIdentifierKey(tuple(identifier_fields))
+
+    def rule(name: str, paths: Iterable[str], key: KeySpec, *limits: str) -> RateLimit:
+        return RateLimit(
+            *limits,
+            key=key,
+            paths=paths,
+            methods=("POST",),
+            on_store_error=on_store_error,
+            name=name,
+        )
+
+    login, signup, reset = tuple(login_paths), tuple(signup_paths), tuple(reset_paths)
+    rules: list[RateLimit] = []
+    if login:
+        rules.append(rule("login-ip", login, "ip", "10/minute", "100/hour"))
+        rules.append(rule("login-id", login, ident, "5/minute", "30/hour"))
+    if signup:
+        rules.append(rule("signup-ip", signup, "ip", "5/minute", "20/hour"))
+    if reset:
+        rules.append(rule("reset-ip", reset, "ip", "5/minute", "20/hour"))
+        rules.append(rule("reset-id", reset, ident, "3/hour"))
+    return rules

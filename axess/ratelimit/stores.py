@@ -1,0 +1,295 @@
+"""Bucket stores: where the GCRA state (one TAT per key and limit) lives.
+
+* :class:`MemoryBucketStore`: this process only. Bounded, evicts idle keys,
+  uses the injected clock's monotonic time. Right for one process; with
+  several workers or instances every process has its own buckets, and a
+  client spreading requests over them gets the limit once per process.
+* :class:`ValkeyBucketStore`: shared by every instance. One ``EVALSHA`` per
+  check, covering every limit of every rule the request matches, timed by
+  the server's ``TIME`` (so app instances with skewed clocks agree).
+
+Both admit a request only if it conforms to every limit checked together,
+and a refused request costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+
+from axess.clock import Clock, SystemClock
+from axess.errors import ConfigurationError, StoreError
+from axess.observability.health import HealthStatus
+from axess.ratelimit import gcra
+from axess.ratelimit.gcra import LimitState
+
+if TYPE_CHECKING:
+    from axess.stores.valkey import ValkeyStore, _Script
+
+logger = logging.getLogger("axess.ratelimit")
+
+RATELIMIT: Final = "ratelimit"
+
+
+class BucketSpec(Protocol):
+    """What a store needs of a rule (:class:`~axess.ratelimit.RateLimit` fits)."""
+
+    @property
+    def params(self) -> tuple[tuple[int, int, int], ...]:
+        """``(emission_us, capacity_us, cost)`` per limit."""
+
+    @property
+    def signatures(self) -> tuple[str, ...]:
+        """Per limit, a short id telling its bucket apart within the key."""
+
+
+#: One bucket to check: ``(key, spec)``; the key already names the policy.
+Bucket = tuple[str, BucketSpec]
+#: ``(allowed, states)``: one :class:`LimitState` per limit, in bucket order.
+CheckResult = tuple[bool, list[LimitState]]
+
+
+@runtime_checkable
+class BucketStore(Protocol):
+    """Keeps rate-limit buckets.
+
+    ``check`` admits the request only if it conforms to every limit of
+    every bucket, advancing them all together (atomically), and returns the
+    per-limit states. Failures raise :class:`StoreError`, never a driver
+    exception. ``local`` is ``True`` for stores whose state is private to
+    the process.
+    """
+
+    local: bool
+
+    async def check(self, buckets: Sequence[Bucket]) -> CheckResult: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryBucketStore:
+    """Buckets in this process's memory.
+
+    At most ``max_keys`` keys are kept. Keys are ordered by last admission;
+    each new key first drops up to two of the oldest if their buckets are
+    full again (idle: forgetting them changes nothing). When the store is
+    still full, the least recently admitted key is forgotten anyway (that
+    client gets a fresh bucket) and a WARNING is logged once: raise
+    ``max_keys``. Safe under asyncio and threads (one short lock).
+    """
+
+    local = True
+
+    def __init__(self, *, clock: Clock | None = None, max_keys: int = 100_000) -> None:
+        if max_keys < 1:
+            raise ConfigurationError("max_keys must be >= 1")
+        self._clock = clock or SystemClock()
+        self.max_keys = max_keys
+        self._data: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._warned_full = False
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def check_health(self) -> HealthStatus:
+        return HealthStatus.healthy()
+
+    async def check(self, buckets: Sequence[Bucket]) -> CheckResult:
+        return self.check_sync(buckets)
+
+    def check_sync(self, buckets: Sequence[Bucket]) -> CheckResult:
+        """:meth:`check` without the coroutine (never blocks)."""
+        now = round(self._clock.monotonic() * 1_000_000)
+        data = self._data
+        with self._lock:
+            if len(buckets) == 1:
+                key, spec = buckets[0]
+                params = spec.params
+                tats = data.get(key)
+                if len(params) == 1:  # the common case, without lists
+                    emission, capacity, cost = params[0]
+                    tat = tats[0] if tats is not None and len(tats) == 1 else 0
+                    allowed, new_tat, state = gcra.check_one(tat, now, emission, capacity, cost)
+                    if allowed:
+                        if tats is not None:
+                            tats[0] = new_tat
+                            data.move_to_end(key)
+                        else:
+                            self._put(key, [new_tat], now)
+                    return allowed, [state]
+                if tats is None or len(tats) != len(params):
+                    tats = [0] * len(params)
+                allowed, new_tats, states = gcra.check(tats, now, params)
+                if allowed:
+                    self._put(key, new_tats, now)
+                return allowed, states
+            flat_tats: list[int] = []
+            flat_params: list[tuple[int, int, int]] = []
+            for key, spec in buckets:
+                params = spec.params
+                tats = data.get(key)
+                if tats is None or len(tats) != len(params):
+                    tats = [0] * len(params)
+                flat_tats.extend(tats)
+                flat_params.extend(params)
+            allowed, new_tats, states = gcra.check(flat_tats, now, flat_params)
+            if allowed:
+                i = 0
+                for key, spec in buckets:
+                    n = len(spec.params)
+                    self._put(key, new_tats[i : i + n], now)
+                    i += n
+            return allowed, states
+
+    def _put(self, key: str, tats: list[int], now: int) -> None:
+        data = self._data
+        if key in data:
+            data[key] = tats
+            data.move_to_end(key)
+            return
+        for _ in range(2):  # amortized sweep of idle keys, oldest first
+            if not data:
+                break
+            oldest = next(iter(data))
+            if max(data[oldest]) > now:
+                break
+            del data[oldest]
+        if len(data) >= self.max_keys:
+            data.popitem(last=False)
+            if not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "MemoryBucketStore is full (max_keys=%d): forgetting live buckets of the "
+                    "least recently seen clients; raise max_keys or use ValkeyBucketStore",
+                    self.max_keys,
+                )
+        data[key] = tats
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def _load_gcra_script() -> _Script:
+    from axess.stores.valkey import _Script
+
+    body = resources.files("axess.stores").joinpath("lua", "gcra.lua").read_bytes()
+    return _Script("gcra", body)
+
+
+class ValkeyBucketStore:
+    """Buckets in Valkey, shared by every app instance.
+
+    ``ValkeyBucketStore(valkey_store)`` shares the connection pool of an
+    existing :class:`~axess.stores.ValkeyStore` (same server, prefix, TLS
+    and AUTH checks); it neither opens nor closes more than that store's
+    own ``open``/``close`` would. ``ValkeyBucketStore(url, ...)`` builds its
+    own store with the same safety floor (``allow_insecure`` and the other
+    keyword arguments of ``ValkeyStore``) and owns it.
+
+    Layout: ``<prefix>rl:{<policy>:<key>}:<count>/<period>`` holds the TAT
+    (decimal microseconds of the server clock) with a TTL ending when the
+    bucket is full again (never longer than the period, or than the refill
+    time when the burst exceeds the count). The braces keep one rule's keys
+    in one cluster slot.
+
+    The script is loaded once on :meth:`open` (done lazily by the first
+    check when nobody called it) and re-loaded after ``NOSCRIPT``.
+    """
+
+    local = False
+
+    def __init__(
+        self,
+        store: ValkeyStore | str,
+        *,
+        prefix: str = "axess:",
+        allow_insecure: bool = False,
+        **store_kwargs: Any,
+    ) -> None:
+        from axess.stores.valkey import ValkeyStore
+
+        if isinstance(store, str):
+            self._store = ValkeyStore(
+                store, prefix=prefix, allow_insecure=allow_insecure, **store_kwargs
+            )
+            self._owns = True
+        elif isinstance(store, ValkeyStore):
+            if store_kwargs:
+                raise ConfigurationError(
+                    "pass connection settings to the ValkeyStore, not to ValkeyBucketStore"
+                )
+            self._store = store
+            self._owns = False
+        else:
+            raise ConfigurationError("ValkeyBucketStore needs a ValkeyStore or a Valkey URL")
+        self._script = _load_gcra_script()
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"ValkeyBucketStore(prefix={self._store.prefix!r})"
+
+    @property
+    def store(self) -> ValkeyStore:
+        return self._store
+
+    async def open(self) -> None:
+        """Open the connection (if this store owns it) and load the script."""
+        if not self._store.is_open:
+            await self._store.open()
+        await self._store.load_script(self._script, substore=RATELIMIT)
+        self._ready = True
+
+    async def close(self) -> None:
+        self._ready = False
+        if self._owns:
+            await self._store.close()
+
+    async def check_health(self) -> HealthStatus:
+        return await self._store.check_health()
+
+    def keys_for(self, buckets: Sequence[Bucket]) -> list[str]:
+        """The Valkey keys of ``buckets`` (in check order)."""
+        base = self._store.prefix + "rl:{"
+        return [base + key + "}:" + sig for key, spec in buckets for sig in spec.signatures]
+
+    async def check(self, buckets: Sequence[Bucket]) -> CheckResult:
+        if not self._ready or not self._store.is_open:
+            await self.open()
+        keys = self.keys_for(buckets)
+        args = [str(v) for _, spec in buckets for triple in spec.params for v in triple]
+        try:
+            reply = await self._store.run_script(self._script, keys, args, substore=RATELIMIT)
+        except RuntimeError as exc:  # closed under us (shutdown)
+            raise StoreError(
+                f"valkey ratelimit: {exc}", backend="valkey", substore=RATELIMIT
+            ) from None
+        try:
+            values = [int(v) for v in reply]
+            states: list[LimitState] = [
+                (values[i], values[i + 1], values[i + 2]) for i in range(1, len(values), 3)
+            ]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise StoreError(
+                f"valkey ratelimit: unexpected reply ({type(exc).__name__})",
+                backend="valkey",
+                substore=RATELIMIT,
+            ) from None
+        if len(states) != len(keys):
+            raise StoreError(
+                "valkey ratelimit: unexpected reply length", backend="valkey", substore=RATELIMIT
+            )
+        return values[0] == 1, states

@@ -1,0 +1,14 @@
+-- Lockout counters (one row per lever key) and trusted origins (rows whose
+-- key starts with "o:", alive until expires_at). Keys are lever-prefixed
+-- SHA-256 hex digests. Times are epoch milliseconds; a row is dead (and
+-- purged) once expires_at has passed.
+CREATE TABLE IF NOT EXISTS axess_lockouts (
+    lkey         VARCHAR(80) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    failures     INT NOT NULL,
+    window_start BIGINT NOT NULL,
+    locked_until BIGINT NOT NULL,
+    lockouts     INT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    PRIMARY KEY (lkey),
+    KEY axess_lockouts_expires (expires_at)
+) ENGINE=InnoDB DEFAULT CHARSET=ascii COLLATE=ascii_bin;
