@@ -1,6 +1,18 @@
 """axess: sessions and authentication for ASGI apps (Starlette, FastAPI)."""
 
 from axess.app import Axess
+from axess.audit import AuditPipeline, AuthEvent
+from axess.authn import (
+    AuthnService,
+    Lever,
+    LockoutPolicy,
+    LoginOutcome,
+    Password,
+    RecoveryCode,
+    TOTPCode,
+    require_authn,
+    require_partial_authn,
+)
 from axess.clock import Clock, MockClock, Random, SeededRandom, SystemClock, SystemRandom
 from axess.errors import (
     AxessError,
@@ -18,6 +30,7 @@ from axess.observability.health import (
     healthz_endpoint,
 )
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.ratelimit import RateLimit, RateLimitMiddleware
 from axess.session.binding import BindingPolicy
 from axess.session.config import SessionConfig
 from axess.session.csrf import CSRFConfig, CSRFMiddleware, csrf_input, csrf_token
@@ -28,8 +41,11 @@ from axess.session.middleware import SessionMiddleware
 from axess.session.registry import SessionInfo
 
 __all__ = [
+    "AuditPipeline",
+    "AuthEvent",
     "AuthState",
     "AuthnMetrics",
+    "AuthnService",
     "Axess",
     "AxessError",
     "BindingPolicy",
@@ -44,9 +60,16 @@ __all__ = [
     "HealthStatus",
     "Key",
     "Keyring",
+    "Lever",
+    "LockoutPolicy",
+    "LoginOutcome",
     "MockClock",
     "NoopMetrics",
+    "Password",
     "Random",
+    "RateLimit",
+    "RateLimitMiddleware",
+    "RecoveryCode",
     "SchemaVersionError",
     "SeededRandom",
     "Session",
@@ -57,10 +80,13 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "SystemRandom",
+    "TOTPCode",
     "TrustedProxies",
     "client_ip",
     "csrf_input",
     "csrf_token",
     "get_session",
     "healthz_endpoint",
+    "require_authn",
+    "require_partial_authn",
 ]

@@ -6,19 +6,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from axess.audit.events import AuthEvent
+from axess.audit.pipeline import AuditPipeline, AuditUnavailable, audit_unavailable_handler
+from axess.authn.guards import AuthnRequired, authn_exception_handler
+from axess.authn.lockout import Lockout, LockoutPolicy
+from axess.authn.password import PasswordHasher
+from axess.authn.service import AuthnEvent, AuthnService
+from axess.authn.users import UserAdmin
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.net import ClientIPMiddleware, TrustedProxies
 from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.ratelimit.dependency import RateLimitDependency
+from axess.ratelimit.keys import KeySpec
+from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
+from axess.ratelimit.middleware import EventHook, RateLimiter, RateLimitMiddleware
+from axess.ratelimit.stores import BucketStore
 from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
 from axess.session.config import SessionConfig
 from axess.session.csrf import CSRFConfig, CSRFMiddleware
@@ -27,7 +39,7 @@ from axess.session.events import SessionEventHook
 from axess.session.middleware import SessionMiddleware
 from axess.session.registry import SessionInfo, SessionRegistry
 from axess.stack import Stack, Stage
-from axess.stores.base import SessionStore
+from axess.stores.base import IdentityStore, LockoutStore, SessionStore
 
 logger = logging.getLogger("axess")
 
@@ -41,8 +53,8 @@ class _Purgeable(Protocol):
 
 
 class Axess:
-    """Wires sessions (and, as they land, client IP, rate limits, CSRF, login,
-    audit) into an ASGI app.
+    """Wires client IP, rate limits, sessions, CSRF, login and audit into an
+    ASGI app.
 
     Raises :class:`ConfigurationError` at construction for unsafe settings:
     ephemeral (generated) keys outside ``debug=True``, a store that does not
@@ -61,6 +73,12 @@ class Axess:
         trusted_proxies: TrustedProxies | None = None,
         binding: BindingPolicy | None = None,
         csrf: CSRFConfig | Literal[False] | None = None,
+        rate_limits: Sequence[RateLimit] | RateLimiter = (),
+        rate_limit_store: BucketStore | None = None,
+        on_rate_limit_event: EventHook | None = None,
+        lockout: LockoutPolicy | None = None,
+        password_hasher: PasswordHasher | None = None,
+        audit: AuditPipeline | None = None,
         debug: bool = False,
         on_session_event: SessionEventHook | None = None,
         cleanup_interval: float | None = 300.0,
@@ -79,6 +97,12 @@ class Axess:
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.clock: Clock = clock or SystemClock()
         self.random: Random = random or SystemRandom()
+        #: The audit pipeline (``None`` when not configured). Session and login
+        #: events flow into it.
+        self.audit = audit
+        if audit is not None:
+            audit.bind(clock=self.clock, random=self.random, metrics=self.metrics)
+            on_session_event = audit.session_event_hook(then=on_session_event)
         self.on_session_event = on_session_event
         if cleanup_interval is not None and cleanup_interval <= 0:
             raise ConfigurationError("cleanup_interval must be positive or None")
@@ -100,9 +124,70 @@ class Axess:
         self.health = CompositeHealthCheck()
         if isinstance(store, HealthCheck):
             self.health.add("store", store)
+        if audit is not None:
+            audit.register_health(self.health)
+        if isinstance(rate_limits, RateLimiter):
+            if rate_limit_store is not None or on_rate_limit_event is not None:
+                raise ConfigurationError("pass store/on_event to your RateLimiter, not to Axess")
+            self.rate_limiter = rate_limits
+        else:
+            self.rate_limiter = RateLimiter(
+                rate_limits,
+                store=rate_limit_store,
+                clock=self.clock,
+                metrics=self.metrics,
+                on_event=on_rate_limit_event,
+            )
+        bucket_store = self.rate_limiter.store
+        if (
+            not getattr(bucket_store, "local", True)
+            and isinstance(bucket_store, HealthCheck)
+            and getattr(bucket_store, "store", None) is not store
+        ):
+            self.health.add("ratelimit", bucket_store)
+        self._build_authn(lockout, password_hasher)
         self.healthz: Callable[[Request], Awaitable[Response]] = healthz_endpoint(self.health)
         self._cleanup_task: asyncio.Task[None] | None = None
         self._warn_weakenings()
+
+    def _build_authn(self, policy: LockoutPolicy | None, hasher: PasswordHasher | None) -> None:
+        """Login service and user admin, when the store holds identities."""
+        route = getattr(self.store, "backend_for", None)
+        identity = route("identity") if route is not None else self.store
+        lockout_store = route("lockout") if route is not None else self.store
+        #: ``None`` unless the store implements the identity substore.
+        self.authn: AuthnService | None = None
+        self.users: UserAdmin | None = None
+        if not isinstance(identity, IdentityStore) or not isinstance(lockout_store, LockoutStore):
+            return
+        lock = Lockout(lockout_store, policy, clock=self.clock, metrics=self.metrics)
+        self.authn = AuthnService(
+            identity,
+            self.keys,
+            lockout=lock,
+            hasher=hasher,
+            clock=self.clock,
+            random=self.random,
+            metrics=self.metrics,
+            on_event=self._authn_event if self.audit is not None else None,
+            gate=self.audit.authn_gate if self.audit is not None else None,
+        )
+        self.users = UserAdmin(
+            identity,
+            self.keys,
+            sessions=self,
+            lockout=lock,
+            hasher=self.authn.hasher,
+            clock=self.clock,
+            random=self.random,
+            on_event=self.authn.on_event,
+        )
+
+    def _authn_event(self, event: AuthnEvent) -> None:
+        assert self.audit is not None
+        self.audit.emit(
+            AuthEvent.create(event.type, clock=self.clock, random=self.random, **event.as_kwargs())
+        )
 
     def _warn_weakenings(self) -> None:
         weak = list(self.session_config.weakenings()) + self.binding_policy.weakenings()
@@ -124,6 +209,7 @@ class Axess:
         """Middleware classes and arguments, outermost first."""
         layers: list[tuple[type[Any], dict[str, Any]]] = [
             (ClientIPMiddleware, {"proxies": self.trusted_proxies}),
+            (RateLimitMiddleware, {"limiter": self.rate_limiter}),
             (
                 SessionMiddleware,
                 {
@@ -160,6 +246,25 @@ class Axess:
         (client IP → rate limit → session → CSRF, outermost first), as one
         middleware."""
         app.add_middleware(Stack, stages=self.stages())
+        # Starlette and FastAPI both accept exception handlers: a guard's
+        # redirect/401 and a paused login (no audit trail) become responses.
+        add_handler = getattr(app, "add_exception_handler", None)
+        if add_handler is not None:
+            add_handler(AuthnRequired, authn_exception_handler)
+            add_handler(AuditUnavailable, audit_unavailable_handler)
+
+    def limit(
+        self,
+        *limits: str | Limit,
+        key: KeySpec = "ip",
+        name: str | None = None,
+        on_store_error: OnStoreError = "closed",
+        cost: int = 1,
+    ) -> RateLimitDependency:
+        """``Depends(auth.limit("5/minute", key="login"))`` on this app's bucket store."""
+        return self.rate_limiter.dependency(
+            *limits, key=key, name=name, on_store_error=on_store_error, cost=cost
+        )
 
     def rotate_fingerprint_pepper(self, tenant: str | None) -> int:
         """Issue a new fingerprint pepper for ``tenant``; its sessions re-bind on
@@ -186,21 +291,33 @@ class Axess:
 
     # -- lifespan -------------------------------------------------------------------------
     async def startup(self) -> None:
+        """Open the store, the rate-limit store and the audit pipeline (which
+        replays its recovery log first), then start the cleanup task."""
         open_ = getattr(self.store, "open", None)
         if open_ is not None:
             await open_()
+        await self.rate_limiter.open()
+        if self.audit is not None:
+            await self.audit.start()
         if self.cleanup_interval is not None and hasattr(self.store, "purge_expired"):
             self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="axess-cleanup")
 
     async def shutdown(self) -> None:
-        task, self._cleanup_task = self._cleanup_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            await close()
+        """Drain the audit pipeline (bounded; leftovers go to the recovery log),
+        cancel background tasks, then close the stores — in that order."""
+        try:
+            if self.audit is not None:
+                await self.audit.stop()
+        finally:
+            task, self._cleanup_task = self._cleanup_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.rate_limiter.close()
+            close = getattr(self.store, "close", None)
+            if close is not None:
+                await close()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:

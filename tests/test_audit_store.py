@@ -3,7 +3,7 @@ the composite store; SQL specifics of the audit table."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,56 +13,40 @@ from axess.errors import ConfigurationError, StoreError
 from axess.stores import MemoryStore
 from axess.stores.base import AuditStore
 from axess.stores.composite import CompositeStore
-from axess.stores.sql import MySQLStore, PostgresStore, SQLiteStore, SQLStore, engine
+from axess.stores.sql import SQLiteStore, SQLStore, engine
 from axess.testing.contract import NOW, AuditStoreContract, make_event
 
 PG = pytest.mark.backend("postgres")
 MY = pytest.mark.backend("mysql")
 
 
-class TestMemoryAuditStore(AuditStoreContract):
-    @pytest.fixture
-    async def store(self) -> AsyncIterator[MemoryStore]:
-        s = MemoryStore()
-        await s.open()
-        yield s
-        await s.close()
-
-
-class TestCompositeAuditStore(AuditStoreContract):
-    @pytest.fixture
-    def store(self, sqlite_store: SQLiteStore) -> CompositeStore:
-        return CompositeStore(default=sqlite_store, sessions=MemoryStore())
-
-
-class TestSQLiteAuditStore(AuditStoreContract):
-    @pytest.fixture
-    def store(self, sqlite_store: SQLiteStore) -> SQLiteStore:
-        return sqlite_store
-
-
-@PG
-class TestPostgresAuditStore(AuditStoreContract):
-    @pytest.fixture
-    def store(self, postgres_store: PostgresStore) -> PostgresStore:
-        return postgres_store
-
-
-@MY
-class TestMySQLAuditStore(AuditStoreContract):
-    @pytest.fixture
-    def store(self, mysql_store: MySQLStore) -> MySQLStore:
-        return mysql_store
-
-
-DIALECTS = [
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("composite", id="composite"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=PG),
     pytest.param("mysql", id="mysql", marks=MY),
 ]
 
 
-@pytest.fixture(params=DIALECTS)
+@pytest.fixture(params=BACKENDS)
+def audit_backend(request: pytest.FixtureRequest) -> Any:
+    """An opened, empty audit store of every kind."""
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "composite":
+        sql = request.getfixturevalue("sqlite_store")
+        return CompositeStore(default=sql, sessions=MemoryStore())
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+class TestAuditStore(AuditStoreContract):
+    @pytest.fixture
+    def store(self, audit_backend: AuditStore) -> AuditStore:
+        return audit_backend
+
+
+@pytest.fixture(params=BACKENDS[2:])
 def any_store(request: pytest.FixtureRequest) -> SQLStore:
     store: SQLStore = request.getfixturevalue(f"{request.param}_store")
     return store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from helpers import client
@@ -197,3 +198,13 @@ async def test_check_from_plain_starlette() -> None:
         r = await c.get("/")
     assert r.status_code == 429 and r.headers["retry-after"] == "3600"
     assert "plain" in repr(dep._template) and "1/1h" in repr(dep)
+
+
+def test_fail_open_dependency_on_a_shared_store_is_a_logged_weakening(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="axess.ratelimit"):
+        limit("1/minute", store=MemoryBucketStore(), on_store_error="open")
+        assert "weakened" not in caplog.text  # a memory store cannot be down
+        limit("1/minute", store=DownStore(), on_store_error="open", name="quota")
+    assert "rate limit 'quota' lets requests through while its store is down" in caplog.text

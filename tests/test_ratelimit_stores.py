@@ -131,6 +131,24 @@ async def test_memory_full_of_live_keys_forgets_the_oldest(
         MemoryBucketStore(max_keys=0)
 
 
+def test_memory_store_is_thread_safe() -> None:
+    import threading
+
+    store = MemoryBucketStore(clock=MockClock())
+    rule = RateLimit("100/hour", name="t")
+    admitted: list[int] = []
+
+    def worker() -> None:
+        admitted.append(sum(store.check_sync([("t:k", rule)])[0] for _ in range(500)))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 100
+
+
 def test_memory_store_is_a_bucket_store() -> None:
     assert isinstance(MemoryBucketStore(), BucketStore)
 
@@ -261,7 +279,9 @@ async def test_valkey_closed_store_raises_store_error(valkey_target: ValkeyTarge
     store.store._exec = None  # as if closed under us during shutdown
     store._ready = True
     store.store.open = _broken_open  # type: ignore[method-assign]
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="not open"):
+        await store.check([("x:k", rule)])
+    with pytest.raises(StoreError, match="cannot connect"):  # tries to open again
         await store.check([("x:k", rule)])
 
 

@@ -18,6 +18,7 @@ secret (``password``, ``code``, ``token``, ``key``…) are replaced by
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
@@ -147,53 +148,63 @@ _SECRET_WORDS: Final = frozenset(
 _WORD_SPLIT: Final = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_name(name: str) -> bool:
     """True if an ``extras`` key names something secret (``otp_code``, ``apiKey``…)."""
     return any(w.lower() in _SECRET_WORDS for w in _WORD_SPLIT.split(name) if w)
 
 
-def _clean(value: object, depth: int) -> JSONValue:
-    if value is None or isinstance(value, bool | int):
+def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
+    """Sanitized copy of ``value``; adds an upper bound of its JSON length to ``size[0]``."""
+    if value is None or isinstance(value, bool):
+        size[0] += 5
+        return value
+    if isinstance(value, int):
+        size[0] += 20 if -(10**18) < value < 10**18 else len(str(value))
         return value
     if isinstance(value, float):
+        size[0] += 32
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return value[:_EXTRAS_MAX_STRING]
+        value = value[:_EXTRAS_MAX_STRING]
+        size[0] += 6 * len(value) + 2  # every character escaped, at worst
+        return value
     if depth >= _EXTRAS_MAX_DEPTH:
+        size[0] += 12
         return "[too deep]"
     if isinstance(value, Mapping):
-        return {
-            str(k): (REDACTED if is_secret_name(str(k)) else _clean(v, depth + 1))
-            for k, v in value.items()
-        }
+        out: dict[str, JSONValue] = {}
+        for k, v in value.items():
+            key = str(k)
+            size[0] += 6 * len(key) + 4
+            out[key] = REDACTED if is_secret_name(key) else _clean(v, depth + 1, size)
+        size[0] += 2
+        return out
     if isinstance(value, list | tuple | set | frozenset):
-        return [_clean(v, depth + 1) for v in value]
+        size[0] += 2 + len(value)
+        return [_clean(v, depth + 1, size) for v in value]
     # Never str() an unknown object: its repr might carry a secret.
+    size[0] += 64
     return f"<{type(value).__name__}>"
 
 
 def sanitize_extras(extras: Mapping[str, object] | None) -> dict[str, JSONValue]:
     """JSON-safe copy of ``extras``: secret-looking keys redacted, strings cut,
-    depth and total size capped, unknown objects replaced by their type name."""
+    depth and total size (:data:`EXTRAS_MAX_BYTES` characters of JSON) capped,
+    unknown objects replaced by their type name."""
     if not extras:
         return {}
-    cleaned = _clean(dict(extras), 0)
-    assert isinstance(cleaned, dict)
-    if len(_dumps(cleaned)) > EXTRAS_MAX_BYTES:
+    size = [0]
+    cleaned = _clean(extras, 0, size)
+    if not isinstance(cleaned, dict):
+        raise TypeError("AuthEvent.extras must be a mapping")
+    if size[0] > EXTRAS_MAX_BYTES and len(_dumps(cleaned)) > EXTRAS_MAX_BYTES:
         return {"_truncated": True}
     return cleaned
 
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _cut(name: str, value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"AuthEvent.{name} must be a string or None")
-    return value[: FIELD_LIMITS[name]]
 
 
 def new_event_id(time_us: int, random: Random) -> str:
@@ -228,6 +239,7 @@ _FIELDS: Final = (
     "reason",
     "actor",
 )
+_LIMITS: Final = tuple((name, FIELD_LIMITS[name]) for name in _FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,11 +282,13 @@ class AuthEvent:
             raise ValueError(f"AuthEvent.status must be one of {sorted(_STATUSES)}")
         if isinstance(self.time, bool) or not isinstance(self.time, int) or self.time < 0:
             raise ValueError("AuthEvent.time must be a non-negative int (epoch microseconds)")
-        for name in _FIELDS:
+        for name, limit in _LIMITS:
             value = getattr(self, name)
-            cut = _cut(name, value)
-            if cut is not value:
-                object.__setattr__(self, name, cut)
+            if value is not None:
+                if type(value) is not str:
+                    raise TypeError(f"AuthEvent.{name} must be a string or None")
+                if len(value) > limit:
+                    object.__setattr__(self, name, value[:limit])
         object.__setattr__(self, "extras", sanitize_extras(self.extras))
 
     @classmethod
@@ -306,7 +320,7 @@ class AuthEvent:
         return cls(
             id=new_event_id(now, random),
             type=str(type),
-            status=str(status) if status is not None else DEFAULT_STATUS.get(type, "info"),
+            status=str(status if status is not None else DEFAULT_STATUS.get(type, "info")),
             time=now,
             tenant=tenant,
             user=user,

@@ -22,25 +22,31 @@ import contextlib
 import logging
 import os
 import random as _random
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from axess.audit.events import AuditQuery, AuthEvent
 from axess.audit.recovery import RecoveryLog
 from axess.audit.sinks import AuditSink
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import AxessError, ConfigurationError
-from axess.observability.health import HealthStatus
+from axess.observability.health import CompositeHealthCheck, HealthStatus
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session.events import SessionEvent, SessionEventHook
 
 logger = logging.getLogger("axess.audit")
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_SYSTEM_CLOCK: Final = SystemClock()
+_SYSTEM_RANDOM: Final = SystemRandom()
+_NO_METRICS: Final = NoopMetrics()
 
 #: Seconds ``stop()`` waits for cancelled workers to finish after the drain
 #: deadline (a sink that ignores cancellation must not hang shutdown).
@@ -82,6 +88,10 @@ class Block(OverflowPolicy):
 
     timeout: float = 5.0
 
+    def __post_init__(self) -> None:
+        if not self.timeout >= 0:
+            raise ConfigurationError("Block(timeout=...) must be a non-negative number of seconds")
+
 
 @dataclass(frozen=True, slots=True)
 class ShutdownAuthn(OverflowPolicy):
@@ -92,6 +102,17 @@ class ShutdownAuthn(OverflowPolicy):
     """
 
     resume_at: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.resume_at < 1:
+            raise ConfigurationError("ShutdownAuthn(resume_at=...) must be in [0, 1)")
+
+
+async def audit_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """Exception handler answering :class:`AuditUnavailable` with a 503."""
+    if isinstance(exc, AuditUnavailable):
+        return exc.response()
+    raise exc
 
 
 class AuditUnavailable(AxessError):
@@ -293,6 +314,11 @@ class AuditPipeline:
         self._closed = False
         self._urgent = 0
         self._progress = asyncio.Event()
+        #: Events were appended to the recovery log without fsync (overflow).
+        self._spilled = False
+        #: The loop (and its thread) the workers run on, once started.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
         self._last_refusal_log = -_REFUSAL_LOG_INTERVAL
         self._refused_since_log = 0
         self._warn_weakenings()
@@ -336,21 +362,16 @@ class AuditPipeline:
 
     @property
     def clock(self) -> Clock:
-        if self._clock is None:
-            self._clock = SystemClock()
-        return self._clock
+        """The clock events are stamped with (the system clock until one is bound)."""
+        return self._clock or _SYSTEM_CLOCK
 
     @property
     def random(self) -> Random:
-        if self._random is None:
-            self._random = SystemRandom()
-        return self._random
+        return self._random or _SYSTEM_RANDOM
 
     @property
     def metrics(self) -> AuthnMetrics:
-        if self._metrics is None:
-            self._metrics = NoopMetrics()
-        return self._metrics
+        return self._metrics or _NO_METRICS
 
     @property
     def sinks(self) -> list[AuditSink]:
@@ -372,9 +393,17 @@ class AuditPipeline:
 
         On a full buffer the sink's policy applies (see the policy classes).
         After :meth:`stop` the event is written to the recovery log at once.
+        Safe to call from another thread (a sync endpoint): the event is
+        handed to the pipeline's event loop.
         """
         if self._closed:
             self._emit_after_close(event)
+            return
+        if self._loop is not None and threading.get_ident() != self._thread:
+            try:
+                self._loop.call_soon_threadsafe(self.emit, event)
+            except RuntimeError:  # the loop is gone: keep the event on disk
+                self._emit_after_close(event)
             return
         self.emitted += 1
         limit = self.max_buffer
@@ -530,6 +559,7 @@ class AuditPipeline:
             logger.error("audit recovery log unwritable (%s): event dropped", type(exc).__name__)
             return
         st.recovered += 1
+        self._spilled = True
         self.metrics.audit_recovered(1)
         if st.recovered == 1 or st.recovered % 1000 == 0:
             logger.warning(
@@ -574,10 +604,13 @@ class AuditPipeline:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         if self.recovery is not None and self.recovery.pending():
             await self._replay()
         for st in self._sinks:
             st.task = asyncio.create_task(self._worker(st), name=f"axess-audit-{st.name}")
+            st.task.add_done_callback(self._worker_done)
         if self.retention is not None:
             self.retention.bind(clock=self.clock)
             await self.retention.start()
@@ -648,6 +681,18 @@ class AuditPipeline:
                 st.replay_inflight = 0
                 self._check_replay_done()
             self._after_batch(st)
+            if self._spilled and self.recovery is not None:
+                self._spilled = False
+                await asyncio.to_thread(self.recovery.sync)
+
+    @staticmethod
+    def _worker_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "audit worker %s crashed: %r (its sink receives nothing until restart)",
+                task.get_name(),
+                task.exception(),
+            )
 
     async def _linger(self, st: _Sink) -> None:
         """Wait up to ``flush_interval`` for a full batch (or a flush/stop)."""
@@ -664,7 +709,7 @@ class AuditPipeline:
         """Write ``st.inflight`` until it succeeds (backoff between attempts)."""
         while True:
             try:
-                await st.sink.write(st.inflight)
+                await st.sink.write(tuple(st.inflight))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -728,6 +773,9 @@ class AuditPipeline:
             for st in self._sinks:
                 st.wake.set()
             while any(st.depth for st in self._sinks):
+                dead = [st.name for st in self._sinks if st.task is None or st.task.done()]
+                if dead:
+                    raise RuntimeError(f"audit worker(s) of {dead} are not running")
                 self._progress.clear()
                 await self._progress.wait()
         finally:
@@ -760,22 +808,30 @@ class AuditPipeline:
                     if timer in done:
                         timed_out = bool(pending)
                         break
+            except asyncio.CancelledError:
+                # Shutdown itself was cancelled: still never lose what is buffered.
+                self._closed = True
+                for worker in workers:
+                    worker.cancel()
+                if leftovers := self._leftovers():
+                    self._save_leftovers(leftovers, timed_out=True)
+                raise
             finally:
                 timer.cancel()
             self._closed = True
-            for task in pending:
-                task.cancel()
+            for future in pending:
+                future.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=_CANCEL_GRACE)
-            for task in workers:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    logger.error("audit worker crashed: %s", type(task.exception()).__name__)
         self._closed = True
         leftovers = self._leftovers()
         if leftovers:
             self._save_leftovers(leftovers, timed_out)
         elif self.recovery is not None:
             self._check_replay_done()
+        if self._spilled and self.recovery is not None:
+            self._spilled = False
+            self.recovery.sync()
         for st in self._sinks:
             close = getattr(st.sink, "close", None)
             if close is not None:
@@ -784,8 +840,10 @@ class AuditPipeline:
                 except Exception as exc:
                     logger.warning("audit sink %r: close failed (%s)", st.name, type(exc).__name__)
         self.metrics.audit_buffer_depth(0)
-        delivered = sum(st.delivered for st in self._sinks)
-        logger.info("audit pipeline stopped (%d batch event(s) delivered)", delivered)
+        logger.info(
+            "audit pipeline stopped; events delivered since start: %s",
+            ", ".join(f"{st.name}={st.delivered}" for st in self._sinks),
+        )
 
     def _leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
         """Every undelivered event (in-flight batch first, then the buffer), with
@@ -875,9 +933,17 @@ class AuditPipeline:
         ``critical=sink.regulatory``)."""
         return {st.name: _SinkHealth(self, st) for st in self._sinks}
 
+    def register_health(self, composite: CompositeHealthCheck, *, prefix: str = "audit.") -> None:
+        """Add one check per sink to ``composite`` (``audit.<sink>``), critical
+        for regulatory sinks."""
+        for st in self._sinks:
+            composite.add(prefix + st.name, _SinkHealth(self, st), critical=st.regulatory)
+
     def _sink_status(self, st: _Sink) -> HealthStatus:
         if self._closed:
             return HealthStatus.unhealthy(f"audit sink {st.name}: pipeline stopped")
+        if st.task is not None and st.task.done():
+            return HealthStatus.unhealthy(f"audit sink {st.name}: worker not running")
         if st.name in self._gated:
             return HealthStatus.unhealthy(
                 f"audit sink {st.name}: buffer full, logins paused ({st.depth} events)"

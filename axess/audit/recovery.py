@@ -17,6 +17,9 @@ Life cycle of the files (``path`` and ``path + ".replaying"``):
    fresh ``path`` again), :meth:`RecoveryLog.commit` deletes
    ``path.replaying``. A crash before that replays it again at the next
    start: delivery is at least once, and the SQL sink is idempotent.
+
+Lines that do not parse are copied to ``path + ".rejected"`` before the
+replayed file is deleted, so nothing is silently destroyed.
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ class ReadResult:
     entries: list[Recovered] = field(default_factory=list)
     #: 1-based line numbers that did not parse (torn or corrupt).
     skipped: list[int] = field(default_factory=list)
+    #: Their raw bytes (kept aside in ``<path>.rejected`` for inspection).
+    rejected: list[bytes] = field(default_factory=list)
 
 
 def encode_entry(event: AuthEvent, sinks: Sequence[str]) -> str:
@@ -123,6 +128,7 @@ def read_entries(path: Path) -> ReadResult:
                 event = AuthEvent.from_dict(data.get("event"))  # type: ignore[arg-type]
             except (ValueError, TypeError, UnicodeDecodeError):
                 result.skipped.append(number)
+                result.rejected.append(raw.rstrip(b"\r\n"))
                 continue
             if event.id in merged:
                 merged[event.id][1].update(dict.fromkeys(sinks))
@@ -143,6 +149,7 @@ class RecoveryLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.replaying = self.path.with_name(self.path.name + ".replaying")
+        self.rejected = self.path.with_name(self.path.name + ".rejected")
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -194,16 +201,20 @@ class RecoveryLog:
             if not self.replaying.exists():
                 return ReadResult()
             result = read_entries(self.replaying)
+            if result.rejected:
+                lines = [r.decode("utf-8", errors="replace") for r in result.rejected]
+                append_lines(self.rejected, lines, fsync=True)
         if result.skipped:
             shown = ", ".join(map(str, result.skipped[:_REPORT_LINES]))
             more = "…" if len(result.skipped) > _REPORT_LINES else ""
             logger.warning(
-                "audit recovery log %s: skipped %d line(s) that do not parse (line %s%s); "
-                "a torn last line is expected after a crash",
+                "audit recovery log %s: skipped %d line(s) that do not parse (line %s%s), "
+                "kept in %s; a torn last line is expected after a crash",
                 self.replaying,
                 len(result.skipped),
                 shown,
                 more,
+                self.rejected,
             )
         return result
 

@@ -36,6 +36,7 @@ from axess.stores.base import AuditStore
 logger = logging.getLogger("axess.audit")
 
 DAY: Final = 86_400.0
+_SYSTEM_CLOCK: Final = SystemClock()
 
 
 @runtime_checkable
@@ -123,9 +124,7 @@ class AuditRetention:
 
     @property
     def clock(self) -> Clock:
-        if self._clock is None:
-            self._clock = SystemClock()
-        return self._clock
+        return self._clock or _SYSTEM_CLOCK
 
     async def run_once(self) -> RetentionReport:
         """One archive-then-purge pass now; raises on a store or archiver failure."""

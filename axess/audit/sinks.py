@@ -80,7 +80,7 @@ class StoreSink:
 
     regulatory = True
 
-    def __init__(self, store: AuditStore, *, name: str = "audit_store") -> None:
+    def __init__(self, store: AuditStore, *, name: str = "store") -> None:
         if not isinstance(store, AuditStore):
             raise TypeError(f"{type(store).__name__} does not implement the audit store")
         self.store = store

@@ -21,6 +21,7 @@ dependency shares one bucket per key.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from typing import Final
 
@@ -36,6 +37,7 @@ from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.middleware import STATE_KEY, EventHook, RateLimiter, Verdict
 from axess.ratelimit.stores import BucketStore
 
+logger = logging.getLogger("axess.ratelimit")
 _MAX_ROUTES: Final = 1024
 
 
@@ -90,6 +92,9 @@ class RateLimitDependency:
             limiter = RateLimiter(store=store, clock=clock, metrics=metrics, on_event=on_event)
         self.limiter = limiter
         self._rules: dict[str, RateLimit] = {}
+        if not getattr(limiter.store, "local", False):
+            for what in self._template.weakenings():
+                logger.warning("axess security weakened: %s", what)
 
     @property
     def limits(self) -> tuple[Limit, ...]:

@@ -54,6 +54,26 @@ def check_one(
     return False, tat, (left if left > 0 else 0, base - now, ahead - capacity)
 
 
+def states_from(
+    allowed: bool, aheads: Sequence[int], params: Sequence[tuple[int, int, int]]
+) -> list[LimitState]:
+    """The states of a check from each limit's *ahead* value: how far its TAT
+    is ahead of now after the check (the new TAT when admitted, the stored
+    one when refused). The Valkey script returns only these."""
+    states: list[LimitState] = []
+    if allowed:
+        for i, (emission, capacity, _) in enumerate(params):
+            ahead = aheads[i]
+            states.append(((capacity - ahead) // emission, ahead, 0))
+        return states
+    for i, (emission, capacity, cost) in enumerate(params):
+        held = aheads[i]
+        left = (capacity - held) // emission
+        retry = held + cost * emission - capacity
+        states.append((left if left > 0 else 0, held, retry if retry > 0 else 0))
+    return states
+
+
 def check(
     tats: Sequence[int], now: int, params: Sequence[tuple[int, int, int]]
 ) -> tuple[bool, list[int], list[LimitState]]:
@@ -76,18 +96,7 @@ def check(
         aheads.append(ahead)
         if ahead > capacity:
             allowed = False
-    states: list[LimitState] = []
     if allowed:
-        new_tats: list[int] = []
-        for i, (emission, capacity, _) in enumerate(params):
-            ahead = aheads[i]
-            new_tats.append(now + ahead)
-            states.append(((capacity - ahead) // emission, ahead, 0))
-        return True, new_tats, states
-    for i, (emission, capacity, cost) in enumerate(params):
-        ahead = aheads[i]
-        held = ahead - cost * emission  # how far the stored TAT is ahead of now
-        left = (capacity - held) // emission
-        retry = ahead - capacity
-        states.append((left if left > 0 else 0, held, retry if retry > 0 else 0))
-    return False, list(tats), states
+        return True, [now + a for a in aheads], states_from(True, aheads, params)
+    held = [a - p[2] * p[0] for a, p in zip(aheads, params, strict=True)]
+    return False, list(tats), states_from(False, held, params)

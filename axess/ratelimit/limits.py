@@ -202,6 +202,11 @@ def _path_regex(pattern: str) -> re.Pattern[str] | str:
     return re.compile("".join(out))
 
 
+def _policy_item(name: str, limit: Limit) -> str:
+    item = f'"{name}";q={limit.count};w={limit.period}'
+    return item if limit.burst == limit.count else f"{item};axess-burst={limit.burst}"
+
+
 def _slug(paths: tuple[str, ...]) -> str:
     if not paths:
         return "all"
@@ -237,6 +242,7 @@ class RateLimit:
         "_exact",
         "_patterns",
         "cost",
+        "item_names",
         "key",
         "limits",
         "methods",
@@ -244,6 +250,7 @@ class RateLimit:
         "on_store_error",
         "params",
         "paths",
+        "policy_items",
         "prefix",
         "signatures",
     )
@@ -296,6 +303,12 @@ class RateLimit:
         self.params = tuple((lim.emission_us, lim.capacity_us, cost) for lim in self.limits)
         #: Per limit: what tells its bucket apart within the policy.
         self.signatures = tuple(lim.signature for lim in self.limits)
+        #: Per limit: its item name in the RateLimit fields, and its
+        #: ``RateLimit-Policy`` item (draft-ietf-httpapi-ratelimit-headers).
+        self.item_names = self.policy_names()
+        self.policy_items = tuple(
+            _policy_item(name, lim) for name, lim in zip(self.item_names, self.limits, strict=True)
+        )
 
     def matches_path(self, path: str) -> bool:
         if not self.paths:

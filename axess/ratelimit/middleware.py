@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axess._cache import BoundedMemo
 from axess.clock import Clock, SystemClock
-from axess.errors import ConfigurationError, StoreError
+from axess.errors import ConfigurationError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.ratelimit import gcra
 from axess.ratelimit.gcra import LimitState
@@ -175,12 +175,6 @@ def _seconds(us: int) -> int:
     return -(-us // gcra.US)
 
 
-def _policy_item(name: str, rule: RateLimit, index: int) -> str:
-    limit = rule.limits[index]
-    item = f'"{name}";q={limit.count};w={limit.period}'
-    return item if limit.burst == limit.count else f"{item};axess-burst={limit.burst}"
-
-
 class _EventGate:
     """At most one event per (policy, key) per window, and a global rate."""
 
@@ -278,9 +272,18 @@ class RateLimiter:
             raise ConfigurationError("store_error_retry_after must be >= 1")
         self.store_error_retry_after = store_error_retry_after
         self.ip_key = IPKey()
+        # A memory store is called without a coroutine (the hot path), unless a
+        # subclass changed what ``check`` does.
+        store_type = type(self.store)
+        self._check_now = (
+            self.store.check_sync
+            if isinstance(self.store, MemoryBucketStore)
+            and store_type.check is MemoryBucketStore.check
+            else None
+        )
+        # (item name, remaining, t) -> RateLimit item of single-limit checks.
+        self._items: BoundedMemo[tuple[str, int, int], bytes] = BoundedMemo(4096)
         self._matches: BoundedMemo[tuple[str, str], tuple[RateLimit, ...]] = BoundedMemo(4096)
-        self._policy_items: dict[int, tuple[str, ...]] = {}
-        self._policy_names: dict[int, tuple[str, ...]] = {}
         self._errors = 0
         self._last_error_log = -math.inf
         for what in self.weakenings():
@@ -323,10 +326,12 @@ class RateLimiter:
                 value = await resolve(rule.key, ip_key, ctx)
             buckets.append((rule.prefix + value, rule))
         try:
-            allowed, states = await self.store.check(buckets)
-        except StoreError as exc:
-            return self._store_failed(rules, exc)
-        except Exception as exc:  # a broken store must not turn into a 500
+            check_now = self._check_now
+            if check_now is not None:
+                allowed, states = check_now(buckets)
+            else:
+                allowed, states = await self.store.check(buckets)
+        except Exception as exc:  # StoreError, or a broken store: never a 500
             return self._store_failed(rules, exc)
         metrics = self.metrics
         if allowed:
@@ -394,30 +399,26 @@ class RateLimiter:
             logger.exception("rate-limit event hook failed")
 
     # -- headers -------------------------------------------------------------------
-    def _names(self, rule: RateLimit) -> tuple[str, ...]:
-        names = self._policy_names.get(id(rule))
-        if names is None:
-            names = self._policy_names[id(rule)] = rule.policy_names()
-        return names
-
-    def policy_field(self, rules: Sequence[RateLimit]) -> bytes:
-        items: list[str] = []
-        for rule in rules:
-            cached = self._policy_items.get(id(rule))
-            if cached is None:
-                names = self._names(rule)
-                cached = tuple(_policy_item(n, rule, i) for i, n in enumerate(names))
-                self._policy_items[id(rule)] = cached
-            items.extend(cached)
-        return ", ".join(items).encode("ascii")
+    @staticmethod
+    def policy_field(rules: Sequence[RateLimit]) -> bytes:
+        return ", ".join(item for rule in rules for item in rule.policy_items).encode("ascii")
 
     def limit_field(self, verdict: Verdict) -> bytes:
         """The ``RateLimit`` field value (violated limits only on a refusal)."""
+        states = verdict.states
+        if verdict.allowed and len(states) == 1:
+            name = verdict.rules[0].item_names[0]
+            remaining, reset_us, _ = states[0]
+            memo_key = (name, remaining, _seconds(reset_us))
+            item = self._items.get(memo_key)
+            if item is None:
+                item = f'"{name}";r={remaining};t={memo_key[2]}'.encode("ascii")
+                self._items.put(memo_key, item)
+            return item
         items: list[str] = []
         i = 0
-        states = verdict.states
         for rule in verdict.rules:
-            for name in self._names(rule):
+            for name in rule.item_names:
                 remaining, reset_us, retry_us = states[i]
                 i += 1
                 if verdict.allowed:

@@ -114,14 +114,18 @@ class MemoryBucketStore:
         """:meth:`check` without the coroutine (never blocks)."""
         now = round(self._clock.monotonic() * 1_000_000)
         data = self._data
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if len(buckets) == 1:
                 key, spec = buckets[0]
                 params = spec.params
                 tats = data.get(key)
                 if len(params) == 1:  # the common case, without lists
                     emission, capacity, cost = params[0]
-                    tat = tats[0] if tats is not None and len(tats) == 1 else 0
+                    if tats is not None and len(tats) != 1:
+                        tats = None  # written by a rule with other limits: start afresh
+                    tat = tats[0] if tats is not None else 0
                     allowed, new_tat, state = gcra.check_one(tat, now, emission, capacity, cost)
                     if allowed:
                         if tats is not None:
@@ -153,6 +157,8 @@ class MemoryBucketStore:
                     self._put(key, new_tats[i : i + n], now)
                     i += n
             return allowed, states
+        finally:
+            lock.release()
 
     def _put(self, key: str, tats: list[int], now: int) -> None:
         data = self._data
@@ -238,6 +244,7 @@ class ValkeyBucketStore:
             raise ConfigurationError("ValkeyBucketStore needs a ValkeyStore or a Valkey URL")
         self._script = _load_gcra_script()
         self._ready = False
+        self._arg_cache: dict[tuple[tuple[int, int, int], ...], list[bytes]] = {}
 
     def __repr__(self) -> str:
         return f"ValkeyBucketStore(prefix={self._store.prefix!r})"
@@ -266,30 +273,43 @@ class ValkeyBucketStore:
         base = self._store.prefix + "rl:{"
         return [base + key + "}:" + sig for key, spec in buckets for sig in spec.signatures]
 
+    def _args(self, spec: BucketSpec) -> list[bytes]:
+        params = spec.params
+        args = self._arg_cache.get(params)
+        if args is None:
+            args = [str(v).encode("ascii") for triple in params for v in triple]
+            if len(self._arg_cache) < 1024:
+                self._arg_cache[params] = args
+        return args
+
     async def check(self, buckets: Sequence[Bucket]) -> CheckResult:
-        if not self._ready or not self._store.is_open:
+        if not self._ready:
             await self.open()
         keys = self.keys_for(buckets)
-        args = [str(v) for _, spec in buckets for triple in spec.params for v in triple]
+        params: Sequence[tuple[int, int, int]]
+        if len(buckets) == 1:
+            spec = buckets[0][1]
+            args, params = self._args(spec), spec.params
+        else:
+            args = [a for _, spec in buckets for a in self._args(spec)]
+            params = [p for _, spec in buckets for p in spec.params]
         try:
             reply = await self._store.run_script(self._script, keys, args, substore=RATELIMIT)
-        except RuntimeError as exc:  # closed under us (shutdown)
+        except RuntimeError as exc:  # the connection was closed under us (shutdown)
+            self._ready = False  # the next check opens it again
             raise StoreError(
                 f"valkey ratelimit: {exc}", backend="valkey", substore=RATELIMIT
             ) from None
         try:
-            values = [int(v) for v in reply]
-            states: list[LimitState] = [
-                (values[i], values[i + 1], values[i + 2]) for i in range(1, len(values), 3)
-            ]
-        except (TypeError, ValueError, IndexError) as exc:
+            if isinstance(reply, int):  # one limit: the sign says admitted or refused
+                allowed, aheads = reply >= 0, [reply if reply >= 0 else -1 - reply]
+            else:
+                flag, *aheads = (int(v) for v in reply.split())
+                allowed = flag == 1
+            if len(aheads) != len(keys):
+                raise ValueError("length")
+        except (AttributeError, TypeError, ValueError):
             raise StoreError(
-                f"valkey ratelimit: unexpected reply ({type(exc).__name__})",
-                backend="valkey",
-                substore=RATELIMIT,
+                "valkey ratelimit: unexpected reply", backend="valkey", substore=RATELIMIT
             ) from None
-        if len(states) != len(keys):
-            raise StoreError(
-                "valkey ratelimit: unexpected reply length", backend="valkey", substore=RATELIMIT
-            )
-        return values[0] == 1, states
+        return allowed, gcra.states_from(allowed, aheads, params)

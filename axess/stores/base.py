@@ -11,8 +11,8 @@ not the backend's, decides what has expired.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from dataclasses import astuple, dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from axess.observability.health import HealthStatus
 
@@ -290,3 +290,105 @@ class LockoutStore(Protocol):
         """The live counter for ``key`` (for admin views and tests)."""
 
     async def purge_expired_lockouts(self, now: float) -> int: ...
+
+
+# -- identity and factors substores ----------------------------------------------
+IDENTITY: Final = "identity"
+FACTORS: Final = "factors"
+#: The tenant id of users created without a tenant (apps without tenants).
+DEFAULT_TENANT: Final = "default"
+ACTIVE: Final = "active"
+SUSPENDED: Final = "suspended"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant. ``pepper``: the fingerprint pepper (``None``: derived from the
+    keyring). ``ip_allow``/``ip_deny``: CIDR lists of the login IP policy
+    (a non-empty allow-list wins). ``lockout_overrides``: JSON-able lever
+    overrides, e.g. ``{"user": {"threshold": 3, "window": 600, "lock_for": 900}}``."""
+
+    id: str
+    slug: str
+    status: str = ACTIVE
+    pepper: bytes | None = None
+    ip_allow: tuple[str, ...] = ()
+    ip_deny: tuple[str, ...] = ()
+    lockout_overrides: dict[str, Any] = field(default_factory=dict, hash=False)
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user. ``identifier`` is the normalized login identifier, unique per tenant."""
+
+    id: str
+    tenant_id: str
+    identifier: str
+    status: str = ACTIVE
+    created_at: float = 0.0
+    last_login_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FactorRecord:
+    """A user's factors: the password PHC string, the *sealed* TOTP secret and
+    the last accepted TOTP step, and how many recovery codes are left."""
+
+    user_id: str
+    password_hash: str | None = None
+    totp_secret: bytes | None = None
+    totp_last_step: int | None = None
+    recovery_codes: int = 0
+
+
+@runtime_checkable
+class IdentityStore(Protocol):
+    """The identity (tenants, users) and factors substores.
+
+    Guarantees (checked by ``IdentityStoreContract``):
+
+    * ``create_tenant``/``create_user`` insert only if absent: ``False`` when
+      the id, the tenant slug, or the (tenant, identifier) pair is taken.
+    * Identifiers are stored as given: callers pass the normalized form
+      (:func:`axess.authn.lockout.normalize_identifier`).
+    * ``totp_accept_step`` is a compare-and-set: it records ``step`` only if
+      the user has a TOTP secret and ``step`` is above the last accepted one;
+      of concurrent calls with the same step exactly one returns ``True``.
+    * ``consume_recovery_code`` removes one matching hash atomically: of
+      concurrent calls with the same code exactly one returns ``True``.
+    * Setting a TOTP secret (or clearing it) forgets the last accepted step.
+    * Backend failures raise :class:`axess.errors.StoreError`.
+    """
+
+    async def create_tenant(self, tenant: TenantRecord) -> bool: ...
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord | None: ...
+
+    async def get_tenant_by_slug(self, slug: str) -> TenantRecord | None: ...
+
+    async def update_tenant(self, tenant: TenantRecord) -> bool: ...
+
+    async def create_user(self, user: UserRecord) -> bool: ...
+
+    async def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    async def find_user(self, tenant_id: str, identifier: str) -> UserRecord | None: ...
+
+    async def set_user_status(self, user_id: str, status: str) -> bool: ...
+
+    async def record_login(self, user_id: str, at: float) -> None: ...
+
+    async def get_factors(self, user_id: str) -> FactorRecord: ...
+
+    async def set_password_hash(self, user_id: str, phc: str | None) -> None: ...
+
+    async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None: ...
+
+    async def totp_accept_step(self, user_id: str, step: int) -> bool: ...
+
+    async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None: ...
+
+    async def consume_recovery_code(self, user: str, candidates: Collection[str]) -> bool: ...
+
+    async def count_recovery_codes(self, user: str) -> int: ...

@@ -15,6 +15,8 @@ from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.observability.health import HealthStatus
 from axess.stores.base import (
     AUDIT,
+    FACTORS,
+    IDENTITY,
     LOCKOUT,
     SESSIONS,
     LeverSpec,
@@ -24,15 +26,16 @@ from axess.stores.base import (
     apply_failure,
     purge_targets,
 )
+from axess.stores.memory_identity import MemoryIdentityMixin
 
 _UserKey = tuple[str | None, str]
 
 
-class MemoryStore:
+class MemoryStore(MemoryIdentityMixin):
     """Implements the session substore in a dict."""
 
     name: Final = "memory"
-    substores: Final = frozenset({SESSIONS, LOCKOUT, AUDIT})
+    substores: Final = frozenset({SESSIONS, LOCKOUT, AUDIT, IDENTITY, FACTORS})
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
@@ -42,6 +45,7 @@ class MemoryStore:
         self._origins: dict[str, float] = {}
         #: Audit rows: event id -> [event, archived_at_us, purge_at_us].
         self._audit: dict[str, _AuditRow] = {}
+        self._init_identity()
 
     async def open(self) -> None:
         return None
@@ -150,6 +154,8 @@ class MemoryStore:
             SESSIONS: self.purge_expired_sessions,
             LOCKOUT: self.purge_expired_lockouts,
             AUDIT: self.purge_archived_audit_events,
+            IDENTITY: self.purge_identity,
+            FACTORS: self.purge_identity,
         }
         return {t: await purge[t](now) for t in targets}
 

@@ -17,10 +17,14 @@ import pytest
 from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.stores.base import (
     AuditStore,
+    FactorRecord,
+    IdentityStore,
     LeverSpec,
     LockoutStore,
     SessionRecord,
     SessionStore,
+    TenantRecord,
+    UserRecord,
 )
 
 NOW = 1_767_225_600.0
@@ -551,3 +555,112 @@ class AuditStoreContract:
         await asyncio.gather(*(store.insert_audit_events(b) for b in batches))
         await asyncio.gather(*(store.insert_audit_events(b) for b in batches[::-1]))
         assert await _all_pages(store, "t1", "asc", limit=1000) == events
+
+
+# -- identity and factors -------------------------------------------------------
+class IdentityStoreContract:
+    """Behaviour every :class:`~axess.stores.base.IdentityStore` must have."""
+
+    @pytest.fixture
+    def store(self) -> Any:  # pragma: no cover - overridden by subclasses
+        raise NotImplementedError("provide a `store` fixture yielding an opened, empty store")
+
+    async def test_implements_protocol(self, store: IdentityStore) -> None:
+        assert isinstance(store, IdentityStore)
+
+    async def test_tenants(self, store: IdentityStore) -> None:
+        t = TenantRecord(
+            "t1",
+            "acme",
+            pepper=b"\x00\x01pepper",
+            ip_allow=("10.0.0.0/8",),
+            ip_deny=("10.9.0.0/16", "2001:db8::/32"),
+            lockout_overrides={"user": {"threshold": 3, "window": 60.0, "lock_for": 90.0}},
+            created_at=NOW,
+        )
+        assert await store.create_tenant(t)
+        assert not await store.create_tenant(t)  # id taken
+        assert not await store.create_tenant(TenantRecord("t2", "acme"))  # slug taken
+        assert await store.get_tenant("t1") == t
+        assert await store.get_tenant_by_slug("acme") == t
+        assert await store.get_tenant("nope") is None
+        assert await store.create_tenant(TenantRecord("t2", "beta", created_at=NOW))
+        changed = TenantRecord("t1", "acme2", status="suspended", created_at=NOW)
+        assert await store.update_tenant(changed)
+        assert await store.get_tenant("t1") == changed
+        assert not await store.update_tenant(TenantRecord("t1", "beta", created_at=NOW))
+        assert not await store.update_tenant(TenantRecord("t9", "zeta"))
+
+    async def test_users_are_unique_per_tenant(self, store: IdentityStore) -> None:
+        u = UserRecord("u1", "t1", "alice@example.com", created_at=NOW)
+        assert await store.create_user(u)
+        assert not await store.create_user(u)
+        assert not await store.create_user(UserRecord("u2", "t1", "alice@example.com"))
+        assert await store.create_user(UserRecord("u2", "t2", "alice@example.com"))
+        assert await store.create_user(UserRecord("u3", "t1", "ålice@example.com"))
+        assert await store.get_user("u1") == u
+        assert await store.find_user("t1", "alice@example.com") == u
+        found = await store.find_user("t1", "ålice@example.com")
+        assert found is not None and found.id == "u3"
+        assert await store.find_user("t1", "bob@example.com") is None
+        assert await store.find_user("t3", "alice@example.com") is None
+
+    async def test_status_and_last_login(self, store: IdentityStore) -> None:
+        await store.create_user(UserRecord("u1", "t1", "a", created_at=NOW))
+        assert await store.set_user_status("u1", "suspended")
+        assert not await store.set_user_status("ghost", "suspended")
+        await store.record_login("u1", NOW + 5)
+        u = await store.get_user("u1")
+        assert u is not None and u.status == "suspended" and u.last_login_at == NOW + 5
+
+    async def test_factors(self, store: IdentityStore) -> None:
+        assert await store.get_factors("u1") == FactorRecord("u1")
+        await store.set_password_hash("u1", "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA")
+        await store.set_totp_secret("u1", b"\x01sealed")
+        f = await store.get_factors("u1")
+        assert f.password_hash == "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA"  # noqa: S105
+        assert f.totp_secret == b"\x01sealed" and f.totp_last_step is None
+        await store.set_password_hash("u1", None)
+        assert (await store.get_factors("u1")).password_hash is None
+
+    async def test_totp_step_compare_and_set(self, store: IdentityStore) -> None:
+        assert not await store.totp_accept_step("u1", 5)  # no secret
+        await store.set_totp_secret("u1", b"\x01sealed")
+        assert await store.totp_accept_step("u1", 100)
+        assert not await store.totp_accept_step("u1", 100)  # replay
+        assert not await store.totp_accept_step("u1", 99)  # older
+        assert await store.totp_accept_step("u1", 101)
+        assert (await store.get_factors("u1")).totp_last_step == 101
+        await store.set_totp_secret("u1", b"\x01other")  # re-enrolment forgets the step
+        assert (await store.get_factors("u1")).totp_last_step is None
+        assert await store.totp_accept_step("u1", 50)
+        await store.set_totp_secret("u1", None)
+        assert not await store.totp_accept_step("u1", 60)
+
+    async def test_concurrent_totp_same_step_accepted_once(self, store: IdentityStore) -> None:
+        await store.set_totp_secret("u1", b"\x01sealed")
+        results = await asyncio.gather(*(store.totp_accept_step("u1", 1000) for _ in range(8)))
+        assert sorted(results) == [False] * 7 + [True]
+
+    async def test_recovery_codes(self, store: IdentityStore) -> None:
+        a, b, c = (hashlib.sha256(x).hexdigest() for x in (b"a", b"b", b"c"))
+        await store.replace_recovery_codes("u1", [a, b])
+        assert await store.count_recovery_codes("u1") == 2
+        assert (await store.get_factors("u1")).recovery_codes == 2
+        assert not await store.consume_recovery_code("u1", [c])
+        assert not await store.consume_recovery_code("u2", [a])
+        assert not await store.consume_recovery_code("u1", [])
+        assert await store.consume_recovery_code("u1", [c, a])
+        assert not await store.consume_recovery_code("u1", [a])  # single use
+        await store.replace_recovery_codes("u1", [c])
+        assert not await store.consume_recovery_code("u1", [b])  # replaced
+        assert await store.count_recovery_codes("u1") == 1
+
+    async def test_concurrent_recovery_code_consumed_once(self, store: IdentityStore) -> None:
+        code = hashlib.sha256(b"code").hexdigest()
+        await store.replace_recovery_codes("u1", [code])
+        results = await asyncio.gather(
+            *(store.consume_recovery_code("u1", [code]) for _ in range(8))
+        )
+        assert sorted(results) == [False] * 7 + [True]
+        assert await store.count_recovery_codes("u1") == 0

@@ -7,47 +7,43 @@
 -- The clock is the server's TIME, so instances with skewed clocks agree.
 -- The request is admitted only if it conforms to every limit; only then are
 -- the TATs written, each with a TTL that ends when its bucket is full again
--- (at most the limit's period, or its capacity when burst > count).
--- Returns {allowed, then per limit: remaining, reset_us, retry_us}.
+-- (at most the limit's period, or its refill time when burst > count).
+-- Reply, from which gcra.states_from() derives the rest: ahead_i is how far
+-- limit i's TAT is ahead of now after the check (the new TAT if admitted,
+-- the stored one if refused). One limit: an integer, ahead_1 (>= 1) if
+-- admitted, -1 - ahead_1 if refused. Several: the string
+-- "<allowed 0|1> <ahead_1> ... <ahead_n>".
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = #KEYS
-local base = {}
+local ahead = {}
 local allowed = 1
 for i = 1, n do
   local j = 3 * i - 1
   local emission, capacity, cost = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-  local b = tat
-  if b < now then
-    b = now
+  local held = (tonumber(redis.call('GET', KEYS[i]) or '0') or 0) - now
+  if held < 0 then
+    held = 0
   end
-  base[i] = b
-  if b + cost * emission - now > capacity then
+  ahead[i] = held
+  if held + cost * emission > capacity then
     allowed = 0
   end
 end
-local out = { allowed }
-for i = 1, n do
-  local j = 3 * i - 1
-  local emission, capacity, cost = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
-  local ahead = base[i] - now
-  local retry = 0
-  if allowed == 1 then
-    ahead = ahead + cost * emission
-    redis.call('SET', KEYS[i], string.format('%.0f', now + ahead), 'PX', math.ceil(ahead / 1000))
-  else
-    retry = ahead + cost * emission - capacity
-    if retry < 0 then
-      retry = 0
-    end
-  end
-  local left = math.floor((capacity - ahead) / emission)
-  if left < 0 then
-    left = 0
-  end
-  out[#out + 1] = left
-  out[#out + 1] = ahead
-  out[#out + 1] = retry
+if n == 1 and allowed == 0 then
+  return -1 - ahead[1]
 end
-return out
+local out = { tostring(allowed) }
+for i = 1, n do
+  if allowed == 1 then
+    local j = 3 * i - 1
+    ahead[i] = ahead[i] + tonumber(ARGV[j]) * tonumber(ARGV[j + 2])
+    local tat = string.format('%.0f', now + ahead[i])
+    redis.call('SET', KEYS[i], tat, 'PX', math.ceil(ahead[i] / 1000))
+  end
+  if n == 1 then
+    return ahead[1]
+  end
+  out[i + 1] = string.format('%.0f', ahead[i])
+end
+return table.concat(out, ' ')

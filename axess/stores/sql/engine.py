@@ -33,7 +33,16 @@ from urllib.parse import unquote
 from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.errors import ConfigurationError, SchemaVersionError, StoreError
 from axess.observability.health import HealthStatus
-from axess.stores.base import AUDIT, LOCKOUT, SESSIONS, SessionRecord, purge_targets
+from axess.stores.base import (
+    AUDIT,
+    FACTORS,
+    IDENTITY,
+    LOCKOUT,
+    SESSIONS,
+    SessionRecord,
+    purge_targets,
+)
+from axess.stores.sql.identity import SQLIdentityMixin
 from axess.stores.sql.lockout import SQLLockoutMixin
 
 logger = logging.getLogger("axess.stores.sql")
@@ -482,7 +491,7 @@ async def _quietly(conn: Connection, sql: str) -> None:
         logger.debug("cleanup statement %r failed: %s", sql, type(exc).__name__)
 
 
-class SQLStore(SQLLockoutMixin):
+class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
     """Session substore on a SQL database; use :class:`SQLiteStore`,
     :class:`PostgresStore` or :class:`MySQLStore`.
 
@@ -493,7 +502,7 @@ class SQLStore(SQLLockoutMixin):
     naming the backend. After an outage the store recovers by itself.
     """
 
-    substores: frozenset[str] = frozenset({SESSIONS, AUDIT, LOCKOUT})
+    substores: frozenset[str] = frozenset({SESSIONS, AUDIT, LOCKOUT, IDENTITY, FACTORS})
 
     def __init__(self, dialect: Dialect, driver: Driver, *, auto_migrate: bool) -> None:
         self.name: str = dialect.name
@@ -742,6 +751,8 @@ class SQLStore(SQLLockoutMixin):
             SESSIONS: self.purge_expired_sessions,
             AUDIT: self.purge_archived_audit_events,
             LOCKOUT: self.purge_expired_lockouts,
+            IDENTITY: self.purge_identity,
+            FACTORS: self.purge_identity,
         }
         names = purge_targets([only] if isinstance(only, str) else only, targets)
         return {name: await targets[name](now) for name in names}

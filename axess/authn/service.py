@@ -1,0 +1,435 @@
+"""``AuthnService``: the login flow (DESIGN §8, §8.1).
+
+::
+
+    outcome = await authn.login_password(request, "alice@example.com", "pw")
+    # or, in steps:
+    await authn.begin_login(request, identifier, tenant)   # -> FactorRequired("password")
+    await authn.verify_factor(request, Password("pw"))     # -> FactorRequired("totp") | …
+    await authn.verify_factor(request, TOTPCode("123456")) # -> Authenticated
+
+Order of one attempt (every step that can refuse does so before the next):
+
+1. an empty identifier is ``InvalidCredentials`` before any lever is touched;
+2. lockout pre-check, one store round trip, before any hash (a locked
+   attempt costs no Argon2 run);
+3. tenant checks (exists, active, IP policy: a non-empty allow-list wins,
+   else the deny-list) — a rejection looks like ``InvalidCredentials``;
+4. the credential: unknown or suspended users run a dummy hash and get the
+   same ``InvalidCredentials`` as a wrong password; a failure counts on all
+   three levers (one round trip), a success resets the user lever.
+
+Second factors (TOTP, recovery codes) go through the same pre-check and
+failure counting, so the lockout also bounds guessing of 6-digit codes.
+Between the steps the pending login (tenant and normalized identifier)
+lives in the session's custom data under :data:`PENDING_KEY`; the auth state
+moves ``Guest → Authenticating → Authenticated`` (entering Authenticated
+rotates the session id; the middleware binds the fingerprint at commit).
+
+Store outages raise :class:`~axess.errors.StoreError` (answer 503; the lockout's
+``on_store_error="open"`` lets attempts proceed when only counters are down).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+from starlette.requests import HTTPConnection
+
+from axess.authn import totp as totp_mod
+from axess.authn.lockout import Locked, Lockout, LockoutKeys, lockout_keys, normalize_identifier
+from axess.authn.outcomes import Authenticated, FactorRequired, InvalidCredentials, LoginOutcome
+from axess.authn.password import Password, PasswordHasher
+from axess.authn.recovery import RecoveryCode, RecoveryCodeHasher
+from axess.authn.totp import TOTPCode, TOTPSecretSealer
+from axess.clock import Clock, Random, SystemClock
+from axess.errors import EnvelopeError
+from axess.keys import Keyring
+from axess.net import client_ip
+from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.session import data as d
+from axess.session.handle import Session, get_session
+from axess.stores.base import (
+    ACTIVE,
+    DEFAULT_TENANT,
+    IdentityStore,
+    LockoutStore,
+    TenantRecord,
+    UserRecord,
+)
+
+logger = logging.getLogger("axess.authn")
+
+#: Session custom-data key holding the login in progress.
+PENDING_KEY: Final = "_axess.login"
+
+Credential: TypeAlias = Password | TOTPCode | RecoveryCode
+
+
+@dataclass(frozen=True, slots=True)
+class AuthnEvent:
+    """One authentication event for ``on_event``. ``type`` and ``status`` are
+    the DESIGN §10 wire strings; the fields match
+    :meth:`axess.audit.events.AuthEvent.create` keyword arguments. Never
+    holds a secret (no password, code or session id)."""
+
+    type: str
+    status: str
+    tenant: str | None = None
+    user: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    factor: str | None = None
+    lever: str | None = None
+    reason: str | None = None
+    actor: str | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Everything but ``type``, for ``AuthEvent.create(event.type, **kwargs, …)``."""
+        return {
+            "status": self.status,
+            "tenant": self.tenant,
+            "user": self.user,
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+            "factor": self.factor,
+            "lever": self.lever,
+            "reason": self.reason,
+            "actor": self.actor,
+        }
+
+
+AuthnEventHook = Callable[[AuthnEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One request's login context after the checks that need no credential."""
+
+    request: HTTPConnection
+    session: Session
+    tenant: str
+    identifier: str
+    keys: LockoutKeys
+    ip: str | None
+
+
+def _session_tenant(tenant: str) -> str | None:
+    return None if tenant == DEFAULT_TENANT else tenant
+
+
+def ip_allowed(tenant: TenantRecord | None, ip: str | None) -> bool:
+    """The tenant IP policy: a non-empty allow-list wins, else the deny-list.
+
+    An unparsable client address passes only when there is no allow-list and
+    no deny-list.
+    """
+    if tenant is None or (not tenant.ip_allow and not tenant.ip_deny):
+        return True
+    try:
+        addr = ipaddress.ip_address((ip or "").strip())
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+
+    def within(cidrs: Sequence[str]) -> bool:
+        for cidr in cidrs:
+            try:
+                if addr in ipaddress.ip_network(cidr, strict=False):
+                    return True
+            except ValueError:
+                logger.warning("ignoring malformed CIDR %r in tenant %s ip_policy", cidr, tenant.id)
+        return False
+
+    if tenant.ip_allow:
+        return within(tenant.ip_allow)
+    return not within(tenant.ip_deny)
+
+
+class AuthnService:
+    """Password + TOTP + recovery-code login over an
+    :class:`~axess.stores.base.IdentityStore` and the three-lever lockout.
+
+    ``store`` must implement the identity/factors substores (and the lockout
+    substore, unless ``lockout`` is given). ``keys`` seal TOTP secrets and
+    pepper recovery codes. ``on_event`` receives an :class:`AuthnEvent` for
+    every audited step (the audit pipeline connects here); it must not block.
+    """
+
+    def __init__(
+        self,
+        store: IdentityStore,
+        keys: Keyring,
+        *,
+        lockout: Lockout | None = None,
+        hasher: PasswordHasher | None = None,
+        clock: Clock | None = None,
+        random: Random | None = None,
+        metrics: AuthnMetrics | None = None,
+        on_event: AuthnEventHook | None = None,
+        gate: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        #: Called before a login starts; raises (e.g. ``AuditUnavailable``)
+        #: when no login may happen right now (no audit trail: DESIGN §10).
+        self.gate = gate
+        self.clock: Clock = clock or SystemClock()
+        self.metrics: AuthnMetrics = metrics or NoopMetrics()
+        if lockout is None:
+            if not isinstance(store, LockoutStore):
+                raise TypeError("store has no lockout substore: pass lockout=Lockout(...)")
+            lockout = Lockout(store, clock=self.clock, metrics=self.metrics)
+        self.lockout = lockout
+        self.hasher = hasher or PasswordHasher(random=random)
+        self.sealer = TOTPSecretSealer(keys, random=random)
+        self.recovery = RecoveryCodeHasher(keys, random=random)
+        self.on_event = on_event
+
+    # -- events -----------------------------------------------------------------
+    def _emit(self, attempt: _Attempt | None, type: str, status: str, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        if attempt is not None:
+            fields.setdefault("tenant", attempt.tenant)
+            fields.setdefault("ip", attempt.ip)
+            ua = attempt.request.headers.get("user-agent")
+            fields.setdefault("user_agent", ua[:256] if ua else None)
+        try:
+            self.on_event(AuthnEvent(type, status, **fields))
+        except Exception:  # an audit hook must never break a login
+            logger.exception("on_event hook failed for %s", type)
+
+    # -- public flow --------------------------------------------------------------
+    async def begin_login(
+        self, request: HTTPConnection, identifier: str, tenant: str | None = None
+    ) -> LoginOutcome:
+        """Start a login for ``identifier``: ``FactorRequired("password")``, or
+        ``Locked`` / ``InvalidCredentials``. Never reveals whether the user exists."""
+        attempt = await self._start(request, identifier, tenant)
+        if not isinstance(attempt, _Attempt):
+            return attempt
+        attempt.session[PENDING_KEY] = {"t": attempt.tenant, "i": attempt.identifier}
+        return FactorRequired("password")
+
+    async def verify_factor(self, request: HTTPConnection, credential: Credential) -> LoginOutcome:
+        """Check the next factor of the login in progress on this session."""
+        session = get_session(request)
+        pending = session.get(PENDING_KEY)
+        if not (isinstance(pending, dict) and {"t", "i"} <= pending.keys()):
+            return InvalidCredentials()
+        try:
+            keys = lockout_keys(pending["t"], pending["i"], client_ip(request))
+        except (TypeError, ValueError):
+            return InvalidCredentials()
+        attempt = _Attempt(
+            request, session, pending["t"], pending["i"], keys, client_ip(request) or None
+        )
+        if isinstance(credential, Password):
+            if isinstance(session.auth_state, d.Authenticating):
+                return InvalidCredentials()  # the password step is done
+            tenant = None if attempt.tenant == DEFAULT_TENANT else attempt.tenant
+            started = await self._start(
+                request, attempt.identifier, tenant, password=credential, announce=False
+            )
+            if not isinstance(started, _Attempt):
+                return started
+            return await self._password(started, credential, pre_checked=True)
+        state = session.auth_state
+        if not isinstance(state, d.Authenticating) or "totp" not in state.remaining:
+            return InvalidCredentials()
+        return await self._second_factor(attempt, state, credential)
+
+    async def login_password(
+        self,
+        request: HTTPConnection,
+        identifier: str,
+        password: str | Password,
+        tenant: str | None = None,
+    ) -> LoginOutcome:
+        """``begin_login`` + ``verify_factor(Password)`` in one call (one pre-check)."""
+        attempt = await self._start(request, identifier, tenant, password=password)
+        if not isinstance(attempt, _Attempt):
+            return attempt
+        attempt.session[PENDING_KEY] = {"t": attempt.tenant, "i": attempt.identifier}
+        return await self._password(attempt, password, pre_checked=True)
+
+    async def logout(self, request: HTTPConnection) -> None:
+        """End the session (row deleted, cookie cleared) and emit ``logout``."""
+        session = get_session(request)
+        state = session.auth_state
+        await session.invalidate()
+        if not isinstance(state, d.Guest):
+            self._emit(
+                None,
+                "logout",
+                "success",
+                user=state.user,
+                tenant=state.tenant,
+                ip=client_ip(request) or None,
+            )
+
+    # -- steps --------------------------------------------------------------------
+    async def _start(
+        self,
+        request: HTTPConnection,
+        identifier: str,
+        tenant: str | None,
+        *,
+        password: str | Password | None = None,
+        announce: bool = True,
+    ) -> _Attempt | InvalidCredentials | Locked:
+        if self.gate is not None:
+            self.gate()
+        session = get_session(request)
+        tenant_id = tenant or DEFAULT_TENANT
+        ip = client_ip(request) or None
+        try:
+            ident = normalize_identifier(identifier)
+            keys = lockout_keys(tenant_id, ident, ip)
+        except (TypeError, ValueError):
+            self.metrics.auth_failure()
+            return InvalidCredentials()  # before any lever, no hash
+        attempt = _Attempt(request, session, tenant_id, ident, keys, ip)
+        if announce:
+            self.metrics.auth_attempt()
+            self._emit(attempt, "login_attempt", "info")
+        locked = await self._pre_check(attempt, "password")
+        if locked is not None:
+            return locked
+        record = await self.store.get_tenant(tenant_id)
+        refused: str | None = None
+        if record is None and tenant is not None:
+            refused = "unknown_tenant"
+        elif record is not None and record.status != ACTIVE:
+            refused = "tenant_inactive"
+        elif not ip_allowed(record, ip):
+            refused = "ip_policy"
+            logger.warning("login rejected by tenant IP policy (tenant=%s ip=%s)", tenant_id, ip)
+        if refused is not None:
+            if password is not None:
+                await self.hasher.verify_dummy(password)  # same cost as a real attempt
+            self.metrics.auth_failure()
+            self._emit(attempt, "factor_failed", "failure", factor="password", reason=refused)
+            return InvalidCredentials()
+        return attempt
+
+    async def _pre_check(self, attempt: _Attempt, factor: str) -> Locked | None:
+        locked = await self.lockout.pre_check(attempt.keys)
+        if locked is not None:
+            self.metrics.auth_failure()
+            self._emit(
+                attempt,
+                "factor_failed",
+                "failure",
+                factor=factor,
+                reason="locked",
+                lever=locked.lever,
+            )
+        return locked
+
+    async def _failure(
+        self, attempt: _Attempt, factor: str, reason: str, user: str | None
+    ) -> InvalidCredentials:
+        self.metrics.factor_failure()
+        self.metrics.auth_failure()
+        self._emit(attempt, "factor_failed", "failure", factor=factor, reason=reason, user=user)
+        states = await self.lockout.record_failure(attempt.keys)
+        for lever, state in states.items():
+            if state.tripped:
+                self._emit(attempt, "lockout_triggered", "info", lever=lever, user=user)
+        return InvalidCredentials()
+
+    async def _password(
+        self, attempt: _Attempt, password: str | Password, *, pre_checked: bool = False
+    ) -> LoginOutcome:
+        if not pre_checked:
+            locked = await self._pre_check(attempt, "password")
+            if locked is not None:
+                return locked
+        self.metrics.factor_attempt()
+        user = await self.store.find_user(attempt.tenant, attempt.identifier)
+        factors = None if user is None else await self.store.get_factors(user.id)
+        phc = None if factors is None else factors.password_hash
+        if user is None or user.status != ACTIVE or phc is None:
+            await self.hasher.verify_dummy(password)
+            reason = "unknown_user" if user is None else "inactive_or_no_password"
+            return await self._failure(attempt, "password", reason, user.id if user else None)
+        if not await self.hasher.verify(phc, password):
+            return await self._failure(attempt, "password", "wrong_password", user.id)
+        await self.lockout.record_success(attempt.keys)
+        self.metrics.factor_success()
+        self._emit(attempt, "factor_verified", "success", factor="password", user=user.id)
+        if self.hasher.needs_rehash(phc):
+            await self.store.set_password_hash(user.id, await self.hasher.hash(password))
+        assert factors is not None
+        remaining = ("password", "totp") if factors.totp_secret is not None else ("password",)
+        start = d.require_factors(
+            d.Identifying(user.id, _session_tenant(user.tenant_id)), remaining
+        )
+        state = d.complete_factor(start, "password", self.clock.time())
+        return await self._advance(attempt, user, state)
+
+    async def _second_factor(
+        self, attempt: _Attempt, state: d.Authenticating, credential: Credential
+    ) -> LoginOutcome:
+        factor = "recovery_code" if isinstance(credential, RecoveryCode) else "totp"
+        locked = await self._pre_check(attempt, factor)
+        if locked is not None:
+            return locked
+        self.metrics.factor_attempt()
+        user = await self.store.get_user(state.user)
+        if user is None or user.status != ACTIVE:
+            return await self._failure(attempt, factor, "inactive", state.user)
+        ok = False
+        if isinstance(credential, RecoveryCode):
+            candidates = self.recovery.candidates(credential)
+            ok = bool(candidates) and await self.store.consume_recovery_code(user.id, candidates)
+            if ok:
+                self._emit(attempt, "recovery_code_used", "success", user=user.id)
+        elif isinstance(credential, TOTPCode):
+            ok = await self._check_totp(user.id, credential)
+        if not ok:
+            return await self._failure(attempt, factor, "wrong_code", user.id)
+        self.metrics.factor_success()
+        self._emit(attempt, "factor_verified", "success", factor=factor, user=user.id)
+        remaining = tuple(f for f in state.remaining if f != "totp")
+        completed = (*state.completed, factor)
+        new: d.Authenticating | d.Authenticated
+        if remaining:
+            new = d.Authenticating(state.user, state.tenant, remaining, completed, state.method)
+        else:
+            new = d.Authenticated(state.user, state.tenant, self.clock.time(), completed)
+        return await self._advance(attempt, user, new)
+
+    async def _check_totp(self, user_id: str, code: TOTPCode) -> bool:
+        factors = await self.store.get_factors(user_id)
+        if factors.totp_secret is None:
+            return False
+        try:
+            secret = self.sealer.open(factors.totp_secret, user_id)
+        except EnvelopeError:
+            logger.error("TOTP secret of user %s does not open (key missing?)", user_id)
+            return False
+        step = totp_mod.verify(secret, code, self.clock.time(), factors.totp_last_step)
+        # The compare-and-set is what makes a code single-use under concurrency.
+        return step is not None and await self.store.totp_accept_step(user_id, step)
+
+    async def _advance(
+        self, attempt: _Attempt, user: UserRecord, state: d.Authenticating | d.Authenticated
+    ) -> LoginOutcome:
+        session = attempt.session
+        session.set_auth_state(state)
+        if isinstance(state, d.Authenticating):
+            return FactorRequired(state.remaining[0])
+        session.pop(PENDING_KEY, None)
+        await self.store.record_login(user.id, state.authn_time)
+        self.metrics.auth_success()
+        self._emit(
+            attempt, "authenticated", "success", user=user.id, reason=",".join(state.factors)
+        )
+        return Authenticated(user.id, state.tenant, state.factors)

@@ -1,0 +1,304 @@
+"""The identity and factors substores on SQL (mixed into
+:class:`~axess.stores.sql.engine.SQLStore`), migration ``0004_identity``.
+
+One implementation for every dialect: inserts use the dialect's
+insert-if-absent suffix (MySQL: a duplicate-key error, reported by the
+driver's ``is_duplicate``). The two races that matter are single
+statements, atomic on every database:
+
+* TOTP replay guard: ``UPDATE … SET totp_last_step = ? WHERE user_id = ?
+  AND totp_secret IS NOT NULL AND (totp_last_step IS NULL OR
+  totp_last_step < ?)`` — of concurrent submissions of one step exactly one
+  matches a row;
+* recovery code: ``DELETE … WHERE user_id = ? AND code_hash IN (…)`` — of
+  concurrent uses of one code exactly one deletes the row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from axess.stores.base import FACTORS, IDENTITY, FactorRecord, TenantRecord, UserRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from axess.stores.sql.engine import Connection, Dialect, Driver
+
+T = TypeVar("T")
+
+_TENANT_COLS: Final = (
+    "tenant_id, slug, status, pepper, ip_allow, ip_deny, lockout_overrides, created_at"
+)
+_USER_COLS: Final = "user_id, tenant_id, identifier, status, created_at, last_login_at"
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _convert(sql: str, style: str) -> str:
+    if style == "format":
+        return sql.replace("?", "%s")
+    if style == "numeric":
+        n = itertools.count(1)
+        return re.sub(r"\?", lambda _: f"${next(n)}", sql)
+    return sql
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _tenant(row: Sequence[Any]) -> TenantRecord:
+    return TenantRecord(
+        id=str(row[0]),
+        slug=str(row[1]),
+        status=str(row[2]),
+        pepper=None if row[3] is None else bytes(row[3]),
+        ip_allow=tuple(json.loads(row[4])),
+        ip_deny=tuple(json.loads(row[5])),
+        lockout_overrides=dict(json.loads(row[6])),
+        created_at=int(row[7]) / 1000,
+    )
+
+
+def _tenant_params(t: TenantRecord) -> tuple[object, ...]:
+    return (
+        t.id,
+        t.slug,
+        t.status,
+        None if t.pepper is None else bytes(t.pepper),
+        _dump(list(t.ip_allow)),
+        _dump(list(t.ip_deny)),
+        _dump(t.lockout_overrides),
+        _ms(t.created_at),
+    )
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(
+        id=str(row[0]),
+        tenant_id=str(row[1]),
+        identifier=str(row[2]),
+        status=str(row[3]),
+        created_at=int(row[4]) / 1000,
+        last_login_at=None if row[5] is None else int(row[5]) / 1000,
+    )
+
+
+class SQLIdentityMixin:
+    """Identity and factor methods of :class:`SQLStore` (see the module docstring)."""
+
+    if TYPE_CHECKING:
+        name: str
+        _dialect: Dialect
+        _driver: Driver
+
+        async def _op(
+            self,
+            what: str,
+            body: Callable[[Connection], Awaitable[T]],
+            *,
+            log: bool = True,
+            substore: str = ...,
+        ) -> T: ...
+
+        async def _transaction(
+            self, conn: Connection, begin: str, body: Callable[[], Awaitable[T]]
+        ) -> T: ...
+
+    def _iq(self, sql: str) -> str:
+        return _convert(sql, self._dialect.paramstyle)
+
+    async def _insert_absent(self, what: str, sql: str, args: Sequence[object]) -> bool:
+        stmt = self._iq(sql + self._dialect.insert_suffix)
+
+        async def body(conn: Connection) -> bool:
+            try:
+                return (await conn.run(stmt, args)).rowcount == 1
+            except self._driver.errors() as exc:
+                if self._driver.is_duplicate(exc):
+                    return False
+                raise
+
+        return await self._op(what, body, substore=IDENTITY)
+
+    async def _fetch(
+        self, what: str, sql: str, args: Sequence[object], substore: str = IDENTITY
+    ) -> Sequence[Sequence[Any]]:
+        stmt = self._iq(sql)
+
+        async def body(conn: Connection) -> Sequence[Sequence[Any]]:
+            return (await conn.run(stmt, args, fetch=True)).rows
+
+        return await self._op(what, body, substore=substore)
+
+    async def _execute(
+        self, what: str, sql: str, args: Sequence[object], substore: str = IDENTITY
+    ) -> int:
+        stmt = self._iq(sql)
+
+        async def body(conn: Connection) -> int:
+            return (await conn.run(stmt, args)).rowcount
+
+        return await self._op(what, body, substore=substore)
+
+    # -- tenants --------------------------------------------------------------
+    async def create_tenant(self, tenant: TenantRecord) -> bool:
+        sql = f"INSERT INTO axess_tenants ({_TENANT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+        return await self._insert_absent("create_tenant", sql, _tenant_params(tenant))
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord | None:
+        sql = f"SELECT {_TENANT_COLS} FROM axess_tenants WHERE tenant_id = ?"  # noqa: S608
+        rows = await self._fetch("get_tenant", sql, (tenant_id,))
+        return _tenant(rows[0]) if rows else None
+
+    async def get_tenant_by_slug(self, slug: str) -> TenantRecord | None:
+        sql = f"SELECT {_TENANT_COLS} FROM axess_tenants WHERE slug = ?"  # noqa: S608
+        rows = await self._fetch("get_tenant_by_slug", sql, (slug,))
+        return _tenant(rows[0]) if rows else None
+
+    async def update_tenant(self, tenant: TenantRecord) -> bool:
+        """Rewrite the tenant's row; ``False`` if it does not exist or the slug
+        belongs to another tenant."""
+        taken = self._iq("SELECT 1 FROM axess_tenants WHERE slug = ? AND tenant_id <> ?")
+        update = self._iq(
+            "UPDATE axess_tenants SET slug = ?, status = ?, pepper = ?, ip_allow = ?, "
+            "ip_deny = ?, lockout_overrides = ? WHERE tenant_id = ?"
+        )
+        p = _tenant_params(tenant)
+
+        async def body(conn: Connection) -> bool:
+            if (await conn.run(taken, (tenant.slug, tenant.id), fetch=True)).rows:
+                return False
+            return (await conn.run(update, (*p[1:7], tenant.id))).rowcount == 1
+
+        return await self._op("update_tenant", body, substore=IDENTITY)
+
+    # -- users ----------------------------------------------------------------
+    async def create_user(self, user: UserRecord) -> bool:
+        sql = f"INSERT INTO axess_users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
+        args = (
+            user.id,
+            user.tenant_id,
+            user.identifier,
+            user.status,
+            _ms(user.created_at),
+            None if user.last_login_at is None else _ms(user.last_login_at),
+        )
+        return await self._insert_absent("create_user", sql, args)
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        sql = f"SELECT {_USER_COLS} FROM axess_users WHERE user_id = ?"  # noqa: S608
+        rows = await self._fetch("get_user", sql, (user_id,))
+        return _user(rows[0]) if rows else None
+
+    async def find_user(self, tenant_id: str, identifier: str) -> UserRecord | None:
+        sql = f"SELECT {_USER_COLS} FROM axess_users WHERE tenant_id = ? AND identifier = ?"  # noqa: S608
+        rows = await self._fetch("find_user", sql, (tenant_id, identifier))
+        return _user(rows[0]) if rows else None
+
+    async def set_user_status(self, user_id: str, status: str) -> bool:
+        sql = "UPDATE axess_users SET status = ? WHERE user_id = ?"
+        return await self._execute("set_user_status", sql, (status, user_id)) == 1
+
+    async def record_login(self, user_id: str, at: float) -> None:
+        sql = "UPDATE axess_users SET last_login_at = ? WHERE user_id = ?"
+        await self._execute("record_login", sql, (_ms(at), user_id))
+
+    # -- factors --------------------------------------------------------------
+    async def get_factors(self, user_id: str) -> FactorRecord:
+        """The factor row and the recovery-code count: one ``SELECT``."""
+        sql = (
+            "SELECT f.password_hash, f.totp_secret, f.totp_last_step, "
+            "(SELECT COUNT(*) FROM axess_recovery_codes c WHERE c.user_id = ?) "
+            "FROM axess_factors f WHERE f.user_id = ?"
+        )
+        rows = await self._fetch("get_factors", sql, (user_id, user_id), FACTORS)
+        if not rows:
+            return FactorRecord(user_id, recovery_codes=await self.count_recovery_codes(user_id))
+        r = rows[0]
+        return FactorRecord(
+            user_id,
+            password_hash=None if r[0] is None else str(r[0]),
+            totp_secret=None if r[1] is None else bytes(r[1]),
+            totp_last_step=None if r[2] is None else int(r[2]),
+            recovery_codes=int(r[3]),
+        )
+
+    async def _upsert_factor(self, what: str, column_sql: str, args: Sequence[object]) -> None:
+        """Make sure the user's factor row exists, then update it (one transaction)."""
+        ensure = self._iq(
+            "INSERT INTO axess_factors (user_id) VALUES (?)"  # noqa: S608
+            + (" ON DUPLICATE KEY UPDATE user_id = user_id" if self.name == "mysql" else "")
+            + ("" if self.name == "mysql" else " ON CONFLICT DO NOTHING")
+        )
+        update = self._iq(f"UPDATE axess_factors SET {column_sql} WHERE user_id = ?")  # noqa: S608
+        user_id = args[-1]
+
+        async def steps(conn: Connection) -> None:
+            await conn.run(ensure, (user_id,))
+            await conn.run(update, args)
+
+        async def body(conn: Connection) -> None:
+            await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
+
+        await self._op(what, body, substore=FACTORS)
+
+    async def set_password_hash(self, user_id: str, phc: str | None) -> None:
+        await self._upsert_factor("set_password_hash", "password_hash = ?", (phc, user_id))
+
+    async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None:
+        value = None if sealed is None else bytes(sealed)
+        await self._upsert_factor(
+            "set_totp_secret", "totp_secret = ?, totp_last_step = NULL", (value, user_id)
+        )
+
+    async def totp_accept_step(self, user_id: str, step: int) -> bool:
+        """Compare-and-set of the last accepted step: one ``UPDATE``."""
+        sql = (
+            "UPDATE axess_factors SET totp_last_step = ? WHERE user_id = ? "
+            "AND totp_secret IS NOT NULL AND (totp_last_step IS NULL OR totp_last_step < ?)"
+        )
+        return await self._execute("totp_accept_step", sql, (step, user_id, step), FACTORS) == 1
+
+    async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
+        unique = sorted(set(hashes))
+        delete = self._iq("DELETE FROM axess_recovery_codes WHERE user_id = ?")
+        insert = self._iq(
+            "INSERT INTO axess_recovery_codes (user_id, code_hash) VALUES "  # noqa: S608
+            + ", ".join(["(?, ?)"] * len(unique))
+        )
+
+        async def steps(conn: Connection) -> None:
+            await conn.run(delete, (user,))
+            if unique:
+                await conn.run(insert, [v for h in unique for v in (user, h)])
+
+        async def body(conn: Connection) -> None:
+            await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
+
+        await self._op("replace_recovery_codes", body, substore=FACTORS)
+
+    async def consume_recovery_code(self, user: str, candidates: Collection[str]) -> bool:
+        """Delete one matching hash: one ``DELETE``; True if a row went."""
+        wanted = sorted(set(candidates))
+        if not wanted:
+            return False
+        marks = ", ".join("?" * len(wanted))
+        sql = f"DELETE FROM axess_recovery_codes WHERE user_id = ? AND code_hash IN ({marks})"  # noqa: S608
+        return await self._execute("consume_recovery_code", sql, (user, *wanted), FACTORS) >= 1
+
+    async def count_recovery_codes(self, user: str) -> int:
+        sql = "SELECT COUNT(*) FROM axess_recovery_codes WHERE user_id = ?"
+        rows = await self._fetch("count_recovery_codes", sql, (user,), FACTORS)
+        return int(rows[0][0]) if rows else 0
+
+    async def purge_identity(self, now: float) -> int:
+        """Nothing in identity/factors expires (a purge target that deletes nothing)."""
+        return 0

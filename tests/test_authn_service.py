@@ -1,0 +1,355 @@
+"""AuthnService: the login flow, lockout order, TOTP / recovery codes, events."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from authn_app import Env, fast_hasher, make_env
+
+from axess.audit.events import EventType
+from axess.authn import Password, PasswordHasher
+from axess.authn.lockout import Lever, Lockout, LockoutPolicy, lockout_keys
+from axess.authn.outcomes import Authenticated, InvalidCredentials, Locked
+from axess.authn.recovery import RecoveryCodeHasher
+from axess.authn.service import AuthnService, ip_allowed
+from axess.authn.totp import generate_secret, totp
+from axess.session.cookie import storage_key
+from axess.stores import MemoryStore
+from axess.stores.base import DEFAULT_TENANT, TenantRecord
+
+COOKIE = "axess.sid"
+
+
+async def login(c: httpx.AsyncClient, ident: str, pw: str, **kw: str) -> httpx.Response:
+    return await c.post("/login", json={"identifier": ident, "password": pw, **kw})
+
+
+async def enrol_totp(env: Env, uid: str) -> bytes:
+    secret = generate_secret()
+    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    return secret
+
+
+async def test_password_login_authenticates_and_counts() -> None:
+    env = make_env()
+    uid = await env.add_user("Alice@Example.com")
+    calls = env.authn.hasher.hash_calls
+    async with env.client() as c:
+        r = await login(c, "alice@example.com", "correct horse")
+        assert r.status_code == 200
+        assert r.json() == {
+            "authenticated": True,
+            "user_id": uid,
+            "tenant_id": None,
+            "factors": ["password"],
+        }
+        me = (await c.get("/me")).json()
+    assert me["kind"] == "authenticated" and me["user"] == uid
+    assert env.authn.hasher.hash_calls == calls + 1
+    assert env.metrics.counts == {
+        "auth_attempt": 1,
+        "factor_attempt": 1,
+        "factor_success": 1,
+        "auth_success": 1,
+    }
+    assert env.event_types == ["login_attempt", "factor_verified", "authenticated"]
+    assert set(env.event_types) <= {str(t) for t in EventType}
+    user = await env.store.get_user(uid)
+    assert user is not None and user.last_login_at == env.clock.time()
+
+
+async def test_wrong_password_and_unknown_user_fail_the_same_way() -> None:
+    env = make_env()
+    await env.add_user("alice")
+    async with env.client() as c:
+        before = env.authn.hasher.hash_calls
+        wrong = await login(c, "alice", "nope")
+        unknown = await login(c, "mallory", "nope")
+    assert env.authn.hasher.hash_calls == before + 2  # the unknown user ran a dummy hash
+    assert wrong.status_code == unknown.status_code == 401
+    assert (
+        wrong.json()
+        == unknown.json()
+        == {
+            "error": "invalid_credentials",
+            "detail": "invalid identifier or credentials",
+        }
+    )
+    assert env.metrics.counts["auth_failure"] == 2
+    assert env.metrics.counts["factor_failure"] == 2
+
+
+def _shape(r: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+    headers = sorted(
+        (k, "<cookie>" if k == "set-cookie" else v)
+        for k, v in r.headers.items()
+        if k not in {"date"}
+    )
+    return r.status_code, r.content, headers
+
+
+async def test_known_and_unknown_identical_through_lock_and_unlock() -> None:
+    policy = LockoutPolicy(user=Lever(3, 60, 100))
+    store = MemoryStore()
+    env = make_env(store, lockout=None)
+    env.authn.lockout = Lockout(store, policy, clock=env.clock, metrics=env.metrics)
+    await env.add_user("alice")
+    shapes: dict[str, list[object]] = {"alice": [], "ghost": []}
+    for ident in shapes:
+        async with env.client() as c:
+            for _ in range(4):  # 3 failures lock, the 4th is refused
+                shapes[ident].append(_shape(await login(c, ident, "wrong")))
+    assert shapes["alice"] == shapes["ghost"]
+    assert [s[0] for s in shapes["alice"]] == [401, 401, 401, 429]  # type: ignore[index]
+    locked = shapes["alice"][-1]
+    assert ("retry-after", "100") in locked[2]  # type: ignore[index]
+    assert env.metrics.counts["account_locked:user"] == 2
+    assert env.event_types.count("lockout_triggered") == 2
+    # unlock: both identifiers are back to the plain 401
+    for ident in shapes:
+        await env.authn.lockout.unlock(lockout_keys(DEFAULT_TENANT, ident, "127.0.0.1"))
+    after = {}
+    for ident in shapes:
+        async with env.client() as c:
+            after[ident] = _shape(await login(c, ident, "wrong"))
+    assert after["alice"] == after["ghost"] and after["alice"][0] == 401
+    async with env.client() as c:
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+
+
+async def test_locked_attempt_costs_no_hash_even_with_the_right_password() -> None:
+    policy = LockoutPolicy(user=Lever(2, 60, 100))
+    store = MemoryStore()
+    env = make_env(store)
+    env.authn.lockout = Lockout(store, policy, clock=env.clock, metrics=env.metrics)
+    await env.add_user("alice")
+    ctx = env.authn.hasher
+    async with env.client() as c:
+        await login(c, "alice", "x")
+        await login(c, "alice", "x")
+        before = ctx.hash_calls
+        r = await login(c, "alice", "correct horse")
+        assert r.status_code == 429 and ctx.hash_calls == before
+        r = await login(c, "ghost", "x")  # the ip lever still counts, user lever unlocked
+        env.clock.advance(101)
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+
+
+@pytest.mark.parametrize("ident", ["", "   ", "\u3000"])
+async def test_empty_identifier_rejected_before_any_lever(ident: str) -> None:
+    env = make_env()
+    calls = env.authn.hasher.hash_calls
+    async with env.client() as c:
+        r = await login(c, ident, "pw")
+    assert r.status_code == 401
+    assert env.authn.hasher.hash_calls == calls
+    assert env.store._levers == {}
+
+
+async def test_suspended_user_and_user_without_password_look_invalid() -> None:
+    env = make_env()
+    await env.add_user("sus", status="suspended")
+    await env.add_user("nopw", password=None)
+    async with env.client() as c:
+        before = env.authn.hasher.hash_calls
+        assert (await login(c, "sus", "correct horse")).status_code == 401
+        assert (await login(c, "nopw", "correct horse")).status_code == 401
+    assert env.authn.hasher.hash_calls == before + 2
+
+
+async def test_totp_flow_and_replay_refused() -> None:
+    env = make_env()
+    uid = await env.add_user("alice")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as c:
+        r = await login(c, "alice", "correct horse")
+        assert r.json() == {"factor_required": "totp"}
+        me = (await c.get("/me")).json()
+        assert me["kind"] == "authenticating" and me["user"] == uid
+        assert (await c.post("/factor", json={"totp": "000000"})).status_code in (401,)
+        code = totp(secret, env.clock.time())
+        r = await c.post("/factor", json={"totp": code})
+        assert r.status_code == 200 and r.json()["factors"] == ["password", "totp"]
+        assert (await c.get("/me")).json()["kind"] == "authenticated"
+    # a second login replaying the same code is refused
+    async with env.client() as c:
+        await login(c, "alice", "correct horse")
+        assert (await c.post("/factor", json={"totp": code})).status_code == 401
+        env.clock.advance(30)
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+    assert "factor_failed" in env.event_types
+
+
+async def test_totp_without_password_step_is_refused() -> None:
+    env = make_env()
+    uid = await env.add_user("alice")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as c:
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 401
+        await c.post("/begin", json={"identifier": "alice"})
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 401  # the password comes first
+
+
+async def test_begin_login_then_password_then_recovery_code() -> None:
+    env = make_env()
+    uid = await env.add_user("alice")
+    await enrol_totp(env, uid)
+    codes = RecoveryCodeHasher(env.keys).generate(2)
+    await env.store.replace_recovery_codes(uid, [env.authn.recovery.hash(c) for c in codes])
+    async with env.client() as c:
+        assert (await c.post("/begin", json={"identifier": "alice"})).json() == {
+            "factor_required": "password"
+        }
+        assert (await c.post("/begin", json={"identifier": "ghost"})).json() == {
+            "factor_required": "password"
+        }
+        await c.post("/begin", json={"identifier": "alice"})
+        r = await c.post("/factor", json={"password": "correct horse"})
+        assert r.json() == {"factor_required": "totp"}
+        r = await c.post("/factor", json={"recovery": codes[0].lower()})
+        assert r.status_code == 200 and r.json()["factors"] == ["password", "recovery_code"]
+    assert "recovery_code_used" in env.event_types
+    async with env.client() as c:
+        await login(c, "alice", "correct horse")
+        assert (await c.post("/factor", json={"recovery": codes[0]})).status_code == 401
+    assert await env.store.count_recovery_codes(uid) == 1
+
+
+async def test_session_fixation_id_rotates_and_old_row_is_gone() -> None:
+    env = make_env()
+    await env.add_user("alice")
+    async with env.client() as c:
+        await c.post("/begin", json={"identifier": "alice"})
+        before = c.cookies[COOKIE].split(".")[0]
+        assert await env.store.load_session(storage_key(before), env.clock.time()) is not None
+        r = await c.post("/factor", json={"password": "correct horse"})
+        assert r.status_code == 200
+        after = c.cookies[COOKIE].split(".")[0]
+    assert before != after
+    assert await env.store.load_session(storage_key(before), env.clock.time()) is None
+    rec = await env.store.load_session(storage_key(after), env.clock.time())
+    assert rec is not None and rec.user_id == "u-alice"
+
+
+async def test_rehash_on_login_when_parameters_changed() -> None:
+    env = make_env()
+    uid = await env.add_user("alice")
+    env.authn.hasher = PasswordHasher(time_cost=2, memory_cost=64, parallelism=1)
+    async with env.client() as c:
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+    phc = (await env.store.get_factors(uid)).password_hash
+    assert phc is not None and "t=2" in phc and not env.authn.hasher.needs_rehash(phc)
+    async with env.client() as c:
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+
+
+async def test_tenant_ip_policy(caplog: pytest.LogCaptureFixture) -> None:
+    env = make_env()
+    await env.store.create_tenant(TenantRecord("acme", "acme", ip_allow=("10.0.0.0/8",)))
+    await env.store.create_tenant(TenantRecord("beta", "beta", ip_deny=("127.0.0.0/8",)))
+    await env.store.create_tenant(
+        TenantRecord("open", "open", ip_allow=("127.0.0.1/32",), ip_deny=("127.0.0.0/8",))
+    )
+    await env.store.create_tenant(TenantRecord("gone", "gone", status="suspended"))
+    for t in ("acme", "beta", "open", "gone"):
+        await env.add_user("alice", user_id=f"alice-{t}", tenant=t)
+    with caplog.at_level(logging.WARNING, logger="axess.authn"):
+        async with env.client() as c:
+            assert (await login(c, "alice", "correct horse", tenant="acme")).status_code == 401
+            assert (await login(c, "alice", "correct horse", tenant="beta")).status_code == 401
+            assert (await login(c, "alice", "correct horse", tenant="gone")).status_code == 401
+            assert (await login(c, "alice", "correct horse", tenant="nope")).status_code == 401
+            r = await login(c, "alice", "correct horse", tenant="open")  # allow-list wins
+            assert r.status_code == 200 and r.json()["tenant_id"] == "open"
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("login rejected by tenant IP policy" in m for m in msgs) == 2
+    assert env.store._levers == {}  # policy rejections count on no lever
+
+
+def test_ip_allowed_rules() -> None:
+    assert ip_allowed(None, "1.2.3.4")
+    t = TenantRecord("t", "t", ip_deny=("1.2.0.0/16",))
+    assert not ip_allowed(t, "1.2.3.4") and ip_allowed(t, "1.3.3.4")
+    assert not ip_allowed(t, "::ffff:1.2.3.4") and not ip_allowed(t, "garbage")
+    assert ip_allowed(TenantRecord("t", "t"), "garbage")
+    assert not ip_allowed(TenantRecord("t", "t", ip_allow=("bad",)), "1.2.3.4")
+
+
+async def test_logout_invalidates_and_emits() -> None:
+    env = make_env()
+    await env.add_user("alice")
+    async with env.client() as c:
+        await login(c, "alice", "correct horse")
+        key = (await c.get("/me")).json()["key"]
+        await c.post("/logout")
+        assert (await c.get("/me")).json()["kind"] == "guest"
+    assert await env.store.load_session(key, env.clock.time()) is None
+    assert env.event_types[-1] == "logout" and env.events[-1].user == "u-alice"
+
+
+async def test_store_outage_is_503_not_500() -> None:
+    env = make_env()
+
+    async def down(*a: object, **k: object) -> object:
+        from axess.errors import StoreError
+
+        raise StoreError("down", backend="memory", substore="lockout")
+
+    env.store.lockout_status = down  # type: ignore[method-assign]
+    async with env.client() as c:
+        r = await login(c, "alice", "pw")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+
+
+async def test_service_api_directly_and_hook_errors_are_contained() -> None:
+    def boom(event: object) -> None:
+        raise RuntimeError("hook")
+
+    store = MemoryStore()
+    env = make_env(store)
+    env.authn.on_event = boom
+    await env.add_user("alice")
+    async with env.client() as c:
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+    svc = AuthnService(store, env.keys, hasher=fast_hasher())
+    assert svc.lockout.store is store
+    with pytest.raises(TypeError):
+        AuthnService(object(), env.keys)  # type: ignore[arg-type]
+    assert isinstance(Locked(3, "user"), Locked)
+    assert Authenticated("u", None, ()) != InvalidCredentials()
+    assert Password("x") == Password("x")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.backend("postgres")),
+        pytest.param("mysql", marks=pytest.mark.backend("mysql")),
+    ]
+)
+def sql_store(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+async def test_full_flow_on_sql(sql_store: Any) -> None:
+    store = sql_store
+    env = make_env(store)
+    uid = await env.add_user("Alice")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as c:
+        assert (await login(c, "ghost", "x")).status_code == 401
+        assert (await login(c, "alice", "correct horse")).json() == {"factor_required": "totp"}
+        code = totp(secret, env.clock.time())
+        r = await c.post("/factor", json={"totp": code})
+        assert r.status_code == 200 and r.json()["user_id"] == uid
+    async with env.client() as c:
+        await login(c, "alice", "correct horse")
+        assert (await c.post("/factor", json={"totp": code})).status_code == 401  # replay
+    user = await store.get_user(uid)
+    assert user is not None and user.last_login_at == env.clock.time()

@@ -1,0 +1,82 @@
+"""The Axess facade wires rate limits, login, lockout and audit together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from axess import AuditPipeline, Axess, Keyring, MockClock, RateLimit, SeededRandom, get_session
+from axess.audit import StoreSink
+from axess.authn.http import outcome_response
+from axess.authn.password import PasswordHasher
+from axess.stores.sql import SQLiteStore
+
+
+def build(tmp_path: Path) -> tuple[Axess, Starlette]:
+    store = SQLiteStore(str(tmp_path / "a.db"))
+    clock = MockClock()
+    audit = AuditPipeline(sinks=[StoreSink(store)], recovery_log=tmp_path / "recovery.jsonl")
+    auth = Axess(
+        store=store,
+        keys=Keyring.generate(),
+        clock=clock,
+        random=SeededRandom(7),
+        debug=True,
+        csrf=False,
+        cleanup_interval=None,
+        audit=audit,
+        rate_limits=[RateLimit("3/minute", paths=["/login"], methods=["POST"], name="login")],
+        password_hasher=PasswordHasher(time_cost=1, memory_cost=1024),
+    )
+
+    async def login(request: Request) -> Response:
+        form = await request.json()
+        assert auth.authn is not None
+        outcome = await auth.authn.login_password(request, form["user"], form["password"])
+        return outcome_response(outcome)
+
+    async def me(request: Request) -> Response:
+        return JSONResponse({"user": get_session(request).user_id})
+
+    app = Starlette(
+        routes=[Route("/login", login, methods=["POST"]), Route("/me", me)],
+        lifespan=auth.lifespan,
+    )
+    auth.install(app)
+    app.add_route("/healthz", auth.healthz)
+    return auth, app
+
+
+async def test_login_rate_limit_audit_and_health(tmp_path: Path) -> None:
+    auth, app = build(tmp_path)
+    async with auth.lifespan():
+        assert auth.users is not None
+        await auth.users.create_user("alice@example.com", password="correct horse")
+        async with client(app) as c:
+            r = await c.post("/login", json={"user": "alice@example.com", "password": "wrong"})
+            assert r.status_code == 401
+            r = await c.post(
+                "/login", json={"user": "alice@example.com", "password": "correct horse"}
+            )
+            assert r.status_code == 200
+            assert (await c.get("/me")).json()["user"] is not None
+            r = await c.post("/login", json={"user": "nobody", "password": "x"})
+            assert r.status_code == 401
+            r = await c.post("/login", json={"user": "nobody", "password": "x"})
+            assert r.status_code == 429 and r.headers["retry-after"]
+            health = (await c.get("/healthz")).json()
+            assert "audit.store" in health["components"]
+        await auth.audit.flush()  # type: ignore[union-attr]
+        events = await auth.audit.query_events("default")  # type: ignore[union-attr]
+        types = {e.type for e in events}
+        assert {"login_attempt", "authenticated"} <= types
+    # shutdown drained: nothing left for the recovery log
+    assert (
+        not (tmp_path / "recovery.jsonl").exists()
+        or (tmp_path / "recovery.jsonl").read_text() == ""
+    )
