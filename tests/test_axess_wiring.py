@@ -75,6 +75,10 @@ async def test_login_rate_limit_audit_and_health(tmp_path: Path) -> None:
         events = await auth.audit.query_events("default")  # type: ignore[union-attr]
         types = {e.type for e in events}
         assert {"login_attempt", "authenticated"} <= types
+        # Session lifecycle events flow in too (sessions of the default tenant
+        # carry no tenant id).
+        session_types = {e.type for e in await auth.audit.query_events(None)}  # type: ignore[union-attr]
+        assert "session_rotated" in session_types or "session_created" in session_types
     # shutdown drained: nothing left for the recovery log
     assert (
         not (tmp_path / "recovery.jsonl").exists()
