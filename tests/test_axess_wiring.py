@@ -84,3 +84,44 @@ async def test_login_rate_limit_audit_and_health(tmp_path: Path) -> None:
         not (tmp_path / "recovery.jsonl").exists()
         or (tmp_path / "recovery.jsonl").read_text() == ""
     )
+
+
+async def test_logins_get_503_while_the_audit_trail_is_full(tmp_path: Path) -> None:
+    from test_audit_support import GateSink
+
+    from axess.audit import ShutdownAuthn
+    from axess.stores import MemoryStore
+
+    sink = GateSink("sql", regulatory=True)
+    audit = AuditPipeline(
+        sinks=[sink], max_buffer=4, batch_size=1, on_full=ShutdownAuthn(), flush_interval=0
+    )
+    auth = Axess(
+        store=MemoryStore(),
+        keys=Keyring.generate(),
+        debug=True,
+        csrf=False,
+        cleanup_interval=None,
+        audit=audit,
+        password_hasher=PasswordHasher(time_cost=1, memory_cost=1024),
+    )
+
+    async def login(request: Request) -> Response:
+        assert auth.authn is not None
+        return outcome_response(await auth.authn.login_password(request, "bob", "pw"))
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"])])
+    auth.install(app)
+    await audit.start()
+    try:
+        async with client(app) as c:
+            statuses = [(await c.post("/login")).status_code for _ in range(6)]
+            assert statuses[0] == 401  # audited: login_attempt + failure events queue up
+            assert statuses[-1] == 503  # the buffer is full: no login without an audit trail
+            assert not audit.accepting_authn
+            sink.gate.set()  # the sink recovers; the buffer drains
+            await audit.flush()
+            assert audit.accepting_authn
+            assert (await c.post("/login")).status_code == 401
+    finally:
+        await audit.stop()
