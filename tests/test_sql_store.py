@@ -581,7 +581,7 @@ async def test_cycle_committing_during_log_out_everywhere_loses_its_new_row(
     await store.create_session(old)
     async with store._driver.acquire() as cycle, store._driver.acquire() as probe:
         await cycle.run(store._dialect.begin)
-        assert (await cycle.run(store._q.delete_live, (old.key, engine._ms(NOW)))).rowcount == 1
+        assert (await cycle.run(store._q.delete_live, (old.key, engine.ms(NOW)))).rowcount == 1
         assert (await cycle.run(store._q.insert, engine._params(new))).rowcount == 1
         invalidation = asyncio.create_task(store.delete_user_sessions("victim", tenant_id="t"))
         # Poll until the DELETE waits on the cycle's lock. (MariaDB refreshes

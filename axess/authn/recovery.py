@@ -23,6 +23,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from axess.clock import Random, SystemRandom
 from axess.keys import Keyring
+from axess.stores.memory_identity import MemoryRecoveryCodes
 
 ALPHABET: Final = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 CODE_LENGTH: Final = 10
@@ -134,27 +135,8 @@ class RecoveryCodeStore(Protocol):
     async def count_recovery_codes(self, user: str) -> int: ...
 
 
-class MemoryRecoveryCodeStore:
-    """In-process :class:`RecoveryCodeStore` (no await between check and removal)."""
-
-    __slots__ = ("_codes",)
-
-    def __init__(self) -> None:
-        self._codes: dict[str, set[str]] = {}
-
-    async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
-        self._codes[user] = set(hashes)
-
-    async def consume_recovery_code(self, user: str, candidates: Collection[str]) -> bool:
-        stored = self._codes.get(user, set())
-        for h in candidates:
-            if h in stored:
-                stored.discard(h)
-                return True
-        return False
-
-    async def count_recovery_codes(self, user: str) -> int:
-        return len(self._codes.get(user, ()))
+class MemoryRecoveryCodeStore(MemoryRecoveryCodes):
+    """In-process :class:`RecoveryCodeStore` (tests, single process)."""
 
 
 class RecoveryCodes:

@@ -12,7 +12,30 @@ from dataclasses import replace
 from axess.stores.base import FactorRecord, TenantRecord, UserRecord
 
 
-class MemoryIdentityMixin:
+class MemoryRecoveryCodes:
+    """Recovery-code hashes per user in a dict (single use, atomic per call)."""
+
+    _codes: dict[str, set[str]]
+
+    def __init__(self) -> None:
+        self._codes = {}
+
+    async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
+        self._codes[user] = set(hashes)
+
+    async def consume_recovery_code(self, user: str, candidates: Collection[str]) -> bool:
+        stored = self._codes.get(user, set())
+        for h in candidates:
+            if h in stored:
+                stored.discard(h)
+                return True
+        return False
+
+    async def count_recovery_codes(self, user: str) -> int:
+        return len(self._codes.get(user, ()))
+
+
+class MemoryIdentityMixin(MemoryRecoveryCodes):
     """Tenants, users and factors in dicts."""
 
     def _init_identity(self) -> None:
@@ -94,20 +117,6 @@ class MemoryIdentityMixin:
             return False
         self._factors[user_id] = replace(f, totp_last_step=step)
         return True
-
-    async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
-        self._codes[user] = set(hashes)
-
-    async def consume_recovery_code(self, user: str, candidates: Collection[str]) -> bool:
-        stored = self._codes.get(user, set())
-        for h in candidates:
-            if h in stored:
-                stored.discard(h)
-                return True
-        return False
-
-    async def count_recovery_codes(self, user: str) -> int:
-        return len(self._codes.get(user, ()))
 
     async def purge_identity(self, now: float) -> int:
         """Nothing in identity/factors expires (a purge target that deletes nothing)."""

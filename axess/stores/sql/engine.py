@@ -44,6 +44,7 @@ from axess.stores.base import (
 )
 from axess.stores.sql.identity import SQLIdentityMixin
 from axess.stores.sql.lockout import SQLLockoutMixin
+from axess.stores.sql.params import ms, placeholders
 
 logger = logging.getLogger("axess.stores.sql")
 
@@ -294,13 +295,6 @@ def load_migrations(dialect: str) -> tuple[tuple[str, ...], tuple[Migration, ...
 
 
 # -- the store ----------------------------------------------------------------
-def _placeholders(sql: str, style: str) -> str:
-    if style == "format":
-        return sql.replace("?", "%s")
-    if style == "numeric":
-        n = itertools.count(1)
-        return re.sub(r"\?", lambda _: f"${next(n)}", sql)
-    return sql
 
 
 class _Queries:
@@ -312,7 +306,7 @@ class _Queries:
 
     def __init__(self, d: Dialect) -> None:
         def p(sql: str) -> str:
-            return _placeholders(sql, d.paramstyle)
+            return placeholders(sql, d.paramstyle)
 
         live = "expires_at > ?"
         self.load = p(f"SELECT {_COLS} FROM axess_sessions WHERE skey = ? AND {live}")  # noqa: S608
@@ -416,18 +410,14 @@ class _Abort(Exception):
     """Raised inside a transaction body: roll back and report ``False``."""
 
 
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
 def _params(rec: SessionRecord) -> tuple[object, ...]:
     return (
         rec.key,
         bytes(rec.payload),
         rec.user_id,
         rec.tenant_id,
-        _ms(rec.created_at),
-        _ms(rec.expires_at),
+        ms(rec.created_at),
+        ms(rec.expires_at),
     )
 
 
@@ -635,7 +625,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         """The live row for ``key``: exactly one ``SELECT`` by primary key."""
 
         async def body(conn: Connection) -> SessionRecord | None:
-            rows = (await conn.run(self._q.load, (key, _ms(now)), fetch=True)).rows
+            rows = (await conn.run(self._q.load, (key, ms(now)), fetch=True)).rows
             return _record(rows[0]) if rows else None
 
         return await self._op("load_session", body)
@@ -651,7 +641,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
     async def save_session(self, record: SessionRecord, now: float) -> bool:
         """Update a row that still exists and is live; never resurrects one."""
         p = _params(record)
-        args = (*p[1:], record.key, _ms(now))
+        args = (*p[1:], record.key, ms(now))
 
         async def body(conn: Connection) -> bool:
             return (await conn.run(self._q.save, args)).rowcount == 1
@@ -669,7 +659,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         q = self._q
 
         async def steps(conn: Connection) -> None:
-            if (await conn.run(q.delete_live, (old_key, _ms(now)))).rowcount != 1:
+            if (await conn.run(q.delete_live, (old_key, ms(now)))).rowcount != 1:
                 raise _Abort
             if not await self._insert(conn, record):
                 raise _Abort
@@ -727,7 +717,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
     ) -> list[SessionRecord]:
         """Live rows of the user, oldest first (``created_at``, then key)."""
         args: tuple[object, ...] = (
-            (user_id, _ms(now)) if tenant_id is None else (user_id, tenant_id, _ms(now))
+            (user_id, ms(now)) if tenant_id is None else (user_id, tenant_id, ms(now))
         )
 
         async def body(conn: Connection) -> list[SessionRecord]:
@@ -738,7 +728,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
 
     async def purge_expired_sessions(self, now: float) -> int:
         """Delete rows expired at ``now`` in batches of :data:`PURGE_BATCH`; the count."""
-        return await self._purge("purge_expired_sessions", self._q.purge_batch, _ms(now), SESSIONS)
+        return await self._purge("purge_expired_sessions", self._q.purge_batch, ms(now), SESSIONS)
 
     async def purge_expired(
         self, now: float, *, only: Collection[str] | None = None

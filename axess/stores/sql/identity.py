@@ -16,13 +16,12 @@ statements, atomic on every database:
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from axess.stores.base import FACTORS, IDENTITY, FactorRecord, TenantRecord, UserRecord
+from axess.stores.sql.params import ms, placeholders
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,19 +34,6 @@ _TENANT_COLS: Final = (
     "tenant_id, slug, status, pepper, ip_allow, ip_deny, lockout_overrides, created_at"
 )
 _USER_COLS: Final = "user_id, tenant_id, identifier, status, created_at, last_login_at"
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
-def _convert(sql: str, style: str) -> str:
-    if style == "format":
-        return sql.replace("?", "%s")
-    if style == "numeric":
-        n = itertools.count(1)
-        return re.sub(r"\?", lambda _: f"${next(n)}", sql)
-    return sql
 
 
 def _dump(value: object) -> str:
@@ -76,7 +62,7 @@ def _tenant_params(t: TenantRecord) -> tuple[object, ...]:
         _dump(list(t.ip_allow)),
         _dump(list(t.ip_deny)),
         _dump(t.lockout_overrides),
-        _ms(t.created_at),
+        ms(t.created_at),
     )
 
 
@@ -113,7 +99,7 @@ class SQLIdentityMixin:
         ) -> T: ...
 
     def _iq(self, sql: str) -> str:
-        return _convert(sql, self._dialect.paramstyle)
+        return placeholders(sql, self._dialect.paramstyle)
 
     async def _insert_absent(self, what: str, sql: str, args: Sequence[object]) -> bool:
         stmt = self._iq(sql + self._dialect.insert_suffix)
@@ -188,8 +174,8 @@ class SQLIdentityMixin:
             user.tenant_id,
             user.identifier,
             user.status,
-            _ms(user.created_at),
-            None if user.last_login_at is None else _ms(user.last_login_at),
+            ms(user.created_at),
+            None if user.last_login_at is None else ms(user.last_login_at),
         )
         return await self._insert_absent("create_user", sql, args)
 
@@ -209,7 +195,7 @@ class SQLIdentityMixin:
 
     async def record_login(self, user_id: str, at: float) -> None:
         sql = "UPDATE axess_users SET last_login_at = ? WHERE user_id = ?"
-        await self._execute("record_login", sql, (_ms(at), user_id))
+        await self._execute("record_login", sql, (ms(at), user_id))
 
     # -- factors --------------------------------------------------------------
     async def get_factors(self, user_id: str) -> FactorRecord:

@@ -20,13 +20,12 @@ Concurrent failures serialize on the row locks, so no update is lost.
 
 from __future__ import annotations
 
-import itertools
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from axess.errors import StoreError
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStatus, apply_failure
+from axess.stores.sql.params import ms, placeholders
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -62,19 +61,6 @@ _FRAGMENTS: Final[dict[str, tuple[str, str, str, str]]] = {
 _PURGE_BATCH: Final = 1000
 
 
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
-def _convert(sql: str, style: str) -> str:
-    if style == "format":
-        return sql.replace("?", "%s")
-    if style == "numeric":
-        n = itertools.count(1)
-        return re.sub(r"\?", lambda _: f"${next(n)}", sql)
-    return sql
-
-
 def _state(row: Sequence[Any]) -> LeverState:
     return LeverState(
         key=str(row[0]),
@@ -102,7 +88,7 @@ class SQLLockoutMixin:
         ) -> T: ...
 
     def _lq(self, sql: str) -> str:
-        return _convert(sql, self._dialect.paramstyle)
+        return placeholders(sql, self._dialect.paramstyle)
 
     def _fragments(self) -> tuple[str, str, str, str]:
         return _FRAGMENTS.get(self._dialect.name, _FRAGMENTS["postgres"])
@@ -132,7 +118,7 @@ class SQLLockoutMixin:
         async def body(conn: Connection) -> LockoutStatus:
             rows = (await conn.run(sql, wanted, fetch=True)).rows
             states = {s.key: s for s in map(_state, rows)}
-            n = _ms(now) / 1000
+            n = ms(now) / 1000
             locked = {
                 k: s.locked_until for k, s in states.items() if k in keys and s.locked_until > n
             }
@@ -160,7 +146,7 @@ class SQLLockoutMixin:
             "UPDATE axess_lockouts SET failures = ?, window_start = ?, locked_until = ?, "
             "lockouts = ?, expires_at = ? WHERE lkey = ?"
         )
-        t = _ms(now) / 1000  # the resolution rows are stored in
+        t = ms(now) / 1000  # the resolution rows are stored in
 
         async def steps(conn: Connection) -> list[LeverState]:
             await conn.run(insert, [s.key for s in specs])
@@ -175,10 +161,10 @@ class SQLLockoutMixin:
                 new = apply_failure(spec, states.get(spec.key), t)
                 args = (
                     new.failures,
-                    _ms(new.window_start),
-                    _ms(new.locked_until),
+                    ms(new.window_start),
+                    ms(new.locked_until),
                     new.lockouts,
-                    _ms(new.expires_at),
+                    ms(new.expires_at),
                     spec.key,
                 )
                 await conn.run(update, args)
@@ -208,7 +194,7 @@ class SQLLockoutMixin:
             if keys:
                 await conn.run(delete, keys)
             if origin:
-                await conn.run(upsert, (origin, _ms(trusted_until)))
+                await conn.run(upsert, (origin, ms(trusted_until)))
 
         async def body(conn: Connection) -> None:
             await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
@@ -233,7 +219,7 @@ class SQLLockoutMixin:
         sql = self._lq(f"SELECT {_COLS} FROM axess_lockouts WHERE lkey = ? AND expires_at > ?")  # noqa: S608
 
         async def body(conn: Connection) -> LeverState | None:
-            rows = (await conn.run(sql, (key, _ms(now)), fetch=True)).rows
+            rows = (await conn.run(sql, (key, ms(now)), fetch=True)).rows
             return _state(rows[0]) if rows else None
 
         return await self._lockout_op("lockout_state", body)
@@ -243,7 +229,7 @@ class SQLLockoutMixin:
         sql = self._lq(self._fragments()[3])
 
         async def batch(conn: Connection) -> int:
-            return (await conn.run(sql, (_ms(now), _PURGE_BATCH))).rowcount
+            return (await conn.run(sql, (ms(now), _PURGE_BATCH))).rowcount
 
         total = 0
         while True:
