@@ -29,7 +29,12 @@ from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.ratelimit.dependency import RateLimitDependency
 from axess.ratelimit.keys import KeySpec
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
-from axess.ratelimit.middleware import EventHook, RateLimiter, RateLimitMiddleware
+from axess.ratelimit.middleware import (
+    EventHook,
+    RateLimiter,
+    RateLimitEvent,
+    RateLimitMiddleware,
+)
 from axess.ratelimit.stores import BucketStore
 from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
 from axess.session.config import SessionConfig
@@ -131,6 +136,8 @@ class Axess:
                 raise ConfigurationError("pass store/on_event to your RateLimiter, not to Axess")
             self.rate_limiter = rate_limits
         else:
+            if on_rate_limit_event is None and audit is not None:
+                on_rate_limit_event = self._rate_limited_event
             self.rate_limiter = RateLimiter(
                 rate_limits,
                 store=rate_limit_store,
@@ -187,6 +194,25 @@ class Axess:
         assert self.audit is not None
         self.audit.emit(
             AuthEvent.create(event.type, clock=self.clock, random=self.random, **event.as_kwargs())
+        )
+
+    def _rate_limited_event(self, event: RateLimitEvent) -> None:
+        """Refusals reach the audit trail already aggregated per (policy, key)."""
+        assert self.audit is not None
+        self.audit.emit(
+            AuthEvent.create(
+                "rate_limited",
+                clock=self.clock,
+                random=self.random,
+                reason=event.policy,
+                extras={
+                    "key": event.key,
+                    "method": event.method,
+                    "path": event.path,
+                    "retry_after": event.retry_after,
+                    "suppressed": event.suppressed,
+                },
+            )
         )
 
     def _warn_weakenings(self) -> None:

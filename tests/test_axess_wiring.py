@@ -75,6 +75,8 @@ async def test_login_rate_limit_audit_and_health(tmp_path: Path) -> None:
         events = await auth.audit.query_events("default")  # type: ignore[union-attr]
         types = {e.type for e in events}
         assert {"login_attempt", "authenticated"} <= types
+        limited = [e for e in await auth.audit.query_events(None) if e.type == "rate_limited"]  # type: ignore[union-attr]
+        assert len(limited) == 1 and limited[0].reason == "login"
         # Session lifecycle events flow in too (sessions of the default tenant
         # carry no tenant id).
         session_types = {e.type for e in await auth.audit.query_events(None)}  # type: ignore[union-attr]
