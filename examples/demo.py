@@ -1,105 +1,206 @@
-"""The axess demo: a tiny Starlette app on the embedded SQLite store.
+"""The axess demo: a small Starlette app on the embedded SQLite store.
 
-Run it with ``./scripts/demo`` and open http://127.0.0.1:8000. Keys are
+Run it with ``./scripts/demo`` and open http://127.0.0.1:8000. A demo user
+is created at start (``demo@example.com`` / ``demo-password``). Keys are
 generated at every start (debug mode), so a restart logs everyone out — a
 real deployment loads them with ``Keyring.from_env()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 import os
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, CSRFConfig, Keyring, SessionConfig, csrf_input, get_session
+from axess import (
+    Axess,
+    CSRFConfig,
+    Keyring,
+    Password,
+    SessionConfig,
+    TOTPCode,
+    csrf_input,
+    get_session,
+)
+from axess.authn import Authenticated, FactorRequired, Locked, RecoveryCode
+from axess.ratelimit import auth_rules
 from axess.stores import SQLiteStore
+
+logger = logging.getLogger("axess.demo")
+DEMO_USER = "demo@example.com"
+DEMO_PASSWORD = "demo-password"
 
 auth = Axess(
     store=SQLiteStore(os.environ.get("AXESS_DEMO_DB", "demo.db")),
     keys=Keyring.generate(),
-    # Plain http on 127.0.0.1: browsers would drop a Secure cookie. This is a
-    # named weakening and is logged as a WARNING at startup.
+    # Plain http on 127.0.0.1: browsers would drop a Secure cookie. These are
+    # named weakenings and are logged as WARNINGs at startup.
     session=SessionConfig(secure=False, idle_timeout=30 * 60),
     csrf=CSRFConfig(secure=False),
+    rate_limits=[*auth_rules(login_paths=["/login", "/login/totp"])],
     debug=True,
 )
+assert auth.authn is not None and auth.users is not None
+authn, users = auth.authn, auth.users
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>axess demo</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem}}
-code{{background:#eee;padding:0 .2rem}} form{{display:inline}} td{{padding:.2rem .6rem}}</style>
+<style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}
+code{{background:#eee;padding:0 .2rem}} form{{display:inline}} td{{padding:.2rem .6rem}}
+.msg{{color:#a00}}</style>
 </head><body><h1>axess demo</h1>
-<p><strong>Development keys:</strong> generated at start; restarting logs everyone out.</p>
+<p><strong>Development keys:</strong> generated at start; restarting logs everyone out.
+Demo account: <code>{user}</code> / <code>{password}</code>.</p>
 {body}
 </body></html>"""
 
 
-def page(body: str) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(body=body))
+def page(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        PAGE.format(body=body, user=DEMO_USER, password=DEMO_PASSWORD), status_code=status
+    )
+
+
+def form(request: Request, action: str, inner: str, button: str) -> str:
+    return (
+        f'<form method="post" action="{action}">{csrf_input(request)}{inner}'
+        f"<button>{html.escape(button)}</button></form>"
+    )
 
 
 async def home(request: Request) -> Response:
     s = get_session(request)
-    visits = int(s.get("visits", 0)) + 1
-    s["visits"] = visits
-    who = html.escape(s.user_id) if s.user_id else "a guest"
-    body = f"<p>You are <strong>{who}</strong> ({html.escape(s.auth_state.kind)}).</p>"
-    body += f"<p>Visits in this session: <code>{visits}</code></p>"
-    token = csrf_input(request)
+    msg = request.query_params.get("msg", "")
+    body = f'<p class="msg">{html.escape(msg)}</p>' if msg else ""
     if s.is_authenticated and s.user_id:
+        user = await users.store.get_user(s.user_id)
+        name = user.identifier if user else s.user_id
+        body += f"<p>Signed in as <strong>{html.escape(name)}</strong>.</p>"
         rows = "".join(
             f"<tr><td>{html.escape(i.key_prefix)}</td><td>{html.escape(i.ip_prefix or '?')}</td>"
-            f"<td>{html.escape((i.user_agent or '?')[:40])}</td>"
-            f"<td>{'this one' if i.storage_key == s.storage_key else ''}</td></tr>"
+            f"<td>{html.escape((i.user_agent or '?')[:40])}</td><td>"
+            + (
+                "this one"
+                if i.storage_key == s.storage_key
+                else form(
+                    request,
+                    "/sessions/revoke",
+                    f'<input type="hidden" name="key" value="{i.storage_key}">',
+                    "Revoke",
+                )
+            )
+            + "</td></tr>"
             for i in await auth.list_sessions(s.user_id)
         )
-        body += f"<h2>Your sessions</h2><table>{rows}</table>"
-        body += f'<form method="post" action="/logout">{token}<button>Log out</button></form> '
-        body += (
-            f'<form method="post" action="/logout-everywhere">{token}'
-            "<button>Log out everywhere</button></form>"
+        body += f"<h2>Your sessions</h2><table>{rows}</table><p>"
+        body += form(request, "/logout", "", "Log out") + " "
+        body += form(request, "/logout-everywhere", "", "Log out everywhere") + "</p>"
+        body += "<h2>Two-factor</h2><p>" + form(request, "/totp/enrol", "", "Enrol TOTP") + "</p>"
+    elif s.auth_state.kind == "authenticating":
+        inner = (
+            '<label>Code from your app <input name="code" autocomplete="one-time-code"></label> '
         )
+        body += "<p>Password accepted. Enter your TOTP code (or a recovery code).</p>"
+        body += form(request, "/login/totp", inner, "Verify")
     else:
-        body += (
-            f'<form method="post" action="/login">{token}<label>Name <input name="user" required '
-            'maxlength="64"></label> <button>Sign in (demo: no password)</button></form>'
+        inner = (
+            '<label>E-mail <input name="email" required maxlength="254"></label> '
+            '<label>Password <input name="password" type="password" required></label> '
         )
+        body += form(request, "/login", inner, "Sign in")
     return page(body)
 
 
+def after_login(outcome: object) -> Response:
+    if isinstance(outcome, Authenticated | FactorRequired):
+        return RedirectResponse("/", status_code=303)
+    if isinstance(outcome, Locked):
+        return RedirectResponse(
+            f"/?msg=Too+many+attempts;+try+again+in+{outcome.retry_after}+s", status_code=303
+        )
+    return RedirectResponse("/?msg=Invalid+credentials", status_code=303)
+
+
 async def login(request: Request) -> Response:
-    form = await request.form()
-    user = str(form.get("user", "")).strip()[:64]
-    if user:
-        # Real apps verify credentials first; this demo trusts the name.
-        get_session(request).authenticate(user)
-    return RedirectResponse("/", status_code=303)
+    data = await request.form()
+    email = str(data.get("email", ""))[:254]
+    password = str(data.get("password", ""))[:1024]
+    if not password:
+        return RedirectResponse("/?msg=Invalid+credentials", status_code=303)
+    return after_login(await authn.login_password(request, email, Password(password)))
+
+
+async def login_totp(request: Request) -> Response:
+    code = str((await request.form()).get("code", "")).strip()[:32]
+    credential = TOTPCode(code) if code.isdigit() else RecoveryCode(code or "-")
+    return after_login(await authn.verify_factor(request, credential))
 
 
 async def logout(request: Request) -> Response:
-    await get_session(request).invalidate()
+    await authn.logout(request)
     return RedirectResponse("/", status_code=303)
 
 
 async def logout_everywhere(request: Request) -> Response:
     s = get_session(request)
-    if s.user_id:
+    if s.is_authenticated and s.user_id:
         await auth.invalidate_user(s.user_id)
     return RedirectResponse("/", status_code=303)
+
+
+async def revoke(request: Request) -> Response:
+    s = get_session(request)
+    key = str((await request.form()).get("key", ""))
+    if s.is_authenticated and s.user_id:
+        # Only the user's own sessions can be revoked from here.
+        mine = {i.storage_key for i in await auth.list_sessions(s.user_id)}
+        if key in mine:
+            await auth.invalidate_session(key)
+    return RedirectResponse("/", status_code=303)
+
+
+async def totp_enrol(request: Request) -> Response:
+    s = get_session(request)
+    if not (s.is_authenticated and s.user_id):
+        return RedirectResponse("/", status_code=303)
+    uri = await users.enrol_totp(s.user_id)
+    codes = await users.regenerate_recovery_codes(s.user_id)
+    body = (
+        "<h2>TOTP enrolled</h2><p>Add this to your authenticator app:</p>"
+        f"<p><code>{html.escape(uri)}</code></p><p>Recovery codes (each works once):</p>"
+        f"<p><code>{'</code> <code>'.join(html.escape(c) for c in codes)}</code></p>"
+        '<p><a href="/">Back</a> — the next sign-in asks for a code.</p>'
+    )
+    return page(body)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async with auth.lifespan():
+        if await users.find_user(DEMO_USER) is None:
+            await users.create_user(DEMO_USER, password=DEMO_PASSWORD)
+            logger.warning("demo user %s created (password %s)", DEMO_USER, DEMO_PASSWORD)
+        yield
 
 
 app = Starlette(
     routes=[
         Route("/", home),
         Route("/login", login, methods=["POST"]),
+        Route("/login/totp", login_totp, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
+        Route("/sessions/revoke", revoke, methods=["POST"]),
+        Route("/totp/enrol", totp_enrol, methods=["POST"]),
         Route("/healthz", auth.healthz),
     ],
-    lifespan=auth.lifespan,
+    lifespan=lifespan,
 )
 auth.install(app)
