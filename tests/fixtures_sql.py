@@ -121,3 +121,25 @@ async def mysql_store(mysql_dsn: str) -> AsyncIterator[MySQLStore]:
     await _opened(store, "mysql")
     yield store
     await store.close()
+
+
+SQL_BACKENDS = ("sqlite", "postgres", "mysql")
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def sql_store(request: pytest.FixtureRequest) -> SQLiteStore | PostgresStore | MySQLStore:
+    """An opened, empty SQL store of each dialect (one test per dialect)."""
+    store: SQLiteStore | PostgresStore | MySQLStore = request.getfixturevalue(
+        f"{request.param}_store"
+    )
+    return store
+
+
+@pytest.fixture(params=("memory", *SQL_BACKENDS))
+def local_or_sql_store(request: pytest.FixtureRequest) -> object:
+    """An empty store: memory (open is a no-op), then each opened SQL dialect."""
+    if request.param == "memory":
+        from axess.stores import MemoryStore
+
+        return MemoryStore()
+    return request.getfixturevalue(f"{request.param}_store")

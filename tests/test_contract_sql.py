@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from axess.stores.sql import MySQLStore, PostgresStore, SQLiteStore
+from axess.stores.sql import SQLStore
 from axess.testing.contract import SessionStoreContract
 
 
-class TestSQLiteSessionStore(SessionStoreContract):
+class TestSQLSessionStore(SessionStoreContract):
     @pytest.fixture
-    def store(self, sqlite_store: SQLiteStore) -> SQLiteStore:
-        return sqlite_store
-
-
-@pytest.mark.backend("postgres")
-class TestPostgresSessionStore(SessionStoreContract):
-    @pytest.fixture
-    def store(self, postgres_store: PostgresStore) -> PostgresStore:
-        return postgres_store
-
-
-@pytest.mark.backend("mysql")
-class TestMySQLSessionStore(SessionStoreContract):
-    @pytest.fixture
-    def store(self, mysql_store: MySQLStore) -> MySQLStore:
-        return mysql_store
+    def store(self, sql_store: SQLStore) -> SQLStore:
+        return sql_store

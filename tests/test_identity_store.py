@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from axess.stores import MemoryStore
-from axess.stores.sql import MySQLStore, PostgresStore, SQLiteStore
+from axess.stores.sql import SQLiteStore
 from axess.testing.contract import IdentityStoreContract
 
 
-class TestMemoryIdentityStore(IdentityStoreContract):
+class TestIdentityStore(IdentityStoreContract):
+    """Memory, then each SQL dialect."""
+
     @pytest.fixture
-    async def store(self) -> AsyncIterator[MemoryStore]:
-        s = MemoryStore()
-        await s.open()
-        yield s
-        await s.close()
-
-
-class TestSQLiteIdentityStore(IdentityStoreContract):
-    @pytest.fixture
-    def store(self, sqlite_store: SQLiteStore) -> SQLiteStore:
-        return sqlite_store
-
-
-@pytest.mark.backend("postgres")
-class TestPostgresIdentityStore(IdentityStoreContract):
-    @pytest.fixture
-    def store(self, postgres_store: PostgresStore) -> PostgresStore:
-        return postgres_store
-
-
-@pytest.mark.backend("mysql")
-class TestMySQLIdentityStore(IdentityStoreContract):
-    @pytest.fixture
-    def store(self, mysql_store: MySQLStore) -> MySQLStore:
-        return mysql_store
+    def store(self, local_or_sql_store: Any) -> Any:
+        return local_or_sql_store
 
 
 def test_substores_are_listed() -> None:

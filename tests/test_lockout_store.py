@@ -11,39 +11,16 @@ import pytest
 from axess.authn import Lever, Lockout, LockoutPolicy, lockout_keys
 from axess.clock import MockClock
 from axess.observability.metrics import NoopMetrics
-from axess.stores import MemoryStore
-from axess.stores.sql import MySQLStore, PostgresStore, SQLiteStore
 from axess.stores.valkey import ValkeyStore
 from axess.testing.contract import LockoutStoreContract
 
 
-class TestMemoryLockoutStore(LockoutStoreContract):
+class TestLockoutStore(LockoutStoreContract):
+    """Memory, then each SQL dialect."""
+
     @pytest.fixture
-    async def store(self) -> AsyncIterator[MemoryStore]:
-        s = MemoryStore()
-        await s.open()
-        yield s
-        await s.close()
-
-
-class TestSQLiteLockoutStore(LockoutStoreContract):
-    @pytest.fixture
-    def store(self, sqlite_store: SQLiteStore) -> SQLiteStore:
-        return sqlite_store
-
-
-@pytest.mark.backend("postgres")
-class TestPostgresLockoutStore(LockoutStoreContract):
-    @pytest.fixture
-    def store(self, postgres_store: PostgresStore) -> PostgresStore:
-        return postgres_store
-
-
-@pytest.mark.backend("mysql")
-class TestMySQLLockoutStore(LockoutStoreContract):
-    @pytest.fixture
-    def store(self, mysql_store: MySQLStore) -> MySQLStore:
-        return mysql_store
+    def store(self, local_or_sql_store: Any) -> Any:
+        return local_or_sql_store
 
 
 class TestValkeyLockoutStore(LockoutStoreContract):
