@@ -122,7 +122,12 @@ class Axess:
         )
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.binding_policy = binding or BindingPolicy()
-        self.peppers = TenantPeppers(keys)
+        identity = self._substore("identity")
+        self.peppers = TenantPeppers(
+            keys,
+            store=identity if isinstance(identity, IdentityStore) else None,
+            clock=self.clock,
+        )
         self.binding = FingerprintBinding(self.binding_policy, self.peppers, self.metrics)
         #: ``None`` when CSRF protection is switched off (``csrf=False``).
         self.csrf_config: CSRFConfig | None = None if csrf is False else (csrf or CSRFConfig())
@@ -157,11 +162,21 @@ class Axess:
         self._cleanup_task: asyncio.Task[None] | None = None
         self._warn_weakenings()
 
+    def _substore(self, name: str) -> object:
+        """The backend serving substore ``name`` (the store itself unless
+        composite); ``None`` when a composite store routes it nowhere."""
+        route = getattr(self.store, "backend_for", None)
+        if route is None:
+            return self.store
+        try:
+            return route(name)
+        except ConfigurationError:
+            return None
+
     def _build_authn(self, policy: LockoutPolicy | None, hasher: PasswordHasher | None) -> None:
         """Login service and user admin, when the store holds identities."""
-        route = getattr(self.store, "backend_for", None)
-        identity = route("identity") if route is not None else self.store
-        lockout_store = route("lockout") if route is not None else self.store
+        identity = self._substore("identity")
+        lockout_store = self._substore("lockout")
         #: ``None`` unless the store implements the identity substore.
         self.authn: AuthnService | None = None
         self.users: UserAdmin | None = None
@@ -292,11 +307,22 @@ class Axess:
             *limits, key=key, name=name, on_store_error=on_store_error, cost=cost
         )
 
-    def rotate_fingerprint_pepper(self, tenant: str | None) -> int:
+    async def rotate_fingerprint_pepper(self, tenant: str | None) -> int:
         """Issue a new fingerprint pepper for ``tenant``; its sessions re-bind on
-        their next request (nobody is logged out). Returns the new version."""
-        version = self.peppers.rotate(tenant)
+        their next request (nobody is logged out). Returns the new version.
+
+        With an identity store the version is stored there, so every instance
+        (and the next start) uses it; other instances pick it up within
+        ``TenantPeppers.refresh_after`` seconds, or at once when they see a
+        session bound under it. Raises :class:`StoreError` on a store outage.
+        """
+        version = await self.peppers.rotate(tenant)
         logger.info("fingerprint pepper rotated (version %d)", version)
+        if not self.peppers.shared:
+            logger.warning(
+                "the store has no identity substore: the new pepper version lives in "
+                "this process only (other instances and restarts keep the old one)"
+            )
         return version
 
     # -- registry ---------------------------------------------------------------------

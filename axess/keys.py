@@ -183,16 +183,23 @@ class Keyring:
         return None
 
     def derive(
-        self, purpose: Purpose, info: str, *, length: int = 32, kid: str | None = None
+        self,
+        purpose: Purpose,
+        info: str,
+        *,
+        length: int = 32,
+        kid: str | None = None,
+        salt: bytes | None = None,
     ) -> bytes:
-        """HKDF-SHA256 subkey of ``purpose``'s active key (or ``kid``) for ``info``.
+        """HKDF-SHA256 subkey of ``purpose``'s active key (or ``kid``) for ``info``
+        (and the optional HKDF ``salt``).
 
-        Distinct ``info`` labels give independent subkeys.
+        Distinct ``info`` labels (or salts) give independent subkeys.
         """
         key = self.active(purpose) if kid is None else self.find(purpose, kid)
         if key is None:
             raise ConfigurationError(f"no {purpose} key with id {kid!r}")
-        return hkdf(key.secret, info=f"axess/{purpose}/{info}".encode(), length=length)
+        return hkdf(key.secret, info=f"axess/{purpose}/{info}".encode(), length=length, salt=salt)
 
     def env_lines(self) -> list[str]:
         """``VAR=value`` lines that :meth:`from_env` reads back."""

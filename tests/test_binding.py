@@ -127,7 +127,7 @@ async def test_pepper_rotation_rebinds_without_logout() -> None:
     store: CountingStore = auth.store  # type: ignore[assignment]
     cookie = await login(auth, env("198.51.100.10"))
     (before,) = await store.list_user_sessions("alice", auth.clock.time())
-    assert auth.rotate_fingerprint_pepper("acme") == 2
+    assert await auth.rotate_fingerprint_pepper("acme") == 2
     writes = store.writes
     assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] == "alice"
     assert store.writes == writes + 1  # re-bound and saved once
@@ -183,3 +183,100 @@ async def test_fingerprint_key_rotation_rebinds_instead_of_logging_out() -> None
     assert (await whoami(auth2, cookie, env("198.51.100.10")))[0]["user"] == "alice"
     assert store.writes == writes + 1
     assert (await whoami(auth2, cookie, env("203.0.113.5")))[0]["user"] is None
+
+
+def peer(auth: Axess, store: Any = None) -> Axess:
+    """Another instance of the same app: same keys, same store, own process state."""
+    return Axess(
+        store=store if store is not None else auth.store,
+        keys=auth.keys,
+        clock=auth.clock,
+        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
+        csrf=False,
+        debug=True,
+        cleanup_interval=None,
+    )
+
+
+async def test_rotated_pepper_is_shared_by_instances_and_kept_across_restarts() -> None:
+    a = make()
+    b = peer(a)
+    store: CountingStore = a.store  # type: ignore[assignment]
+    clock: MockClock = a.clock  # type: ignore[assignment]
+    old = await login(a, env("198.51.100.10"))
+    assert (await whoami(b, old, env("198.51.100.10")))[0]["user"] == "alice"  # b caches v1
+    assert await a.rotate_fingerprint_pepper("acme") == 2
+    assert (await store.tenant_pepper("acme")).version == 2  # in the store, not in a
+    # A session bound by a under v2 reaches b, which still caches v1: b reloads
+    # at once instead of calling it a mismatch.
+    new = await login(a, env("198.51.100.20"))
+    assert (await whoami(b, new, env("198.51.100.20")))[0]["user"] == "alice"
+    # b re-binds the old session once its cache is due, without a logout.
+    clock.advance(61)
+    writes = store.writes
+    assert (await whoami(b, old, env("198.51.100.10")))[0]["user"] == "alice"
+    assert store.writes == writes + 1
+    # A restarted instance binds new logins under the stored version.
+    c = peer(a)
+    assert (await c.peppers.current("acme")).version == 2
+    assert (await whoami(c, old, env("203.0.113.5")))[0]["user"] is None  # thieves still fail
+
+
+async def test_pepper_version_survives_a_restart_on_sql(sql_store: Any) -> None:
+    a = peer(make(), store=sql_store)
+    cookie = await login(a, env("198.51.100.10"))
+    assert await a.rotate_fingerprint_pepper("acme") == 2
+    b = peer(a)  # a new process on the same database
+    assert (await b.peppers.current("acme")).version == 2
+    assert (await whoami(b, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    assert (await whoami(b, cookie, env("203.0.113.5")))[0]["user"] is None
+
+
+async def test_changing_the_tenant_secret_unbinds_its_sessions() -> None:
+    from axess.stores.base import TenantRecord
+
+    a = make()
+    clock: MockClock = a.clock  # type: ignore[assignment]
+    await a.store.create_tenant(TenantRecord("acme", "acme"))  # type: ignore[attr-defined]
+    cookie = await login(a, env("198.51.100.10"))
+    other = await login(a, env("198.51.100.10"))
+    await a.store.update_tenant(  # type: ignore[attr-defined]
+        TenantRecord("acme", "acme", pepper=b"\x07" * 32)
+    )
+    # Until the cache is due the old secret is used; then every binding of
+    # the tenant stops matching (a hard reset, unlike a rotation).
+    assert (await whoami(a, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    clock.advance(61)
+    assert (await whoami(a, cookie, env("198.51.100.10")))[0]["user"] is None
+    assert (await whoami(a, other, env("198.51.100.10")))[0]["user"] is None
+    fresh = await login(a, env("198.51.100.10"))
+    assert (await whoami(a, fresh, env("198.51.100.10")))[0]["user"] == "alice"
+
+
+async def test_pepper_reload_outage_uses_the_cached_version_else_503() -> None:
+    a = make()
+    clock: MockClock = a.clock  # type: ignore[assignment]
+    cookie = await login(a, env("198.51.100.10"))
+
+    async def down(tenant_id: str) -> Any:
+        from axess import StoreError
+
+        raise StoreError("identity down (test)", backend="memory", substore="identity")
+
+    a.store.tenant_pepper = down  # type: ignore[method-assign]
+    clock.advance(61)  # the cached state is due: the reload fails, the cache serves
+    assert (await whoami(a, cookie, env("198.51.100.10")))[0]["user"] == "alice"
+    b = peer(a)  # knows nothing about the tenant yet: cannot verify -> 503
+    _, r = await whoami(b, cookie, env("198.51.100.10"))
+    assert r.status_code == 503
+
+
+async def test_without_an_identity_store_rotation_is_per_process(
+    caplog: pytest.LogCaptureFixture, valkey_store: Any
+) -> None:
+    a = peer(make(), store=valkey_store)
+    cookie = await login(a, env("198.51.100.10"))
+    with caplog.at_level(logging.WARNING, logger="axess"):
+        assert await a.rotate_fingerprint_pepper("acme") == 2
+    assert "this process only" in caplog.text
+    assert (await whoami(a, cookie, env("198.51.100.10")))[0]["user"] == "alice"

@@ -19,10 +19,12 @@ from typing import Final, Literal
 from starlette.types import Scope
 
 from axess._cache import BoundedMemo
-from axess.errors import ConfigurationError
+from axess.clock import Clock, SystemClock
+from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
 from axess.net import ip_prefix
 from axess.observability.metrics import AuthnMetrics
+from axess.stores.base import DEFAULT_TENANT, IdentityStore, TenantPepper
 
 logger = logging.getLogger("axess.session.binding")
 
@@ -64,41 +66,107 @@ class BindingPolicy:
 
 
 class TenantPeppers:
-    """Per-tenant fingerprint peppers, derived by HKDF from the ``fingerprint``
-    key, the tenant id and a version; :meth:`rotate` bumps a tenant's version.
+    """Per-tenant fingerprint peppers.
 
-    Versions live in this process (``versions`` can be pre-seeded, e.g. from
-    the tenant records once they exist); peppers are memoized.
+    The pepper of a tenant at version ``v`` is HKDF(``fingerprint`` key,
+    tenant id and ``v``, salted with the tenant record's ``pepper`` secret when
+    it has one). Every version stays derivable, so sessions bound under an
+    older version can be verified and re-bound instead of logged out.
+
+    With an identity ``store`` the version (and secret) of each tenant lives in
+    the store (:meth:`~axess.stores.base.IdentityStore.tenant_pepper`), shared
+    by every instance and kept across restarts; this process caches it for
+    ``refresh_after`` seconds and reloads early when a session shows a newer
+    version. Without a store, versions live in this process only.
     """
 
-    def __init__(self, keys: Keyring, versions: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Keyring,
+        *,
+        store: IdentityStore | None = None,
+        clock: Clock | None = None,
+        refresh_after: float = 60.0,
+    ) -> None:
+        if not refresh_after >= 0:
+            raise ConfigurationError("refresh_after must be >= 0 seconds")
         self._keys = keys
+        self._store = store
+        self._clock: Clock = clock or SystemClock()
+        self._refresh_after = refresh_after
         #: Fingerprint key ids, active first: previous keys still verify so a
         #: key rotation re-binds sessions instead of logging them out.
         self.kids = tuple(k.kid for k in keys.keys("fingerprint"))
-        self._versions: dict[str, int] = dict(versions or {})
-        self._memo: BoundedMemo[tuple[str, int, str], bytes] = BoundedMemo(1024)
+        # store tenant id -> (state, refresh due at)
+        self._known: BoundedMemo[str, tuple[TenantPepper, float]] = BoundedMemo(8192)
+        self._memo: BoundedMemo[tuple[str, int, str, bytes | None], bytes] = BoundedMemo(1024)
 
-    def version(self, tenant: str | None) -> int:
-        return self._versions.get(tenant or "", 1)
+    @property
+    def shared(self) -> bool:
+        """True when versions live in a store (shared across instances)."""
+        return self._store is not None
 
-    def pepper(self, tenant: str | None, version: int, kid: str | None = None) -> bytes:
-        """The pepper of ``tenant`` at ``version`` under fingerprint key ``kid``
-        (default: the active key)."""
+    def cached(self, tenant: str | None, *, fresh: bool = True) -> TenantPepper | None:
+        """The tenant's pepper state if known (and, with ``fresh``, not due for a
+        reload); ``None`` means: ``await refresh(tenant)``."""
+        entry = self._known.get(tenant or DEFAULT_TENANT)
+        if entry is None:
+            return _NEVER_ROTATED if self._store is None else None
+        if fresh and self._store is not None and self._clock.time() >= entry[1]:
+            return None
+        return entry[0]
+
+    async def refresh(self, tenant: str | None) -> TenantPepper:
+        """Reload the tenant's pepper state from the store.
+
+        On a store error the last known state is kept (and retried after
+        ``refresh_after``); with nothing known the :class:`StoreError` propagates.
+        """
+        key = tenant or DEFAULT_TENANT
+        if self._store is None:
+            return self.cached(tenant) or _NEVER_ROTATED
+        old = self._known.get(key)
+        try:
+            state = await self._store.tenant_pepper(key)
+        except StoreError:
+            if old is None:
+                raise
+            logger.warning("tenant pepper reload failed; using the cached version")
+            state = old[0]
+        self._known.put(key, (state, self._clock.time() + self._refresh_after))
+        return state
+
+    async def current(self, tenant: str | None) -> TenantPepper:
+        """The tenant's pepper state, reloading it when due."""
+        return self.cached(tenant) or await self.refresh(tenant)
+
+    async def rotate(self, tenant: str | None) -> int:
+        """Issue a new pepper version for ``tenant``; returns it."""
+        key = tenant or DEFAULT_TENANT
+        if self._store is None:
+            version = (self.cached(tenant) or _NEVER_ROTATED).version + 1
+            self._known.put(key, (TenantPepper(None, version), 0.0))
+            return version
+        version = await self._store.rotate_tenant_pepper(key)
+        state = await self.refresh(tenant)
+        return max(version, state.version)
+
+    def pepper(
+        self, tenant: str | None, version: int, secret: bytes | None, kid: str | None = None
+    ) -> bytes:
+        """The pepper of ``tenant`` at ``version`` (with the tenant's ``secret``)
+        under fingerprint key ``kid`` (default: the active key)."""
         kid = kid or self.kids[0]
-        memo_key = (tenant or "", version, kid)
+        memo_key = (tenant or "", version, kid, secret)
         pepper = self._memo.get(memo_key)
         if pepper is None:
             label = f"pepper/v{version}/{len(memo_key[0])}:{memo_key[0]}"
-            pepper = self._keys.derive("fingerprint", label, kid=kid)
+            pepper = self._keys.derive("fingerprint", label, kid=kid, salt=secret)
             self._memo.put(memo_key, pepper)
         return pepper
 
-    def rotate(self, tenant: str | None) -> int:
-        """Issue a new pepper for ``tenant``; returns the new version."""
-        new = self.version(tenant) + 1
-        self._versions[tenant or ""] = new
-        return new
+
+_NEVER_ROTATED: Final = TenantPepper()
 
 
 #: (User-Agent or None, client-IP prefix, primary language tag); a plain
@@ -127,7 +195,9 @@ class FingerprintBinding:
         self._on_mismatch_event = on_mismatch_event
         # (tenant, version, material) -> fingerprint: HMAC is the costly part
         # and the same client sends the same material on every request.
-        self._memo: BoundedMemo[tuple[str, int, Material, str], str] = BoundedMemo(8192)
+        self._memo: BoundedMemo[tuple[str, int, Material, str, bytes | None], str] = BoundedMemo(
+            8192
+        )
         self._prefixes: BoundedMemo[str, str] = BoundedMemo(8192)
 
     def material(self, scope: Scope) -> Material:
@@ -158,39 +228,54 @@ class FingerprintBinding:
         return (ua or None, prefix, lang)
 
     def fingerprint(
-        self, tenant: str | None, version: int, material: Material, kid: str | None = None
+        self,
+        tenant: str | None,
+        pepper: TenantPepper,
+        version: int,
+        material: Material,
+        kid: str | None = None,
     ) -> str:
+        """HMAC of ``material`` under the tenant's pepper at ``version``."""
         kid = kid or self.peppers.kids[0]
-        memo_key = (tenant or "", version, material, kid)
+        memo_key = (tenant or "", version, material, kid, pepper.secret)
         fp = self._memo.get(memo_key)
         if fp is None:
             msg = _lp(material[0] or "") + _lp(material[1]) + _lp(material[2])
-            pepper = self.peppers.pepper(tenant, version, kid)
-            fp = hmac.new(pepper, msg, hashlib.sha256).hexdigest()
+            key = self.peppers.pepper(tenant, version, pepper.secret, kid)
+            fp = hmac.new(key, msg, hashlib.sha256).hexdigest()
             self._memo.put(memo_key, fp)
         return fp
 
-    def bind(self, scope: Scope, tenant: str | None) -> tuple[str, int]:
-        """The fingerprint and pepper version to store on a session now."""
-        version = self.peppers.version(tenant)
-        return self.fingerprint(tenant, version, self.material(scope)), version
+    async def bind(self, scope: Scope, tenant: str | None) -> tuple[str, int]:
+        """The fingerprint and pepper version to store on a session now.
 
-    def verify(self, scope: Scope, tenant: str | None, stored: str, version: int) -> int:
-        """Constant-time check of ``stored`` against this request.
+        Raises :class:`StoreError` when the tenant's pepper state is unknown
+        and the store cannot be read.
+        """
+        pepper = await self.peppers.current(tenant)
+        material = self.material(scope)
+        return self.fingerprint(tenant, pepper, pepper.version, material), pepper.version
 
-        Returns 0 when it matches under the active fingerprint key, a positive
-        index when it matches only under a previous key (re-bind), and -1 on a
-        mismatch. A missing User-Agent on a bound session is a mismatch.
+    def verify(
+        self, scope: Scope, tenant: str | None, pepper: TenantPepper, stored: str, version: int
+    ) -> tuple[int, Material]:
+        """Constant-time check of ``stored`` (bound under ``version``) against
+        this request, and the request's material.
+
+        The index is 0 when it matches under the active fingerprint key, a
+        positive index when it matches only under a previous key (re-bind),
+        and -1 on a mismatch. A missing User-Agent on a bound session is a
+        mismatch.
         """
         material = self.material(scope)
         if material[0] is None:
-            return -1
+            return -1, material
         raw = stored.encode()
         for index, kid in enumerate(self.peppers.kids):
-            expected = self.fingerprint(tenant, version, material, kid)
+            expected = self.fingerprint(tenant, pepper, version, material, kid)
             if hmac.compare_digest(expected.encode(), raw):
-                return index
-        return -1
+                return index, material
+        return -1, material
 
     def mismatch(self, user: str | None, tenant: str | None) -> None:
         self.metrics.session_binding_mismatch()

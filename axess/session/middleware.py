@@ -95,13 +95,14 @@ class SessionMiddleware(Stage):
             session = self._new_guest()
         session.had_cookie = raw is not None
         scope.setdefault("state", {})["session"] = session
-        if (
-            self.binding is not None
-            and session.persisted_sid is not None
-            and not self._binding_holds(scope, session)
-        ):
+        if self.binding is not None and session.persisted_sid is not None:
             try:
-                await self._on_binding_mismatch(session)
+                holds = self._binding_holds(scope, session)
+                if holds is None:  # the tenant's pepper state is due for a reload
+                    await self.binding.peppers.refresh(session._data.tenant_id)
+                    holds = self._binding_holds(scope, session, fresh=False)
+                if not holds:
+                    await self._on_binding_mismatch(session)
             except StoreError:
                 await self._unavailable(scope, send)
                 return None
@@ -171,10 +172,12 @@ class SessionMiddleware(Stage):
             session.mark_dirty()
         return session
 
-    def _binding_holds(self, scope: Scope, session: Session) -> bool:
-        """True unless a bound session's fingerprint does not match this request.
+    def _binding_holds(self, scope: Scope, session: Session, *, fresh: bool = True) -> bool | None:
+        """True unless a bound session's fingerprint does not match this request;
+        ``None`` when the tenant's pepper state must be reloaded first.
 
-        Re-binds (without logging out) when the tenant's pepper was rotated.
+        Re-binds (without logging out) when the tenant's pepper was rotated or
+        the fingerprint key changed.
         """
         binding = self.binding
         assert binding is not None
@@ -183,12 +186,16 @@ class SessionMiddleware(Stage):
             return True
         tenant = data.tenant_id
         version = data.pepper_version or 1
-        matched = binding.verify(scope, tenant, data.fingerprint, version)
+        pepper = binding.peppers.cached(tenant, fresh=fresh)
+        if pepper is None or (fresh and pepper.version < version):
+            return None  # unknown, stale, or another instance rotated it
+        matched, material = binding.verify(scope, tenant, pepper, data.fingerprint, version)
         if matched < 0:
             return False
-        if matched > 0 or binding.peppers.version(tenant) != version:
+        if matched > 0 or pepper.version > version:
             # Pepper or fingerprint key rotated: re-bind, do not log out.
-            data.fingerprint, data.pepper_version = binding.bind(scope, tenant)
+            data.fingerprint = binding.fingerprint(tenant, pepper, pepper.version, material)
+            data.pepper_version = pepper.version
             session.mark_dirty()
         return True
 
@@ -238,7 +245,7 @@ class SessionMiddleware(Stage):
         custom_changed = new_custom is not None
         custom_json = new_custom if new_custom is not None else session.stored_custom_json
         is_guest = isinstance(data.auth_state, d.Guest)
-        self._bind(scope, session, data)
+        await self._bind(scope, session, data)
         session.committed_key = None
 
         if session.persisted_sid is None:
@@ -284,13 +291,13 @@ class SessionMiddleware(Stage):
             return self._set_cookie(old_sid, data, now)
         return None
 
-    def _bind(self, scope: Scope, session: Session, data: d.SessionData) -> None:
+    async def _bind(self, scope: Scope, session: Session, data: d.SessionData) -> None:
         """Bind at the first non-guest transition and on every (re)authentication."""
         if self.binding is None or isinstance(data.auth_state, d.Guest):
             return
         entering = session.rotate_pending and isinstance(data.auth_state, d.Authenticated)
         if data.fingerprint is None or entering:
-            data.fingerprint, data.pepper_version = self.binding.bind(scope, data.tenant_id)
+            data.fingerprint, data.pepper_version = await self.binding.bind(scope, data.tenant_id)
 
     def _custom_json_within_cap(self, session: Session) -> bytes | None:
         """New custom JSON if the request changed it and it fits; else None."""

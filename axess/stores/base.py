@@ -303,8 +303,9 @@ SUSPENDED: Final = "suspended"
 
 @dataclass(frozen=True, slots=True)
 class TenantRecord:
-    """A tenant. ``pepper``: the fingerprint pepper (``None``: derived from the
-    keyring). ``ip_allow``/``ip_deny``: CIDR lists of the login IP policy
+    """A tenant. ``pepper``: an optional tenant secret mixed into the fingerprint
+    pepper (``None``: the pepper is derived from the keyring alone; see
+    :class:`TenantPepper`). ``ip_allow``/``ip_deny``: CIDR lists of the login IP policy
     (a non-empty allow-list wins). ``lockout_overrides``: JSON-able lever
     overrides, e.g. ``{"user": {"threshold": 3, "window": 600, "lock_for": 900}}``."""
 
@@ -342,6 +343,17 @@ class FactorRecord:
     recovery_codes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TenantPepper:
+    """What the fingerprint pepper of a tenant is derived from: the tenant
+    record's ``pepper`` secret (``None`` when there is no record or it has
+    none) and the pepper ``version`` (1 until the first rotation). Versions
+    are kept per tenant id, whether or not a tenant record exists."""
+
+    secret: bytes | None = None
+    version: int = 1
+
+
 @runtime_checkable
 class IdentityStore(Protocol):
     """The identity (tenants, users) and factors substores.
@@ -358,6 +370,10 @@ class IdentityStore(Protocol):
     * ``consume_recovery_code`` removes one matching hash atomically: of
       concurrent calls with the same code exactly one returns ``True``.
     * Setting a TOTP secret (or clearing it) forgets the last accepted step.
+    * ``rotate_tenant_pepper`` increments the tenant's pepper version
+      atomically: of ``n`` concurrent calls each returns a distinct version
+      and the last one is ``n`` above the start. ``update_tenant`` never
+      changes the version.
     * Backend failures raise :class:`axess.errors.StoreError`.
     """
 
@@ -368,6 +384,12 @@ class IdentityStore(Protocol):
     async def get_tenant_by_slug(self, slug: str) -> TenantRecord | None: ...
 
     async def update_tenant(self, tenant: TenantRecord) -> bool: ...
+
+    async def tenant_pepper(self, tenant_id: str) -> TenantPepper:
+        """The tenant's pepper secret and version (defaults when unknown)."""
+
+    async def rotate_tenant_pepper(self, tenant_id: str) -> int:
+        """Increment the tenant's pepper version; returns the new version."""
 
     async def create_user(self, user: UserRecord) -> bool: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
-from axess.stores.base import FactorRecord, TenantRecord, UserRecord
+from axess.stores.base import FactorRecord, TenantPepper, TenantRecord, UserRecord
 
 
 class MemoryRecoveryCodes:
@@ -44,6 +44,7 @@ class MemoryIdentityMixin(MemoryRecoveryCodes):
         self._user_ids: dict[tuple[str, str], str] = {}
         self._factors: dict[str, FactorRecord] = {}
         self._codes: dict[str, set[str]] = {}
+        self._pepper_versions: dict[str, int] = {}
 
     # -- tenants --------------------------------------------------------------
     async def create_tenant(self, tenant: TenantRecord) -> bool:
@@ -65,6 +66,17 @@ class MemoryIdentityMixin(MemoryRecoveryCodes):
             return False
         self._tenants[tenant.id] = tenant
         return True
+
+    async def tenant_pepper(self, tenant_id: str) -> TenantPepper:
+        tenant = self._tenants.get(tenant_id)
+        return TenantPepper(
+            None if tenant is None else tenant.pepper, self._pepper_versions.get(tenant_id, 1)
+        )
+
+    async def rotate_tenant_pepper(self, tenant_id: str) -> int:
+        version = self._pepper_versions.get(tenant_id, 1) + 1
+        self._pepper_versions[tenant_id] = version
+        return version
 
     # -- users ----------------------------------------------------------------
     async def create_user(self, user: UserRecord) -> bool:

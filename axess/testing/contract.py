@@ -23,6 +23,7 @@ from axess.stores.base import (
     LockoutStore,
     SessionRecord,
     SessionStore,
+    TenantPepper,
     TenantRecord,
     UserRecord,
 )
@@ -590,6 +591,22 @@ class IdentityStoreContract:
         assert await store.get_tenant("t1") == changed
         assert not await store.update_tenant(TenantRecord("t1", "beta", created_at=NOW))
         assert not await store.update_tenant(TenantRecord("t9", "zeta"))
+
+    async def test_tenant_pepper_versions(self, store: IdentityStore) -> None:
+        assert await store.tenant_pepper("t1") == TenantPepper(None, 1)  # no record, never rotated
+        assert await store.rotate_tenant_pepper("t1") == 2
+        assert await store.tenant_pepper("t1") == TenantPepper(None, 2)
+        assert await store.tenant_pepper("t2") == TenantPepper(None, 1)  # per tenant
+        assert await store.create_tenant(TenantRecord("t1", "acme", pepper=b"s" * 32))
+        assert await store.tenant_pepper("t1") == TenantPepper(b"s" * 32, 2)
+        # Rewriting the record never rolls the version back.
+        assert await store.update_tenant(TenantRecord("t1", "acme", pepper=b"t" * 32))
+        assert await store.tenant_pepper("t1") == TenantPepper(b"t" * 32, 2)
+
+    async def test_concurrent_pepper_rotations_are_all_counted(self, store: IdentityStore) -> None:
+        results = await asyncio.gather(*(store.rotate_tenant_pepper("t1") for _ in range(20)))
+        assert sorted(results) == list(range(2, 22))
+        assert (await store.tenant_pepper("t1")).version == 21
 
     async def test_users_are_unique_per_tenant(self, store: IdentityStore) -> None:
         u = UserRecord("u1", "t1", "alice@example.com", created_at=NOW)

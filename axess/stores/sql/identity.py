@@ -20,7 +20,14 @@ import json
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from axess.stores.base import FACTORS, IDENTITY, FactorRecord, TenantRecord, UserRecord
+from axess.stores.base import (
+    FACTORS,
+    IDENTITY,
+    FactorRecord,
+    TenantPepper,
+    TenantRecord,
+    UserRecord,
+)
 from axess.stores.sql.params import ms, placeholders
 
 if TYPE_CHECKING:
@@ -166,6 +173,34 @@ class SQLIdentityMixin:
 
         return await self._op("update_tenant", body, substore=IDENTITY)
 
+    async def tenant_pepper(self, tenant_id: str) -> TenantPepper:
+        """One statement: the record's secret and the rotated version, if any."""
+        sql = (
+            "SELECT (SELECT pepper FROM axess_tenants WHERE tenant_id = ?), "
+            "(SELECT version FROM axess_tenant_peppers WHERE tenant_id = ?)"
+        )
+        row = (await self._fetch("tenant_pepper", sql, (tenant_id, tenant_id)))[0]
+        return TenantPepper(
+            None if row[0] is None else bytes(row[0]), 1 if row[1] is None else int(row[1])
+        )
+
+    async def rotate_tenant_pepper(self, tenant_id: str) -> int:
+        """Insert version 1 unless present, increment, read back: one transaction
+        (the UPDATE's row lock serializes concurrent rotations)."""
+        rows = await self._ensure_then(
+            "rotate_tenant_pepper",
+            ("axess_tenant_peppers", "tenant_id, version", (tenant_id, 1)),
+            [
+                (
+                    "UPDATE axess_tenant_peppers SET version = version + 1 WHERE tenant_id = ?",
+                    (tenant_id,),
+                ),
+                ("SELECT version FROM axess_tenant_peppers WHERE tenant_id = ?", (tenant_id,)),
+            ],
+            IDENTITY,
+        )
+        return int(rows[0][0])
+
     # -- users ----------------------------------------------------------------
     async def create_user(self, user: UserRecord) -> bool:
         sql = f"INSERT INTO axess_users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
@@ -217,24 +252,46 @@ class SQLIdentityMixin:
             recovery_codes=int(r[3]),
         )
 
+    async def _ensure_then(
+        self,
+        what: str,
+        ensure: tuple[str, str, Sequence[object]],
+        steps: Sequence[tuple[str, Sequence[object]]],
+        substore: str,
+    ) -> Sequence[Sequence[Any]]:
+        """In one transaction: insert the row ``ensure`` = (table, columns,
+        values) unless its key exists, then run ``steps``; the rows the last
+        step fetched (every dialect: the insert-if-absent, then updates)."""
+        table, columns, values = ensure
+        marks = ", ".join("?" * len(values))
+        first = columns.split(",")[0]
+        insert = self._iq(
+            f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
+            + (
+                f" ON DUPLICATE KEY UPDATE {first} = {first}"
+                if self.name == "mysql"
+                else " ON CONFLICT DO NOTHING"
+            )
+        )
+        statements = [(self._iq(sql), args) for sql, args in steps]
+
+        async def run(conn: Connection) -> Sequence[Sequence[Any]]:
+            await conn.run(insert, values)
+            rows: Sequence[Sequence[Any]] = ()
+            for sql, args in statements:
+                rows = (await conn.run(sql, args, fetch=sql.lstrip().startswith("SELECT"))).rows
+            return rows
+
+        async def body(conn: Connection) -> Sequence[Sequence[Any]]:
+            return await self._transaction(conn, self._dialect.begin, lambda: run(conn))
+
+        return await self._op(what, body, substore=substore)
+
     async def _upsert_factor(self, what: str, column_sql: str, args: Sequence[object]) -> None:
         """Make sure the user's factor row exists, then update it (one transaction)."""
-        ensure = self._iq(
-            "INSERT INTO axess_factors (user_id) VALUES (?)"  # noqa: S608
-            + (" ON DUPLICATE KEY UPDATE user_id = user_id" if self.name == "mysql" else "")
-            + ("" if self.name == "mysql" else " ON CONFLICT DO NOTHING")
-        )
-        update = self._iq(f"UPDATE axess_factors SET {column_sql} WHERE user_id = ?")  # noqa: S608
-        user_id = args[-1]
-
-        async def steps(conn: Connection) -> None:
-            await conn.run(ensure, (user_id,))
-            await conn.run(update, args)
-
-        async def body(conn: Connection) -> None:
-            await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
-
-        await self._op(what, body, substore=FACTORS)
+        update = f"UPDATE axess_factors SET {column_sql} WHERE user_id = ?"  # noqa: S608
+        ensure = ("axess_factors", "user_id", (args[-1],))
+        await self._ensure_then(what, ensure, [(update, args)], FACTORS)
 
     async def set_password_hash(self, user_id: str, phc: str | None) -> None:
         await self._upsert_factor("set_password_hash", "password_hash = ?", (phc, user_id))
