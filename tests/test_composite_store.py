@@ -1,17 +1,44 @@
-"""CompositeStore: routing rules, lifecycle, health aggregation, purge dispatch."""
+"""CompositeStore: routing rules, lifecycle, health aggregation, purge dispatch,
+and the identity/factors/lockout delegation that lets it serve logins."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
+from helpers import client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from axess import Axess, Keyring, MockClock, SeededRandom, get_session
+from axess.authn.http import outcome_response
+from axess.authn.lockout import lockout_keys
+from axess.authn.password import PasswordHasher
+from axess.authn.service import AuthnService
 from axess.errors import ConfigurationError
 from axess.observability.health import HealthState, HealthStatus
-from axess.stores.base import ALL_SUBSTORES, Backend, SessionStore
+from axess.stores.base import (
+    ALL_SUBSTORES,
+    DEFAULT_TENANT,
+    Backend,
+    IdentityStore,
+    LockoutStore,
+    SessionStore,
+    TenantRecord,
+    UserRecord,
+)
 from axess.stores.composite import CompositeStore
 from axess.stores.memory import MemoryStore
-from axess.testing.contract import NOW, make_record
+from axess.testing.contract import (
+    NOW,
+    IdentityStoreContract,
+    LockoutStoreContract,
+    make_lever,
+    make_record,
+)
 
 
 class FakeBackend(MemoryStore):
@@ -275,3 +302,181 @@ async def test_purge_falls_back_to_purge_expired_sessions() -> None:
     assert await store.purge_expired_sessions(NOW + 1) == 0
     with pytest.raises(ValueError, match="ratelimit"):
         await store.purge_expired(NOW, only=["ratelimit"])
+
+
+# -- identity, factors and lockout (delegated) ----------------------------------
+COMPOSITES = ("memory", "sqlite+valkey")
+
+
+@pytest.fixture(params=COMPOSITES)
+def composite_store(request: pytest.FixtureRequest) -> CompositeStore:
+    """An empty composite over opened backends, splitting durable from volatile
+    state.
+
+    ``memory``: one MemoryStore as default (identity, factors, audit) and
+    another for sessions and lockout. ``sqlite+valkey``: SQLite default,
+    Valkey sessions and lockout (skips without a Valkey server, like the rest).
+    """
+    if request.param == "memory":
+        volatile = MemoryStore()
+        return CompositeStore(default=MemoryStore(), sessions=volatile, lockout=volatile)
+    valkey = request.getfixturevalue("valkey_store")
+    return CompositeStore(
+        default=request.getfixturevalue("sqlite_store"), sessions=valkey, lockout=valkey
+    )
+
+
+class TestCompositeIdentityStore(IdentityStoreContract):
+    @pytest.fixture
+    def store(self, composite_store: CompositeStore) -> CompositeStore:
+        return composite_store
+
+
+class TestCompositeLockoutStore(LockoutStoreContract):
+    @pytest.fixture
+    def store(self, composite_store: CompositeStore) -> CompositeStore:
+        return composite_store
+
+
+async def test_identity_factor_and_lockout_calls_go_to_their_backends(
+    composite_store: CompositeStore,
+) -> None:
+    store = composite_store
+    durable: Any = store.backend_for("identity")
+    volatile: Any = store.backend_for("lockout")
+    assert durable is not volatile and store.backend_for("factors") is durable
+    assert isinstance(store, IdentityStore) and isinstance(store, LockoutStore)
+    assert await store.create_user(UserRecord("u1", DEFAULT_TENANT, "alice", created_at=NOW))
+    assert await durable.get_user("u1") is not None
+    await store.set_password_hash("u1", "phc")
+    assert (await durable.get_factors("u1")).password_hash == "phc"
+    await store.lockout_failure([make_lever("u:x")], None, NOW)
+    assert await volatile.lockout_state("u:x", NOW) is not None
+    assert await durable.lockout_state("u:x", NOW) is None  # the default has lockout too
+    assert await store.lockout_clear(["u:x"]) == 1
+
+
+class NotAnIdentityStore(MemoryStore):
+    """Lists identity and factors but lacks one IdentityStore method."""
+
+    totp_accept_step = None  # type: ignore[assignment]
+
+
+class NotALockoutStore(MemoryStore):
+    """Lists lockout but lacks one LockoutStore method."""
+
+    lockout_failure = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ({"identity": FakeBackend("valkey", {"sessions", "lockout"})}, "'identity' is routed"),
+        ({"factors": FakeBackend("valkey", {"sessions", "lockout"})}, "'factors' is routed"),
+        ({"lockout": FakeBackend("sql", {"identity", "factors"})}, "'lockout' is routed"),
+        ({"identity": NotAnIdentityStore()}, "'memory' lists 'identity'.*IdentityStore protocol"),
+        ({"lockout": NotALockoutStore()}, "'memory' lists 'lockout'.*LockoutStore protocol"),
+    ],
+)
+def test_routing_identity_or_lockout_to_a_backend_without_it_is_refused(
+    routes: dict[str, Backend], message: str
+) -> None:
+    sessions_only = FakeBackend("sessions-only", {"sessions"})
+    with pytest.raises(ConfigurationError, match=message):
+        CompositeStore(default=sessions_only, **routes)  # type: ignore[arg-type]
+
+
+def test_a_default_without_the_identity_protocol_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="IdentityStore"):
+        CompositeStore(default=NotAnIdentityStore())
+    with pytest.raises(ConfigurationError, match="LockoutStore"):
+        CompositeStore(default=NotALockoutStore())
+
+
+async def test_identity_and_lockout_calls_need_a_backend_serving_them() -> None:
+    volatile = CompositeStore(default=FakeBackend("valkey", {"sessions", "lockout"}))
+    # isinstance says what the composite can delegate; substores, what is served.
+    assert isinstance(volatile, IdentityStore) and "identity" not in volatile.substores
+    with pytest.raises(ConfigurationError, match="'identity' is unavailable"):
+        await volatile.get_user("u1")
+    with pytest.raises(ConfigurationError, match="'identity' is unavailable"):
+        await volatile.create_tenant(TenantRecord("t1", "acme"))
+    with pytest.raises(ConfigurationError, match="'factors' is unavailable"):
+        await volatile.get_factors("u1")
+    durable = CompositeStore(default=FakeBackend("sql", {"identity", "factors", "audit"}))
+    with pytest.raises(ConfigurationError, match="'lockout' is unavailable"):
+        await durable.lockout_status(["u:x"], None, NOW)
+
+
+# -- logins through Axess ---------------------------------------------------------
+def _login_app(store: CompositeStore, *, direct: bool) -> tuple[Axess, Starlette, MockClock]:
+    """An app whose login runs on ``auth.authn`` or, with ``direct``, on an
+    AuthnService over the composite itself (no lockout= given)."""
+    clock = MockClock()
+    hasher = PasswordHasher(time_cost=1, memory_cost=1024)
+    keys = Keyring.generate()
+    auth = Axess(
+        store=store,
+        keys=keys,
+        clock=clock,
+        random=SeededRandom(3),
+        debug=True,
+        csrf=False,
+        cleanup_interval=None,
+        password_hasher=hasher,
+    )
+    assert auth.authn is not None and auth.users is not None
+    service = AuthnService(store, keys, hasher=hasher, clock=clock) if direct else auth.authn
+
+    async def login(request: Request) -> Response:
+        body = await request.json()
+        return outcome_response(
+            await service.login_password(request, body["user"], body["password"])
+        )
+
+    async def me(request: Request) -> Response:
+        return JSONResponse({"user": get_session(request).user_id})
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/me", me)])
+    auth.install(app)
+    return auth, app, clock
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["auth.authn", "AuthnService(composite)"])
+async def test_axess_serves_logins_from_a_composite(
+    composite_store: CompositeStore, direct: bool
+) -> None:
+    store = composite_store
+    auth, app, clock = _login_app(store, direct=direct)
+    durable: Any = store.backend_for("identity")
+    volatile: Any = store.backend_for("lockout")
+    async with auth.lifespan():
+        assert auth.users is not None
+        user = await auth.users.create_user("Alice@Example.com", password="correct horse")
+        async with client(app) as c:
+            r = await c.post("/login", json={"user": "alice@example.com", "password": "wrong"})
+            assert r.status_code == 401
+            counter = lockout_keys(DEFAULT_TENANT, "alice@example.com", None).user
+            state = await volatile.lockout_state(counter, clock.time())
+            assert state is not None and state.failures == 1
+            assert await durable.lockout_state(counter, clock.time()) is None
+            r = await c.post(
+                "/login", json={"user": "alice@example.com", "password": "correct horse"}
+            )
+            assert r.status_code == 200 and r.json()["user_id"] == user.id
+            assert (await c.get("/me")).json() == {"user": user.id}
+        # The success reset the counter; the session lives on the sessions backend.
+        assert await volatile.lockout_state(counter, clock.time()) is None
+        assert len(await store.list_user_sessions(user.id, clock.time())) == 1
+        assert await durable.list_user_sessions(user.id, clock.time()) == []
+        stored = await durable.get_user(user.id)
+        assert stored is not None and stored.last_login_at == clock.time()
+
+
+def test_axess_builds_no_login_without_an_identity_backend() -> None:
+    durable = CompositeStore(default=MemoryStore(), sessions=MemoryStore())
+    volatile = CompositeStore(default=FakeBackend("valkey", {"sessions", "lockout"}))
+    for composite, served in ((durable, True), (volatile, False)):
+        auth = Axess(store=composite, keys=Keyring.generate(), debug=True, cleanup_interval=None)
+        assert (auth.authn is not None) is served
+        assert (auth.users is not None) is served

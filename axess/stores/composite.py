@@ -15,25 +15,46 @@ on violation):
   not implement everything.
 * The transactional cluster (identity, factors, audit) must not be split
   across backend objects: they change together in one transaction.
+* The backend serving ``sessions``, ``lockout``, ``identity``, ``factors`` or
+  ``audit`` must implement that substore's protocol.
+
+The composite implements those protocols itself, each method delegating to the
+backend serving its substore: tenant and user methods go to ``identity``,
+factor methods (password hash, TOTP, recovery codes) to ``factors`` (the same
+backend object, by the cluster rule). Calling a method of an unavailable
+substore raises ConfigurationError naming it. So ``isinstance(composite,
+IdentityStore)`` is always true: what is actually served is ``substores``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, cast, runtime_checkable
 
 from axess.errors import ConfigurationError
 from axess.observability.health import HealthState, HealthStatus
 from axess.stores.base import (
     ALL_SUBSTORES,
     AUDIT,
+    FACTORS,
+    IDENTITY,
+    LOCKOUT,
     SESSIONS,
     TRANSACTIONAL_CLUSTER,
     AuditStore,
     Backend,
+    FactorRecord,
+    IdentityStore,
+    LeverSpec,
+    LeverState,
+    LockoutStatus,
+    LockoutStore,
     SessionRecord,
     SessionStore,
+    TenantPepper,
+    TenantRecord,
+    UserRecord,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +64,15 @@ _NAMED: Final = ("sessions", "lockout", "ratelimit", "identity", "factors", "aud
 #: Every routable substore, in listing order (constructor order first; names
 #: later added to ``ALL_SUBSTORES`` follow, routed with keyword arguments).
 _ORDER: Final = (*_NAMED, *sorted(ALL_SUBSTORES - frozenset(_NAMED)))
+#: The protocol the backend serving each delegated substore must implement
+#: (checked at construction; the delegating methods rely on it).
+_PROTOCOLS: Final[Mapping[str, type]] = {
+    SESSIONS: SessionStore,
+    LOCKOUT: LockoutStore,
+    IDENTITY: IdentityStore,
+    FACTORS: IdentityStore,
+    AUDIT: AuditStore,
+}
 
 
 @runtime_checkable
@@ -55,8 +85,9 @@ class Purgeable(Protocol):
 
 
 class CompositeStore:
-    """Routes each substore to a backend; implements :class:`SessionStore` and
-    :class:`AuditStore` by delegating to the backends serving them."""
+    """Routes each substore to a backend; implements :class:`SessionStore`,
+    :class:`LockoutStore`, :class:`IdentityStore` and :class:`AuditStore` by
+    delegating to the backends serving them (see the module docstring)."""
 
     name: str = "composite"
 
@@ -111,20 +142,13 @@ class CompositeStore:
                 + (", distinct backend objects" if same_names else "")
                 + ")"
             )
-        session_store = routes.get(SESSIONS)
-        if session_store is not None and not isinstance(session_store, SessionStore):
-            raise ConfigurationError(
-                f"backend {session_store.name!r} lists 'sessions' but does not "
-                "implement the SessionStore protocol"
-            )
-        audit_store = routes.get(AUDIT)
-        if audit_store is not None and not isinstance(audit_store, AuditStore):
-            raise ConfigurationError(
-                f"backend {audit_store.name!r} lists 'audit' but does not "
-                "implement the AuditStore protocol"
-            )
-        self._session_store: SessionStore | None = session_store
-        self._audit_store: AuditStore | None = audit_store
+        for substore, protocol in _PROTOCOLS.items():
+            backend = routes.get(substore)
+            if backend is not None and not isinstance(backend, protocol):
+                raise ConfigurationError(
+                    f"backend {backend.name!r} lists {substore!r} but does not "
+                    f"implement the {protocol.__name__} protocol"
+                )
         self._routes: Mapping[str, Backend] = routes
         distinct: dict[int, Backend] = {id(default): default}
         for substore in _ORDER:
@@ -163,17 +187,22 @@ class CompositeStore:
         owned = self._owned(backend)
         return f"{backend.name} ({', '.join(owned)})" if owned else f"{backend.name} (default)"
 
-    def _audit(self) -> AuditStore:
-        if self._audit_store is None:
-            self.backend_for(AUDIT)  # raises, naming the substore
-        assert self._audit_store is not None
-        return self._audit_store
-
+    # The backend serving a delegated substore (ConfigurationError naming the
+    # substore if none does); its protocol was checked at construction.
     def _sessions(self) -> SessionStore:
-        if self._session_store is None:
-            self.backend_for(SESSIONS)  # raises, naming the substore
-        assert self._session_store is not None
-        return self._session_store
+        return cast(SessionStore, self.backend_for(SESSIONS))
+
+    def _lockout(self) -> LockoutStore:
+        return cast(LockoutStore, self.backend_for(LOCKOUT))
+
+    def _identity(self) -> IdentityStore:
+        return cast(IdentityStore, self.backend_for(IDENTITY))
+
+    def _factors(self) -> IdentityStore:
+        return cast(IdentityStore, self.backend_for(FACTORS))
+
+    def _audit(self) -> AuditStore:
+        return cast(AuditStore, self.backend_for(AUDIT))
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> None:
@@ -286,6 +315,87 @@ class CompositeStore:
 
     async def purge_expired_sessions(self, now: float) -> int:
         return await self._sessions().purge_expired_sessions(now)
+
+    # -- lockout substore (delegated) -----------------------------------------
+    async def lockout_status(
+        self, keys: Sequence[str], origin: str | None, now: float
+    ) -> LockoutStatus:
+        return await self._lockout().lockout_status(keys, origin, now)
+
+    async def lockout_failure(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> list[LeverState]:
+        return await self._lockout().lockout_failure(levers, origin, now)
+
+    async def lockout_success(
+        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+    ) -> None:
+        await self._lockout().lockout_success(reset, origin, trusted_until, now)
+
+    async def lockout_clear(self, keys: Sequence[str]) -> int:
+        return await self._lockout().lockout_clear(keys)
+
+    async def lockout_state(self, key: str, now: float) -> LeverState | None:
+        return await self._lockout().lockout_state(key, now)
+
+    async def purge_expired_lockouts(self, now: float) -> int:
+        return await self._lockout().purge_expired_lockouts(now)
+
+    # -- identity substore: tenants and users (delegated) ---------------------
+    async def create_tenant(self, tenant: TenantRecord) -> bool:
+        return await self._identity().create_tenant(tenant)
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord | None:
+        return await self._identity().get_tenant(tenant_id)
+
+    async def get_tenant_by_slug(self, slug: str) -> TenantRecord | None:
+        return await self._identity().get_tenant_by_slug(slug)
+
+    async def update_tenant(self, tenant: TenantRecord) -> bool:
+        return await self._identity().update_tenant(tenant)
+
+    async def tenant_pepper(self, tenant_id: str) -> TenantPepper:
+        return await self._identity().tenant_pepper(tenant_id)
+
+    async def rotate_tenant_pepper(self, tenant_id: str) -> int:
+        return await self._identity().rotate_tenant_pepper(tenant_id)
+
+    async def create_user(self, user: UserRecord) -> bool:
+        return await self._identity().create_user(user)
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        return await self._identity().get_user(user_id)
+
+    async def find_user(self, tenant_id: str, identifier: str) -> UserRecord | None:
+        return await self._identity().find_user(tenant_id, identifier)
+
+    async def set_user_status(self, user_id: str, status: str) -> bool:
+        return await self._identity().set_user_status(user_id, status)
+
+    async def record_login(self, user_id: str, at: float) -> None:
+        await self._identity().record_login(user_id, at)
+
+    # -- factors substore: password, TOTP, recovery codes (delegated) ---------
+    async def get_factors(self, user_id: str) -> FactorRecord:
+        return await self._factors().get_factors(user_id)
+
+    async def set_password_hash(self, user_id: str, phc: str | None) -> None:
+        await self._factors().set_password_hash(user_id, phc)
+
+    async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None:
+        await self._factors().set_totp_secret(user_id, sealed)
+
+    async def totp_accept_step(self, user_id: str, step: int) -> bool:
+        return await self._factors().totp_accept_step(user_id, step)
+
+    async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
+        await self._factors().replace_recovery_codes(user, hashes)
+
+    async def consume_recovery_code(self, user: str, candidates: Collection[str]) -> bool:
+        return await self._factors().consume_recovery_code(user, candidates)
+
+    async def count_recovery_codes(self, user: str) -> int:
+        return await self._factors().count_recovery_codes(user)
 
     # -- audit substore (delegated) -------------------------------------------
     async def insert_audit_events(self, events: Sequence[AuthEvent]) -> None:
