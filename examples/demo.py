@@ -29,13 +29,15 @@ from axess import (
     csrf_input,
     get_session,
 )
-from axess.authn import Authenticated, FactorRequired, Locked, RecoveryCode
+from axess.authn import Authenticated, FactorRequired, Locked, RecoveryCode, TOTPEnrolment
 from axess.ratelimit import auth_rules
 from axess.stores import SQLiteStore
 
 logger = logging.getLogger("axess.demo")
 DEMO_USER = "demo@example.com"
 DEMO_PASSWORD = "demo-password"
+#: Session key of the TOTP enrolment waiting for its first code.
+TOTP_PENDING = "demo.totp_pending"
 
 auth = Axess(
     store=SQLiteStore(os.environ.get("AXESS_DEMO_DB", "demo.db")),
@@ -166,15 +168,54 @@ async def revoke(request: Request) -> Response:
     return RedirectResponse("/", status_code=303)
 
 
+def enrolment_page(request: Request, enrolment: TOTPEnrolment, error: str = "") -> str:
+    body = f'<p class="msg">{html.escape(error)}</p>' if error else ""
+    inner = (
+        '<label>First code from your app <input name="code" required maxlength="32"'
+        ' autocomplete="one-time-code" inputmode="numeric"></label> '
+    )
+    return body + (
+        "<h2>Enrol TOTP</h2><p>Add this to your authenticator app (as a QR code, or type"
+        f" the key):</p><p><code>{html.escape(enrolment.uri)}</code></p>"
+        f"<p>Key: <code>{html.escape(enrolment.secret)}</code></p>"
+        "<p>Then enter the code it shows. Two-factor sign-in starts only once a code"
+        " is accepted.</p>"
+        + form(request, "/totp/confirm", inner, "Activate")
+        + ' <a href="/">Cancel</a>'
+    )
+
+
 async def totp_enrol(request: Request) -> Response:
     s = get_session(request)
     if not (s.is_authenticated and s.user_id):
         return RedirectResponse("/", status_code=303)
-    uri = await users.enrol_totp(s.user_id)
+    enrolment = await users.begin_totp_enrolment(s.user_id)
+    # Only the sealed token is kept; nothing is stored until a code is accepted.
+    s[TOTP_PENDING] = enrolment.pending
+    return page(enrolment_page(request, enrolment))
+
+
+async def totp_confirm(request: Request) -> Response:
+    s = get_session(request)
+    if not (s.is_authenticated and s.user_id):
+        return RedirectResponse("/", status_code=303)
+    pending = s.get(TOTP_PENDING)
+    code = str((await request.form()).get("code", ""))[:32]
+    if not isinstance(pending, str):
+        return RedirectResponse("/?msg=Start+the+TOTP+enrolment+again", status_code=303)
+    if not await users.confirm_totp_enrolment(s.user_id, pending, code, actor=s.user_id):
+        enrolment = await users.pending_totp_enrolment(s.user_id, pending)
+        if enrolment is None:  # expired (or keys gone): start again
+            del s[TOTP_PENDING]
+            body = '<p class="msg">The enrolment expired; start again.</p>' + form(
+                request, "/totp/enrol", "", "Enrol TOTP"
+            )
+            return page(body, status=400)
+        return page(enrolment_page(request, enrolment, "Wrong code; try again."), status=400)
+    del s[TOTP_PENDING]
     codes = await users.regenerate_recovery_codes(s.user_id)
     body = (
-        "<h2>TOTP enrolled</h2><p>Add this to your authenticator app:</p>"
-        f"<p><code>{html.escape(uri)}</code></p><p>Recovery codes (each works once):</p>"
+        "<h2>TOTP enrolled</h2><p>Recovery codes (each works once; store them now):</p>"
         f"<p><code>{'</code> <code>'.join(html.escape(c) for c in codes)}</code></p>"
         '<p><a href="/">Back</a> — the next sign-in asks for a code.</p>'
     )
@@ -199,6 +240,7 @@ app = Starlette(
         Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
         Route("/sessions/revoke", revoke, methods=["POST"]),
         Route("/totp/enrol", totp_enrol, methods=["POST"]),
+        Route("/totp/confirm", totp_confirm, methods=["POST"]),
         Route("/healthz", auth.healthz),
     ],
     lifespan=lifespan,

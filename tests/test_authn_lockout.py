@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -355,3 +356,122 @@ def test_locked_body_is_identical_for_every_lever() -> None:
         "detail": "too many failed login attempts; try again later",
         "retry_after": 60,
     }
+
+
+# -- per-tenant overrides from the tenant record ------------------------------------
+def test_record_override_changes_only_the_named_fields() -> None:
+    base = LockoutPolicy()
+    p = base.with_record_overrides("acme", {"user": {"threshold": 3}})
+    assert p.user == Lever(3, 15 * MIN, 15 * MIN, backoff=2.0, max_lock=86_400)
+    assert (p.ip, p.tenant) == (base.ip, base.tenant)
+    p = base.with_record_overrides(
+        "acme",
+        {"ip": {"window": 60, "lock_for": 120.5, "max_lock": None}, "tenant": {"backoff": 1}},
+    )
+    assert p.ip == Lever(50, 60, 120.5, max_lock=None) and p.tenant.backoff == 1
+    assert p.user == base.user
+    assert base.with_record_overrides("acme", {}) is base
+    assert base.with_record_overrides("acme", None) is base
+    assert base.with_record_overrides("acme", {"user": {}}).user == base.user
+
+
+def test_record_overrides_win_over_static_ones() -> None:
+    policy = LockoutPolicy(overrides={"acme": {"user": Lever(2, MIN, 10 * MIN)}})
+    # fields the record leaves out come from the static override of the tenant
+    assert policy.with_record_overrides("acme", {"user": {"threshold": 4}}).user == Lever(
+        4, MIN, 10 * MIN
+    )
+    # a lever the record does not name keeps the static override
+    p = policy.with_record_overrides("acme", {"ip": {"threshold": 9}})
+    assert p.user == Lever(2, MIN, 10 * MIN) and p.ip.threshold == 9
+    # other tenants start from the policy's own levers
+    assert policy.with_record_overrides("other", {"user": {"threshold": 4}}).user.window == 15 * MIN
+
+
+def test_levers_json_round_trips() -> None:
+    p = LockoutPolicy(user=Lever(3, 60, 90, backoff=3.0, max_lock=900), ip=Lever(7, 30, 30))
+    data = p.levers_json()
+    assert data["user"] == {
+        "threshold": 3,
+        "window": 60,
+        "lock_for": 90,
+        "backoff": 3.0,
+        "max_lock": 900,
+    }
+    rebuilt = LockoutPolicy(overrides={"t": {"user": Lever(1, 1, 1)}}).with_record_overrides(
+        "t", data
+    )
+    assert (rebuilt.user, rebuilt.ip, rebuilt.tenant) == (p.user, p.ip, p.tenant)
+
+
+INVALID_OVERRIDES: list[Any] = [
+    {"users": {"threshold": 3}},
+    {"user": {"limit": 3}},
+    {"user": {"threshold": "3"}},
+    {"user": {"threshold": 3.0}},
+    {"user": {"threshold": True}},
+    {"user": {"threshold": 0}},
+    {"user": {"window": -1}},
+    {"user": {"window": "900"}},
+    {"user": {"window": float("nan")}},
+    {"user": {"lock_for": float("inf")}},
+    {"user": {"lock_for": 10**400}},
+    {"user": {"lock_for": 2 * 86_400}},  # above the inherited max_lock
+    {"ip": {"backoff": 0.5}},
+    {"tenant": {"max_lock": 1}},  # below lock_for
+    {"user": 3},
+    {"user": None},
+    [{"user": {"threshold": 3}}],
+    "user=3",
+]
+
+
+@pytest.mark.parametrize("raw", INVALID_OVERRIDES)
+def test_invalid_record_overrides_are_rejected(raw: Any) -> None:
+    with pytest.raises(ValueError):
+        LockoutPolicy().with_record_overrides("acme", raw)
+
+
+async def test_invalid_record_overrides_warn_once_and_fall_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strict = Lever(2, MIN, 10 * MIN, max_lock=60 * MIN)
+    static = LockoutPolicy(overrides={"acme": {"user": strict}})
+    lockout, _, _, _ = make(static)
+    with caplog.at_level(logging.WARNING, logger="axess.authn"):
+        for raw in INVALID_OVERRIDES:
+            for _ in range(3):  # a fresh copy each time, as from a store
+                p = lockout.policy_for("acme", copy.deepcopy(raw))
+                assert p.user == strict  # the static override stays
+                assert (p.ip, p.tenant) == (static.ip, static.tenant)
+        lockout.policy_for("other", INVALID_OVERRIDES[0])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == len(INVALID_OVERRIDES) + 1
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    assert all("acme" in m for m in msgs[:-1]) and "other" in msgs[-1]
+    assert "unknown lever 'users'" in msgs[0]
+
+
+async def test_policy_for_memoizes_and_follows_policy_changes() -> None:
+    lockout, _, _, _ = make()
+    a = lockout.policy_for("acme", {"user": {"threshold": 3}})
+    assert lockout.policy_for("acme", {"user": {"threshold": 3}}) is a
+    assert lockout.policy_for("acme", {"user": {"threshold": 4}}).user.threshold == 4
+    assert lockout.policy_for("acme", {}) is lockout.policy
+    assert lockout.policy_for("acme") is lockout.policy
+    lockout.policy = LockoutPolicy(user=Lever(5, MIN, MIN))
+    assert lockout.policy_for("acme", {"user": {"threshold": 3}}).user == Lever(3, MIN, MIN)
+
+
+async def test_record_failure_uses_the_given_policy() -> None:
+    lockout, _, clock, metrics = make()
+    k = keys()
+    policy = lockout.policy_for("acme", {"user": {"threshold": 2, "lock_for": 60}})
+    await lockout.record_failure(k, policy=policy)
+    assert await lockout.pre_check(k) is None
+    states = await lockout.record_failure(k, policy=policy)
+    assert states["user"].tripped and metrics.locked == ["user"]
+    assert await lockout.pre_check(k) == Locked(60, "user")
+    clock.advance(61)
+    await lockout.record_success(k, policy=policy)
+    assert await lockout.pre_check(k) is None

@@ -353,3 +353,91 @@ async def test_full_flow_on_sql(sql_store: Any) -> None:
         assert (await c.post("/factor", json={"totp": code})).status_code == 401  # replay
     user = await store.get_user(uid)
     assert user is not None and user.last_login_at == env.clock.time()
+
+
+# -- per-tenant lockout overrides from the tenant record ------------------------------
+def _count_get_tenant(env: Env) -> list[str]:
+    calls: list[str] = []
+    real = env.store.get_tenant
+
+    async def counted(tenant_id: str) -> TenantRecord | None:
+        calls.append(tenant_id)
+        return await real(tenant_id)
+
+    env.store.get_tenant = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_tenant_record_lockout_overrides_apply() -> None:
+    env = make_env()
+    # only the threshold is overridden: window, lock_for, backoff are inherited
+    await env.store.create_tenant(
+        TenantRecord("strict", "strict", lockout_overrides={"user": {"threshold": 3}})
+    )
+    await env.add_user("alice", user_id="alice-strict", tenant="strict")
+    await env.add_user("alice", user_id="alice-default")
+    calls = _count_get_tenant(env)
+    async with env.client() as c:
+        for _ in range(3):
+            assert (await login(c, "alice", "wrong", tenant="strict")).status_code == 401
+        r = await login(c, "alice", "correct horse", tenant="strict")
+        assert r.status_code == 429 and r.headers["retry-after"] == "900"
+        # the default tenant still needs five failures
+        for _ in range(4):
+            assert (await login(c, "alice", "wrong")).status_code == 401
+        assert (await login(c, "alice", "wrong")).status_code == 401  # the fifth locks
+        assert (await login(c, "alice", "correct horse")).status_code == 429
+    assert env.metrics.counts["account_locked:user"] == 2
+    # one tenant lookup per attempt that passed the pre-check, none extra
+    assert calls == ["strict"] * 3 + ["default"] * 5
+
+
+async def test_tenant_record_overrides_apply_to_second_factors() -> None:
+    env = make_env()
+    # The IP lever: after a correct password the origin is trusted, so second
+    # factor failures do not count on the user lever.
+    await env.store.create_tenant(
+        TenantRecord("strict", "strict", lockout_overrides={"ip": {"threshold": 3}})
+    )
+    uid = await env.add_user("alice", user_id="alice-strict", tenant="strict")
+    secret = await enrol_totp(env, uid)
+    now = env.clock.time()
+    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
+    wrong = next(c for c in ("000000", "111111", "222222") if c not in valid)
+    calls = _count_get_tenant(env)
+    async with env.client() as c:
+        r = await login(c, "alice", "correct horse", tenant="strict")
+        assert r.json() == {"factor_required": "totp"}
+        for _ in range(3):
+            assert (await c.post("/factor", json={"totp": wrong})).status_code == 401
+        r = await c.post("/factor", json={"totp": totp(secret, now)})
+        assert r.status_code == 429  # locked after 3, not 50
+    assert env.metrics.counts["account_locked:ip"] == 1
+    assert calls == ["strict"]  # second factors cost no tenant lookup
+    # the step-wise flow: begin_login, then the password through verify_factor
+    env.clock.advance(3600)
+    async with env.client() as c:
+        assert (await c.post("/begin", json={"identifier": "alice", "tenant": "strict"})).json()
+        for _ in range(3):
+            r = await c.post("/factor", json={"password": "wrong"})
+            assert r.status_code == 401
+        r = await c.post("/factor", json={"password": "correct horse"})
+        assert r.status_code == 429
+
+
+async def test_invalid_tenant_record_overrides_warn_once_and_fall_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = make_env()
+    await env.store.create_tenant(
+        TenantRecord("broken", "broken", lockout_overrides={"user": {"threshold": "three"}})
+    )
+    await env.add_user("alice", tenant="broken")
+    with caplog.at_level(logging.WARNING, logger="axess.authn"):
+        async with env.client() as c:
+            for _ in range(4):
+                assert (await login(c, "alice", "wrong", tenant="broken")).status_code == 401
+            assert (await login(c, "alice", "wrong", tenant="broken")).status_code == 401
+            assert (await login(c, "alice", "correct horse", tenant="broken")).status_code == 429
+    warnings = [r.getMessage() for r in caplog.records if "lockout_overrides" in r.getMessage()]
+    assert len(warnings) == 1 and "broken" in warnings[0]

@@ -9,8 +9,10 @@ import pytest
 from authn_app import Env, fast_hasher, make_env
 
 from axess.authn.lockout import Lever, Lockout, LockoutPolicy
-from axess.authn.totp import totp
+from axess.authn.totp import TOTPCode, hotp, time_step, totp
 from axess.authn.users import UnknownUser, UserAdmin
+from axess.errors import EnvelopeError
+from axess.keys import Key, Keyring
 
 
 def _admin(env: Env, **kw: object) -> UserAdmin:
@@ -141,3 +143,200 @@ async def test_admin_without_registry_or_lockout() -> None:
         await admin.list_sessions(u.id)
     with pytest.raises(RuntimeError):
         await admin.set_password(u.id, "x")
+
+
+# -- confirmed TOTP enrolment -------------------------------------------------------
+def _b32(text: str) -> bytes:
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def _wrong_code(secret: bytes, now: float) -> str:
+    valid = {hotp(secret, time_step(now) + d) for d in (-1, 0, 1)}
+    return next(c for c in ("000000", "111111", "222222", "333333") if c not in valid)
+
+
+async def test_begin_enrolment_stores_nothing_and_hides_secrets() -> None:
+    env = make_env()
+    admin = _admin(env)
+    u = await admin.create_user("alice", password="pw")
+    e = await admin.begin_totp_enrolment(u.id, account="alice@acme")
+    parsed = urlparse(e.uri)
+    assert parsed.scheme == "otpauth" and parsed.path == "/Acme%20Corp:alice%40acme"
+    assert parse_qs(parsed.query)["secret"] == [e.secret]
+    assert len(_b32(e.secret)) == 20 and e.pending.isascii()
+    assert e.secret not in repr(e) and e.pending not in repr(e)
+    assert (await env.store.get_factors(u.id)).totp_secret is None
+    assert "totp_enrolled" not in env.event_types
+    assert await _login(env, "alice", "pw") == 200  # still no second factor
+    with pytest.raises(UnknownUser):
+        await admin.begin_totp_enrolment("ghost")
+
+
+async def test_wrong_code_does_not_enrol() -> None:
+    env = make_env()
+    admin = _admin(env)
+    u = await admin.create_user("alice", password="pw")
+    e = await admin.begin_totp_enrolment(u.id)
+    secret = _b32(e.secret)
+    for bad in (_wrong_code(secret, env.clock.time()), "", "12345", "abcdef", "1" * 100):
+        assert not await admin.confirm_totp_enrolment(u.id, e.pending, bad)
+    # a code of the step before the window is refused too
+    old = hotp(secret, time_step(env.clock.time()) - 2)
+    assert not await admin.confirm_totp_enrolment(u.id, e.pending, old)
+    assert (await env.store.get_factors(u.id)).totp_secret is None
+    assert "totp_enrolled" not in env.event_types
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "alice", "password": "pw"})
+        assert r.status_code == 200 and r.json()["factors"] == ["password"]
+
+
+async def test_right_code_enrols_and_cannot_be_replayed_at_login() -> None:
+    env = make_env()
+    admin = _admin(env)
+    u = await admin.create_user("alice", password="pw")
+    e = await admin.begin_totp_enrolment(u.id)
+    secret = _b32(e.secret)
+    env.clock.advance(200)  # the user takes a while to scan
+    code = totp(secret, env.clock.time())
+    assert await admin.confirm_totp_enrolment(u.id, e.pending, TOTPCode(code), actor="alice")
+    factors = await env.store.get_factors(u.id)
+    assert factors.totp_secret is not None and factors.totp_last_step == time_step(env.clock.time())
+    assert admin.sealer.open(factors.totp_secret, u.id) == secret
+    assert [(ev.type, ev.actor) for ev in env.events if ev.type == "totp_enrolled"] == [
+        ("totp_enrolled", "alice")
+    ]
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "alice", "password": "pw"})
+        assert r.json() == {"factor_required": "totp"}
+        # the code that confirmed the enrolment is spent
+        assert (await c.post("/factor", json={"totp": code})).status_code == 401
+        env.clock.advance(30)
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200 and r.json()["factors"] == ["password", "totp"]
+
+
+async def test_pending_enrolment_keeps_the_current_secret_until_confirmed() -> None:
+    env = make_env()
+    admin = _admin(env)
+    u = await admin.create_user("alice", password="pw")
+    uri = await admin.enrol_totp(u.id)  # immediate (admin) enrolment
+    old = _b32(parse_qs(urlparse(uri).query)["secret"][0])
+    e = await admin.begin_totp_enrolment(u.id)
+    assert await admin.pending_totp_enrolment(u.id, e.pending) == e  # shown again
+    async with env.client() as c:
+        await c.post("/login", json={"identifier": "alice", "password": "pw"})
+        r = await c.post("/factor", json={"totp": totp(old, env.clock.time())})
+        assert r.status_code == 200  # the old secret still works
+    env.clock.advance(30)
+    assert await admin.confirm_totp_enrolment(
+        u.id, e.pending, totp(_b32(e.secret), env.clock.time())
+    )
+    env.clock.advance(30)
+    async with env.client() as c:
+        await c.post("/login", json={"identifier": "alice", "password": "pw"})
+        assert (
+            await c.post("/factor", json={"totp": totp(old, env.clock.time())})
+        ).status_code == 401
+        r = await c.post("/factor", json={"totp": totp(_b32(e.secret), env.clock.time())})
+        assert r.status_code == 200
+
+
+def _flip(token: str, at: int) -> str:
+    ch = token[at]
+    return token[:at] + ("A" if ch != "A" else "B") + token[at + 1 :]
+
+
+async def test_tampered_foreign_and_garbage_tokens_are_refused() -> None:
+    env = make_env()
+    admin = _admin(env)
+    alice = await admin.create_user("alice", password="pw")
+    bob = await admin.create_user("bob", password="pw")
+    e = await admin.begin_totp_enrolment(bob.id)
+    code = totp(_b32(e.secret), env.clock.time())
+    # bob's token does not enrol alice, even with the right code
+    assert not await admin.confirm_totp_enrolment(alice.id, e.pending, code)
+    assert await admin.pending_totp_enrolment(alice.id, e.pending) is None
+    tampered = [_flip(e.pending, i) for i in (0, 5, len(e.pending) // 2, len(e.pending) - 2)]
+    garbage = ["", "x", "!!!!", "A" * 10_000, e.pending + "AAAA", e.pending[:-8], "é" * 20]
+    for token in [*tampered, *garbage]:
+        assert not await admin.confirm_totp_enrolment(bob.id, token, code)
+        assert await admin.pending_totp_enrolment(bob.id, token) is None
+    # an active sealed secret is not a pending token, and a pending token is
+    # not an active secret (different associated data)
+    await admin.enrol_totp(alice.id)
+    sealed = (await env.store.get_factors(alice.id)).totp_secret
+    assert sealed is not None
+    as_token = base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+    assert not await admin.confirm_totp_enrolment(alice.id, as_token, code)
+    raw = base64.urlsafe_b64decode(e.pending + "=" * (-len(e.pending) % 4))
+    for uid in (alice.id, bob.id):
+        with pytest.raises(EnvelopeError):
+            admin.sealer.open(raw, uid)
+    assert (await env.store.get_factors(bob.id)).totp_secret is None
+    assert await admin.confirm_totp_enrolment(bob.id, e.pending, code)  # the real one works
+    with pytest.raises(UnknownUser):
+        await admin.confirm_totp_enrolment("ghost", e.pending, code)
+
+
+async def test_pending_token_expires_after_ten_minutes() -> None:
+    env = make_env()
+    admin = _admin(env)
+    u = await admin.create_user("alice", password="pw")
+    e = await admin.begin_totp_enrolment(u.id)
+    env.clock.advance(600)
+    assert await admin.pending_totp_enrolment(u.id, e.pending) is not None  # at the limit
+    env.clock.advance(1)
+    code = totp(_b32(e.secret), env.clock.time())
+    assert not await admin.confirm_totp_enrolment(u.id, e.pending, code)
+    assert await admin.pending_totp_enrolment(u.id, e.pending) is None
+    assert (await env.store.get_factors(u.id)).totp_secret is None
+    # a shorter lifetime can be configured
+    short = _admin(env, totp_pending_ttl=60)
+    e = await short.begin_totp_enrolment(u.id)
+    env.clock.advance(61)
+    assert not await short.confirm_totp_enrolment(
+        u.id, e.pending, totp(_b32(e.secret), env.clock.time())
+    )
+    with pytest.raises(ValueError):
+        _admin(env, totp_pending_ttl=0)
+
+
+async def test_pending_token_opens_with_previous_key_after_rotation() -> None:
+    env = make_env()
+    admin = _admin(env)
+    u = await admin.create_user("alice", password="pw")
+    e = await admin.begin_totp_enrolment(u.id)
+    old = list(env.keys.keys("envelope"))
+    new = Key.generate("e2")
+
+    def ring(envelope: list[Key]) -> Keyring:
+        return Keyring(
+            signing=env.keys.keys("signing"),
+            envelope=envelope,
+            fingerprint=env.keys.keys("fingerprint"),
+            csrf=env.keys.keys("csrf"),
+        )
+
+    gone = UserAdmin(env.store, ring([new]), clock=env.clock, hasher=fast_hasher())
+    code = totp(_b32(e.secret), env.clock.time())
+    assert not await gone.confirm_totp_enrolment(u.id, e.pending, code)  # old key removed
+    rotated = UserAdmin(env.store, ring([new, *old]), clock=env.clock, hasher=fast_hasher())
+    assert await rotated.confirm_totp_enrolment(u.id, e.pending, code)
+    sealed = (await env.store.get_factors(u.id)).totp_secret
+    assert sealed is not None and not rotated.sealer.needs_reseal(sealed)  # sealed with e2
+    env.authn.sealer = rotated.sealer
+    env.clock.advance(30)
+    async with env.client() as c:
+        await c.post("/login", json={"identifier": "alice", "password": "pw"})
+        r = await c.post("/factor", json={"totp": totp(_b32(e.secret), env.clock.time())})
+        assert r.status_code == 200
+
+
+async def test_create_tenant_validates_lockout_overrides() -> None:
+    env = make_env()
+    admin = _admin(env)
+    with pytest.raises(ValueError, match="unknown lever"):
+        await admin.create_tenant("acme", lockout_overrides={"users": {"threshold": 3}})
+    assert await env.store.get_tenant("acme") is None
+    t = await admin.create_tenant("acme", lockout_overrides={"user": {"threshold": 3}})
+    assert t.lockout_overrides == {"user": {"threshold": 3}}

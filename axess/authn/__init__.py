@@ -16,7 +16,7 @@ from axess.authn.password import Password, PasswordHasher
 from axess.authn.recovery import RecoveryCode, RecoveryCodes
 from axess.authn.service import AuthnEvent, AuthnService
 from axess.authn.totp import TOTPCode, TOTPSecretSealer
-from axess.authn.users import UserAdmin
+from axess.authn.users import TOTPEnrolment, UserAdmin
 
 __all__ = [
     "Authenticated",
@@ -35,6 +35,7 @@ __all__ = [
     "RecoveryCode",
     "RecoveryCodes",
     "TOTPCode",
+    "TOTPEnrolment",
     "TOTPSecretSealer",
     "UserAdmin",
     "lockout_keys",

@@ -31,18 +31,27 @@ else the client's IP prefix (/24 IPv4, /64 IPv6). Attempts from a trusted
 origin are exempt from the user lever (neither blocked nor counted) but
 still subject to the IP and tenant levers, so an attacker elsewhere cannot
 lock the owner out.
+
+**Per-tenant overrides.** Two sources, applied in this order:
+``LockoutPolicy.overrides`` (static, in code) and then the tenant record's
+``lockout_overrides`` (JSON, in the identity store), so for the same lever
+the record wins. A record override may name only some fields of a lever;
+the others are inherited from the lever that applies otherwise. Invalid
+record content is ignored as a whole (WARNING once per tenant and content);
+it never fails a login. See :meth:`Lockout.policy_for`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import math
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Literal
 
 from axess.clock import Clock, SystemClock
 from axess.errors import StoreError
@@ -57,6 +66,10 @@ MINUTE: Final = 60.0
 HOUR: Final = 3600.0
 DAY: Final = 86_400.0
 _MAX_IDENTIFIER: Final = 1024
+#: Fields a tenant record's ``lockout_overrides`` may set on a lever.
+LEVER_FIELDS: Final = ("threshold", "window", "lock_for", "backoff", "max_lock")
+#: Distinct (tenant, overrides) pairs :meth:`Lockout.policy_for` remembers.
+_POLICY_MEMO_MAX: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +135,9 @@ class LockoutPolicy:
     * ip: 50 / 15 min → 15 min
     * tenant: 1000 / 5 min → 5 min
 
-    ``overrides`` maps a tenant id to replacement levers for that tenant.
+    ``overrides`` maps a tenant id to replacement levers for that tenant
+    (static, in code). A tenant record's ``lockout_overrides`` apply on top
+    of them (:meth:`with_record_overrides`, :meth:`Lockout.policy_for`).
     ``on_store_error``: ``"closed"`` (default) re-raises the
     :class:`~axess.errors.StoreError` (the caller answers 503); ``"open"``
     logs a WARNING, counts ``store_error("lockout")`` and lets the attempt
@@ -152,6 +167,68 @@ class LockoutPolicy:
         if not levers:
             return self
         return replace(self, overrides={}, **levers)  # type: ignore[arg-type]
+
+    def with_record_overrides(self, tenant: str, raw: object) -> LockoutPolicy:
+        """This policy for ``tenant``: the static ``overrides`` first, then the
+        tenant record's ``lockout_overrides`` ``raw`` on top (the record wins
+        for a lever both name).
+
+        ``raw`` is a JSON object such as ``{"user": {"threshold": 3}}``:
+        levers ``user``/``ip``/``tenant``, fields :data:`LEVER_FIELDS`
+        (``threshold`` an int; ``window``, ``lock_for``, ``backoff`` numbers;
+        ``max_lock`` a number or null). A field left out is inherited from
+        the lever that applies without the record. Raises ValueError for
+        anything else, including values :class:`Lever` rejects (e.g. a
+        ``lock_for`` above the inherited ``max_lock``).
+        """
+        base = self.for_tenant(tenant)
+        if raw is None or (isinstance(raw, Mapping) and not raw):
+            return base
+        if not isinstance(raw, Mapping):
+            raise ValueError("lockout overrides must be a JSON object")
+        levers: dict[str, Lever] = {}
+        for name, spec in raw.items():
+            if name not in LEVERS:
+                raise ValueError(f"unknown lever {name!r} (expected one of {', '.join(LEVERS)})")
+            if not isinstance(spec, Mapping):
+                raise ValueError(f"lever {name!r}: expected a JSON object")
+            changes: dict[str, Any] = {}
+            for key, value in spec.items():
+                changes[_check_field(name, key, value)] = value
+            try:
+                levers[name] = replace(getattr(base, name), **changes)
+            except (ValueError, OverflowError) as exc:  # OverflowError: a huge int
+                raise ValueError(f"lever {name!r}: {exc}") from None
+        return replace(base, overrides={}, **levers)  # type: ignore[arg-type]
+
+    def levers_json(self) -> dict[str, dict[str, Any]]:
+        """The three levers as a complete, JSON-able overrides object (every
+        field set, so :meth:`with_record_overrides` rebuilds exactly these
+        levers whatever the policy it is applied to)."""
+        return {
+            name: {f.name: getattr(getattr(self, name), f.name) for f in fields(Lever)}
+            for name in LEVERS
+        }
+
+
+def _check_field(lever: str, key: object, value: object) -> str:
+    """``key`` if it is a lever field and ``value`` has its JSON type; else ValueError."""
+    if key not in LEVER_FIELDS:
+        raise ValueError(
+            f"lever {lever!r}: unknown field {key!r} (expected one of {', '.join(LEVER_FIELDS)})"
+        )
+    assert isinstance(key, str)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key == "threshold":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif key == "max_lock":
+        ok = value is None or number
+    else:
+        ok = number
+    if not ok:
+        kind = "an integer" if key == "threshold" else "a number of seconds"
+        raise ValueError(f"lever {lever!r}: {key} must be {kind}, not {value!r}")
+    return key
 
 
 def normalize_identifier(identifier: str) -> str:
@@ -265,9 +342,52 @@ class Lockout:
         self.policy = policy or LockoutPolicy()
         self._clock = clock or SystemClock()
         self._metrics = metrics or NoopMetrics()
+        # (tenant, overrides content) -> effective policy, for self._memo_of.
+        self._memo: dict[tuple[str, str], LockoutPolicy] = {}
+        self._memo_of: LockoutPolicy = self.policy
 
-    def _levers(self, keys: LockoutKeys) -> list[tuple[LeverName, str, Lever]]:
-        policy = self.policy.for_tenant(keys.tenant_id)
+    def policy_for(self, tenant: str, record_overrides: object = None) -> LockoutPolicy:
+        """The effective policy of ``tenant``: ``policy.overrides`` for the
+        tenant, then the tenant record's ``lockout_overrides`` on top (see
+        :meth:`LockoutPolicy.with_record_overrides`; the record wins).
+
+        Invalid record content is ignored as a whole: the result is the
+        policy without it, and one WARNING naming the tenant is logged per
+        (tenant, content) — not per request. Results are memoized, so this
+        costs no parsing on the hot path; it never raises.
+        """
+        if not record_overrides:
+            return self.policy.for_tenant(tenant)
+        if self._memo_of is not self.policy:  # the policy was replaced: start over
+            self._memo.clear()
+            self._memo_of = self.policy
+        try:
+            content = json.dumps(record_overrides, sort_keys=True, default=repr)
+        except (TypeError, ValueError):
+            content = repr(record_overrides)
+        memo_key = (tenant, content)
+        policy = self._memo.get(memo_key)
+        if policy is not None:
+            return policy
+        try:
+            policy = self.policy.with_record_overrides(tenant, record_overrides)
+        except ValueError as exc:
+            logger.warning(
+                "ignoring invalid lockout_overrides of tenant %s (using the policy's levers): %s",
+                tenant,
+                exc,
+            )
+            policy = self.policy.for_tenant(tenant)
+        if len(self._memo) >= _POLICY_MEMO_MAX:
+            self._memo.clear()
+        self._memo[memo_key] = policy
+        return policy
+
+    def _levers(
+        self, keys: LockoutKeys, policy: LockoutPolicy | None = None
+    ) -> list[tuple[LeverName, str, Lever]]:
+        if policy is None:
+            policy = self.policy.for_tenant(keys.tenant_id)
         out: list[tuple[LeverName, str, Lever]] = [("user", keys.user, policy.user)]
         if keys.ip is not None:
             out.append(("ip", keys.ip, policy.ip))
@@ -303,16 +423,23 @@ class Lockout:
         return worst
 
     async def record_failure(
-        self, keys: LockoutKeys, now: float | None = None
+        self,
+        keys: LockoutKeys,
+        now: float | None = None,
+        *,
+        policy: LockoutPolicy | None = None,
     ) -> dict[LeverName, LeverState]:
         """Count one failure on every lever atomically (one round trip).
 
-        Returns the new states by lever (the user lever is absent when the
-        origin is trusted). Logs and counts ``account_locked(lever)`` for each
-        lever this failure locked.
+        ``policy``: the tenant's effective policy (from :meth:`policy_for`,
+        with the tenant record's overrides); default ``self.policy`` with
+        its static overrides for ``keys.tenant_id``. Returns the new states
+        by lever (the user lever is absent when the origin is trusted). Logs
+        and counts ``account_locked(lever)`` for each lever this failure
+        locked.
         """
         now = self._clock.time() if now is None else now
-        levers = self._levers(keys)
+        levers = self._levers(keys, policy)
         specs = [lv.spec(k, exempt_if_trusted=name == "user") for name, k, lv in levers]
         try:
             states = await self.store.lockout_failure(specs, keys.origin, now)
@@ -337,10 +464,19 @@ class Lockout:
                 )
         return out
 
-    async def record_success(self, keys: LockoutKeys, now: float | None = None) -> None:
-        """Reset the user lever (only) and trust this origin for ``trusted_origin_ttl``."""
+    async def record_success(
+        self,
+        keys: LockoutKeys,
+        now: float | None = None,
+        *,
+        policy: LockoutPolicy | None = None,
+    ) -> None:
+        """Reset the user lever (only) and trust this origin for
+        ``trusted_origin_ttl`` (of ``policy``, as in :meth:`record_failure`)."""
         now = self._clock.time() if now is None else now
-        ttl = self.policy.for_tenant(keys.tenant_id).trusted_origin_ttl
+        if policy is None:
+            policy = self.policy.for_tenant(keys.tenant_id)
+        ttl = policy.trusted_origin_ttl
         origin = keys.origin if ttl > 0 else None
         try:
             await self.store.lockout_success([keys.user], origin, now + ttl, now)

@@ -21,8 +21,14 @@ Order of one attempt (every step that can refuse does so before the next):
 
 Second factors (TOTP, recovery codes) go through the same pre-check and
 failure counting, so the lockout also bounds guessing of 6-digit codes.
-Between the steps the pending login (tenant and normalized identifier)
-lives in the session's custom data under :data:`PENDING_KEY`; the auth state
+Failures count with the tenant's effective lever parameters
+(:meth:`~axess.authn.lockout.Lockout.policy_for`: the static
+``LockoutPolicy.overrides`` and the tenant record's ``lockout_overrides``),
+taken from the tenant record that step 3 loads anyway.
+Between the steps the pending login (tenant, normalized identifier and,
+when the tenant record overrides the lockout, the effective levers, so a
+second factor needs no extra store round trip) lives in the session's
+custom data under :data:`PENDING_KEY`; the auth state
 moves ``Guest → Authenticating → Authenticated`` (entering Authenticated
 rotates the session id; the middleware binds the fingerprint at commit).
 
@@ -35,13 +41,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias
 
 from starlette.requests import HTTPConnection
 
 from axess.authn import totp as totp_mod
-from axess.authn.lockout import Locked, Lockout, LockoutKeys, lockout_keys, normalize_identifier
+from axess.authn.lockout import (
+    Locked,
+    Lockout,
+    LockoutKeys,
+    LockoutPolicy,
+    lockout_keys,
+    normalize_identifier,
+)
 from axess.authn.outcomes import Authenticated, FactorRequired, InvalidCredentials, LoginOutcome
 from axess.authn.password import Password, PasswordHasher
 from axess.authn.recovery import RecoveryCode, RecoveryCodeHasher
@@ -116,6 +129,18 @@ class _Attempt:
     identifier: str
     keys: LockoutKeys
     ip: str | None
+    #: The tenant's effective lockout policy (``None``: the static one).
+    policy: LockoutPolicy | None = None
+    #: Its levers as JSON, kept in the pending login when the tenant record
+    #: overrides the lockout (so second factors count with them too).
+    levers: dict[str, Any] | None = None
+
+    def pending(self) -> dict[str, Any]:
+        """The session's record of this login in progress."""
+        data: dict[str, Any] = {"t": self.tenant, "i": self.identifier}
+        if self.levers is not None:
+            data["o"] = self.levers
+        return data
 
 
 def _session_tenant(tenant: str) -> str | None:
@@ -213,7 +238,7 @@ class AuthnService:
         attempt = await self._start(request, identifier, tenant)
         if not isinstance(attempt, _Attempt):
             return attempt
-        attempt.session[PENDING_KEY] = {"t": attempt.tenant, "i": attempt.identifier}
+        attempt.session[PENDING_KEY] = attempt.pending()
         return FactorRequired("password")
 
     async def verify_factor(self, request: HTTPConnection, credential: Credential) -> LoginOutcome:
@@ -227,7 +252,13 @@ class AuthnService:
         except (TypeError, ValueError):
             return InvalidCredentials()
         attempt = _Attempt(
-            request, session, pending["t"], pending["i"], keys, client_ip(request) or None
+            request,
+            session,
+            pending["t"],
+            pending["i"],
+            keys,
+            client_ip(request) or None,
+            self.lockout.policy_for(pending["t"], pending.get("o")),
         )
         if isinstance(credential, Password):
             if isinstance(session.auth_state, d.Authenticating):
@@ -238,6 +269,8 @@ class AuthnService:
             )
             if not isinstance(started, _Attempt):
                 return started
+            if pending != (current := started.pending()):
+                session[PENDING_KEY] = current  # the tenant record's levers changed
             return await self._password(started, credential, pre_checked=True)
         state = session.auth_state
         if not isinstance(state, d.Authenticating) or "totp" not in state.remaining:
@@ -255,7 +288,7 @@ class AuthnService:
         attempt = await self._start(request, identifier, tenant, password=password)
         if not isinstance(attempt, _Attempt):
             return attempt
-        attempt.session[PENDING_KEY] = {"t": attempt.tenant, "i": attempt.identifier}
+        attempt.session[PENDING_KEY] = attempt.pending()
         return await self._password(attempt, password, pre_checked=True)
 
     async def logout(self, request: HTTPConnection) -> None:
@@ -316,7 +349,10 @@ class AuthnService:
             self.metrics.auth_failure()
             self._emit(attempt, "factor_failed", "failure", factor="password", reason=refused)
             return InvalidCredentials()
-        return attempt
+        # The record is loaded anyway: its lever overrides cost no round trip.
+        overrides = None if record is None else record.lockout_overrides
+        policy = self.lockout.policy_for(tenant_id, overrides)
+        return replace(attempt, policy=policy, levers=policy.levers_json() if overrides else None)
 
     async def _pre_check(self, attempt: _Attempt, factor: str) -> Locked | None:
         locked = await self.lockout.pre_check(attempt.keys)
@@ -338,7 +374,7 @@ class AuthnService:
         self.metrics.factor_failure()
         self.metrics.auth_failure()
         self._emit(attempt, "factor_failed", "failure", factor=factor, reason=reason, user=user)
-        states = await self.lockout.record_failure(attempt.keys)
+        states = await self.lockout.record_failure(attempt.keys, policy=attempt.policy)
         for lever, state in states.items():
             if state.tripped:
                 self._emit(attempt, "lockout_triggered", "info", lever=lever, user=user)
@@ -361,7 +397,7 @@ class AuthnService:
             return await self._failure(attempt, "password", reason, user.id if user else None)
         if not await self.hasher.verify(phc, password):
             return await self._failure(attempt, "password", "wrong_password", user.id)
-        await self.lockout.record_success(attempt.keys)
+        await self.lockout.record_success(attempt.keys, policy=attempt.policy)
         self.metrics.factor_success()
         self._emit(attempt, "factor_verified", "success", factor="password", user=user.id)
         if self.hasher.needs_rehash(phc):

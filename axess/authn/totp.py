@@ -10,11 +10,18 @@
   HKDF subkey of the keyring's ``envelope`` keys, the user id as associated
   data (a sealed secret copied to another user does not open), in the same
   byte format as session envelopes.
+* A secret being enrolled travels as a *pending token*
+  (:meth:`TOTPSecretSealer.seal_pending`): the same sealing with other
+  associated data (a ``pending`` label and the user id) and the creation
+  time inside, so it can neither be stored as, nor opened as, anyone's
+  active secret. :class:`~axess.authn.users.UserAdmin` activates it only
+  after a first correct code.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -24,6 +31,7 @@ from typing import Final, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
 from axess.clock import Random, SystemRandom
+from axess.errors import EnvelopeError
 from axess.keys import Keyring
 from axess.session.envelope import Sealer
 
@@ -36,6 +44,12 @@ WINDOW: Final = 1
 SECRET_BYTES: Final = 20  # 160 bits, the RFC 4226 recommendation for SHA-1
 _HKDF_INFO: Final = "totp-secret-v1"
 _MAX_CODE_CHARS: Final = 32
+#: Associated-data prefix of pending enrolment tokens (an active secret's is
+#: the bare user id).
+_PENDING_AD: Final = b"\x00totp-pending\x00"
+_PENDING_VERSION: Final = 1
+_PENDING_HEADER: Final = struct.Struct(">Bd")  # version, creation time (epoch s)
+_MAX_PENDING_CHARS: Final = 512
 
 
 class TOTPCode:
@@ -181,6 +195,39 @@ class TOTPSecretSealer:
 
     def needs_reseal(self, sealed: bytes) -> bool:
         return self._sealer.needs_reseal(sealed)
+
+    def seal_pending(self, secret: bytes, user_id: str, created_at: float) -> str:
+        """An opaque, URL-safe token carrying ``secret`` for ``user_id``'s
+        enrolment and its creation time. Bound to the user id with a
+        ``pending`` label, so it opens neither as an active secret nor for
+        another user."""
+        plaintext = _PENDING_HEADER.pack(_PENDING_VERSION, created_at) + secret
+        sealed = self._sealer.seal(plaintext, _PENDING_AD + user_id.encode("utf-8"))
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+    def open_pending(self, token: str, user_id: str) -> tuple[bytes, float]:
+        """``(secret, created_at)`` of a token from :meth:`seal_pending`.
+
+        Any configured envelope key opens it (rotation-safe). Raises
+        :class:`~axess.errors.EnvelopeError` — never anything else — for a
+        token that is not a string, malformed, tampered with, sealed for
+        another user, or sealed with a key no longer configured. Expiry is
+        the caller's decision (it knows the clock).
+        """
+        if not isinstance(token, str) or not 0 < len(token) <= _MAX_PENDING_CHARS:
+            raise EnvelopeError("not a pending TOTP token")
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise EnvelopeError("not a pending TOTP token") from None
+        plaintext = self._sealer.open(raw, _PENDING_AD + user_id.encode("utf-8"))[0]
+        header = _PENDING_HEADER.size
+        if len(plaintext) <= header:
+            raise EnvelopeError("truncated pending TOTP token")
+        version, created_at = _PENDING_HEADER.unpack_from(plaintext)
+        if version != _PENDING_VERSION or not math.isfinite(created_at):
+            raise EnvelopeError("unsupported pending TOTP token")
+        return plaintext[header:], created_at
 
 
 @runtime_checkable

@@ -4,8 +4,10 @@
 
     admin = UserAdmin(store, keys, sessions=auth, lockout=authn.lockout)
     user = await admin.create_user("alice@example.com", password="…")
-    uri = await admin.enrol_totp(user.id)            # show as a QR code
-    codes = await admin.regenerate_recovery_codes(user.id)  # show once
+    enrolment = await admin.begin_totp_enrolment(user.id)   # show .uri as a QR code
+    # keep enrolment.pending (e.g. in the session), ask for the first code:
+    if await admin.confirm_totp_enrolment(user.id, enrolment.pending, code):
+        codes = await admin.regenerate_recovery_codes(user.id)  # show once
     await admin.set_password(user.id, "…")            # logs out everywhere
     await admin.suspend(user.id)                       # and logs out everywhere
     await admin.unlock(user.id)                        # clears the lockout levers
@@ -18,16 +20,32 @@ Every change emits an :class:`~axess.authn.service.AuthnEvent` through
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
-from axess.authn.lockout import LEVERS, LeverName, Lockout, lockout_keys, normalize_identifier
+from axess.authn.lockout import (
+    LEVERS,
+    LeverName,
+    Lockout,
+    LockoutPolicy,
+    lockout_keys,
+    normalize_identifier,
+)
 from axess.authn.password import Password, PasswordHasher
 from axess.authn.recovery import CODE_COUNT, RecoveryCodeHasher
 from axess.authn.service import AuthnEvent, AuthnEventHook
-from axess.authn.totp import TOTPSecretSealer, generate_secret, provisioning_uri
+from axess.authn.totp import (
+    TOTPCode,
+    TOTPSecretSealer,
+    generate_secret,
+    provisioning_uri,
+)
+from axess.authn.totp import verify as verify_totp
 from axess.clock import Clock, Random, SystemClock, SystemRandom
+from axess.errors import EnvelopeError
 from axess.keys import Keyring
 from axess.session.registry import SessionInfo
 from axess.stores.base import (
@@ -40,6 +58,31 @@ from axess.stores.base import (
 )
 
 logger = logging.getLogger("axess.authn")
+
+#: Seconds a pending TOTP enrolment can be confirmed (default of
+#: ``UserAdmin(totp_pending_ttl=…)``).
+TOTP_PENDING_TTL: Final = 600.0
+#: A pending token "created" this far in the future (clock skew between
+#: instances) is still accepted.
+_PENDING_SKEW: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TOTPEnrolment:
+    """A TOTP enrolment waiting for its first code
+    (:meth:`UserAdmin.begin_totp_enrolment`). ``repr`` shows none of it.
+
+    * ``uri``: the ``otpauth://`` URI, to show as a QR code;
+    * ``secret``: the same secret in base32 (no padding), for manual entry;
+    * ``pending``: an opaque token (URL-safe ASCII) to hand back to
+      :meth:`UserAdmin.confirm_totp_enrolment`. It carries the secret sealed
+      for this user only; keep it server-side (e.g. in the session) rather
+      than in a page.
+    """
+
+    uri: str = field(repr=False)
+    secret: str = field(repr=False)
+    pending: str = field(repr=False)
 
 
 class SessionAdmin(Protocol):
@@ -73,7 +116,10 @@ class UserAdmin:
         random: Random | None = None,
         issuer: str = "axess",
         on_event: AuthnEventHook | None = None,
+        totp_pending_ttl: float = TOTP_PENDING_TTL,
     ) -> None:
+        if not totp_pending_ttl > 0:
+            raise ValueError("totp_pending_ttl must be a positive number of seconds")
         self.store = store
         self.sessions = sessions
         self.lockout = lockout
@@ -84,6 +130,7 @@ class UserAdmin:
         self.recovery = RecoveryCodeHasher(keys, random=random)
         self.issuer = issuer
         self.on_event = on_event
+        self.totp_pending_ttl = totp_pending_ttl
 
     def _emit(self, type: str, user: UserRecord, actor: str | None, **fields: Any) -> None:
         if self.on_event is None:
@@ -114,7 +161,11 @@ class UserAdmin:
         lockout_overrides: Mapping[str, Any] | None = None,
         pepper: bytes | None = None,
     ) -> TenantRecord:
-        """A new tenant; ValueError if the id or slug is taken."""
+        """A new tenant; ValueError if the id or slug is taken, or if
+        ``lockout_overrides`` is not a valid overrides object (see
+        :meth:`~axess.authn.lockout.LockoutPolicy.with_record_overrides`)."""
+        policy = self.lockout.policy if self.lockout is not None else LockoutPolicy()
+        policy.with_record_overrides(tenant_id, lockout_overrides)  # ValueError if invalid
         record = TenantRecord(
             tenant_id,
             slug or tenant_id,
@@ -190,13 +241,99 @@ class UserAdmin:
     async def enrol_totp(
         self, user_id: str, *, account: str | None = None, actor: str | None = None
     ) -> str:
-        """A fresh TOTP secret (sealed, replacing any previous one); returns the
-        ``otpauth://`` URI to show as a QR code. The next login asks for a code."""
+        """A fresh TOTP secret, **active at once** (sealed, replacing any
+        previous one); returns the ``otpauth://`` URI. The next login asks for
+        a code.
+
+        For administrative and programmatic use (imports, tests) only: nothing
+        proves the user's app holds the secret, so a mistyped or failed scan
+        locks the user out of the next login. Interactive enrolment should use
+        :meth:`begin_totp_enrolment` and :meth:`confirm_totp_enrolment`.
+        """
         user = await self._user(user_id)
         secret = generate_secret(self._random)
         await self.store.set_totp_secret(user.id, self.sealer.seal(secret, user.id))
         self._emit("totp_enrolled", user, actor)
         return provisioning_uri(secret, account or user.identifier, self.issuer)
+
+    def _enrolment(
+        self, user: UserRecord, secret: bytes, pending: str, account: str | None
+    ) -> TOTPEnrolment:
+        return TOTPEnrolment(
+            uri=provisioning_uri(secret, account or user.identifier, self.issuer),
+            secret=base64.b32encode(secret).decode("ascii").rstrip("="),
+            pending=pending,
+        )
+
+    async def begin_totp_enrolment(
+        self, user_id: str, *, account: str | None = None
+    ) -> TOTPEnrolment:
+        """Start a TOTP enrolment: a fresh secret, returned as a URI, base32
+        text and a pending token. **Nothing is stored**: any current TOTP
+        secret stays active until :meth:`confirm_totp_enrolment` succeeds,
+        which must happen within ``totp_pending_ttl`` (default 10 minutes).
+        ``account`` is the label in the URI (default: the identifier)."""
+        user = await self._user(user_id)
+        secret = generate_secret(self._random)
+        pending = self.sealer.seal_pending(secret, user.id, self.clock.time())
+        return self._enrolment(user, secret, pending, account)
+
+    def _open_pending(self, user: UserRecord, pending: str) -> bytes | None:
+        try:
+            secret, created_at = self.sealer.open_pending(pending, user.id)
+        except EnvelopeError:
+            logger.info("TOTP enrolment of user %s refused: invalid pending token", user.id)
+            return None
+        age = self.clock.time() - created_at
+        if not -_PENDING_SKEW <= age <= self.totp_pending_ttl:
+            logger.info("TOTP enrolment of user %s refused: pending token expired", user.id)
+            return None
+        return secret
+
+    async def pending_totp_enrolment(
+        self, user_id: str, pending: str, *, account: str | None = None
+    ) -> TOTPEnrolment | None:
+        """The enrolment of a pending token again (to show the QR code once
+        more, e.g. after a wrong code), or ``None`` when the token is invalid,
+        belongs to another user or has expired (start again)."""
+        user = await self._user(user_id)
+        secret = self._open_pending(user, pending)
+        return None if secret is None else self._enrolment(user, secret, pending, account)
+
+    async def confirm_totp_enrolment(
+        self,
+        user_id: str,
+        pending: str,
+        code: TOTPCode | str,
+        *,
+        actor: str | None = None,
+    ) -> bool:
+        """Activate the enrolment of ``pending`` if ``code`` is a current code
+        of its secret (RFC 6238, ±1 step, as at login).
+
+        Only then is the sealed secret stored (replacing any previous one) and
+        the code's step recorded as used, so the same code is refused at the
+        next login; emits ``totp_enrolled``. Returns ``False`` — storing
+        nothing and never raising for any ``pending``/``code`` — for a wrong
+        code, or a pending token that is malformed, tampered with, issued for
+        another user, sealed with a key no longer configured, or older than
+        ``totp_pending_ttl``. ``UnknownUser`` for an unknown user id.
+        """
+        user = await self._user(user_id)
+        secret = self._open_pending(user, pending)
+        if secret is None:
+            return False
+        step = verify_totp(secret, code, self.clock.time(), None)
+        if step is None:
+            logger.info("TOTP enrolment of user %s refused: wrong code", user.id)
+            return False
+        await self.store.set_totp_secret(user.id, self.sealer.seal(secret, user.id))
+        # Setting the secret forgot the last step: record this one so the code
+        # that confirmed the enrolment cannot be replayed at login. (False only
+        # if a concurrent confirmation recorded it first: active either way.)
+        await self.store.totp_accept_step(user.id, step)
+        self._emit("totp_enrolled", user, actor)
+        return True
 
     async def disable_totp(self, user_id: str, *, actor: str | None = None) -> None:
         user = await self._user(user_id)
