@@ -198,10 +198,14 @@ class ClientIPMiddleware(Stage):
         super().__init__(app)
         self.proxies = proxies or TrustedProxies()
 
-    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+    def enter_now(self, scope: Scope) -> bool:
         client = scope.get("client")
         ip = self.proxies.resolve_headers(client[0] if client else None, request_headers(scope))
-        scope.setdefault("state", {})["client_ip"] = ip
+        scope["state"]["client_ip"] = ip  # request_headers made sure "state" exists
+        return True
+
+    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        self.enter_now(scope)
         return receive
 
 

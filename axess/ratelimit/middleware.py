@@ -527,6 +527,12 @@ class RateLimitMiddleware(Stage):
         else:
             self.limiter = RateLimiter(rules, **options)  # type: ignore[arg-type]
 
+    def enter_now(self, scope: Scope) -> bool:
+        """True (nothing to await) when no rule applies to this request."""
+        scope.setdefault("state", {})[STATE_KEY] = None
+        method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+        return not self.limiter.match(method, scope["path"])
+
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         state = scope.setdefault("state", {})
         state[STATE_KEY] = None

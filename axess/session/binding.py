@@ -24,6 +24,7 @@ from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
 from axess.net import ip_prefix
 from axess.observability.metrics import AuthnMetrics
+from axess.stack import request_headers
 from axess.stores.base import DEFAULT_TENANT, IdentityStore, TenantPepper
 
 logger = logging.getLogger("axess.session.binding")
@@ -201,22 +202,22 @@ class FingerprintBinding:
         self._prefixes: BoundedMemo[str, str] = BoundedMemo(8192)
 
     def material(self, scope: Scope) -> Material:
-        ua: str | None = None
+        headers = request_headers(scope)
+        raw_ua = headers.get(b"user-agent")
+        ua = raw_ua[:_MAX_UA].decode("latin-1") if raw_ua else None
         lang = ""
-        for k, v in scope["headers"]:
-            if k == b"user-agent":
-                ua = v[:_MAX_UA].decode("latin-1")
-            elif k == b"accept-language" and self.policy.accept_language:
+        if self.policy.accept_language:
+            raw = headers.get(b"accept-language")
+            if raw is not None:
                 lang = (
-                    v.split(b",")[0]
+                    raw.split(b",")[0]
                     .split(b";")[0]
                     .split(b"-")[0]
                     .strip()[:_MAX_LANG]
                     .decode("latin-1")
                     .lower()
                 )
-        state = scope.get("state") or {}
-        ip = state.get("client_ip")
+        ip = scope["state"].get("client_ip")
         if not isinstance(ip, str):
             client = scope.get("client")
             ip = client[0] if client else ""
@@ -225,7 +226,7 @@ class FingerprintBinding:
             policy = self.policy
             prefix = ip_prefix(ip, v4=policy.ipv4_prefix, v6=policy.ipv6_prefix) or ""
             self._prefixes.put(ip, prefix)
-        return (ua or None, prefix, lang)
+        return (ua, prefix, lang)
 
     def fingerprint(
         self,

@@ -145,52 +145,62 @@ class CSRFMiddleware(Stage):
             attrs.append("Secure")
         self._attrs = "; ".join(attrs)
 
-    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        if scope["type"] != "http":
-            return receive
-        state = scope.setdefault("state", {})
-        state["csrf"] = self
+    def _session(self, state: dict[str, object]) -> Session:
         session = state.get("session")
         if not isinstance(session, Session):
             raise RuntimeError(
                 "CSRFMiddleware needs SessionMiddleware outside it (use Axess.install)"
             )
+        return session
+
+    def enter_now(self, scope: Scope) -> bool:
+        """Safe methods, exempt paths and websockets need no check: only note
+        what the response hook will compare against."""
+        if scope["type"] != "http":
+            return True
+        state = scope["state"]
+        state["csrf"] = self
+        state["csrf_binding"] = self._session(state).csrf_binding
+        return scope["method"] not in UNSAFE_METHODS or self.config.is_exempt(scope["path"])
+
+    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        if self.enter_now(scope):
+            return receive
         headers = request_headers(scope)
         cookie_header = headers.get(b"cookie")
+        if cookie_header is None:
+            return receive  # no ambient credentials: nothing to forge
         cookie_token = find_cookie(cookie_header, self._cookie)
-        request_binding = session.csrf_binding
-        if scope["method"] in UNSAFE_METHODS and not self.config.is_exempt(scope["path"]):
-            if cookie_header is not None:
-                submitted = headers.get(self._header)
-                if submitted is not None:
-                    submitted = submitted.strip()
-                else:
-                    submitted, receive = await self._form_token(scope, receive)
-                if not (
-                    cookie_token is not None
-                    and submitted is not None
-                    and hmac.compare_digest(submitted, cookie_token)
-                    and self.tokens.valid(submitted, request_binding)
-                ):
-                    logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
-                    await send_json(
-                        send,
-                        403,
-                        {"error": "csrf_failed", "detail": "missing or invalid CSRF token"},
-                    )
-                    return None
-        current = cookie_token.decode("latin-1") if cookie_token else None
-        if current is not None and self.tokens.valid(current, request_binding):
-            state[_STATE_KEY] = current
-        state["csrf_cookie"] = current
-        state["csrf_binding"] = request_binding
+        submitted = headers.get(self._header)
+        if submitted is not None:
+            submitted = submitted.strip()
+        else:
+            submitted, receive = await self._form_token(scope, receive)
+        if not (
+            cookie_token is not None
+            and submitted is not None
+            and hmac.compare_digest(submitted, cookie_token)
+            and self.tokens.valid(submitted, scope["state"]["csrf_binding"])
+        ):
+            logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
+            await send_json(
+                send,
+                403,
+                {"error": "csrf_failed", "detail": "missing or invalid CSRF token"},
+            )
+            return None
         return receive
+
+    def cookie_token(self, scope: Scope) -> str | None:
+        """The token the browser sent in the CSRF cookie, if any."""
+        raw = find_cookie(request_headers(scope).get(b"cookie"), self._cookie)
+        return raw.decode("latin-1") if raw else None
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         state = scope["state"]
         session: Session = state["session"]
         header = self._remint(
-            state, state["csrf_cookie"], state["csrf_binding"], _committed_binding(session)
+            state, self.cookie_token(scope), state["csrf_binding"], _committed_binding(session)
         )
         if header is not None:
             headers = message.setdefault("headers", [])
@@ -307,10 +317,12 @@ def csrf_token(conn: HTTPConnection) -> str:
             "csrf_token() needs CSRFMiddleware (use Axess.install with csrf enabled)"
         )
     binding = session.csrf_binding
-    token = state.get(_STATE_KEY)
-    if not isinstance(token, str) or not mw.tokens.valid(token, binding):
-        token = mw.tokens.mint(binding)
-        state[_STATE_KEY] = token
+    rendered = state.get(_STATE_KEY)
+    if isinstance(rendered, str) and mw.tokens.valid(rendered, binding):
+        return rendered
+    current = mw.cookie_token(conn.scope)  # the page may reuse the browser's token
+    token = current if current and mw.tokens.valid(current, binding) else mw.tokens.mint(binding)
+    state[_STATE_KEY] = token
     return token
 
 

@@ -163,6 +163,15 @@ class Session(MutableMapping[str, Any]):
             and not self.resign
         )
 
+    def unchanged_since_load(self) -> bool:
+        """Nothing to write and no cookie to send: a stored session whose state
+        and flags are untouched and whose custom data was never parsed (or is
+        still empty). The commit's fast path; cheaper than comparing JSON."""
+        if self.persisted_sid is None or self._meta_dirty or self._rotate or self.resign:
+            return False
+        custom = self._custom
+        return custom is None or (not custom and self._custom_json == _EMPTY_JSON)
+
     @property
     def meta_dirty(self) -> bool:
         return self._meta_dirty

@@ -111,11 +111,16 @@ class SessionMiddleware(Stage):
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         session: Session = scope["state"]["session"]
-        try:
-            cookie = await self.commit(scope, session, session.had_cookie)
-        except StoreError:
-            await self._unavailable(scope, send)
-            return False
+        if session.unchanged_since_load():
+            # The common read-only request: nothing to write, nothing to tell.
+            session.committed_key = session.loaded_key
+            cookie = None
+        else:
+            try:
+                cookie = await self.commit(scope, session, session.had_cookie)
+            except StoreError:
+                await self._unavailable(scope, send)
+                return False
         if cookie is not None or session.accessed or session.had_cookie:
             headers = message.setdefault("headers", [])
             if not isinstance(headers, list):
@@ -229,14 +234,7 @@ class SessionMiddleware(Stage):
 
         Raises :class:`StoreError` when a write the response depends on failed.
         """
-        if (
-            session.persisted_sid is not None
-            and not session._meta_dirty
-            and not session._rotate
-            and not session.resign
-            and (session._custom is None or session.untouched)
-        ):
-            # The common read-only request: nothing to write, nothing to tell.
+        if session.unchanged_since_load():
             session.committed_key = session.loaded_key
             return None
         now = self.clock.time()
