@@ -441,3 +441,26 @@ async def test_invalid_tenant_record_overrides_warn_once_and_fall_back(
             assert (await login(c, "alice", "correct horse", tenant="broken")).status_code == 429
     warnings = [r.getMessage() for r in caplog.records if "lockout_overrides" in r.getMessage()]
     assert len(warnings) == 1 and "broken" in warnings[0]
+
+
+async def test_correct_password_does_not_unlock_code_guessing() -> None:
+    """The user lever is reset (and the origin trusted) only by a complete
+    login: holding the password must not make TOTP guesses free."""
+    env = make_env()
+    uid = await env.add_user("alice")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as c:
+        for _ in range(5):  # default user lever: 5 failures
+            r = await login(c, "alice", "correct horse")
+            assert r.json() == {"factor_required": "totp"}
+            assert (await c.post("/factor", json={"totp": "000000"})).status_code == 401
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 429  # locked: even the right code is refused now
+        assert (await login(c, "alice", "correct horse")).status_code == 429
+    env.clock.advance(15 * 60 + 1)
+    async with env.client() as c:  # after the lock, a full login resets the lever
+        await login(c, "alice", "correct horse")
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+        keys = lockout_keys(DEFAULT_TENANT, "alice", "127.0.0.1")
+        assert await env.store.lockout_state(keys.user, env.clock.time()) is None

@@ -397,7 +397,6 @@ class AuthnService:
             return await self._failure(attempt, "password", reason, user.id if user else None)
         if not await self.hasher.verify(phc, password):
             return await self._failure(attempt, "password", "wrong_password", user.id)
-        await self.lockout.record_success(attempt.keys, policy=attempt.policy)
         self.metrics.factor_success()
         self._emit(attempt, "factor_verified", "success", factor="password", user=user.id)
         if self.hasher.needs_rehash(phc):
@@ -463,6 +462,9 @@ class AuthnService:
         if isinstance(state, d.Authenticating):
             return FactorRequired(state.remaining[0])
         session.pop(PENDING_KEY, None)
+        # Only a complete login resets the user lever and trusts the origin:
+        # a correct password alone must not let its holder guess codes freely.
+        await self.lockout.record_success(attempt.keys, policy=attempt.policy)
         await self.store.record_login(user.id, state.authn_time)
         self.metrics.auth_success()
         self._emit(
