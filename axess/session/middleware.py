@@ -11,6 +11,7 @@ from typing import Any, Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axess._cache import BoundedMemo
+from axess._throttle import ThrottledWarning
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import EnvelopeError, StoreError
 from axess.keys import Keyring
@@ -75,6 +76,7 @@ class SessionMiddleware(Stage):
         self._cookie_name = self.config.cookie_name.encode("latin-1")
         self._cookie_attrs = self._attributes()
         self._envelope_warned: set[str] = set()
+        self._warn = ThrottledWarning(logger)
         # Opening is a pure function of (storage key, sealed bytes) for a fixed
         # keyring, so a payload that opened once maps to the same data again:
         # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
@@ -410,7 +412,7 @@ class SessionMiddleware(Stage):
 
     async def _unavailable(self, scope: Scope, send: Send) -> None:
         self.metrics.store_error("sessions")
-        logger.warning("session store unavailable; answering 503")
+        self._warn.warning("unavailable", "session store unavailable; answering 503")
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013})
             return

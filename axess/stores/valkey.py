@@ -50,6 +50,7 @@ from importlib import resources
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from axess._throttle import ThrottledWarning
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.health import HealthStatus
 from axess.stores.base import LOCKOUT, SESSIONS, SessionRecord
@@ -173,6 +174,7 @@ class ValkeyStore(ValkeyLockoutMixin):
         #: Set while open; every operation goes through it.
         self._exec: _Exec | None = None
         self._scripts = {n: _Script(n, b) for n, b in _load_script_sources().items()}
+        self._warn = ThrottledWarning(logger)
 
     def __repr__(self) -> str:
         return f"ValkeyStore(prefix={self._prefix!r})"
@@ -228,7 +230,7 @@ class ValkeyStore(ValkeyLockoutMixin):
         for secret in self._secrets:
             detail = detail.replace(secret, "***")
         message = f"valkey {op} failed: {type(exc).__name__}: {detail}"
-        logger.warning("%s", message)
+        self._warn.warning(op, "%s", message)
         return StoreError(message, backend="valkey", substore=substore)
 
     async def _call(self, op: str, *args: Any, substore: str = SESSIONS) -> Any:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import unquote
 
+from axess._throttle import ThrottledWarning
 from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.errors import ConfigurationError, SchemaVersionError, StoreError
 from axess.observability.health import HealthStatus
@@ -503,6 +504,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         self._q = _Queries(dialect)
         self._closed = False
         self._connect_lock = asyncio.Lock()
+        self._warn = ThrottledWarning(logger)
 
     @property
     def known_schema_version(self) -> int:
@@ -886,7 +888,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
                     continue
                 message = f"{self.name} store: {what} failed: {self._describe(exc)}"
                 if log:
-                    logger.warning("%s (%s)", message, self._driver.target)
+                    self._warn.warning(what, "%s (%s)", message, self._driver.target)
                 raise StoreError(message, backend=self.name, substore=substore) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
