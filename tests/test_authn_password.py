@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from axess.authn import Password, PasswordHasher
-from axess.authn.password import MAX_PASSWORD_BYTES, PHCHash
+from axess.authn.password import MAX_PASSWORD_BYTES, PHCHash, default_max_concurrency
 from axess.clock import SeededRandom
 
 # Cheap parameters keep the suite fast; the defaults are checked separately.
@@ -25,7 +25,13 @@ def fast(**kw: object) -> PasswordHasher:
 
 def test_defaults_are_the_design_parameters() -> None:
     h = PasswordHasher()
-    assert (h.time_cost, h.memory_cost, h.parallelism, h.max_concurrency) == (2, 19456, 1, 4)
+    assert (h.time_cost, h.memory_cost, h.parallelism) == (2, 19456, 1)
+    assert h.max_concurrency == default_max_concurrency()
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(None, 1), (1, 1), (2, 1), (4, 3), (16, 4)])
+def test_default_concurrency_leaves_a_core_to_the_loop(cpus: int | None, expected: int) -> None:
+    assert default_max_concurrency(cpus or 0) == expected
 
 
 async def test_default_hash_has_reference_phc_prefix() -> None:
