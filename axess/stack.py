@@ -44,6 +44,14 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
     return found  # type: ignore[no-any-return]
 
 
+def mutable_headers(message: Message) -> list[tuple[bytes, bytes]]:
+    """The response message's header list, made a mutable list in place if needed."""
+    headers = message.setdefault("headers", [])
+    if not isinstance(headers, list):
+        headers = message["headers"] = list(headers)
+    return headers
+
+
 async def send_json(
     send: Send,
     status: int,
@@ -81,36 +89,47 @@ class Stage:
     ``False`` means the stage sent its own response instead and the app's
     remaining messages are dropped. Response hooks run outermost first, so an
     inner stage sees what outer ones decided (CSRF sees the committed session).
+
+    Both hooks have a synchronous twin (``enter_now``,
+    ``on_response_start_now``) that a stage overrides when its usual path
+    never awaits: a plain call costs far less than a coroutine on every
+    request, and the stack skips twins a stage does not override.
     """
 
     #: Set by subclasses that implement ``on_response_start``.
     has_response_hook: ClassVar[bool] = False
 
-    def enter_now(self, scope: Scope) -> bool:
-        """Synchronous part of ``enter``: True when it handled the request
-        completely (``enter`` is then skipped), False to await ``enter``.
-
-        Stages whose usual path never awaits (client IP, a rate limiter with
-        no matching rule, CSRF on safe methods) override this: a plain call
-        costs far less than a coroutine on every request.
-        """
-        return False
-
     def __init__(self, app: ASGIApp | None = None) -> None:
         self.app = app
+        self._solo: Stack | None = None
+
+    def enter_now(self, scope: Scope) -> bool:
+        """Synchronous part of ``enter``: True when it handled the request
+        completely (``enter`` is then skipped), False to await ``enter``."""
+        return False
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         return receive
+
+    def on_response_start_now(self, scope: Scope, message: Message) -> bool:
+        """Synchronous part of ``on_response_start``: True when it handled the
+        message completely, False to await ``on_response_start``."""
+        return False
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.app is None:
-            raise RuntimeError(f"{type(self).__name__} was built without an app to wrap")
-        await run_stages(
-            self.app, (self,), (self,) if self.has_response_hook else (), scope, receive, send
-        )
+        solo = self._solo
+        if solo is None:
+            if self.app is None:
+                raise RuntimeError(f"{type(self).__name__} was built without an app to wrap")
+            solo = self._solo = Stack(self.app, (self,))
+        await solo(scope, receive, send)
+
+
+def _overridden(stage: Stage, name: str) -> bool:
+    return getattr(type(stage), name) is not getattr(Stage, name)
 
 
 class Stack:
@@ -127,46 +146,46 @@ class Stack:
     @stages.setter
     def stages(self, stages: Sequence[Stage]) -> None:
         self._stages = tuple(stages)
-        self._hooked = tuple(s for s in self._stages if s.has_response_hook)
+        # (sync twin or None, stage): the twin is looked up once, not per request.
+        self._enter = tuple(
+            (s.enter_now if _overridden(s, "enter_now") else None, s) for s in self._stages
+        )
+        self._hooks = tuple(
+            (s.on_response_start_now if _overridden(s, "on_response_start_now") else None, s)
+            for s in self._stages
+            if s.has_response_hook
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await run_stages(self.app, self.stages, self._hooked, scope, receive, send)
-
-
-async def run_stages(
-    app: ASGIApp,
-    stages: Sequence[Stage],
-    hooked: Sequence[Stage],
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-) -> None:
-    kind = scope["type"]
-    if kind != "http" and kind != "websocket":
-        await app(scope, receive, send)
-        return
-    for stage in stages:
-        if stage.enter_now(scope):
-            continue
-        next_receive = await stage.enter(scope, receive, send)
-        if next_receive is None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
             return
-        receive = next_receive
-    if not hooked or kind != "http":
-        await app(scope, receive, send)
-        return
-
-    suppressed = False
-
-    async def send_wrapper(message: Message) -> None:
-        nonlocal suppressed
-        if suppressed:
+        for enter_now, stage in self._enter:
+            if enter_now is not None and enter_now(scope):
+                continue
+            next_receive = await stage.enter(scope, receive, send)
+            if next_receive is None:
+                return
+            receive = next_receive
+        hooks = self._hooks
+        if not hooks or kind != "http":
+            await self.app(scope, receive, send)
             return
-        if message["type"] == "http.response.start":
-            for stage in hooked:
-                if not await stage.on_response_start(scope, message, send):
-                    suppressed = True
-                    return
-        await send(message)
 
-    await app(scope, receive, send_wrapper)
+        suppressed = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal suppressed
+            if suppressed:
+                return
+            if message["type"] == "http.response.start":
+                for now, stage in hooks:
+                    if now is not None and now(scope, message):
+                        continue
+                    if not await stage.on_response_start(scope, message, send):
+                        suppressed = True
+                        return
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

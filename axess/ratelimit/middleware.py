@@ -37,7 +37,7 @@ from axess.ratelimit.gcra import LimitState
 from axess.ratelimit.keys import IPKey, KeyContext, KeySpec, loggable, resolve, resolve_now
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.stores import Bucket, BucketStore, MemoryBucketStore
-from axess.stack import Stage
+from axess.stack import Stage, mutable_headers
 
 if TYPE_CHECKING:
     from axess.ratelimit.dependency import RateLimitDependency
@@ -551,10 +551,11 @@ class RateLimitMiddleware(Stage):
         return None
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
+        return self.on_response_start_now(scope, message)
+
+    def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         pending = scope["state"].get(STATE_KEY)
         if pending:
-            headers = message.setdefault("headers", [])
-            if not isinstance(headers, list):
-                headers = message["headers"] = list(headers)
+            headers = mutable_headers(message)
             headers.extend(pending)
         return True

@@ -180,6 +180,14 @@ def _lp(text: str) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
 
 
+def _client_ip(scope: Scope) -> str:
+    ip = scope["state"].get("client_ip")
+    if isinstance(ip, str):
+        return ip
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
 class FingerprintBinding:
     """Computes and checks fingerprints for a :class:`BindingPolicy`."""
 
@@ -200,6 +208,12 @@ class FingerprintBinding:
             8192
         )
         self._prefixes: BoundedMemo[str, str] = BoundedMemo(8192)
+        # Whole verdicts of :meth:`check`, keyed by every input they depend on
+        # (raw header bytes, not parsed material): a returning client's check
+        # is then one tuple hash and one lookup.
+        self._verdicts: BoundedMemo[
+            tuple[str, bytes, bytes | None, str, str | None, int, bytes | None], int
+        ] = BoundedMemo(8192)
 
     def material(self, scope: Scope) -> Material:
         headers = request_headers(scope)
@@ -217,10 +231,7 @@ class FingerprintBinding:
                     .decode("latin-1")
                     .lower()
                 )
-        ip = scope["state"].get("client_ip")
-        if not isinstance(ip, str):
-            client = scope.get("client")
-            ip = client[0] if client else ""
+        ip = _client_ip(scope)
         prefix = self._prefixes.get(ip)
         if prefix is None:
             policy = self.policy
@@ -277,6 +288,22 @@ class FingerprintBinding:
             if hmac.compare_digest(expected.encode(), raw):
                 return index, material
         return -1, material
+
+    def check(
+        self, scope: Scope, tenant: str | None, pepper: TenantPepper, stored: str, version: int
+    ) -> int:
+        """:meth:`verify`'s index alone, memoized on the raw request inputs."""
+        headers = request_headers(scope)
+        ua = headers.get(b"user-agent")
+        if not ua:
+            return -1  # a bound session always had a User-Agent
+        lang = headers.get(b"accept-language") if self.policy.accept_language else None
+        key = (stored, ua, lang, _client_ip(scope), tenant, version, pepper.secret)
+        index = self._verdicts.get(key)
+        if index is None:
+            index = self.verify(scope, tenant, pepper, stored, version)[0]
+            self._verdicts.put(key, index)
+        return index
 
     def mismatch(self, user: str | None, tenant: str | None) -> None:
         self.metrics.session_binding_mismatch()

@@ -128,6 +128,36 @@ def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
     return None
 
 
+#: Cookie headers up to this size are memoized by :class:`CookieReader`
+#: (bounds its memory to about capacity x 1 KiB).
+_MEMO_MAX_HEADER: Final = 1024
+_MISSING: Final = object()
+
+
+class CookieReader:
+    """Finds the cookie called ``name`` in Cookie header values, like
+    :func:`find_cookie`, remembering the answer per header value: a returning
+    browser sends the same header on every request, and a dict hit is about
+    ten times cheaper than the search."""
+
+    __slots__ = ("_memo", "name")
+
+    def __init__(self, name: bytes, *, memo_size: int = 4096) -> None:
+        self.name = name
+        self._memo: BoundedMemo[bytes, bytes | None] = BoundedMemo(memo_size)
+
+    def __call__(self, header: bytes | None) -> bytes | None:
+        if header is None:
+            return None
+        hit = self._memo.get(header, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
+        value = find_cookie(header, self.name)
+        if len(header) <= _MEMO_MAX_HEADER:
+            self._memo.put(header, value)
+        return value
+
+
 def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """:func:`find_cookie` over a raw ASGI header list (all Cookie lines, in order)."""
     return find_cookie(join_headers(headers).get(b"cookie"), name)

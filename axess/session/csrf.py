@@ -27,11 +27,11 @@ from axess._cache import BoundedMemo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
-from axess.session.cookie import find_cookie
+from axess.session.cookie import CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.session.middleware import add_vary_cookie
-from axess.stack import Stage, request_headers, send_json
+from axess.stack import Stage, mutable_headers, request_headers, send_json
 
 logger = logging.getLogger("axess.csrf")
 
@@ -138,7 +138,7 @@ class CSRFMiddleware(Stage):
         super().__init__(app)
         self.config = config or CSRFConfig()
         self.tokens = CSRFTokens(keys, random)
-        self._cookie = self.config.cookie_name.encode("latin-1")
+        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"))
         self._header = self.config.header_name.lower().encode("latin-1")
         attrs = [f"Path={self.config.path}", "SameSite=" + self.config.same_site.capitalize()]
         if self.config.secure:
@@ -159,8 +159,11 @@ class CSRFMiddleware(Stage):
         if scope["type"] != "http":
             return True
         state = scope["state"]
+        session = state.get("session")
+        if type(session) is not Session:
+            session = self._session(state)
         state["csrf"] = self
-        state["csrf_binding"] = self._session(state).csrf_binding
+        state["csrf_binding"] = session.csrf_binding
         return scope["method"] not in UNSAFE_METHODS or self.config.is_exempt(scope["path"])
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -170,7 +173,7 @@ class CSRFMiddleware(Stage):
         cookie_header = headers.get(b"cookie")
         if cookie_header is None:
             return receive  # no ambient credentials: nothing to forge
-        cookie_token = find_cookie(cookie_header, self._cookie)
+        cookie_token = self._cookie(cookie_header)
         submitted = headers.get(self._header)
         if submitted is not None:
             submitted = submitted.strip()
@@ -193,19 +196,23 @@ class CSRFMiddleware(Stage):
 
     def cookie_token(self, scope: Scope) -> str | None:
         """The token the browser sent in the CSRF cookie, if any."""
-        raw = find_cookie(request_headers(scope).get(b"cookie"), self._cookie)
+        raw = self._cookie(request_headers(scope).get(b"cookie"))
         return raw.decode("latin-1") if raw else None
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
+        return self.on_response_start_now(scope, message)
+
+    def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         state = scope["state"]
-        session: Session = state["session"]
+        committed = _committed_binding(state["session"])
+        current = self._cookie(request_headers(scope).get(b"cookie"))
+        if _STATE_KEY not in state and self.tokens.valid(current, committed):
+            return True  # the browser's token still fits and no page asked for one
         header = self._remint(
-            state, self.cookie_token(scope), state["csrf_binding"], _committed_binding(session)
+            state, current.decode("latin-1") if current else None, state["csrf_binding"], committed
         )
         if header is not None:
-            headers = message.setdefault("headers", [])
-            if not isinstance(headers, list):
-                headers = message["headers"] = list(headers)
+            headers = mutable_headers(message)
             headers.append(header)
             add_vary_cookie(headers)
         return True
@@ -298,7 +305,7 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
 
 def _committed_binding(session: Session) -> str | None:
     """The binding after the commit: the stored key of a signed-in session."""
-    if isinstance(session.data_for_commit.auth_state, Guest):
+    if isinstance(session._data.auth_state, Guest):
         return None
     return session.committed_key
 

@@ -20,11 +20,11 @@ from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
-from axess.session.cookie import SessionCookieSigner, find_cookie, storage_key
+from axess.session.cookie import CookieReader, SessionCookieSigner, storage_key
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
-from axess.stack import Stage, request_headers, send_json
+from axess.stack import Stage, mutable_headers, request_headers, send_json
 from axess.stores.base import SessionRecord, SessionStore
 
 logger = logging.getLogger("axess.session")
@@ -73,7 +73,7 @@ class SessionMiddleware(Stage):
             random=self.random,
             on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
-        self._cookie_name = self.config.cookie_name.encode("latin-1")
+        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"))
         self._cookie_attrs = self._attributes()
         self._envelope_warned: set[str] = set()
         self._warn = ThrottledWarning(logger)
@@ -87,7 +87,7 @@ class SessionMiddleware(Stage):
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        raw = find_cookie(request_headers(scope).get(b"cookie"), self._cookie_name)
+        raw = self._cookie(request_headers(scope).get(b"cookie"))
         try:
             session = await self._load(raw)
         except StoreError:
@@ -111,22 +111,27 @@ class SessionMiddleware(Stage):
         # A websocket cannot set cookies: its session is read-only (no commit).
         return receive
 
-    async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
+    def on_response_start_now(self, scope: Scope, message: Message) -> bool:
+        """The common read-only request: nothing to write, nothing to tell."""
         session: Session = scope["state"]["session"]
-        if session.unchanged_since_load():
-            # The common read-only request: nothing to write, nothing to tell.
-            session.committed_key = session.loaded_key
-            cookie = None
-        else:
-            try:
-                cookie = await self.commit(scope, session, session.had_cookie)
-            except StoreError:
-                await self._unavailable(scope, send)
-                return False
+        if not session.unchanged_since_load():
+            return False
+        session.committed_key = session.loaded_key
+        if session.accessed or session.had_cookie:
+            add_vary_cookie(mutable_headers(message))
+        return True
+
+    async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
+        if self.on_response_start_now(scope, message):
+            return True
+        session: Session = scope["state"]["session"]
+        try:
+            cookie = await self.commit(scope, session, session.had_cookie)
+        except StoreError:
+            await self._unavailable(scope, send)
+            return False
         if cookie is not None or session.accessed or session.had_cookie:
-            headers = message.setdefault("headers", [])
-            if not isinstance(headers, list):
-                headers = message["headers"] = list(headers)
+            headers = mutable_headers(message)
             if cookie is not None:
                 headers.append((b"set-cookie", cookie))
             add_vary_cookie(headers)
@@ -196,11 +201,12 @@ class SessionMiddleware(Stage):
         pepper = binding.peppers.cached(tenant, fresh=fresh)
         if pepper is None or (fresh and pepper.version < version):
             return None  # unknown, stale, or another instance rotated it
-        matched, material = binding.verify(scope, tenant, pepper, data.fingerprint, version)
+        matched = binding.check(scope, tenant, pepper, data.fingerprint, version)
         if matched < 0:
             return False
         if matched > 0 or pepper.version > version:
             # Pepper or fingerprint key rotated: re-bind, do not log out.
+            material = binding.material(scope)
             data.fingerprint = binding.fingerprint(tenant, pepper, pepper.version, material)
             data.pepper_version = pepper.version
             session.mark_dirty()
