@@ -147,7 +147,8 @@ class TrustedProxies:
 
     def resolve_headers(self, peer: str | None, headers: dict[bytes, bytes]) -> str:
         """:meth:`resolve` for headers already joined into a dict."""
-        address, trusted = self._peer(peer)
+        hit = self._peer_memo.get(peer)  # type: ignore[arg-type]
+        address, trusted = hit if hit is not None else self._peer(peer)
         if not self.networks:
             if not self._warned and (
                 b"x-forwarded-for" in headers or b"forwarded" in headers or b"x-real-ip" in headers

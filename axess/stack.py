@@ -16,6 +16,9 @@ from typing import ClassVar, Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _HEADERS_KEY: Final = "axess.headers"
+#: ``scope["state"]`` entry: header lines queued for the response (``None``
+#: when there are none). Present while a stack runs the request.
+_QUEUED_KEY: Final = "axess.response_headers"
 
 
 def join_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
@@ -33,15 +36,34 @@ def join_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
 def request_headers(scope: Scope) -> dict[bytes, bytes]:
     """The request's headers as a dict, built once per request and shared by
     every stage (each would otherwise rescan the header list)."""
-    state = scope.setdefault("state", {})
-    found = state.get(_HEADERS_KEY)
-    if found is None:
-        raw = scope["headers"]
-        found = dict(raw)  # C fast path; falls back when a name repeats
-        if len(found) != len(raw):
-            found = join_headers(raw)
-        state[_HEADERS_KEY] = found
-    return found  # type: ignore[no-any-return]
+    try:
+        return scope["state"][_HEADERS_KEY]  # type: ignore[no-any-return]
+    except KeyError:
+        pass
+    raw = scope["headers"]
+    found = dict(raw)  # C fast path; falls back when a name repeats
+    if len(found) != len(raw):
+        found = join_headers(raw)
+    scope.setdefault("state", {})[_HEADERS_KEY] = found
+    return found
+
+
+def queue_response_headers(scope: Scope, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Have the axess stack running this request add ``headers`` to its
+    response when it starts (whatever the app answers).
+
+    Returns False, queueing nothing, when no stack runs the request (or the
+    response has already started): the caller must add them itself.
+    """
+    state = scope.get("state")
+    if not isinstance(state, dict) or _QUEUED_KEY not in state:
+        return False
+    queued = state[_QUEUED_KEY]
+    if queued is None:
+        state[_QUEUED_KEY] = list(headers)
+    else:
+        queued.extend(headers)
+    return True
 
 
 def mutable_headers(message: Message) -> list[tuple[bytes, bytes]]:
@@ -161,6 +183,11 @@ class Stack:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        if kind == "http":
+            state.setdefault(_QUEUED_KEY, None)  # an outer stack may have queued some
         for enter_now, stage in self._enter:
             if enter_now is not None and enter_now(scope):
                 continue
@@ -168,11 +195,10 @@ class Stack:
             if next_receive is None:
                 return
             receive = next_receive
-        hooks = self._hooks
-        if not hooks or kind != "http":
+        if kind != "http":  # a websocket sets no cookies: no response hooks
             await self.app(scope, receive, send)
             return
-
+        hooks = self._hooks
         suppressed = False
 
         async def send_wrapper(message: Message) -> None:
@@ -186,6 +212,13 @@ class Stack:
                     if not await stage.on_response_start(scope, message, send):
                         suppressed = True
                         return
+                _add_queued(state, message)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+
+def _add_queued(state: dict[str, object], message: Message) -> None:
+    queued: list[tuple[bytes, bytes]] | None = state.pop(_QUEUED_KEY, None)  # type: ignore[assignment]
+    if queued:
+        mutable_headers(message).extend(queued)

@@ -34,8 +34,9 @@ from axess.clock import Clock
 from axess.observability.metrics import AuthnMetrics
 from axess.ratelimit.keys import KeyContext, KeySpec
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
-from axess.ratelimit.middleware import STATE_KEY, EventHook, RateLimiter, Verdict
+from axess.ratelimit.middleware import EventHook, RateLimiter, Verdict
 from axess.ratelimit.stores import BucketStore
+from axess.stack import queue_response_headers
 
 logger = logging.getLogger("axess.ratelimit")
 _MAX_ROUTES: Final = 1024
@@ -144,10 +145,8 @@ class RateLimitDependency:
         headers = self.limiter.response_headers(verdict)
         if not headers:
             return
-        state = request.scope.setdefault("state", {})
-        if STATE_KEY in state:  # RateLimitMiddleware adds them to whatever response goes out
-            state[STATE_KEY] = [*(state[STATE_KEY] or ()), *headers]
-            return
+        if queue_response_headers(request.scope, headers):
+            return  # the axess stack adds them to whatever response goes out
         for k, v in headers:
             response.headers.append(k.decode("latin-1"), v.decode("latin-1"))
 

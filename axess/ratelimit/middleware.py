@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axess._cache import BoundedMemo
 from axess.clock import Clock, SystemClock
@@ -37,17 +37,13 @@ from axess.ratelimit.gcra import LimitState
 from axess.ratelimit.keys import IPKey, KeyContext, KeySpec, loggable, resolve, resolve_now
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.stores import Bucket, BucketStore, MemoryBucketStore
-from axess.stack import Stage, mutable_headers
+from axess.stack import Stage, queue_response_headers
 
 if TYPE_CHECKING:
     from axess.ratelimit.dependency import RateLimitDependency
 
 logger = logging.getLogger("axess.ratelimit")
 
-#: ``scope["state"]`` entry: header lines to add to the response (``None``
-#: when there are none). Present whenever the stage ran, so a route
-#: dependency knows it can hand its headers over.
-STATE_KEY: Final = "axess.ratelimit"
 DEFAULT_EXEMPT: Final = ("/healthz", "/metrics")
 _ERROR_LOG_INTERVAL: Final = 10.0
 _EVENT_PATH_CHARS: Final = 128
@@ -509,8 +505,6 @@ class RateLimitMiddleware(Stage):
     proxies; on its own it keys on the TCP peer.
     """
 
-    has_response_hook = True
-
     def __init__(
         self,
         app: ASGIApp | None = None,
@@ -529,13 +523,10 @@ class RateLimitMiddleware(Stage):
 
     def enter_now(self, scope: Scope) -> bool:
         """True (nothing to await) when no rule applies to this request."""
-        scope.setdefault("state", {})[STATE_KEY] = None
         method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
         return not self.limiter.match(method, scope["path"])
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        state = scope.setdefault("state", {})
-        state[STATE_KEY] = None
         limiter = self.limiter
         method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
         rules = limiter.match(method, scope["path"])
@@ -545,17 +536,8 @@ class RateLimitMiddleware(Stage):
         verdict = await limiter.check(rules, ctx)
         if verdict.allowed:
             if verdict.states and limiter.headers:
-                state[STATE_KEY] = limiter.response_headers(verdict)
+                # The stack adds them to whatever response goes out.
+                queue_response_headers(scope, limiter.response_headers(verdict))
             return ctx.receive
         await limiter.send_refusal(verdict, scope, send)
         return None
-
-    async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
-        return self.on_response_start_now(scope, message)
-
-    def on_response_start_now(self, scope: Scope, message: Message) -> bool:
-        pending = scope["state"].get(STATE_KEY)
-        if pending:
-            headers = mutable_headers(message)
-            headers.extend(pending)
-        return True

@@ -24,6 +24,7 @@ from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
 from axess.net import ip_prefix
 from axess.observability.metrics import AuthnMetrics
+from axess.session.data import Guest, SessionData
 from axess.stack import request_headers
 from axess.stores.base import DEFAULT_TENANT, IdentityStore, TenantPepper
 
@@ -107,14 +108,18 @@ class TenantPeppers:
         """True when versions live in a store (shared across instances)."""
         return self._store is not None
 
-    def cached(self, tenant: str | None, *, fresh: bool = True) -> TenantPepper | None:
+    def cached(
+        self, tenant: str | None, *, fresh: bool = True, now: float | None = None
+    ) -> TenantPepper | None:
         """The tenant's pepper state if known (and, with ``fresh``, not due for a
-        reload); ``None`` means: ``await refresh(tenant)``."""
+        reload at ``now``, default the clock's time); ``None`` means:
+        ``await refresh(tenant)``."""
         entry = self._known.get(tenant or DEFAULT_TENANT)
         if entry is None:
             return _NEVER_ROTATED if self._store is None else None
-        if fresh and self._store is not None and self._clock.time() >= entry[1]:
-            return None
+        if fresh and self._store is not None:
+            if (self._clock.time() if now is None else now) >= entry[1]:
+                return None
         return entry[0]
 
     async def refresh(self, tenant: str | None) -> TenantPepper:
@@ -290,20 +295,53 @@ class FingerprintBinding:
         return -1, material
 
     def check(
-        self, scope: Scope, tenant: str | None, pepper: TenantPepper, stored: str, version: int
-    ) -> int:
-        """:meth:`verify`'s index alone, memoized on the raw request inputs."""
+        self, scope: Scope, data: SessionData, *, fresh: bool = True, now: float | None = None
+    ) -> int | None:
+        """Whether the session's fingerprint fits this request.
+
+        0: it fits (or the session is unbound); 1: it fits but must be
+        re-bound with :meth:`rebind` (the pepper or the fingerprint key
+        rotated); -1: mismatch (a missing User-Agent on a bound session is
+        one); ``None``: the tenant's pepper state must be reloaded first
+        (``peppers.refresh``), then call again with ``fresh=False``.
+
+        Memoized on every input the answer depends on (raw header bytes,
+        client IP, stored fingerprint, tenant, versions, pepper secret), so a
+        returning client costs one lookup.
+        """
+        stored = data.fingerprint
+        if stored is None or isinstance(data.auth_state, Guest):
+            return 0
+        tenant = data.tenant_id
+        version = data.pepper_version or 1
+        pepper = self.peppers.cached(tenant, fresh=fresh, now=now)
+        if pepper is None or (fresh and pepper.version < version):
+            return None  # unknown, stale, or another instance rotated it
         headers = request_headers(scope)
         ua = headers.get(b"user-agent")
         if not ua:
-            return -1  # a bound session always had a User-Agent
+            return -1
         lang = headers.get(b"accept-language") if self.policy.accept_language else None
-        key = (stored, ua, lang, _client_ip(scope), tenant, version, pepper.secret)
-        index = self._verdicts.get(key)
+        ip = scope["state"].get("client_ip")
+        if not isinstance(ip, str):
+            ip = _client_ip(scope)
+        memo_key = (stored, ua, lang, ip, tenant, version, pepper.secret)
+        index = self._verdicts.get(memo_key)
         if index is None:
             index = self.verify(scope, tenant, pepper, stored, version)[0]
-            self._verdicts.put(key, index)
-        return index
+            self._verdicts.put(memo_key, index)
+        if index < 0:
+            return -1
+        return 1 if index > 0 or pepper.version > version else 0
+
+    def rebind(self, scope: Scope, data: SessionData) -> None:
+        """Re-compute ``data``'s fingerprint under the tenant's current pepper
+        (after :meth:`check` answered 1)."""
+        tenant = data.tenant_id
+        pepper = self.peppers.cached(tenant, fresh=False) or _NEVER_ROTATED
+        material = self.material(scope)
+        data.fingerprint = self.fingerprint(tenant, pepper, pepper.version, material)
+        data.pepper_version = pepper.version
 
     def mismatch(self, user: str | None, tenant: str | None) -> None:
         self.metrics.session_binding_mismatch()

@@ -146,7 +146,8 @@ class CookieReader:
         self.name = name
         self._memo: BoundedMemo[bytes, bytes | None] = BoundedMemo(memo_size)
 
-    def __call__(self, header: bytes | None) -> bytes | None:
+    def find(self, header: bytes | None) -> bytes | None:
+        """The cookie's value in ``header`` (a Cookie header value), or None."""
         if header is None:
             return None
         hit = self._memo.get(header, _MISSING)

@@ -30,7 +30,7 @@ from axess.keys import Keyring
 from axess.session.cookie import CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
-from axess.session.middleware import add_vary_cookie
+from axess.session.middleware import vary_cookie
 from axess.stack import Stage, mutable_headers, request_headers, send_json
 
 logger = logging.getLogger("axess.csrf")
@@ -92,6 +92,8 @@ class CSRFTokens:
 
     def valid(self, token: str | bytes | None, binding: str | None) -> bool:
         """True when ``token`` is well formed and was minted for ``binding``."""
+        if self._valid.get((token, binding)):  # type: ignore[arg-type]
+            return True  # a token (as bytes) that verified before
         if token is None:
             return False
         raw_token = token.encode("latin-1") if isinstance(token, str) else token
@@ -173,7 +175,7 @@ class CSRFMiddleware(Stage):
         cookie_header = headers.get(b"cookie")
         if cookie_header is None:
             return receive  # no ambient credentials: nothing to forge
-        cookie_token = self._cookie(cookie_header)
+        cookie_token = self._cookie.find(cookie_header)
         submitted = headers.get(self._header)
         if submitted is not None:
             submitted = submitted.strip()
@@ -196,7 +198,7 @@ class CSRFMiddleware(Stage):
 
     def cookie_token(self, scope: Scope) -> str | None:
         """The token the browser sent in the CSRF cookie, if any."""
-        raw = self._cookie(request_headers(scope).get(b"cookie"))
+        raw = self._cookie.find(request_headers(scope).get(b"cookie"))
         return raw.decode("latin-1") if raw else None
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
@@ -204,17 +206,18 @@ class CSRFMiddleware(Stage):
 
     def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         state = scope["state"]
-        committed = _committed_binding(state["session"])
-        current = self._cookie(request_headers(scope).get(b"cookie"))
+        session: Session = state["session"]
+        # The binding after the commit: the stored key of a signed-in session.
+        committed = None if isinstance(session._data.auth_state, Guest) else session.committed_key
+        current = self._cookie.find(request_headers(scope).get(b"cookie"))
         if _STATE_KEY not in state and self.tokens.valid(current, committed):
             return True  # the browser's token still fits and no page asked for one
         header = self._remint(
             state, current.decode("latin-1") if current else None, state["csrf_binding"], committed
         )
         if header is not None:
-            headers = mutable_headers(message)
-            headers.append(header)
-            add_vary_cookie(headers)
+            mutable_headers(message).append(header)
+            vary_cookie(message)
         return True
 
     def _remint(
@@ -301,13 +304,6 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
         return value.encode("latin-1") if isinstance(value, str) else None
     finally:
         await form.close()
-
-
-def _committed_binding(session: Session) -> str | None:
-    """The binding after the commit: the stored key of a signed-in session."""
-    if isinstance(session._data.auth_state, Guest):
-        return None
-    return session.committed_key
 
 
 def csrf_token(conn: HTTPConnection) -> str:

@@ -7,7 +7,7 @@ ones raise :class:`InvalidTransition`. The wire format is versioned JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 DATA_VERSION: Final = 1
@@ -217,7 +217,6 @@ class SessionData:
     #: Coarse client description for "your sessions" pages (IP prefix, UA summary).
     ip_prefix: str | None = None
     user_agent: str | None = None
-    custom: dict[str, Any] = field(default_factory=dict)
     version: int = DATA_VERSION
 
     def clone(self) -> SessionData:
@@ -232,7 +231,6 @@ class SessionData:
             self.tenant_id,
             self.ip_prefix,
             self.user_agent,
-            dict(self.custom),
             self.version,
         )
 
@@ -278,8 +276,8 @@ def load_custom(custom_json: bytes) -> dict[str, Any]:
 
 
 def decode(raw: bytes) -> tuple[SessionData, bytes]:
-    """Inverse of :func:`encode`; returns the data (``custom`` left empty) and
-    the raw custom JSON for :func:`load_custom`.
+    """Inverse of :func:`encode`; returns the data and the raw custom JSON
+    for :func:`load_custom`.
 
     Raises ValueError on anything malformed or on a data version newer than
     this code knows (older versions would be migrated here).

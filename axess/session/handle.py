@@ -49,15 +49,19 @@ class Session(MutableMapping[str, Any]):
     #: Id the session will get when it is next created or rotated, chosen
     #: early so a CSRF token rendered during this request already fits it.
     _next_sid: str | None = None
+    #: True while ``_data`` is a template shared with other requests (the
+    #: middleware's memo of opened payloads): :meth:`own_data` copies it
+    #: before anything changes it, so read-only requests never copy.
+    _shared = False
 
     def __init__(
         self,
         owner: SessionMiddleware,
         data: SessionData,
-        *,
         custom_json: bytes = _EMPTY_JSON,
         persisted_sid: str | None = None,
         loaded_key: str | None = None,
+        shared: bool = False,
     ) -> None:
         self._owner = owner
         self._data = data
@@ -66,6 +70,19 @@ class Session(MutableMapping[str, Any]):
         self.persisted_sid = persisted_sid
         #: Storage key of that row.
         self.loaded_key = loaded_key
+        if shared:
+            self._shared = True
+
+    def own_data(self) -> SessionData:
+        """The metadata for changing it: copied first when it is shared.
+
+        Everything that assigns to a field of the session's ``SessionData``
+        must go through this (reading ``_data`` directly is fine).
+        """
+        if self._shared:
+            self._data = self._data.clone()
+            self._shared = False
+        return self._data
 
     # -- custom data (mapping) ------------------------------------------------
     def _c(self) -> dict[str, Any]:
@@ -121,9 +138,10 @@ class Session(MutableMapping[str, Any]):
     # -- authentication state --------------------------------------------------
     @property
     def data(self) -> SessionData:
-        """The session's metadata (read-only by convention; use the methods to change it)."""
+        """The session's metadata (read-only by convention; use the methods to
+        change it). Changing it directly affects this request only."""
         self.accessed = True
-        return self._data
+        return self.own_data()
 
     @property
     def data_for_commit(self) -> SessionData:
@@ -190,16 +208,17 @@ class Session(MutableMapping[str, Any]):
         Entering ``Authenticated`` (or changing who is authenticated) rotates
         the session id. The tenant recorded on the session follows the state.
         """
-        before = self._data.auth_state
+        data = self.own_data()
+        before = data.auth_state
         if isinstance(state, d.Authenticated) and before != state:
             # A login starts a new session: new id, new absolute lifetime.
             self._rotate = True
             now = self._owner.clock.time()
-            self._data.created_at = now
-            self._data.last_seen_at = now
-        self._data.auth_state = state
+            data.created_at = now
+            data.last_seen_at = now
+        data.auth_state = state
         if not isinstance(state, d.Guest):
-            self._data.tenant_id = state.tenant
+            data.tenant_id = state.tenant
         self._meta_dirty = True
         self.accessed = True
 
@@ -233,6 +252,7 @@ class Session(MutableMapping[str, Any]):
         await self._owner.invalidate_handle(self)
         now = self._owner.clock.time()
         self._data = SessionData(created_at=now, last_seen_at=now)
+        self._shared = False
         self._custom_json = _EMPTY_JSON
         self._custom = None
         self._invalidated = True

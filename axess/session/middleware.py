@@ -20,7 +20,7 @@ from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
-from axess.session.cookie import CookieReader, SessionCookieSigner, storage_key
+from axess.session.cookie import CookieReader, SessionCookieSigner, VerifiedCookie, storage_key
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
@@ -87,22 +87,40 @@ class SessionMiddleware(Stage):
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        raw = self._cookie(request_headers(scope).get(b"cookie"))
-        try:
-            session = await self._load(raw)
-        except StoreError:
-            if self.config.on_store_error != "guest":
-                await self._unavailable(scope, send)
-                return None
-            session = self._new_guest()
-        session.had_cookie = raw is not None
-        scope.setdefault("state", {})["session"] = session
+        raw = self._cookie.find(request_headers(scope).get(b"cookie"))
+        now = self.clock.time()
+        session: Session | None = None
+        # The steady-state path (valid cookie, live row, memoized payload) is
+        # written inline: every extra coroutine here is paid on every request.
+        if raw is not None:
+            verified = self.signer.verify(raw)
+            if verified is None:
+                logger.debug("session cookie rejected (format or signature)")
+            else:
+                try:
+                    record = await self.store.load_session(verified.storage_key, now)
+                    if record is not None:
+                        session = self._open(verified, record, now)
+                        if session is not None and self._expired(session._data, now):
+                            await self._expire(session)
+                            session = None
+                except StoreError:
+                    if self.config.on_store_error != "guest":
+                        await self._unavailable(scope, send)
+                        return None
+                    session = None
+            if session is None:
+                session = self._new_guest(now)
+            session.had_cookie = True
+        else:
+            session = self._new_guest(now)
+        scope["state"]["session"] = session  # request_headers made sure "state" exists
         if self.binding is not None and session.persisted_sid is not None:
             try:
-                holds = self._binding_holds(scope, session)
+                holds = self._binding_holds(scope, session, now)
                 if holds is None:  # the tenant's pepper state is due for a reload
                     await self.binding.peppers.refresh(session._data.tenant_id)
-                    holds = self._binding_holds(scope, session, fresh=False)
+                    holds = self._binding_holds(scope, session, now, fresh=False)
                 if not holds:
                     await self._on_binding_mismatch(session)
             except StoreError:
@@ -118,7 +136,7 @@ class SessionMiddleware(Stage):
             return False
         session.committed_key = session.loaded_key
         if session.accessed or session.had_cookie:
-            add_vary_cookie(mutable_headers(message))
+            vary_cookie(message)
         return True
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
@@ -130,61 +148,66 @@ class SessionMiddleware(Stage):
         except StoreError:
             await self._unavailable(scope, send)
             return False
+        if cookie is not None:
+            mutable_headers(message).append((b"set-cookie", cookie))
         if cookie is not None or session.accessed or session.had_cookie:
-            headers = mutable_headers(message)
-            if cookie is not None:
-                headers.append((b"set-cookie", cookie))
-            add_vary_cookie(headers)
+            vary_cookie(message)
         return True
 
     # -- load ---------------------------------------------------------------------
-    def _new_guest(self) -> Session:
-        now = self.clock.time()
+    def _new_guest(self, now: float | None = None) -> Session:
+        if now is None:
+            now = self.clock.time()
         return Session(self, d.SessionData(created_at=now, last_seen_at=now))
 
-    async def _load(self, raw: bytes | None) -> Session:
-        if raw is None:
-            return self._new_guest()
-        verified = self.signer.verify(raw)
-        if verified is None:
-            logger.debug("session cookie rejected (format or signature)")
-            return self._new_guest()
-        sid = verified.session_id
+    def _open(self, verified: VerifiedCookie, record: SessionRecord, now: float) -> Session | None:
+        """The session stored in ``record`` (``None`` when it cannot be opened)."""
         key = verified.storage_key
-        now = self.clock.time()
-        record = await self.store.load_session(key, now)
-        if record is None:
-            return self._new_guest()
         memo_key = (key, record.payload)
         opened = self._opened.get(memo_key)
+        shared = opened is not None
         if opened is None:
             try:
                 opened = d.decode(self.crypto.open(record.payload, key))
             except EnvelopeError as exc:
                 self._warn_envelope(str(exc))
-                return self._new_guest()
+                return None
             except ValueError:
                 self._warn_envelope("undecodable session data")
-                return self._new_guest()
+                return None
             if len(record.payload) <= _MEMO_MAX_PAYLOAD:
                 self._opened.put(memo_key, opened)
-        data, custom_json = opened[0].clone(), opened[1]
+                shared = True
+        # The opened data is an immutable template while memoized: the
+        # Session copies it before the first change (see Session.own_data).
+        data, custom_json = opened
+        session = Session(self, data, custom_json, verified.session_id, key, shared)
+        if verified.needs_resign:
+            session.resign = True
         cfg = self.config
-        expired = now >= data.created_at + cfg.max_age or (
-            cfg.idle_timeout is not None and now >= data.last_seen_at + cfg.idle_timeout
-        )
-        if expired:
-            await self.store.delete_session(key)
-            self._emit("session_expired", key, data.auth_state)
-            return self._new_guest()
-        session = Session(self, data, custom_json=custom_json, persisted_sid=sid, loaded_key=key)
-        session.resign = verified.needs_resign
-        if cfg.idle_timeout is not None and now - data.last_seen_at >= cfg.touch_interval:
-            data.last_seen_at = now
+        if (
+            cfg.idle_timeout is not None
+            and now - data.last_seen_at >= cfg.touch_interval
+            and not self._expired(data, now)  # the caller drops expired sessions
+        ):
+            session.own_data().last_seen_at = now
             session.mark_dirty()
         return session
 
-    def _binding_holds(self, scope: Scope, session: Session, *, fresh: bool = True) -> bool | None:
+    def _expired(self, data: d.SessionData, now: float) -> bool:
+        cfg = self.config
+        return now >= data.created_at + cfg.max_age or (
+            cfg.idle_timeout is not None and now >= data.last_seen_at + cfg.idle_timeout
+        )
+
+    async def _expire(self, session: Session) -> None:
+        key = session.loaded_key or ""
+        await self.store.delete_session(key)
+        self._emit("session_expired", key, session._data.auth_state)
+
+    def _binding_holds(
+        self, scope: Scope, session: Session, now: float, *, fresh: bool = True
+    ) -> bool | None:
         """True unless a bound session's fingerprint does not match this request;
         ``None`` when the tenant's pepper state must be reloaded first.
 
@@ -193,24 +216,13 @@ class SessionMiddleware(Stage):
         """
         binding = self.binding
         assert binding is not None
-        data = session._data
-        if data.fingerprint is None or isinstance(data.auth_state, d.Guest):
-            return True
-        tenant = data.tenant_id
-        version = data.pepper_version or 1
-        pepper = binding.peppers.cached(tenant, fresh=fresh)
-        if pepper is None or (fresh and pepper.version < version):
-            return None  # unknown, stale, or another instance rotated it
-        matched = binding.check(scope, tenant, pepper, data.fingerprint, version)
-        if matched < 0:
-            return False
-        if matched > 0 or pepper.version > version:
-            # Pepper or fingerprint key rotated: re-bind, do not log out.
-            material = binding.material(scope)
-            data.fingerprint = binding.fingerprint(tenant, pepper, pepper.version, material)
-            data.pepper_version = pepper.version
+        verdict = binding.check(scope, session._data, fresh=fresh, now=now)
+        if verdict is None:
+            return None
+        if verdict > 0:  # pepper or fingerprint key rotated: re-bind, do not log out
+            binding.rebind(scope, session.own_data())
             session.mark_dirty()
-        return True
+        return verdict >= 0
 
     async def _on_binding_mismatch(self, session: Session) -> None:
         binding = self.binding
@@ -246,7 +258,7 @@ class SessionMiddleware(Stage):
             session.committed_key = session.loaded_key
             return None
         now = self.clock.time()
-        data = session._data
+        data = session.own_data()  # _bind and _describe_client may change it
         new_custom = self._custom_json_within_cap(session)
         custom_changed = new_custom is not None
         custom_json = new_custom if new_custom is not None else session.stored_custom_json
@@ -445,10 +457,13 @@ def _describe_client(scope: Scope, data: d.SessionData) -> None:
         data.user_agent = ua[:_UA_SUMMARY_CHARS].decode("latin-1")
 
 
-def add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:
-    """Add ``Cookie`` to the response's ``Vary`` header (once)."""
+def vary_cookie(message: Message) -> None:
+    """Add ``Cookie`` to the ``Vary`` header of a response-start ``message`` (once)."""
+    headers = message.get("headers")
+    if type(headers) is not list:
+        headers = message["headers"] = list(headers or ())
     for i, (k, v) in enumerate(headers):
-        if k == b"vary" or (len(k) == 4 and k.lower() == b"vary"):
+        if len(k) == 4 and k.lower() == b"vary":
             if b"cookie" not in v.lower() and v.strip() != b"*":
                 headers[i] = (k, v + b", Cookie")
             return
