@@ -36,16 +36,20 @@ def join_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
 def request_headers(scope: Scope) -> dict[bytes, bytes]:
     """The request's headers as a dict, built once per request and shared by
     every stage (each would otherwise rescan the header list)."""
-    try:
-        return scope["state"][_HEADERS_KEY]  # type: ignore[no-any-return]
-    except KeyError:
-        pass
-    raw = scope["headers"]
-    found = dict(raw)  # C fast path; falls back when a name repeats
-    if len(found) != len(raw):
-        found = join_headers(raw)
-    scope.setdefault("state", {})[_HEADERS_KEY] = found
+    state = scope.get("state")
+    if state is None:
+        state = scope["state"] = {}
+    else:
+        found = state.get(_HEADERS_KEY)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    state[_HEADERS_KEY] = found = _header_dict(scope["headers"])
     return found
+
+
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    found = dict(raw)  # C fast path; falls back when a name repeats
+    return found if len(found) == len(raw) else join_headers(raw)
 
 
 def queue_response_headers(scope: Scope, headers: Sequence[tuple[bytes, bytes]]) -> bool:
@@ -186,6 +190,8 @@ class Stack:
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
+        if _HEADERS_KEY not in state:  # every stage reads them: build them once, here
+            state[_HEADERS_KEY] = _header_dict(scope["headers"])
         if kind == "http":
             state.setdefault(_QUEUED_KEY, None)  # an outer stack may have queued some
         for enter_now, stage in self._enter:
@@ -212,13 +218,9 @@ class Stack:
                     if not await stage.on_response_start(scope, message, send):
                         suppressed = True
                         return
-                _add_queued(state, message)
+                queued = state.pop(_QUEUED_KEY, None)
+                if queued:
+                    mutable_headers(message).extend(queued)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
-
-
-def _add_queued(state: dict[str, object], message: Message) -> None:
-    queued: list[tuple[bytes, bytes]] | None = state.pop(_QUEUED_KEY, None)  # type: ignore[assignment]
-    if queued:
-        mutable_headers(message).extend(queued)

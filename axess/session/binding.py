@@ -109,7 +109,7 @@ class TenantPeppers:
         return self._store is not None
 
     def cached(
-        self, tenant: str | None, *, fresh: bool = True, now: float | None = None
+        self, tenant: str | None, fresh: bool = True, now: float | None = None
     ) -> TenantPepper | None:
         """The tenant's pepper state if known (and, with ``fresh``, not due for a
         reload at ``now``, default the clock's time); ``None`` means:
@@ -295,7 +295,7 @@ class FingerprintBinding:
         return -1, material
 
     def check(
-        self, scope: Scope, data: SessionData, *, fresh: bool = True, now: float | None = None
+        self, scope: Scope, data: SessionData, fresh: bool = True, now: float | None = None
     ) -> int | None:
         """Whether the session's fingerprint fits this request.
 
@@ -314,7 +314,7 @@ class FingerprintBinding:
             return 0
         tenant = data.tenant_id
         version = data.pepper_version or 1
-        pepper = self.peppers.cached(tenant, fresh=fresh, now=now)
+        pepper = self.peppers.cached(tenant, fresh, now)
         if pepper is None or (fresh and pepper.version < version):
             return None  # unknown, stale, or another instance rotated it
         headers = request_headers(scope)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 DATA_VERSION: Final = 1
 
@@ -20,6 +20,9 @@ class InvalidTransition(ValueError):
 @dataclass(frozen=True, slots=True)
 class Guest:
     kind: Final = "guest"
+    #: Every state has ``user`` and ``tenant``; a guest's are None.
+    user: ClassVar[None] = None
+    tenant: ClassVar[None] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +134,11 @@ def logout(state: AuthState) -> Guest:
 
 
 def user_of(state: AuthState) -> str | None:
-    return None if isinstance(state, Guest) else state.user
+    return state.user
 
 
 def tenant_of(state: AuthState) -> str | None:
-    return None if isinstance(state, Guest) else state.tenant
+    return state.tenant
 
 
 # -- serialization -------------------------------------------------------------

@@ -155,11 +155,13 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def user_id(self) -> str | None:
-        return d.user_of(self.auth_state)
+        self.accessed = True
+        return self._data.auth_state.user
 
     @property
     def tenant_id(self) -> str | None:
-        return d.tenant_of(self.auth_state)
+        self.accessed = True
+        return self._data.auth_state.tenant
 
     @property
     def is_authenticated(self) -> bool:
@@ -300,7 +302,10 @@ def get_session(conn: HTTPConnection) -> Session:
 
     Raises :class:`RuntimeError` if ``SessionMiddleware`` is not installed.
     """
-    session = conn.scope.get("state", {}).get("session")
+    state = conn.scope.get("state")
+    session = state.get("session") if state is not None else None
+    if type(session) is Session:
+        return session
     if session is None:
         raise RuntimeError(
             "no session on this request: install axess (Axess.install(app)) "

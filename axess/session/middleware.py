@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +33,13 @@ _VARY: Final = (b"vary", b"Cookie")
 #: Larger payloads are opened every time rather than memoized (bounds memory
 #: to about opened_memo_size x 4 KiB).
 _MEMO_MAX_PAYLOAD: Final = 4096
+
+
+class _Expired(NamedTuple):
+    """What :meth:`SessionMiddleware._open` found instead of a live session."""
+
+    key: str
+    auth_state: d.AuthState
 
 
 class SessionMiddleware(Stage):
@@ -100,10 +107,11 @@ class SessionMiddleware(Stage):
                 try:
                     record = await self.store.load_session(verified.storage_key, now)
                     if record is not None:
-                        session = self._open(verified, record, now)
-                        if session is not None and self._expired(session._data, now):
-                            await self._expire(session)
-                            session = None
+                        opened = self._open(verified, record, now)
+                        if type(opened) is _Expired:
+                            await self._expire(opened)
+                        else:
+                            session = opened  # type: ignore[assignment]
                 except StoreError:
                     if self.config.on_store_error != "guest":
                         await self._unavailable(scope, send)
@@ -160,8 +168,11 @@ class SessionMiddleware(Stage):
             now = self.clock.time()
         return Session(self, d.SessionData(created_at=now, last_seen_at=now))
 
-    def _open(self, verified: VerifiedCookie, record: SessionRecord, now: float) -> Session | None:
-        """The session stored in ``record`` (``None`` when it cannot be opened)."""
+    def _open(
+        self, verified: VerifiedCookie, record: SessionRecord, now: float
+    ) -> Session | _Expired | None:
+        """The session stored in ``record``: ``None`` when it cannot be opened,
+        :class:`_Expired` when it outlived its lifetime or idle timeout."""
         key = verified.storage_key
         memo_key = (key, record.payload)
         opened = self._opened.get(memo_key)
@@ -181,29 +192,23 @@ class SessionMiddleware(Stage):
         # The opened data is an immutable template while memoized: the
         # Session copies it before the first change (see Session.own_data).
         data, custom_json = opened
+        cfg = self.config
+        idle = cfg.idle_timeout
+        if now >= data.created_at + cfg.max_age or (
+            idle is not None and now >= data.last_seen_at + idle
+        ):
+            return _Expired(key, data.auth_state)
         session = Session(self, data, custom_json, verified.session_id, key, shared)
         if verified.needs_resign:
             session.resign = True
-        cfg = self.config
-        if (
-            cfg.idle_timeout is not None
-            and now - data.last_seen_at >= cfg.touch_interval
-            and not self._expired(data, now)  # the caller drops expired sessions
-        ):
+        if idle is not None and now - data.last_seen_at >= cfg.touch_interval:
             session.own_data().last_seen_at = now
             session.mark_dirty()
         return session
 
-    def _expired(self, data: d.SessionData, now: float) -> bool:
-        cfg = self.config
-        return now >= data.created_at + cfg.max_age or (
-            cfg.idle_timeout is not None and now >= data.last_seen_at + cfg.idle_timeout
-        )
-
-    async def _expire(self, session: Session) -> None:
-        key = session.loaded_key or ""
-        await self.store.delete_session(key)
-        self._emit("session_expired", key, session._data.auth_state)
+    async def _expire(self, expired: _Expired) -> None:
+        await self.store.delete_session(expired.key)
+        self._emit("session_expired", expired.key, expired.auth_state)
 
     def _binding_holds(
         self, scope: Scope, session: Session, now: float, *, fresh: bool = True
@@ -216,7 +221,7 @@ class SessionMiddleware(Stage):
         """
         binding = self.binding
         assert binding is not None
-        verdict = binding.check(scope, session._data, fresh=fresh, now=now)
+        verdict = binding.check(scope, session._data, fresh, now)
         if verdict is None:
             return None
         if verdict > 0:  # pepper or fingerprint key rotated: re-bind, do not log out
@@ -458,13 +463,20 @@ def _describe_client(scope: Scope, data: d.SessionData) -> None:
 
 
 def vary_cookie(message: Message) -> None:
-    """Add ``Cookie`` to the ``Vary`` header of a response-start ``message`` (once)."""
+    """Add ``Cookie`` to the ``Vary`` header of a response-start ``message`` (once).
+
+    Header names are matched lowercase, as ASGI requires; a differently
+    spelled ``Vary`` gets a second ``vary`` line, which means the same.
+    """
     headers = message.get("headers")
     if type(headers) is not list:
         headers = message["headers"] = list(headers or ())
-    for i, (k, v) in enumerate(headers):
-        if len(k) == 4 and k.lower() == b"vary":
-            if b"cookie" not in v.lower() and v.strip() != b"*":
-                headers[i] = (k, v + b", Cookie")
-            return
-    headers.append(_VARY)
+    for item in headers:
+        if item[0] == b"vary":
+            break
+    else:
+        headers.append(_VARY)
+        return
+    value = item[1]
+    if b"cookie" not in value.lower() and value.strip() != b"*":
+        headers[headers.index(item)] = (b"vary", value + b", Cookie")

@@ -91,7 +91,8 @@ class MemoryStore(MemoryIdentityMixin):
 
     # -- session substore ---------------------------------------------------
     async def load_session(self, key: str, now: float) -> SessionRecord | None:
-        return self._live(key, now)
+        rec = self._sessions.get(key)  # _live, inlined: this runs on every request
+        return None if rec is None or rec.expires_at <= now else rec
 
     async def create_session(self, record: SessionRecord) -> bool:
         if record.key in self._sessions:
