@@ -23,8 +23,12 @@ from benchmarks.variants import (
     Unavailable,
 )
 
-#: §15: read-only request, memory store, µs over bare Starlette.
+#: §15: read-only request, memory store, µs over bare Starlette, stated for a
+#: machine where bare Starlette takes about 13 µs, Starlette's
+#: SessionMiddleware +40 µs and starsessions +46 µs.
 TARGET_OVERHEAD_US = 10.0
+REFERENCE_BARE_US = 13.0
+REFERENCE_ANCHORS_US = {"Starlette SessionMiddleware": 40.0, "starsessions (memory)": 46.0}
 #: The multiplication sign, spelled out to keep ruff's ambiguous-character rule quiet.
 X = "\u00d7"
 #: Log messages expected in a benchmark run (dev keys, loopback Valkey).
@@ -197,16 +201,35 @@ def _summary(rows: list[Row]) -> list[str]:
     axess = overhead.get(AXESS_WARM)
     if axess is None:
         return []
-    verdict = "met" if axess <= TARGET_OVERHEAD_US else "MISSED"
+    # Machines differ, so the target is also read against this run's anchors:
+    # scaled by bare Starlette, and as a fraction of each baseline's overhead.
+    target = TARGET_OVERHEAD_US
     out = [
-        f"axess memory (warm) overhead = {axess:.1f} µs "
-        f"(target ≤ {TARGET_OVERHEAD_US:g} µs: {verdict})"
+        f"axess memory (warm) overhead = {axess:.1f} µs; §15 target ≤ {target:g} µs",
+        f"- as stated: {axess:.1f} ≤ {target:g} µs: {_verdict(axess, target)}",
     ]
+    scaled = TARGET_OVERHEAD_US * anchor / REFERENCE_BARE_US
+    out.append(
+        f"- scaled by bare Starlette ({anchor:.1f} µs here vs {REFERENCE_BARE_US:g}): "
+        f"{axess:.1f} ≤ {scaled:.1f} µs, i.e. ratio {1 + axess / anchor:.2f}{X} ≤ "
+        f"{1 + TARGET_OVERHEAD_US / REFERENCE_BARE_US:.2f}{X}: {_verdict(axess, scaled)}"
+    )
     for name in (STARLETTE, STARSESSIONS):
         other = overhead.get(name)
-        if other is not None and axess > 0:
-            out.append(f"{name} overhead = {other:.1f} µs = {other / axess:.1f}{X} axess's")
+        reference = REFERENCE_ANCHORS_US.get(name)
+        if other is None or reference is None or axess <= 0:
+            continue
+        wanted = reference / TARGET_OVERHEAD_US
+        out.append(
+            f"- against {name} (+{other:.1f} µs here, +{reference:g} at the reference): "
+            f"its overhead = {other / axess:.1f}{X} axess's, target ≥ {wanted:.1f}{X}: "
+            f"{_verdict(axess, other / wanted)}"
+        )
     return out
+
+
+def _verdict(value: float, limit: float) -> str:
+    return "met" if value <= limit else "MISSED"
 
 
 def _counts_table(rows: list[Row]) -> list[str]:

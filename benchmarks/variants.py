@@ -28,7 +28,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from axess import Axess, BindingPolicy, Keyring, get_session
+from axess import Axess, BindingPolicy, Keyring, RateLimit, get_session
 from axess.stores import MemoryStore
 from benchmarks.asgi import Client, ScopeTemplate, call, make_scope, run_requests
 from benchmarks.counting import (
@@ -189,7 +189,13 @@ async def starsessions_memory() -> AsyncIterator[Bench]:
 
 
 # -- axess --------------------------------------------------------------------------------
+#: A typical middleware rule: the read-only request does not match it, but
+#: the rate-limit stage still has to look (as in a real deployment).
+LOGIN_LIMIT = RateLimit("100/minute", paths=["/login"], methods=["POST"], name="login-ip")
+
+
 def _axess_app(store: Any, keys: Keyring, **options: Any) -> Starlette:
+    options.setdefault("rate_limits", [LOGIN_LIMIT])
     auth = Axess(store=store, keys=keys, debug=True, cleanup_interval=None, **options)
     app = _session_app(read_axess, login_axess)
     auth.install(app)

@@ -1,0 +1,188 @@
+"""The per-process memos and shared templates of the request path.
+
+Every other test file builds a fresh app (fresh memos) per request; these
+keep one app alive so later requests really take the warm path, and check
+that a warm answer never outlives a change of what it was computed from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from helpers import CountingStore, client, cookie_of
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig, get_session
+from axess.net import TrustedProxies
+from axess.session.binding import BindingPolicy
+from axess.session.cookie import CookieReader, find_cookie
+from axess.stores.base import SessionRecord
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
+HOME = {"x-forwarded-for": "198.51.100.10", "user-agent": UA, "accept-language": "en-GB,en"}
+
+
+class StaleReadStore(CountingStore):
+    """Answers every load with the first record it ever returned for that key,
+    like a lagging replica: the same sealed payload comes back after a write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: dict[str, SessionRecord] = {}
+        self.stale = False
+
+    async def load_session(self, key: str, now: float) -> SessionRecord | None:
+        record = await super().load_session(key, now)
+        if record is not None and self.stale:
+            return self.first.setdefault(key, record)
+        return record
+
+
+async def whoami(request: Request) -> JSONResponse:
+    s = get_session(request)
+    return JSONResponse({"user": s.user_id, "ua": s.data.user_agent})
+
+
+async def tamper(request: Request) -> JSONResponse:
+    # Changing the metadata object directly is not an API, but it must stay
+    # local to this request (it must not leak through the shared template).
+    get_session(request).data.user_agent = "tampered"
+    return JSONResponse({})
+
+
+async def login(request: Request) -> JSONResponse:
+    get_session(request).authenticate("alice", "acme")
+    return JSONResponse({})
+
+
+def make(
+    store: CountingStore | None = None,
+    policy: BindingPolicy | None = None,
+    **session: Any,
+) -> tuple[Axess, Starlette]:
+    auth = Axess(
+        store=store if store is not None else CountingStore(),
+        keys=Keyring.generate(),
+        session=SessionConfig(**session),
+        clock=MockClock(),
+        random=SeededRandom(5),
+        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
+        binding=policy,
+        csrf=False,
+        debug=True,
+        cleanup_interval=None,
+    )
+    app = Starlette(
+        routes=[
+            Route("/read", whoami),
+            Route("/tamper", tamper),
+            Route("/login", login, methods=["POST"]),
+        ]
+    )
+    auth.install(app)
+    return auth, app
+
+
+async def signed_in(c: httpx.AsyncClient, headers: dict[str, str] = HOME) -> str:
+    r = await c.post("/login", headers=headers)
+    cookie = cookie_of(r)
+    assert cookie
+    c.cookies.set("axess.sid", cookie)
+    # Warm every memo on the path: the next requests are pure hits.
+    for _ in range(2):
+        assert (await c.get("/read", headers=headers)).json()["user"] == "alice"
+    return cookie
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"user-agent": "curl/8.0"},
+        {"x-forwarded-for": "203.0.113.10"},  # another /24
+        {"accept-language": "fr-FR"},
+    ],
+)
+async def test_a_warm_binding_verdict_never_covers_a_changed_client(change: dict[str, str]) -> None:
+    auth, app = make(policy=BindingPolicy(accept_language=True))
+    async with client(app) as c:
+        await signed_in(c)
+        r = await c.get("/read", headers={**HOME, **change})
+    assert r.json()["user"] is None and cookie_of(r) == ""  # revoked
+    assert await auth.list_sessions("alice") == []
+
+
+async def test_a_warm_binding_verdict_survives_a_harmless_change() -> None:
+    _, app = make(policy=BindingPolicy(accept_language=True))
+    async with client(app) as c:
+        await signed_in(c)
+        moved = {**HOME, "x-forwarded-for": "198.51.100.77", "accept-language": "en-US"}
+        assert (await c.get("/read", headers=moved)).json()["user"] == "alice"
+
+
+async def test_changing_the_metadata_object_stays_inside_the_request() -> None:
+    _, app = make()
+    async with client(app) as c:
+        await signed_in(c)
+        await c.get("/tamper", headers=HOME)
+        assert (await c.get("/read", headers=HOME)).json()["ua"] == UA
+
+
+async def test_an_idle_touch_never_changes_the_shared_template() -> None:
+    store = StaleReadStore()
+    auth, app = make(store, idle_timeout=3600, touch_interval=60)
+    async with client(app) as c:
+        await signed_in(c)
+        store.stale = True
+        await c.get("/read", headers=HOME)  # records the payload every later load returns
+        saves = store.calls["save_session"]
+        assert isinstance(auth.clock, MockClock)
+        auth.clock.advance(120)
+        await c.get("/read", headers=HOME)  # touches: last_seen_at moves, row saved
+        assert store.calls["save_session"] == saves + 1
+        # The same stale payload again: had the touch changed the memoized
+        # template in place, this request would see a fresh last_seen_at and
+        # not touch; it must touch (and save) again.
+        await c.get("/read", headers=HOME)
+        assert store.calls["save_session"] == saves + 2
+
+
+async def test_a_pepper_rebind_never_changes_the_shared_template() -> None:
+    store = StaleReadStore()
+    auth, app = make(store)
+    async with client(app) as c:
+        await signed_in(c)
+        store.stale = True
+        await c.get("/read", headers=HOME)
+        await auth.rotate_fingerprint_pepper("acme")
+        saves = store.calls["save_session"]
+        assert (await c.get("/read", headers=HOME)).json()["user"] == "alice"
+        assert store.calls["save_session"] == saves + 1  # re-bound
+        assert (await c.get("/read", headers=HOME)).json()["user"] == "alice"
+        assert store.calls["save_session"] == saves + 2  # the stale payload re-binds again
+
+
+_names = st.sampled_from(["axess.sid", "axess.csrf", "xaxess.sid", "sid", "a"])
+_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+_pairs = st.lists(st.tuples(_names, _values), max_size=6)
+_separators = st.sampled_from(["; ", ";", " ; ", ";\t"])
+
+
+@given(pairs=_pairs, sep=_separators, pad=st.integers(0, 2000))
+def test_cookie_reader_answers_like_find_cookie(
+    pairs: list[tuple[str, str]], sep: str, pad: int
+) -> None:
+    header = sep.join(f"{k}={v}" for k, v in pairs).encode("latin-1")
+    if pad:  # beyond the memoized size too
+        header += f"{sep}filler={'f' * pad}".encode("latin-1")
+    reader = CookieReader(b"axess.sid")
+    expected = find_cookie(header, b"axess.sid")
+    assert reader.find(header) == expected
+    assert reader.find(header) == expected  # the memoized answer
+    assert reader.find(None) is None
