@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axess._cache import BoundedMemo
 from axess.errors import ConfigurationError
-from axess.stack import Stage, join_headers, request_headers
+from axess.stack import HEADERS_KEY, Stage, join_headers
 
 logger = logging.getLogger("axess.net")
 
@@ -150,9 +150,7 @@ class TrustedProxies:
         hit = self._peer_memo.get(peer)  # type: ignore[arg-type]
         address, trusted = hit if hit is not None else self._peer(peer)
         if not self.networks:
-            if not self._warned and (
-                b"x-forwarded-for" in headers or b"forwarded" in headers or b"x-real-ip" in headers
-            ):
+            if not self._warned and not _FORWARDING_HEADERS.isdisjoint(headers):
                 self._warned = True
                 logger.warning(
                     "forwarded headers received but no trusted proxies are configured; "
@@ -183,6 +181,9 @@ class TrustedProxies:
         return current
 
 
+_FORWARDING_HEADERS: Final = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
+
+
 def _normalize_peer(peer: str | None) -> str:
     if peer is None:
         return NO_PEER
@@ -201,7 +202,9 @@ class ClientIPMiddleware(Stage):
 
     def enter_now(self, scope: Scope) -> bool:
         client = scope.get("client")
-        ip = self.proxies.resolve_headers(client[0] if client else None, request_headers(scope))
+        ip = self.proxies.resolve_headers(
+            client[0] if client else None, scope["state"][HEADERS_KEY]
+        )
         scope["state"]["client_ip"] = ip  # request_headers made sure "state" exists
         return True
 

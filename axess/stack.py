@@ -15,7 +15,10 @@ from typing import ClassVar, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_HEADERS_KEY: Final = "axess.headers"
+#: ``scope["state"]`` entry: the request headers as a dict (see
+#: :func:`request_headers`). A :class:`Stack` sets it before any stage runs,
+#: so stage code may read ``scope["state"][HEADERS_KEY]`` directly.
+HEADERS_KEY: Final = "axess.headers"
 #: ``scope["state"]`` entry: header lines queued for the response (``None``
 #: when there are none). Present while a stack runs the request.
 _QUEUED_KEY: Final = "axess.response_headers"
@@ -40,10 +43,10 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
     if state is None:
         state = scope["state"] = {}
     else:
-        found = state.get(_HEADERS_KEY)
+        found = state.get(HEADERS_KEY)
         if found is not None:
             return found  # type: ignore[no-any-return]
-    state[_HEADERS_KEY] = found = _header_dict(scope["headers"])
+    state[HEADERS_KEY] = found = _header_dict(scope["headers"])
     return found
 
 
@@ -190,8 +193,8 @@ class Stack:
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
-        if _HEADERS_KEY not in state:  # every stage reads them: build them once, here
-            state[_HEADERS_KEY] = _header_dict(scope["headers"])
+        if HEADERS_KEY not in state:  # every stage reads them: build them once, here
+            state[HEADERS_KEY] = _header_dict(scope["headers"])
         if kind == "http":
             state.setdefault(_QUEUED_KEY, None)  # an outer stack may have queued some
         for enter_now, stage in self._enter:

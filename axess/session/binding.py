@@ -25,7 +25,7 @@ from axess.keys import Keyring
 from axess.net import ip_prefix
 from axess.observability.metrics import AuthnMetrics
 from axess.session.data import Guest, SessionData
-from axess.stack import request_headers
+from axess.stack import HEADERS_KEY, request_headers
 from axess.stores.base import DEFAULT_TENANT, IdentityStore, TenantPepper
 
 logger = logging.getLogger("axess.session.binding")
@@ -317,7 +317,7 @@ class FingerprintBinding:
         pepper = self.peppers.cached(tenant, fresh, now)
         if pepper is None or (fresh and pepper.version < version):
             return None  # unknown, stale, or another instance rotated it
-        headers = request_headers(scope)
+        headers = scope["state"][HEADERS_KEY]  # check runs inside the stack
         ua = headers.get(b"user-agent")
         if not ua:
             return -1

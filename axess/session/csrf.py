@@ -31,7 +31,7 @@ from axess.session.cookie import CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.session.middleware import vary_cookie
-from axess.stack import Stage, mutable_headers, request_headers, send_json
+from axess.stack import HEADERS_KEY, Stage, mutable_headers, request_headers, send_json
 
 logger = logging.getLogger("axess.csrf")
 
@@ -209,7 +209,7 @@ class CSRFMiddleware(Stage):
         session: Session = state["session"]
         # The binding after the commit: the stored key of a signed-in session.
         committed = None if isinstance(session._data.auth_state, Guest) else session.committed_key
-        current = self._cookie.find(request_headers(scope).get(b"cookie"))
+        current = self._cookie.find(state[HEADERS_KEY].get(b"cookie"))
         if _STATE_KEY not in state and self.tokens.valid(current, committed):
             return True  # the browser's token still fits and no page asked for one
         header = self._remint(

@@ -24,7 +24,7 @@ from axess.session.cookie import CookieReader, SessionCookieSigner, VerifiedCook
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
-from axess.stack import Stage, mutable_headers, request_headers, send_json
+from axess.stack import HEADERS_KEY, Stage, mutable_headers, request_headers, send_json
 from axess.stores.base import SessionRecord, SessionStore
 
 logger = logging.getLogger("axess.session")
@@ -94,7 +94,7 @@ class SessionMiddleware(Stage):
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        raw = self._cookie.find(request_headers(scope).get(b"cookie"))
+        raw = self._cookie.find(scope["state"][HEADERS_KEY].get(b"cookie"))
         now = self.clock.time()
         session: Session | None = None
         # The steady-state path (valid cookie, live row, memoized payload) is
@@ -122,15 +122,16 @@ class SessionMiddleware(Stage):
             session.had_cookie = True
         else:
             session = self._new_guest(now)
-        scope["state"]["session"] = session  # request_headers made sure "state" exists
-        if self.binding is not None and session.persisted_sid is not None:
+        scope["state"]["session"] = session  # the stack made sure "state" exists
+        binding = self.binding
+        if (
+            binding is not None
+            and session.persisted_sid is not None
+            and binding.check(scope, session._data, True, now) != 0
+        ):
+            # Not a plain match: mismatch, re-bind or pepper reload.
             try:
-                holds = self._binding_holds(scope, session, now)
-                if holds is None:  # the tenant's pepper state is due for a reload
-                    await self.binding.peppers.refresh(session._data.tenant_id)
-                    holds = self._binding_holds(scope, session, now, fresh=False)
-                if not holds:
-                    await self._on_binding_mismatch(session)
+                await self._settle_binding(scope, session, now)
             except StoreError:
                 await self._unavailable(scope, send)
                 return None
@@ -210,24 +211,24 @@ class SessionMiddleware(Stage):
         await self.store.delete_session(expired.key)
         self._emit("session_expired", expired.key, expired.auth_state)
 
-    def _binding_holds(
-        self, scope: Scope, session: Session, now: float, *, fresh: bool = True
-    ) -> bool | None:
-        """True unless a bound session's fingerprint does not match this request;
-        ``None`` when the tenant's pepper state must be reloaded first.
+    async def _settle_binding(self, scope: Scope, session: Session, now: float) -> None:
+        """A bound session whose fingerprint check did not simply match: reload
+        the tenant's pepper state if due, re-bind after a pepper or
+        fingerprint-key rotation (no logout), apply the policy on a mismatch.
 
-        Re-binds (without logging out) when the tenant's pepper was rotated or
-        the fingerprint key changed.
+        Raises :class:`StoreError` when the pepper state cannot be loaded.
         """
         binding = self.binding
         assert binding is not None
-        verdict = binding.check(scope, session._data, fresh, now)
-        if verdict is None:
-            return None
-        if verdict > 0:  # pepper or fingerprint key rotated: re-bind, do not log out
+        verdict = binding.check(scope, session._data, True, now)
+        if verdict is None:  # the tenant's pepper state is due for a reload
+            await binding.peppers.refresh(session._data.tenant_id)
+            verdict = binding.check(scope, session._data, False, now)
+        if verdict is None or verdict < 0:  # (None: still unknown; fail closed)
+            await self._on_binding_mismatch(session)
+        elif verdict > 0:  # pepper or fingerprint key rotated: re-bind, no logout
             binding.rebind(scope, session.own_data())
             session.mark_dirty()
-        return verdict >= 0
 
     async def _on_binding_mismatch(self, session: Session) -> None:
         binding = self.binding
