@@ -106,6 +106,24 @@ async def test_token_reminted_after_login_works_on_next_post() -> None:
         assert after and after != new
 
 
+async def test_a_session_revoked_for_a_binding_mismatch_gets_an_anonymous_token() -> None:
+    app = app_for(csrf_auth())  # one app: its memos are warm for the second request
+    async with client(app) as c:
+        t = await _anon(c)
+        r = await c.post("/login?user=alice", headers={"x-csrf-token": t})
+        signed_in = cookie_of(r, "axess.csrf")
+        assert signed_in and (await c.get("/read")).json()["user"] == "alice"
+        # The cookie replayed by another browser: revoked, and the response
+        # replaces the token bound to the dead session with an anonymous one.
+        r = await c.get("/read", headers={"user-agent": "curl/8.0"})
+        assert r.json()["user"] is None and cookie_of(r) == ""
+        fresh = cookie_of(r, "axess.csrf")
+        assert fresh and fresh != signed_in
+        c.cookies.delete("axess.sid")
+        assert (await c.post("/write", headers={"x-csrf-token": signed_in})).status_code == 403
+        assert (await c.post("/write", headers={"x-csrf-token": fresh})).status_code == 200
+
+
 async def test_read_only_views_get_no_csrf_cookie() -> None:
     async with client(app_for(csrf_auth())) as c:
         t = await _anon(c)

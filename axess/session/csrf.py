@@ -156,8 +156,8 @@ class CSRFMiddleware(Stage):
         return session
 
     def enter_now(self, scope: Scope) -> bool:
-        """Safe methods, exempt paths and websockets need no check: only note
-        what the response hook will compare against."""
+        """Safe methods, exempt paths and websockets need no check (only note
+        this middleware for :func:`csrf_token`)."""
         if scope["type"] != "http":
             return True
         state = scope["state"]
@@ -165,7 +165,6 @@ class CSRFMiddleware(Stage):
         if type(session) is not Session:
             session = self._session(state)
         state["csrf"] = self
-        state["csrf_binding"] = session.csrf_binding
         return scope["method"] not in UNSAFE_METHODS or self.config.is_exempt(scope["path"])
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -185,7 +184,7 @@ class CSRFMiddleware(Stage):
             cookie_token is not None
             and submitted is not None
             and hmac.compare_digest(submitted, cookie_token)
-            and self.tokens.valid(submitted, scope["state"]["csrf_binding"])
+            and self.tokens.valid(submitted, scope["state"]["session"].csrf_binding)
         ):
             logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
             await send_json(
@@ -213,7 +212,10 @@ class CSRFMiddleware(Stage):
         if _STATE_KEY not in state and self.tokens.valid(current, committed):
             return True  # the browser's token still fits and no page asked for one
         header = self._remint(
-            state, current.decode("latin-1") if current else None, state["csrf_binding"], committed
+            state,
+            current.decode("latin-1") if current else None,
+            session.arrival_csrf_binding,
+            committed,
         )
         if header is not None:
             mutable_headers(message).append(header)

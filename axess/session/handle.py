@@ -65,6 +65,7 @@ class Session(MutableMapping[str, Any]):
     ) -> None:
         self._owner = owner
         self._data = data
+        self._arrived_auth = data.auth_state  # immutable: a snapshot, not a copy
         self._custom_json = custom_json
         #: Id of the row this session was loaded from (None for a new guest).
         self.persisted_sid = persisted_sid
@@ -285,6 +286,14 @@ class Session(MutableMapping[str, Any]):
             return None
         if self._rotate or self.persisted_sid is None:
             return storage_key(self.next_session_id())
+        return self.loaded_key
+
+    @property
+    def arrival_csrf_binding(self) -> str | None:
+        """The CSRF binding of the session the request arrived with: its
+        storage key if it was signed in (or signing in), else ``None``."""
+        if isinstance(self._arrived_auth, d.Guest):
+            return None
         return self.loaded_key
 
     @property
