@@ -90,7 +90,11 @@ class TrustedProxies:
     """Which peers may tell us the client address, and how.
 
     ``cidrs``: networks of your reverse proxies / load balancers (IPv4 and
-    IPv6). ``header``: ``"x-forwarded-for"`` (default), ``"forwarded"``
+    IPv6), and ``"unix"`` to trust connections that have no peer address: a
+    server listening on a Unix-domain socket reports none, so behind a proxy
+    on the same host every client would otherwise share one address. Add
+    ``"unix"`` only when the app listens on nothing but that socket.
+    ``header``: ``"x-forwarded-for"`` (default), ``"forwarded"``
     (RFC 7239) or a custom single-address header such as ``"x-real-ip"``.
     Headers beyond ``max_header_bytes`` are cut from the left (the rightmost
     hops are the ones your proxies wrote) and at most ``max_hops`` are walked.
@@ -107,7 +111,11 @@ class TrustedProxies:
         max_hops: int = 16,
     ) -> None:
         networks: list[IPNetwork] = []
+        self.unix = False
         for cidr in cidrs:
+            if cidr.strip().lower() == "unix":
+                self.unix = True
+                continue
             try:
                 networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
             except ValueError:
@@ -132,8 +140,8 @@ class TrustedProxies:
         return any(addr in net for net in self.networks if net.version == addr.version)
 
     def _peer(self, peer: str | None) -> tuple[str, bool]:
-        if peer is None:
-            return NO_PEER, False
+        if not peer:  # a Unix-domain socket: no address (None, or "" from some servers)
+            return NO_PEER, self.unix
         hit = self._peer_memo.get(peer)
         if hit is None:
             addr = parse_ip(peer)
@@ -149,7 +157,7 @@ class TrustedProxies:
         """:meth:`resolve` for headers already joined into a dict."""
         hit = self._peer_memo.get(peer)  # type: ignore[arg-type]
         address, trusted = hit if hit is not None else self._peer(peer)
-        if not self.networks:
+        if not self.networks and not self.unix:
             if not self._warned and not _FORWARDING_HEADERS.isdisjoint(headers):
                 self._warned = True
                 logger.warning(

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from axess import ConfigurationError
-from axess.net import NO_PEER, TrustedProxies, ip_prefix, parse_ip
+from axess.net import NO_PEER, ClientIPMiddleware, TrustedProxies, client_ip, ip_prefix, parse_ip
 
 PROXIES = ["10.0.0.0/8", "2001:db8:ffff::/48"]
 
@@ -94,6 +102,22 @@ def test_no_peer_and_bad_config() -> None:
         TrustedProxies([], header="bad header")
 
 
+@pytest.mark.parametrize("peer", [None, ""])
+def test_unix_socket_peers_are_trusted_only_when_configured(peer: str | None) -> None:
+    chain = xff(b"6.6.6.6, 198.51.100.7")
+    # Not configured: a connection without an address is nobody we trust.
+    assert TrustedProxies(PROXIES).resolve(peer, chain) == NO_PEER
+    unix = TrustedProxies(["unix", *PROXIES])
+    assert unix.resolve(peer, chain) == "198.51.100.7"
+    assert unix.resolve(peer, xff(b"198.51.100.7, 10.1.1.1")) == "198.51.100.7"
+    assert unix.resolve(peer, []) == NO_PEER  # the proxy sent nothing
+    assert unix.resolve(peer, xff(b"garbage")) == NO_PEER
+    # "unix" alone is a trusted proxy too (no TCP proxies at all).
+    assert TrustedProxies(["UNIX"]).resolve(peer, chain) == "198.51.100.7"
+    # It trusts the missing address only, never a TCP peer.
+    assert unix.resolve("203.0.113.9", chain) == "203.0.113.9"
+
+
 def test_warns_once_when_headers_arrive_untrusted(caplog: pytest.LogCaptureFixture) -> None:
     p = TrustedProxies()
     with caplog.at_level(logging.WARNING, logger="axess.net"):
@@ -140,3 +164,36 @@ def test_parse_ip_and_prefix() -> None:
     assert ip_prefix("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert ip_prefix("203.0.113.77", v4=16) == "203.0.0.0/16"
     assert ip_prefix("nope") is None
+
+
+async def test_behind_a_proxy_on_a_unix_socket_under_uvicorn(tmp_path: Path) -> None:
+    """A real server on a Unix-domain socket reports no peer address; with
+    "unix" trusted, the proxy's X-Forwarded-For names the client."""
+
+    async def whoami(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(client_ip(request))
+
+    def app_with(proxies: TrustedProxies) -> Starlette:
+        app = Starlette(routes=[Route("/", whoami)])
+        app.add_middleware(ClientIPMiddleware, proxies=proxies)
+        return app
+
+    for proxies, expected in (
+        (TrustedProxies(["unix"]), "198.51.100.7"),
+        (TrustedProxies(), NO_PEER),
+    ):
+        path = str(tmp_path / "app.sock")
+        server = uvicorn.Server(uvicorn.Config(app_with(proxies), uds=path, log_level="warning"))
+        task = asyncio.create_task(server.serve())
+        try:
+            for _ in range(500):
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)  # uvicorn has no "started" event to await
+            transport = httpx.AsyncHTTPTransport(uds=path)
+            async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
+                r = await c.get("/", headers={"x-forwarded-for": "6.6.6.6, 198.51.100.7"})
+            assert r.text == expected
+        finally:
+            server.should_exit = True
+            await task
