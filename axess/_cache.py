@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Final, TypeVar
+
+#: Entries per memo of the request path: how many returning clients each
+#: remembers (``Axess(memo_size=...)``).
+DEFAULT_MEMO_SIZE: Final = 8192
 
 K = TypeVar("K")
 V = TypeVar("V")

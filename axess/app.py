@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from axess._cache import DEFAULT_MEMO_SIZE
 from axess.audit.events import AuthEvent
 from axess.audit.pipeline import AuditPipeline, AuditUnavailable, audit_unavailable_handler
 from axess.authn.guards import AuthnRequired, authn_exception_handler
@@ -87,6 +88,7 @@ class Axess:
         debug: bool = False,
         on_session_event: SessionEventHook | None = None,
         cleanup_interval: float | None = 300.0,
+        memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
         if not isinstance(store, SessionStore):
             raise ConfigurationError(f"{type(store).__name__} does not implement the session store")
@@ -95,9 +97,13 @@ class Axess:
                 "generated keys are for development only: pass debug=True, or load real keys "
                 "with Keyring.from_env() (create them with `axess keygen`)"
             )
+        if memo_size < 1:
+            raise ConfigurationError("memo_size must be >= 1")
         self.store = store
         self.keys = keys
         self.debug = debug
+        #: Returning clients each per-process memo of the request path remembers.
+        self.memo_size = memo_size
         self.session_config = session or SessionConfig()
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.clock: Clock = clock or SystemClock()
@@ -128,7 +134,9 @@ class Axess:
             store=identity if isinstance(identity, IdentityStore) else None,
             clock=self.clock,
         )
-        self.binding = FingerprintBinding(self.binding_policy, self.peppers, self.metrics)
+        self.binding = FingerprintBinding(
+            self.binding_policy, self.peppers, self.metrics, memo_size=memo_size
+        )
         #: ``None`` when CSRF protection is switched off (``csrf=False``).
         self.csrf_config: CSRFConfig | None = None if csrf is False else (csrf or CSRFConfig())
         self.health = CompositeHealthCheck()
@@ -262,6 +270,7 @@ class Axess:
                     "metrics": self.metrics,
                     "on_event": self.on_session_event,
                     "binding": self.binding,
+                    "memo_size": self.memo_size,
                 },
             ),
         ]
@@ -269,7 +278,12 @@ class Axess:
             layers.append(
                 (
                     CSRFMiddleware,
-                    {"keys": self.keys, "config": self.csrf_config, "random": self.random},
+                    {
+                        "keys": self.keys,
+                        "config": self.csrf_config,
+                        "random": self.random,
+                        "memo_size": self.memo_size,
+                    },
                 )
             )
         return layers

@@ -12,9 +12,9 @@ other client's entry, exactly the work a real miss does. Memos keyed by
 something both clients share (e.g. the tenant pepper) still hit, as they
 would in production.
 
-axess has no public knob for this (``SessionMiddleware`` exposes
-``opened_memo_size`` but ``Axess`` does not pass it through, and nothing
-reaches ``SessionCookieSigner(memo_size=)``), hence the object walk.
+``Axess(memo_size=)`` sizes the session, binding and CSRF memos, but not
+the peer-address memo of ``TrustedProxies`` or the rate limiter's, hence
+the object walk, which reaches every memo.
 """
 
 from __future__ import annotations

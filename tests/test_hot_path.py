@@ -19,7 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig, get_session
+from axess import (
+    Axess,
+    ConfigurationError,
+    Keyring,
+    MockClock,
+    SeededRandom,
+    SessionConfig,
+    get_session,
+)
 from axess.net import TrustedProxies
 from axess.session.binding import BindingPolicy
 from axess.session.cookie import CookieReader, find_cookie
@@ -65,9 +73,11 @@ async def login(request: Request) -> JSONResponse:
 def make(
     store: CountingStore | None = None,
     policy: BindingPolicy | None = None,
+    memo_size: int = 8192,
     **session: Any,
 ) -> tuple[Axess, Starlette]:
     auth = Axess(
+        memo_size=memo_size,
         store=store if store is not None else CountingStore(),
         keys=Keyring.generate(),
         session=SessionConfig(**session),
@@ -166,6 +176,43 @@ async def test_a_pepper_rebind_never_changes_the_shared_template() -> None:
         assert store.calls["save_session"] == saves + 1  # re-bound
         assert (await c.get("/read", headers=HOME)).json()["user"] == "alice"
         assert store.calls["save_session"] == saves + 2  # the stale payload re-binds again
+
+
+def test_memo_size_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="memo_size"):
+        make(memo_size=0)
+
+
+async def test_tiny_memos_bound_memory_and_change_no_answer() -> None:
+    auth, app = make(memo_size=1)
+    clients = [{"x-forwarded-for": f"198.51.{i}.10", "user-agent": f"{UA} #{i}"} for i in range(4)]
+    cookies = []
+    async with client(app) as c:
+        for headers in clients:
+            c.cookies.clear()  # each login is a different browser
+            r = await c.post("/login", headers=headers)
+            cookies.append(cookie_of(r))
+        for _ in range(2):  # every lookup misses, every insert evicts another client
+            for cookie, headers in zip(cookies, clients, strict=True):
+                c.cookies.clear()
+                c.cookies.set("axess.sid", cookie or "")
+                assert (await c.get("/read", headers=headers)).json()["user"] == "alice"
+        # A thief is still caught with a one-entry verdict memo.
+        c.cookies.clear()
+        c.cookies.set("axess.sid", cookies[0] or "")
+        r = await c.get("/read", headers={**clients[0], "user-agent": "curl/8.0"})
+        assert r.json()["user"] is None
+    session_stage = app.middleware_stack
+    while not hasattr(session_stage, "stages"):
+        session_stage = session_stage.app
+    memos = [
+        m
+        for stage in session_stage.stages
+        for m in vars(stage).values()
+        if isinstance(m, dict) and type(m).__name__ == "BoundedMemo"
+    ]
+    assert memos and all(len(m) <= 1 for m in memos)
+    assert len(auth.binding._verdicts) <= 1
 
 
 _names = st.sampled_from(["axess.sid", "axess.csrf", "xaxess.sid", "sid", "a"])

@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from starlette.types import Scope
 
-from axess._cache import BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
@@ -202,6 +202,8 @@ class FingerprintBinding:
         peppers: TenantPeppers,
         metrics: AuthnMetrics,
         on_mismatch_event: Callable[[str | None, str | None], None] | None = None,
+        *,
+        memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
         self.policy = policy
         self.peppers = peppers
@@ -210,15 +212,15 @@ class FingerprintBinding:
         # (tenant, version, material) -> fingerprint: HMAC is the costly part
         # and the same client sends the same material on every request.
         self._memo: BoundedMemo[tuple[str, int, Material, str, bytes | None], str] = BoundedMemo(
-            8192
+            memo_size
         )
-        self._prefixes: BoundedMemo[str, str] = BoundedMemo(8192)
+        self._prefixes: BoundedMemo[str, str] = BoundedMemo(memo_size)
         # Whole verdicts of :meth:`check`, keyed by every input they depend on
         # (raw header bytes, not parsed material): a returning client's check
         # is then one tuple hash and one lookup.
         self._verdicts: BoundedMemo[
             tuple[str, bytes, bytes | None, str, str | None, int, bytes | None], int
-        ] = BoundedMemo(8192)
+        ] = BoundedMemo(memo_size)
 
     def material(self, scope: Scope) -> Material:
         headers = request_headers(scope)

@@ -17,7 +17,7 @@ from typing import Final
 
 from itsdangerous import Signer
 
-from axess._cache import BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random
 from axess.keys import Keyring
 from axess.stack import join_headers
@@ -63,7 +63,7 @@ class SessionCookieSigner:
 
     __slots__ = ("_active", "_memo", "_signers")
 
-    def __init__(self, keys: Keyring, *, memo_size: int = 8192) -> None:
+    def __init__(self, keys: Keyring, *, memo_size: int = DEFAULT_MEMO_SIZE) -> None:
         # key_derivation="none": the HKDF subkey is already purpose-bound, and
         # skipping itsdangerous's per-call derivation keeps verification cheap.
         self._signers = [
@@ -142,7 +142,7 @@ class CookieReader:
 
     __slots__ = ("_memo", "name")
 
-    def __init__(self, name: bytes, *, memo_size: int = 4096) -> None:
+    def __init__(self, name: bytes, *, memo_size: int = DEFAULT_MEMO_SIZE) -> None:
         self.name = name
         self._memo: BoundedMemo[bytes, bytes | None] = BoundedMemo(memo_size)
 

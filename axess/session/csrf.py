@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axess._cache import BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
@@ -73,13 +73,15 @@ class CSRFConfig:
 class CSRFTokens:
     """Mints and checks tokens for one keyring."""
 
-    def __init__(self, keys: Keyring, random: Random | None = None) -> None:
+    def __init__(
+        self, keys: Keyring, random: Random | None = None, *, memo_size: int = DEFAULT_MEMO_SIZE
+    ) -> None:
         # Active key first; previous keys still verify tokens already in pages.
         self._keys = [keys.derive("csrf", "double-submit-v1", kid=k.kid) for k in keys.keys("csrf")]
         self._random = random or SystemRandom()
         # Validity is a pure function of (token, binding): remember positives so
         # a returning page view costs no HMAC.
-        self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(8192)
+        self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(memo_size)
 
     @staticmethod
     def _mac(key: bytes, nonce: bytes, binding: bytes) -> bytes:
@@ -136,11 +138,12 @@ class CSRFMiddleware(Stage):
         keys: Keyring,
         config: CSRFConfig | None = None,
         random: Random | None = None,
+        memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
         super().__init__(app)
         self.config = config or CSRFConfig()
-        self.tokens = CSRFTokens(keys, random)
-        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"))
+        self.tokens = CSRFTokens(keys, random, memo_size=memo_size)
+        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
         self._header = self.config.header_name.lower().encode("latin-1")
         attrs = [f"Path={self.config.path}", "SameSite=" + self.config.same_site.capitalize()]
         if self.config.secure:

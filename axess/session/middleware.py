@@ -10,7 +10,7 @@ from typing import Any, Final, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axess._cache import BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess._throttle import ThrottledWarning
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import EnvelopeError, StoreError
@@ -31,7 +31,7 @@ logger = logging.getLogger("axess.session")
 
 _VARY: Final = (b"vary", b"Cookie")
 #: Larger payloads are opened every time rather than memoized (bounds memory
-#: to about opened_memo_size x 4 KiB).
+#: to about memo_size x 4 KiB).
 _MEMO_MAX_PAYLOAD: Final = 4096
 
 
@@ -64,7 +64,7 @@ class SessionMiddleware(Stage):
         metrics: AuthnMetrics | None = None,
         on_event: SessionEventHook | None = None,
         binding: FingerprintBinding | None = None,
-        opened_memo_size: int = 8192,
+        memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
         super().__init__(app)
         self.store = store
@@ -74,13 +74,13 @@ class SessionMiddleware(Stage):
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.on_event = on_event
         self.binding = binding if binding is not None and binding.policy.enabled else None
-        self.signer = SessionCookieSigner(keys)
+        self.signer = SessionCookieSigner(keys, memo_size=memo_size)
         self.crypto = SessionCrypto(
             keys,
             random=self.random,
             on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
-        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"))
+        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
         self._cookie_attrs = self._attributes()
         self._envelope_warned: set[str] = set()
         self._warn = ThrottledWarning(logger)
@@ -89,7 +89,7 @@ class SessionMiddleware(Stage):
         # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
         # are immutable templates; each request gets a clone.
         self._opened: BoundedMemo[tuple[str, bytes], tuple[d.SessionData, bytes]] = BoundedMemo(
-            opened_memo_size
+            memo_size
         )
 
     # -- stage ------------------------------------------------------------------
