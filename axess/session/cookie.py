@@ -128,9 +128,9 @@ def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
     return None
 
 
-#: Cookie headers up to this size are memoized by :class:`CookieReader`
-#: (bounds its memory to about capacity x 1 KiB).
-_MEMO_MAX_HEADER: Final = 1024
+#: Cookie headers up to this size are memoized by header value (bounds such
+#: a memo's memory to about its capacity x 1 KiB).
+MAX_MEMO_HEADER_BYTES: Final = 1024
 _MISSING: Final = object()
 
 
@@ -154,7 +154,7 @@ class CookieReader:
         if hit is not _MISSING:
             return hit  # type: ignore[return-value]
         value = find_cookie(header, self.name)
-        if len(header) <= _MEMO_MAX_HEADER:
+        if len(header) <= MAX_MEMO_HEADER_BYTES:
             self._memo.put(header, value)
         return value
 

@@ -20,7 +20,13 @@ from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
-from axess.session.cookie import CookieReader, SessionCookieSigner, VerifiedCookie, storage_key
+from axess.session.cookie import (
+    MAX_MEMO_HEADER_BYTES,
+    SessionCookieSigner,
+    VerifiedCookie,
+    find_cookie,
+    storage_key,
+)
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
@@ -80,30 +86,42 @@ class SessionMiddleware(Stage):
             random=self.random,
             on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
-        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
+        self._cookie_name = self.config.cookie_name.encode("latin-1")
+        # Cookie header -> the session cookie in it, verified (successes only).
+        self._verified: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(memo_size)
         self._cookie_attrs = self._attributes()
         self._envelope_warned: set[str] = set()
         self._warn = ThrottledWarning(logger)
         # Opening is a pure function of (storage key, sealed bytes) for a fixed
         # keyring, so a payload that opened once maps to the same data again:
         # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
-        # are immutable templates; each request gets a clone.
+        # are immutable templates, shared until a request changes its copy.
         self._opened: BoundedMemo[tuple[str, bytes], tuple[d.SessionData, bytes]] = BoundedMemo(
             memo_size
         )
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        raw = self._cookie.find(scope["state"][HEADERS_KEY].get(b"cookie"))
+        header = scope["state"][HEADERS_KEY].get(b"cookie")
+        # A returning browser sends the same Cookie header: what it verified
+        # to is remembered by header (a pure function of the header bytes).
+        verified = self._verified.get(header)
+        had_cookie = verified is not None
+        if not had_cookie and header is not None:
+            raw = find_cookie(header, self._cookie_name)
+            if raw is not None:
+                had_cookie = True
+                verified = self.signer.verify(raw)
+                if verified is None:
+                    logger.debug("session cookie rejected (format or signature)")
+                elif len(header) <= MAX_MEMO_HEADER_BYTES:
+                    self._verified.put(header, verified)
         now = self.clock.time()
         session: Session | None = None
         # The steady-state path (valid cookie, live row, memoized payload) is
         # written inline: every extra coroutine here is paid on every request.
-        if raw is not None:
-            verified = self.signer.verify(raw)
-            if verified is None:
-                logger.debug("session cookie rejected (format or signature)")
-            else:
+        if had_cookie:
+            if verified is not None:
                 try:
                     record = await self.store.load_session(verified.storage_key, now)
                     if record is not None:
