@@ -27,7 +27,7 @@ from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
-from axess.session.cookie import CookieReader
+from axess.session.cookie import MAX_MEMO_HEADER_BYTES, CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.session.middleware import vary_cookie
@@ -144,6 +144,8 @@ class CSRFMiddleware(Stage):
         self.config = config or CSRFConfig()
         self.tokens = CSRFTokens(keys, random, memo_size=memo_size)
         self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
+        # (Cookie header, binding) -> True when the header's token fits it.
+        self._fits: BoundedMemo[tuple[bytes | None, str | None], bool] = BoundedMemo(memo_size)
         self._header = self.config.header_name.lower().encode("latin-1")
         attrs = [f"Path={self.config.path}", "SameSite=" + self.config.same_site.capitalize()]
         if self.config.secure:
@@ -211,17 +213,25 @@ class CSRFMiddleware(Stage):
         session: Session = state["session"]
         # The binding after the commit: the stored key of a signed-in session.
         committed = None if isinstance(session._data.auth_state, Guest) else session.committed_key
-        current = self._cookie.find(state[HEADERS_KEY].get(b"cookie"))
-        if _STATE_KEY not in state and self.tokens.valid(current, committed):
-            return True  # the browser's token still fits and no page asked for one
-        header = self._remint(
+        header = state[HEADERS_KEY].get(b"cookie")
+        if _STATE_KEY not in state:  # no page asked for a token
+            # The usual answer: the browser's token still fits the session.
+            # Remembered per (Cookie header, binding), a pure function of both.
+            if self._fits.get((header, committed)):
+                return True
+            if self.tokens.valid(self._cookie.find(header), committed):
+                if header is not None and len(header) <= MAX_MEMO_HEADER_BYTES:
+                    self._fits.put((header, committed), True)
+                return True
+        current = self._cookie.find(header)
+        set_cookie = self._remint(
             state,
             current.decode("latin-1") if current else None,
             session.arrival_csrf_binding,
             committed,
         )
-        if header is not None:
-            mutable_headers(message).append(header)
+        if set_cookie is not None:
+            mutable_headers(message).append(set_cookie)
             vary_cookie(message)
         return True
 
