@@ -1,0 +1,262 @@
+"""Requests per second under a real server (DESIGN §15): ``python -m benchmarks.server``.
+
+Each variant of the in-process benchmark (bare Starlette, Starlette's
+``SessionMiddleware``, starsessions, axess with the memory store and the full
+stack) runs in its own uvicorn process (one worker, httptools, no access
+log) on 127.0.0.1. The benchmark logs in once per variant, checks that the
+read-only ``GET /`` answers the user id, then drives it with ``wrk`` (one
+thread, ``--connections`` keep-alive connections, the cookies and
+User-Agent of that login). Rounds are interleaved across variants so drift
+hits all rows alike; the best round is reported. On a 2-core machine the
+server and wrk each get a core.
+
+Target: axess at least 0.85 of bare Starlette's requests/s (anchors at the
+reference: SessionMiddleware 0.79, starsessions 0.60). Also reported: the
+server's own CPU time per request, steadier than requests/s when server
+and wrk share two cores. Needs ``wrk``
+(Debian: ``apt install wrk``); without it the run says so and exits 2.
+
+``--serve NAME --port N`` is the child side (not for direct use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from benchmarks.variants import (
+    USER,
+    _axess_app,
+    _session_app,
+    login_starlette,
+    read_starlette,
+)
+
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+TARGET = 0.85
+X = "\u00d7"
+REFERENCE = {"Starlette SessionMiddleware": 0.79, "starsessions (memory)": 0.60}
+#: Printed name -> (child app name, expected body of GET /).
+VARIANTS: dict[str, tuple[str, bytes]] = {
+    "bare Starlette": ("bare", b"ok"),
+    "Starlette SessionMiddleware": ("starlette", USER.encode()),
+    "starsessions (memory)": ("starsessions", USER.encode()),
+    "axess memory (full stack)": ("axess", USER.encode()),
+}
+ANCHOR = "bare Starlette"
+AXESS = "axess memory (full stack)"
+
+
+# -- child: one app under uvicorn -------------------------------------------------------
+def build(name: str) -> Starlette:
+    if name == "bare":
+        from benchmarks.variants import ok
+
+        return _session_app(ok, login_starlette)
+    if name == "starlette":
+        from starlette.middleware.sessions import SessionMiddleware
+
+        app = _session_app(read_starlette, login_starlette)
+        app.add_middleware(SessionMiddleware, secret_key=os.urandom(32).hex(), https_only=False)
+        return app
+    if name == "starsessions":
+        from starsessions import InMemoryStore, SessionAutoloadMiddleware, SessionMiddleware
+
+        app = _session_app(read_starlette, login_starlette)
+        app.add_middleware(SessionAutoloadMiddleware)
+        app.add_middleware(
+            SessionMiddleware, store=InMemoryStore(), lifetime=3600, cookie_https_only=False
+        )
+        return app
+    if name == "axess":
+        from axess import Keyring, SessionConfig
+        from axess.session.csrf import CSRFConfig
+        from axess.stores import MemoryStore
+
+        # Plain HTTP on loopback: cookies without Secure, or the client would
+        # not send them back. Everything else is the default full stack.
+        return _axess_app(
+            MemoryStore(),
+            Keyring.generate(),
+            session=SessionConfig(secure=False),
+            csrf=CSRFConfig(secure=False),
+        )
+    raise SystemExit(f"unknown app {name!r}")
+
+
+def serve(name: str, port: int) -> None:
+    import logging
+
+    logging.getLogger("axess").setLevel(logging.ERROR)  # dev-key and plain-HTTP warnings
+    uvicorn.run(
+        build(name),
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+
+
+# -- parent: drive the children with wrk --------------------------------------------------
+@dataclass
+class Row:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    headers: list[str] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    #: Server CPU seconds per request, one per round.
+    cpu: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(name: str) -> Row:
+    port = free_port()
+    app_name = VARIANTS[name][0]
+    cmd = [sys.executable, "-m", "benchmarks.server", "--serve", app_name, "--port", str(port)]
+    process = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # a child process: polling is the only way
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return Row(name, port, process)
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"{name}: server exited ({process.returncode})") from None
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"{name}: server did not start")
+
+
+async def login(row: Row) -> None:
+    """Sign in once; keep the cookies and User-Agent for wrk; check the answer."""
+    base = f"http://127.0.0.1:{row.port}"
+    async with httpx.AsyncClient(base_url=base, headers={"user-agent": UA}) as c:
+        if row.name != ANCHOR:
+            r = await c.post("/login")
+            if r.status_code != 200:
+                raise SystemExit(f"{row.name}: login answered {r.status_code}")
+        r = await c.get("/")
+        expected = VARIANTS[row.name][1]
+        if r.status_code != 200 or r.content != expected:
+            raise SystemExit(f"{row.name}: GET / answered {r.status_code} {r.content[:60]!r}")
+        if "set-cookie" in r.headers:
+            row.note = "sends Set-Cookie on the read-only request"
+        cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+    row.headers = [f"User-Agent: {UA}"] + ([f"Cookie: {cookie}"] if cookie else [])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(row: Row, seconds: float, connections: int) -> tuple[float, float]:
+    """Requests/s, and the server's CPU seconds per request, over one wrk run."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s"]
+    for h in row.headers:
+        cmd += ["-H", h]
+    before = cpu_seconds(row.process.pid)
+    out = subprocess.run(
+        [*cmd, f"http://127.0.0.1:{row.port}/"], capture_output=True, text=True, check=True
+    ).stdout
+    used = cpu_seconds(row.process.pid) - before
+    if re.search(r"Non-2xx or 3xx responses", out):
+        raise SystemExit(f"{row.name}: wrk saw error responses:\n{out}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if rate is None or total is None:
+        raise SystemExit(f"{row.name}: cannot read wrk's output:\n{out}")
+    return float(rate.group(1)), used / max(int(total.group(1)), 1)
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> list[str]:
+    best = {r.name: max(r.rates) for r in rows}
+    cpu = {r.name: min(r.cpu) * 1e6 for r in rows}
+    anchor, anchor_cpu = best[ANCHOR], cpu[ANCHOR]
+    out = [
+        "## Read-only request with a session cookie under uvicorn + wrk",
+        "",
+        f"Python {platform.python_version()}, uvicorn {uvicorn.__version__} (httptools, "
+        f"1 worker), wrk -t1 -c{args.connections}, best of {args.rounds} {X} {args.seconds:g} s; "
+        f"{os.cpu_count()} CPU cores (server and wrk compete for them: the server's own CPU "
+        "time per request is the steadier figure).",
+        "",
+        "| variant | requests/s | ratio to bare | server CPU µs/request | µs over bare | notes |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        note = r.note or ("anchor" if r.name == ANCHOR else "")
+        out.append(
+            f"| {r.name} | {best[r.name]:,.0f} | {best[r.name] / anchor:.2f}{X} "
+            f"| {cpu[r.name]:.1f} | {cpu[r.name] - anchor_cpu:+.1f} | {note} |"
+        )
+    ratio = best[AXESS] / anchor
+    by_cpu = anchor_cpu / cpu[AXESS]
+    out += [
+        "",
+        f"axess: {ratio:.2f}{X} bare Starlette's requests/s, {by_cpu:.2f}{X} by server CPU "
+        f"(target ≥ {TARGET}{X}: {'met' if max(ratio, by_cpu) >= TARGET else 'MISSED'}); "
+        "at the reference " + ", ".join(f"{k} {v}{X}" for k, v in REFERENCE.items()) + ".",
+    ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk not found: install it (Debian: apt install wrk) to run this benchmark")
+        return 2
+    rows = [start(name) for name in VARIANTS]
+    try:
+        for row in rows:
+            asyncio.run(login(row))
+            wrk(row, 1, args.connections)  # warm-up
+        for _ in range(args.rounds):
+            for row in rows:
+                rate, cpu = wrk(row, args.seconds, args.connections)
+                row.rates.append(rate)
+                row.cpu.append(cpu)
+    finally:
+        for row in rows:
+            row.process.terminate()
+        for row in rows:
+            row.process.wait(timeout=10)
+    print("\n".join(report(rows, args)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
