@@ -163,14 +163,10 @@ class CSRFMiddleware(Stage):
     def enter_now(self, scope: Scope) -> bool:
         """Safe methods, exempt paths and websockets need no check (only note
         this middleware for :func:`csrf_token`)."""
-        if scope["type"] != "http":
-            return True
         state = scope["state"]
-        session = state.get("session")
-        if type(session) is not Session:
-            session = self._session(state)
         state["csrf"] = self
-        return scope["method"] not in UNSAFE_METHODS or self.config.is_exempt(scope["path"])
+        # (A websocket scope has no method: nothing to check.)
+        return scope.get("method") not in UNSAFE_METHODS or self.config.is_exempt(scope["path"])
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         if self.enter_now(scope):
@@ -189,7 +185,7 @@ class CSRFMiddleware(Stage):
             cookie_token is not None
             and submitted is not None
             and hmac.compare_digest(submitted, cookie_token)
-            and self.tokens.valid(submitted, scope["state"]["session"].csrf_binding)
+            and self.tokens.valid(submitted, self._session(scope["state"]).csrf_binding)
         ):
             logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
             await send_json(
@@ -210,7 +206,9 @@ class CSRFMiddleware(Stage):
 
     def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         state = scope["state"]
-        session: Session = state["session"]
+        session = state.get("session")
+        if type(session) is not Session:
+            session = self._session(state)  # raises: SessionMiddleware is missing
         # The binding after the commit: the stored key of a signed-in session.
         committed = None if isinstance(session._data.auth_state, Guest) else session.committed_key
         header = state[HEADERS_KEY].get(b"cookie")
