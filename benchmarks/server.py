@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[str, bytes]] = {
     "bare Starlette": ("bare", b"ok"),
     "Starlette SessionMiddleware": ("starlette", USER.encode()),
     "starsessions (memory)": ("starsessions", USER.encode()),
+    "axess memory, session only": ("axess-session", USER.encode()),
     "axess memory (full stack)": ("axess", USER.encode()),
 }
 ANCHOR = "bare Starlette"
@@ -81,18 +82,19 @@ def build(name: str) -> Starlette:
             SessionMiddleware, store=InMemoryStore(), lifetime=3600, cookie_https_only=False
         )
         return app
-    if name == "axess":
-        from axess import Keyring, SessionConfig
+    if name in ("axess", "axess-session"):
+        from axess import BindingPolicy, Keyring, SessionConfig
         from axess.session.csrf import CSRFConfig
         from axess.stores import MemoryStore
 
         # Plain HTTP on loopback: cookies without Secure, or the client would
         # not send them back. Everything else is the default full stack.
+        if name == "axess-session":  # the foundation's scenario: binding and CSRF off
+            options: dict[str, object] = {"binding": BindingPolicy(enabled=False), "csrf": False}
+        else:
+            options = {"csrf": CSRFConfig(secure=False)}
         return _axess_app(
-            MemoryStore(),
-            Keyring.generate(),
-            session=SessionConfig(secure=False),
-            csrf=CSRFConfig(secure=False),
+            MemoryStore(), Keyring.generate(), session=SessionConfig(secure=False), **options
         )
     raise SystemExit(f"unknown app {name!r}")
 
