@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Iterable
 from typing import Final
 
@@ -37,6 +38,10 @@ def parse_ip(text: str) -> IPAddress | None:
     """An IP address from ``text``, tolerating ports (``1.2.3.4:80``,
     ``[::1]:80``) and brackets; IPv4-mapped IPv6 becomes IPv4. ``None`` if
     ``text`` is not an address (e.g. ``unknown`` or ``_hidden``)."""
+    try:  # the usual case, a plain dotted quad, parsed in C (as strictly)
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):  # not a dotted quad; ValueError: a NUL inside
+        pass
     text = text.strip()
     if not text or len(text) > 64:
         return None
@@ -62,6 +67,13 @@ def parse_ip(text: str) -> IPAddress | None:
 def ip_prefix(ip: str, *, v4: int = IPV4_PREFIX, v6: int = IPV6_PREFIX) -> str | None:
     """The network containing ``ip`` (``/24`` for IPv4, ``/64`` for IPv6 by
     default) as CIDR text; ``None`` when ``ip`` is not an address."""
+    try:  # a plain dotted quad: mask the packed bytes, all in C
+        packed = socket.inet_pton(socket.AF_INET, ip)
+    except (OSError, ValueError):
+        pass
+    else:
+        masked = int.from_bytes(packed, "big") & (((1 << v4) - 1) << (32 - v4))
+        return f"{socket.inet_ntop(socket.AF_INET, masked.to_bytes(4, 'big'))}/{v4}"
     addr = parse_ip(ip)
     if addr is None:
         return None

@@ -197,3 +197,26 @@ async def test_behind_a_proxy_on_a_unix_socket_under_uvicorn(tmp_path: Path) -> 
         finally:
             server.should_exit = True
             await task
+
+
+@settings(max_examples=300)
+@given(
+    text=st.one_of(
+        st.ip_addresses(v=4).map(str),
+        st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+        st.text(alphabet="0123456789.x ", max_size=18),
+    ),
+    bits=st.integers(0, 32),
+)
+def test_dotted_quad_fast_path_agrees_with_ipaddress(text: str, bits: int) -> None:
+    try:
+        expected = ipaddress.ip_address(text.strip())
+    except ValueError:
+        expected = None
+    got = parse_ip(text)
+    if expected is None or expected.version == 6:
+        assert got is None or got == expected
+    else:
+        assert got == expected
+        network = ipaddress.IPv4Network((int(expected) & (((1 << bits) - 1) << (32 - bits)), bits))
+        assert ip_prefix(str(expected), v4=bits) == str(network)
