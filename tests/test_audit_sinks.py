@@ -171,16 +171,23 @@ async def test_session_lifecycle_events_reach_the_audit_table() -> None:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="https://testserver"
     ) as client:
-        await client.post("/write")  # a guest session is created
-        await client.post("/login", params={"user": "alice", "tenant": "acme"})  # rotated
-        await client.post("/logout")  # invalidated
+        ua = {"user-agent": "Browser/1.0 (test)"}
+        await client.post("/write", headers=ua)  # a guest session is created
+        await client.post("/login", params={"user": "alice", "tenant": "acme"}, headers=ua)
+        await client.post("/logout", headers=ua)  # invalidated
     async with vt.autojump():
         await pipeline.flush()
     rows = await pipeline.query_events("acme", AuditQuery(order="asc"))
     assert [e.type for e in rows] == ["session_rotated", "session_invalidated"]
     assert all(e.user == "alice" and e.session and len(e.session) == 12 for e in rows)
+    # A row says where the request that caused it came from (a plain
+    # session.invalidate() does not know its request; invalidate_for does).
+    rotated, logout = rows
+    assert (rotated.ip, rotated.user_agent) == ("127.0.0.1", "Browser/1.0 (test)")
+    assert (logout.ip, logout.user_agent) == (None, None)
     guest = await pipeline.query_events(None, AuditQuery(order="asc"))
     assert [e.type for e in guest] == ["session_created"]
+    assert (guest[0].ip, guest[0].user_agent) == ("127.0.0.1", "Browser/1.0 (test)")
     sids = [c.value for c in client.cookies.jar]
     dumped = json.dumps([e.to_dict() for e in rows + guest])
     assert not any(sid and sid.split(".")[0] in dumped for sid in sids)

@@ -76,6 +76,20 @@ async def test_stolen_cookie_revoked_by_default(caplog: pytest.LogCaptureFixture
     assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] is None
 
 
+async def test_the_mismatch_event_names_the_replaying_client() -> None:
+    events: list[Any] = []
+    auth = make(events=events)
+    cookie = await login(auth, env("198.51.100.10"))
+    (created,) = [e for e in events if e.type == "session_created"]
+    assert (created.ip, created.user_agent) == ("198.51.100.10", UA)
+    await whoami(auth, cookie, env("203.0.113.66", ua="curl/8.0"))
+    mismatch, revoked = events[-2:]
+    assert mismatch.type == "session_binding_mismatch" and mismatch.reason == "revoke"
+    # Where the stolen cookie was replayed from: the audit trail's evidence.
+    assert (mismatch.ip, mismatch.user_agent) == ("203.0.113.66", "curl/8.0")
+    assert (revoked.ip, revoked.user_agent) == ("203.0.113.66", "curl/8.0")
+
+
 async def test_other_network_is_a_mismatch() -> None:
     auth = make()
     cookie = await login(auth, env("198.51.100.10"))

@@ -346,6 +346,8 @@ class AuthEvent:
             user=event.user_id,
             session=event.session if event.session and event.session != "*" else None,
             reason=event.reason,
+            ip=event.ip,
+            user_agent=event.user_agent,
         )
 
     # -- wire form ----------------------------------------------------------------

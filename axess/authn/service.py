@@ -295,7 +295,7 @@ class AuthnService:
         """End the session (row deleted, cookie cleared) and emit ``logout``."""
         session = get_session(request)
         state = session.auth_state
-        await session.invalidate()
+        await session.invalidate_for(request.scope)
         if not isinstance(state, d.Guest):
             self._emit(
                 None,

@@ -27,6 +27,10 @@ class SessionEvent:
     user_id: str | None = None
     tenant_id: str | None = None
     reason: str | None = None
+    #: Client IP and User-Agent of the request that caused the event (None
+    #: for events outside a request, e.g. an admin revoking sessions).
+    ip: str | None = None
+    user_agent: str | None = None
 
 
 SessionEventHook = Callable[[SessionEvent], None]

@@ -12,6 +12,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from axess.session import data as d
 from axess.session.cookie import new_session_id, storage_key
@@ -31,28 +32,28 @@ class Session(MutableMapping[str, Any]):
     is detected at commit by comparing the serialized bytes.
     """
 
-    # Per-request flags live as class-level defaults: a request that changes
-    # nothing assigns only the five fields below (this object is built on
-    # every request, so that matters).
-    _custom: dict[str, Any] | None = None
-    _meta_dirty = False
-    _rotate = False
-    _invalidated = False
-    #: True when the cookie verified only with a previous signing key.
-    resign = False
-    #: True once the handler read anything from the session (adds ``Vary: Cookie``).
-    accessed = False
-    #: Storage key after the commit (None: no stored session). Set by the middleware.
-    committed_key: str | None = None
-    #: Whether the request carried a session cookie (set by the middleware).
-    had_cookie = False
-    #: Id the session will get when it is next created or rotated, chosen
-    #: early so a CSRF token rendered during this request already fits it.
-    _next_sid: str | None = None
-    #: True while ``_data`` is a template shared with other requests (the
-    #: middleware's memo of opened payloads): :meth:`own_data` copies it
-    #: before anything changes it, so read-only requests never copy.
-    _shared = False
+    # Slots, every one set in __init__: this object is built on every request,
+    # and a fixed layout keeps attribute stores cheap whatever order the
+    # request sets them in (instance dicts lose key sharing when the order
+    # varies, which costs far more than the stores themselves).
+    __slots__ = (
+        "_arrived_auth",
+        "_custom",
+        "_custom_json",
+        "_data",
+        "_invalidated",
+        "_meta_dirty",
+        "_next_sid",
+        "_owner",
+        "_rotate",
+        "_shared",
+        "accessed",
+        "committed_key",
+        "had_cookie",
+        "loaded_key",
+        "persisted_sid",
+        "resign",
+    )
 
     def __init__(
         self,
@@ -71,8 +72,25 @@ class Session(MutableMapping[str, Any]):
         self.persisted_sid = persisted_sid
         #: Storage key of that row.
         self.loaded_key = loaded_key
-        if shared:
-            self._shared = True
+        #: True while ``_data`` is a template shared with other requests (the
+        #: middleware's memo of opened payloads): :meth:`own_data` copies it
+        #: before anything changes it, so read-only requests never copy.
+        self._shared = shared
+        self._custom: dict[str, Any] | None = None
+        self._meta_dirty = False
+        self._rotate = False
+        self._invalidated = False
+        #: True when the cookie verified only with a previous signing key.
+        self.resign = False
+        #: True once the handler read anything from the session (adds ``Vary: Cookie``).
+        self.accessed = False
+        #: Storage key after the commit (None: no stored session). Set by the middleware.
+        self.committed_key: str | None = None
+        #: Whether the request carried a session cookie (set by the middleware).
+        self.had_cookie = False
+        #: Id the session will get when it is next created or rotated, chosen
+        #: early so a CSRF token rendered during this request already fits it.
+        self._next_sid: str | None = None
 
     def own_data(self) -> SessionData:
         """The metadata for changing it: copied first when it is shared.
@@ -252,7 +270,12 @@ class Session(MutableMapping[str, Any]):
         a new session. Raises :class:`axess.errors.StoreError` if the store is
         down (the logout did not happen).
         """
-        await self._owner.invalidate_handle(self)
+        await self.invalidate_for(None)
+
+    async def invalidate_for(self, scope: Scope | None) -> None:
+        """:meth:`invalidate`, naming the request that caused it (its client
+        IP and User-Agent go into the ``session_invalidated`` event)."""
+        await self._owner.invalidate_handle(self, scope)
         now = self._owner.clock.time()
         self._data = SessionData(created_at=now, last_seen_at=now)
         self._shared = False

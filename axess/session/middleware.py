@@ -102,7 +102,9 @@ class SessionMiddleware(Stage):
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        header = scope["state"][HEADERS_KEY].get(b"cookie")
+        state = scope["state"]  # the stack made sure it exists, with the headers
+        headers = state[HEADERS_KEY]
+        header = headers.get(b"cookie")
         # A returning browser sends the same Cookie header: what it verified
         # to is remembered by header (a pure function of the header bytes).
         verified = self._verified.get(header)
@@ -127,7 +129,7 @@ class SessionMiddleware(Stage):
                     if record is not None:
                         opened = self._open(verified, record, now)
                         if type(opened) is _Expired:
-                            await self._expire(opened)
+                            await self._expire(opened, scope)
                         else:
                             session = opened  # type: ignore[assignment]
                 except StoreError:
@@ -140,7 +142,7 @@ class SessionMiddleware(Stage):
             session.had_cookie = True
         else:
             session = self._new_guest(now)
-        scope["state"]["session"] = session  # the stack made sure "state" exists
+        state["session"] = session
         binding = self.binding
         if (
             binding is not None
@@ -225,9 +227,9 @@ class SessionMiddleware(Stage):
             session.mark_dirty()
         return session
 
-    async def _expire(self, expired: _Expired) -> None:
+    async def _expire(self, expired: _Expired, scope: Scope) -> None:
         await self.store.delete_session(expired.key)
-        self._emit("session_expired", expired.key, expired.auth_state)
+        self._emit("session_expired", expired.key, expired.auth_state, scope=scope)
 
     async def _settle_binding(self, scope: Scope, session: Session, now: float) -> None:
         """A bound session whose fingerprint check did not simply match: reload
@@ -243,18 +245,18 @@ class SessionMiddleware(Stage):
             await binding.peppers.refresh(session._data.tenant_id)
             verdict = binding.check(scope, session._data, False, now)
         if verdict is None or verdict < 0:  # (None: still unknown; fail closed)
-            await self._on_binding_mismatch(session)
+            await self._on_binding_mismatch(session, scope)
         elif verdict > 0:  # pepper or fingerprint key rotated: re-bind, no logout
             binding.rebind(scope, session.own_data())
             session.mark_dirty()
 
-    async def _on_binding_mismatch(self, session: Session) -> None:
+    async def _on_binding_mismatch(self, session: Session, scope: Scope) -> None:
         binding = self.binding
         assert binding is not None
         state = session._data.auth_state
         binding.mismatch(d.user_of(state), session._data.tenant_id)
         policy = binding.policy.on_mismatch
-        self._emit("session_binding_mismatch", session.loaded_key or "", state, policy)
+        self._emit("session_binding_mismatch", session.loaded_key or "", state, policy, scope)
         if policy == "warn":
             return
         if policy == "reauth":
@@ -263,7 +265,7 @@ class SessionMiddleware(Stage):
                 return
             if isinstance(state, d.Authenticating) and state.method == "step_up":
                 return  # already waiting for the step-up
-        await session.invalidate()
+        await session.invalidate_for(scope)
 
     def _warn_envelope(self, what: str) -> None:
         if what not in self._envelope_warned:
@@ -302,8 +304,8 @@ class SessionMiddleware(Stage):
                 raise StoreError("session id collision", substore="sessions")
             session.committed_key = key
             self.metrics.session_created()
-            self._emit("session_created", key, data.auth_state)
-            await self._enforce_session_cap(data.auth_state, key, now)
+            self._emit("session_created", key, data.auth_state, scope=scope)
+            await self._enforce_session_cap(data.auth_state, key, now, scope)
             return self._set_cookie(sid, data, now)
 
         old_sid = session.persisted_sid
@@ -319,8 +321,8 @@ class SessionMiddleware(Stage):
                 logger.info("session %s revoked during the request; not rotated", old_key[:8])
                 return self._clear_cookie()
             session.committed_key = key
-            self._emit("session_rotated", key, data.auth_state)
-            await self._enforce_session_cap(data.auth_state, key, now)
+            self._emit("session_rotated", key, data.auth_state, scope=scope)
+            await self._enforce_session_cap(data.auth_state, key, now, scope)
             return self._set_cookie(sid, data, now)
 
         if session.meta_dirty or custom_changed:
@@ -386,7 +388,9 @@ class SessionMiddleware(Stage):
             end = min(end, data.last_seen_at + cfg.idle_timeout)
         return end
 
-    async def _enforce_session_cap(self, state: d.AuthState, keep: str, now: float) -> None:
+    async def _enforce_session_cap(
+        self, state: d.AuthState, keep: str, now: float, scope: Scope
+    ) -> None:
         cap = self.config.max_sessions_per_user
         user = d.user_of(state)
         if cap is None or user is None or not isinstance(state, d.Authenticated):
@@ -397,9 +401,9 @@ class SessionMiddleware(Stage):
         for row in others[: max(excess, 0)]:  # oldest first
             if await self.store.delete_session(row.key):
                 self.metrics.session_invalidated()
-                self._emit("session_invalidated", row.key, state, reason="max_sessions_per_user")
+                self._emit("session_invalidated", row.key, state, "max_sessions_per_user", scope)
 
-    async def invalidate_handle(self, session: Session) -> None:
+    async def invalidate_handle(self, session: Session, scope: Scope | None = None) -> None:
         if session.loaded_key is not None and session.persisted_sid is not None:
             await self.store.delete_session(session.loaded_key)
             self.metrics.session_invalidated()
@@ -408,6 +412,7 @@ class SessionMiddleware(Stage):
                 session.loaded_key,
                 session.data_for_commit.auth_state,
                 "logout",
+                scope,
             )
 
     # -- cookies ----------------------------------------------------------------------
@@ -439,14 +444,34 @@ class SessionMiddleware(Stage):
         ).encode()
 
     # -- misc ---------------------------------------------------------------------------
-    def _emit(self, kind: Any, key: str, state: d.AuthState, reason: str | None = None) -> None:
+    def _emit(
+        self,
+        kind: Any,
+        key: str,
+        state: d.AuthState,
+        reason: str | None = None,
+        scope: Scope | None = None,
+    ) -> None:
+        """Hand a session event to the hook, with the client (IP, User-Agent)
+        of ``scope``, the request that caused it, when there is one."""
         hook = self.on_event
         if hook is None:
             return
         try:
+            ip = user_agent = None
+            if scope is not None:
+                ip, ua = _client(scope)
+                if ua is not None:
+                    user_agent = ua[:_UA_EVENT_CHARS].decode("latin-1")
             hook(
                 SessionEvent(
-                    kind, key[:KEY_PREFIX_CHARS], d.user_of(state), d.tenant_of(state), reason
+                    kind,
+                    key[:KEY_PREFIX_CHARS],
+                    d.user_of(state),
+                    d.tenant_of(state),
+                    reason,
+                    ip,
+                    user_agent,
                 )
             )
         except Exception:
@@ -469,14 +494,24 @@ class SessionMiddleware(Stage):
 _UA_SUMMARY_CHARS: Final = 120
 
 
-def _describe_client(scope: Scope, data: d.SessionData) -> None:
-    """Record a coarse client description for "your sessions" pages."""
+#: Longest User-Agent passed on in session events (the audit field's cap).
+_UA_EVENT_CHARS: Final = 512
+
+
+def _client(scope: Scope) -> tuple[str | None, bytes | None]:
+    """The request's client IP (resolved, else the peer) and raw User-Agent."""
     state = scope.get("state") or {}
     ip = state.get("client_ip")
-    if ip is None and scope.get("client"):
-        ip = scope["client"][0]
-    data.ip_prefix = ip_prefix(ip) if isinstance(ip, str) else None
-    ua = request_headers(scope).get(b"user-agent")
+    if not isinstance(ip, str):
+        client = scope.get("client")
+        ip = client[0] if client else None
+    return ip, request_headers(scope).get(b"user-agent")
+
+
+def _describe_client(scope: Scope, data: d.SessionData) -> None:
+    """Record a coarse client description for "your sessions" pages."""
+    ip, ua = _client(scope)
+    data.ip_prefix = ip_prefix(ip) if ip is not None else None
     if ua is not None:
         data.user_agent = ua[:_UA_SUMMARY_CHARS].decode("latin-1")
 
