@@ -150,7 +150,7 @@ class Stage:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         solo = self._solo
-        if solo is None:
+        if solo is None or solo.app is not self.app:  # (built once; again if app changed)
             if self.app is None:
                 raise RuntimeError(f"{type(self).__name__} was built without an app to wrap")
             solo = self._solo = Stack(self.app, (self,))
