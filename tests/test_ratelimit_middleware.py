@@ -215,6 +215,19 @@ async def test_paths_methods_and_exemptions() -> None:
         assert (await c.put("/echo/")).status_code == 429  # trailing slash does not evade
 
 
+def test_methods_no_rule_covers_are_not_looked_up() -> None:
+    assert RateLimiter([]).methods == frozenset()
+    post = RateLimiter([RateLimit("5/minute", paths=["/login"], methods=["post"], name="a")])
+    assert post.methods == frozenset({"POST"})
+    mixed = RateLimiter(
+        [
+            RateLimit("5/minute", methods=["POST"], name="a"),
+            RateLimit("5/minute", paths=["/x"], name="b"),  # every method
+        ]
+    )
+    assert mixed.methods is None
+
+
 async def test_custom_exempt_paths() -> None:
     app = build([RateLimit("1/hour", name="all")], exempt_paths=["/items/"])
     async with client(app) as c:

@@ -242,6 +242,14 @@ class RateLimiter:
         for rule in self.rules:
             if not isinstance(rule, RateLimit):
                 raise ConfigurationError(f"rate-limit rules must be RateLimit, not {rule!r}")
+        #: Methods some rule applies to (``None``: any method). A request with
+        #: another method matches nothing, so it is not looked up at all
+        #: (typically a GET against login limits on POST).
+        self.methods: frozenset[str] | None = (
+            None
+            if any(r.methods is None for r in self.rules)
+            else frozenset(m for r in self.rules for m in r.methods or ())
+        )
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -524,7 +532,11 @@ class RateLimitMiddleware(Stage):
     def enter_now(self, scope: Scope) -> bool:
         """True (nothing to await) when no rule applies to this request."""
         method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
-        return not self.limiter.match(method, scope["path"])
+        limiter = self.limiter
+        methods = limiter.methods
+        if methods is not None and method not in methods:
+            return True
+        return not limiter.match(method, scope["path"])
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         limiter = self.limiter
