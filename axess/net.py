@@ -225,12 +225,22 @@ class ClientIPMiddleware(Stage):
         ip = self.proxies.resolve_headers(
             client[0] if client else None, scope["state"][HEADERS_KEY]
         )
-        scope["state"]["client_ip"] = ip  # request_headers made sure "state" exists
+        scope["state"]["client_ip"] = ip  # the stack made sure "state" exists
         return True
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         self.enter_now(scope)
         return receive
+
+
+def scope_ip(scope: Scope) -> str | None:
+    """The client IP :class:`ClientIPMiddleware` resolved for this request,
+    else the TCP peer as the server reported it (``None`` without one)."""
+    ip = (scope.get("state") or {}).get("client_ip")
+    if isinstance(ip, str):
+        return ip
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 def client_ip(conn: HTTPConnection) -> str:

@@ -22,7 +22,7 @@ from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
-from axess.net import ip_prefix
+from axess.net import ip_prefix, scope_ip
 from axess.observability.metrics import AuthnMetrics
 from axess.session.data import Guest, SessionData
 from axess.stack import HEADERS_KEY, request_headers
@@ -185,14 +185,6 @@ def _lp(text: str) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
 
 
-def _client_ip(scope: Scope) -> str:
-    ip = scope["state"].get("client_ip")
-    if isinstance(ip, str):
-        return ip
-    client = scope.get("client")
-    return client[0] if client else ""
-
-
 class FingerprintBinding:
     """Computes and checks fingerprints for a :class:`BindingPolicy`."""
 
@@ -238,7 +230,7 @@ class FingerprintBinding:
                     .decode("latin-1")
                     .lower()
                 )
-        ip = _client_ip(scope)
+        ip = scope_ip(scope) or ""
         prefix = self._prefixes.get(ip)
         if prefix is None:
             policy = self.policy
@@ -324,9 +316,9 @@ class FingerprintBinding:
         if not ua:
             return -1
         lang = headers.get(b"accept-language") if self.policy.accept_language else None
-        ip = scope["state"].get("client_ip")
+        ip = scope["state"].get("client_ip")  # scope_ip(scope), its usual case inline
         if not isinstance(ip, str):
-            ip = _client_ip(scope)
+            ip = scope_ip(scope) or ""
         memo_key = (stored, ua, lang, ip, tenant, version, pepper.secret)
         index = self._verdicts.get(memo_key)
         if index is None:

@@ -15,7 +15,7 @@ from axess._throttle import ThrottledWarning
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import EnvelopeError, StoreError
 from axess.keys import Keyring
-from axess.net import ip_prefix
+from axess.net import ip_prefix, scope_ip
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
@@ -500,12 +500,7 @@ _UA_EVENT_CHARS: Final = 512
 
 def _client(scope: Scope) -> tuple[str | None, bytes | None]:
     """The request's client IP (resolved, else the peer) and raw User-Agent."""
-    state = scope.get("state") or {}
-    ip = state.get("client_ip")
-    if not isinstance(ip, str):
-        client = scope.get("client")
-        ip = client[0] if client else None
-    return ip, request_headers(scope).get(b"user-agent")
+    return scope_ip(scope), request_headers(scope).get(b"user-agent")
 
 
 def _describe_client(scope: Scope, data: d.SessionData) -> None:
