@@ -212,16 +212,16 @@ class CSRFMiddleware(Stage):
         # The binding after the commit: the stored key of a signed-in session.
         committed = None if isinstance(session._data.auth_state, Guest) else session.committed_key
         header = state[HEADERS_KEY].get(b"cookie")
-        if _STATE_KEY not in state:  # no page asked for a token
-            # The usual answer: the browser's token still fits the session.
-            # Remembered per (Cookie header, binding), a pure function of both.
-            if self._fits.get((header, committed)):
-                return True
-            if self.tokens.valid(self._cookie.find(header), committed):
-                if header is not None and len(header) <= MAX_MEMO_HEADER_BYTES:
-                    self._fits.put((header, committed), True)
-                return True
+        asked = _STATE_KEY in state  # a page asked for a token
+        # The usual answer: the browser's token still fits the session.
+        # Remembered per (Cookie header, binding), a pure function of both.
+        if not asked and self._fits.get((header, committed)):
+            return True
         current = self._cookie.find(header)
+        if not asked and self.tokens.valid(current, committed):
+            if header is not None and len(header) <= MAX_MEMO_HEADER_BYTES:
+                self._fits.put((header, committed), True)
+            return True
         set_cookie = self._remint(
             state,
             current.decode("latin-1") if current else None,
