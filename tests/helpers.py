@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig, StoreError, get_session
+from axess.net import TrustedProxies
 from axess.stores import MemoryStore
 from axess.stores.base import SessionRecord
 
@@ -125,6 +126,23 @@ def make_auth(
         debug=True,
         cleanup_interval=None,
         csrf=csrf,
+    )
+
+
+def make_bound_auth(store: Any | None = None, *, seed: int = 3, **options: Any) -> Axess:
+    """An Axess behind a trusted proxy on 127.0.0.0/8 (tests send
+    X-Forwarded-For), CSRF off, on a CountingStore unless given one."""
+    return Axess(
+        store=store if store is not None else CountingStore(),
+        keys=Keyring.generate(),
+        session=options.pop("session", SessionConfig()),
+        clock=MockClock(),
+        random=SeededRandom(seed),
+        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
+        csrf=False,
+        debug=True,
+        cleanup_interval=None,
+        **options,
     )
 
 

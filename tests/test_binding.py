@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import CountingStore, client, cookie_of, make_app
+from helpers import CountingStore, client, cookie_of, make_app, make_bound_auth
 
-from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig
+from axess import Axess, Keyring, MockClock
 from axess.net import TrustedProxies
 from axess.session.binding import BindingPolicy
 
@@ -16,18 +16,8 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
 
 
 def make(policy: BindingPolicy | None = None, events: list[Any] | None = None) -> Axess:
-    return Axess(
-        store=CountingStore(),
-        keys=Keyring.generate(),
-        session=SessionConfig(),
-        clock=MockClock(),
-        random=SeededRandom(3),
-        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
-        binding=policy,
-        csrf=False,
-        debug=True,
-        cleanup_interval=None,
-        on_session_event=(events.append if events is not None else None),
+    return make_bound_auth(
+        binding=policy, on_session_event=(events.append if events is not None else None)
     )
 
 

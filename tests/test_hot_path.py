@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import CountingStore, client, cookie_of
+from helpers import CountingStore, client, cookie_of, make_bound_auth
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -22,13 +22,10 @@ from starlette.routing import Route
 from axess import (
     Axess,
     ConfigurationError,
-    Keyring,
     MockClock,
-    SeededRandom,
     SessionConfig,
     get_session,
 )
-from axess.net import TrustedProxies
 from axess.session.binding import BindingPolicy
 from axess.session.cookie import CookieReader, find_cookie
 from axess.stores.base import SessionRecord
@@ -76,18 +73,12 @@ def make(
     memo_size: int = 8192,
     **session: Any,
 ) -> tuple[Axess, Starlette]:
-    auth = Axess(
-        memo_size=memo_size,
-        store=store if store is not None else CountingStore(),
-        keys=Keyring.generate(),
+    auth = make_bound_auth(
+        store,
+        seed=5,
         session=SessionConfig(**session),
-        clock=MockClock(),
-        random=SeededRandom(5),
-        trusted_proxies=TrustedProxies(["127.0.0.0/8"]),
         binding=policy,
-        csrf=False,
-        debug=True,
-        cleanup_interval=None,
+        memo_size=memo_size,
     )
     app = Starlette(
         routes=[
