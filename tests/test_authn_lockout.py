@@ -18,7 +18,7 @@ from axess.clock import MockClock
 from axess.errors import StoreError
 from axess.observability.metrics import NoopMetrics
 from axess.stores import MemoryStore
-from axess.stores.base import LeverSpec, LeverState, LockoutStatus
+from axess.stores.base import LeverSpec, LeverState, LockoutReservation, LockoutStatus
 
 MIN = 60.0
 
@@ -48,11 +48,22 @@ class CountingStore(MemoryStore):
         self._hit("failure")
         return await super().lockout_failure(levers, origin, now)
 
+    async def lockout_reserve(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
+        self._hit("reserve")
+        return await super().lockout_reserve(levers, origin, now)
+
     async def lockout_success(
-        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+        self,
+        reset: Sequence[str],
+        origin: str | None,
+        trusted_until: float,
+        now: float,
+        release: Sequence[tuple[str, float]] = (),
     ) -> None:
         self._hit("success")
-        await super().lockout_success(reset, origin, trusted_until, now)
+        await super().lockout_success(reset, origin, trusted_until, now, release)
 
 
 class Metrics(NoopMetrics):

@@ -269,7 +269,12 @@ async def test_tenant_ip_policy(caplog: pytest.LogCaptureFixture) -> None:
             assert r.status_code == 200 and r.json()["tenant_id"] == "open"
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("login rejected by tenant IP policy" in m for m in msgs) == 2
-    assert env.store._levers == {}  # policy rejections count on no lever
+    # A refusal runs a dummy hash, so it spends a unit of the guess budget
+    # like a wrong password (the budget is reserved before any hash).
+    for t in ("acme", "beta", "gone", "nope"):
+        state = env.store._levers[lockout_keys(t, "alice", "127.0.0.1").user]
+        assert state.failures == 1
+    assert lockout_keys("open", "alice", "127.0.0.1").user not in env.store._levers
 
 
 def test_ip_allowed_rules() -> None:
@@ -301,7 +306,7 @@ async def test_store_outage_is_503_not_500() -> None:
 
         raise StoreError("down", backend="memory", substore="lockout")
 
-    env.store.lockout_status = down  # type: ignore[method-assign]
+    env.store.lockout_reserve = down  # type: ignore[method-assign]
     async with env.client() as c:
         r = await login(c, "alice", "pw")
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
@@ -388,14 +393,15 @@ async def test_tenant_record_lockout_overrides_apply() -> None:
         assert (await login(c, "alice", "wrong")).status_code == 401  # the fifth locks
         assert (await login(c, "alice", "correct horse")).status_code == 429
     assert env.metrics.counts["account_locked:user"] == 2
-    # one tenant lookup per attempt that passed the pre-check, none extra
-    assert calls == ["strict"] * 3 + ["default"] * 5
+    # one tenant lookup per attempt, none extra: the record's levers decide
+    # the budget, so the lookup comes before the reservation
+    assert calls == ["strict"] * 4 + ["default"] * 6
 
 
 async def test_tenant_record_overrides_apply_to_second_factors() -> None:
     env = make_env()
-    # The IP lever: after a correct password the origin is trusted, so second
-    # factor failures do not count on the user lever.
+    # The IP lever at 3: the password takes one unit (kept until the login
+    # completes), so two codes are checked and the third guess is refused.
     await env.store.create_tenant(
         TenantRecord("strict", "strict", lockout_overrides={"ip": {"threshold": 3}})
     )
@@ -408,10 +414,10 @@ async def test_tenant_record_overrides_apply_to_second_factors() -> None:
     async with env.client() as c:
         r = await login(c, "alice", "correct horse", tenant="strict")
         assert r.json() == {"factor_required": "totp"}
-        for _ in range(3):
+        for _ in range(2):
             assert (await c.post("/factor", json={"totp": wrong})).status_code == 401
         r = await c.post("/factor", json={"totp": totp(secret, now)})
-        assert r.status_code == 429  # locked after 3, not 50
+        assert r.status_code == 429  # locked after 3 units, not 50
     assert env.metrics.counts["account_locked:ip"] == 1
     assert calls == ["strict"]  # second factors cost no tenant lookup
     # the step-wise flow: begin_login, then the password through verify_factor
@@ -445,15 +451,18 @@ async def test_invalid_tenant_record_overrides_warn_once_and_fall_back(
 
 async def test_correct_password_does_not_unlock_code_guessing() -> None:
     """The user lever is reset (and the origin trusted) only by a complete
-    login: holding the password must not make TOTP guesses free."""
+    login: holding the password must not make TOTP guesses free. Every
+    credential checked takes a unit of the budget (5 by default)."""
     env = make_env()
     uid = await env.add_user("alice")
     secret = await enrol_totp(env, uid)
     async with env.client() as c:
-        for _ in range(5):  # default user lever: 5 failures
+        for _ in range(2):  # 2 x (password + wrong code) = 4 units
             r = await login(c, "alice", "correct horse")
             assert r.json() == {"factor_required": "totp"}
             assert (await c.post("/factor", json={"totp": "000000"})).status_code == 401
+        r = await login(c, "alice", "correct horse")  # the fifth unit: checked, locks
+        assert r.json() == {"factor_required": "totp"}
         r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
         assert r.status_code == 429  # locked: even the right code is refused now
         assert (await login(c, "alice", "correct horse")).status_code == 429

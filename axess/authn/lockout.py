@@ -49,7 +49,7 @@ import json
 import logging
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
@@ -234,13 +234,18 @@ def _check_field(lever: str, key: object, value: object) -> str:
 def normalize_identifier(identifier: str) -> str:
     """The one normalization of login identifiers: NFKC, casefold, NFKC, strip.
 
-    Raises ValueError when nothing is left (or the input is absurdly long),
-    before any lever is touched.
+    Raises ValueError when nothing is left, the input is absurdly long or is
+    not valid Unicode text (a lone surrogate), before any lever is touched.
     """
     if not isinstance(identifier, str):
         raise TypeError("an identifier must be a str")
     if len(identifier) > _MAX_IDENTIFIER:
         raise ValueError("identifier too long")
+    if not identifier.isascii():
+        try:  # a lone surrogate (valid in JSON) is no text any store can hold
+            identifier.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("identifier is not valid Unicode text") from None
     # NFKC again after casefolding makes the function idempotent.
     folded = unicodedata.normalize("NFKC", identifier).casefold()
     normalized = unicodedata.normalize("NFKC", folded).strip()
@@ -310,6 +315,48 @@ class Locked:
 
     retry_after: int
     lever: LeverName
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The units one attempt took (:meth:`Lockout.reserve`).
+
+    ``states``: the counters after the reservation, by lever. ``release``:
+    ``(key, window_start)`` of the units a success hands back — those of the
+    IP and tenant levers that did not trip their lock (the user lever is
+    reset instead).
+    """
+
+    states: Mapping[LeverName, LeverState] = field(default_factory=dict)
+    release: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, states: Mapping[LeverName, LeverState]) -> Reservation:
+        release = tuple(
+            (s.key, s.window_start)
+            for name, s in states.items()
+            if name != "user" and not s.tripped
+        )
+        return cls(states, release)
+
+    def to_json(self) -> list[list[Any]]:
+        """``release`` as JSON (kept with a login in progress)."""
+        return [[k, w] for k, w in self.release]
+
+    @classmethod
+    def from_json(cls, raw: object) -> Reservation:
+        """A reservation handing back the units of :meth:`to_json` output;
+        anything malformed hands back nothing."""
+        units: list[tuple[str, float]] = []
+        if isinstance(raw, list):
+            for item in raw[:8]:
+                if not (isinstance(item, list) and len(item) == 2):
+                    return cls()
+                key, start = item
+                if not (isinstance(key, str) and isinstance(start, int | float)):
+                    return cls()
+                units.append((key, float(start)))
+        return cls({}, tuple(units))
 
 
 #: HTTP status of a refused attempt.
@@ -464,22 +511,90 @@ class Lockout:
                 )
         return out
 
+    async def reserve(
+        self,
+        keys: LockoutKeys,
+        now: float | None = None,
+        *,
+        policy: LockoutPolicy | None = None,
+        trusted_exempt: bool = True,
+    ) -> Reservation | Locked:
+        """Take one unit of every lever's guess budget before a credential is
+        checked: one atomic store round trip.
+
+        ``Locked`` (nothing counted) when any lever refuses: it is locked, or
+        its budget for the window is spent. Otherwise a :class:`Reservation`;
+        the unit stays spent unless the attempt succeeds
+        (:meth:`record_success` hands it back). The unit that spends a
+        lever's budget locks it, so within one window at most ``threshold``
+        credentials are ever checked for one identifier, whatever the
+        concurrency. ``policy`` as in :meth:`record_failure`.
+        ``trusted_exempt=False`` charges the user lever even from a trusted
+        origin (second factors: the exemption protects owners from lockout
+        by strangers, it must not widen a password holder's code budget). Raises
+        :class:`StoreError` on an outage unless ``on_store_error="open"``
+        (then an empty reservation: the attempt proceeds).
+        """
+        now = self._clock.time() if now is None else now
+        levers = self._levers(keys, policy)
+        specs = [
+            lv.spec(k, exempt_if_trusted=trusted_exempt and name == "user")
+            for name, k, lv in levers
+        ]
+        try:
+            result = await self.store.lockout_reserve(specs, keys.origin, now)
+        except StoreError as exc:
+            self._store_failed("reserve", exc)
+            return Reservation()
+        if not result.reserved:
+            worst: Locked | None = None
+            for name, key, _ in levers:
+                until = result.locked_until.get(key)
+                if until is None:
+                    continue
+                retry = max(1, math.ceil(until - now))
+                if worst is None or retry > worst.retry_after:
+                    worst = Locked(retry, name)
+            assert worst is not None
+            return worst
+        by_key = {s.key: s for s in result.states}
+        states: dict[LeverName, LeverState] = {}
+        for name, key, _ in levers:
+            state = by_key.get(key)
+            if state is None:
+                continue
+            states[name] = state
+            if state.tripped:
+                self._metrics.account_locked(name)
+                logger.warning(
+                    "lockout_triggered lever=%s key=%s… lockouts=%d for=%.0fs",
+                    name,
+                    key[:10],
+                    state.lockouts,
+                    state.locked_until - now,
+                )
+        return Reservation.of(states)
+
     async def record_success(
         self,
         keys: LockoutKeys,
         now: float | None = None,
         *,
         policy: LockoutPolicy | None = None,
+        reservations: Sequence[Reservation] = (),
     ) -> None:
-        """Reset the user lever (only) and trust this origin for
-        ``trusted_origin_ttl`` (of ``policy``, as in :meth:`record_failure`)."""
+        """Reset the user lever, hand back the IP and tenant units of
+        ``reservations`` (the attempts of this login) and trust this origin
+        for ``trusted_origin_ttl`` (of ``policy``, as in
+        :meth:`record_failure`); one round trip."""
         now = self._clock.time() if now is None else now
         if policy is None:
             policy = self.policy.for_tenant(keys.tenant_id)
         ttl = policy.trusted_origin_ttl
         origin = keys.origin if ttl > 0 else None
+        release = [unit for r in reservations for unit in r.release]
         try:
-            await self.store.lockout_success([keys.user], origin, now + ttl, now)
+            await self.store.lockout_success([keys.user], origin, now + ttl, now, release)
         except StoreError as exc:
             self._store_failed("record_success", exc)
 

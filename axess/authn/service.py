@@ -52,6 +52,7 @@ from axess.authn.lockout import (
     Lockout,
     LockoutKeys,
     LockoutPolicy,
+    Reservation,
     lockout_keys,
     normalize_identifier,
 )
@@ -134,13 +135,31 @@ class _Attempt:
     #: Its levers as JSON, kept in the pending login when the tenant record
     #: overrides the lockout (so second factors count with them too).
     levers: dict[str, Any] | None = None
+    #: The guess-budget units this attempt holds (a success hands back the
+    #: IP and tenant units of every step of the login).
+    reservation: Reservation | None = None
+    #: Units held by earlier steps of the same login (from the pending login).
+    held: Reservation | None = None
 
     def pending(self) -> dict[str, Any]:
         """The session's record of this login in progress."""
         data: dict[str, Any] = {"t": self.tenant, "i": self.identifier}
         if self.levers is not None:
             data["o"] = self.levers
+        units = [*self.reservations_json()]
+        if units:
+            data["r"] = units
         return data
+
+    def reservations_json(self) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for r in (self.held, self.reservation):
+            if r is not None:
+                out += r.to_json()
+        return out
+
+    def reservations(self) -> list[Reservation]:
+        return [r for r in (self.held, self.reservation) if r is not None]
 
 
 def _session_tenant(tenant: str) -> str | None:
@@ -259,6 +278,8 @@ class AuthnService:
             keys,
             client_ip(request) or None,
             self.lockout.policy_for(pending["t"], pending.get("o")),
+            pending.get("o"),
+            held=Reservation.from_json(pending.get("r")),
         )
         if isinstance(credential, Password):
             if isinstance(session.auth_state, d.Authenticating):
@@ -269,9 +290,8 @@ class AuthnService:
             )
             if not isinstance(started, _Attempt):
                 return started
-            if pending != (current := started.pending()):
-                session[PENDING_KEY] = current  # the tenant record's levers changed
-            return await self._password(started, credential, pre_checked=True)
+            session[PENDING_KEY] = started.pending()
+            return await self._password(started, credential)
         state = session.auth_state
         if not isinstance(state, d.Authenticating) or "totp" not in state.remaining:
             return InvalidCredentials()
@@ -284,12 +304,22 @@ class AuthnService:
         password: str | Password,
         tenant: str | None = None,
     ) -> LoginOutcome:
-        """``begin_login`` + ``verify_factor(Password)`` in one call (one pre-check)."""
+        """``begin_login`` + ``verify_factor(Password)`` in one call (one pre-check).
+
+        A ``str`` password that cannot be a :class:`Password` (empty, too long,
+        not valid Unicode text) is ``InvalidCredentials`` before any lever or hash.
+        """
+        if not isinstance(password, Password):
+            try:
+                password = Password(password)
+            except ValueError:  # it can match no stored hash: no guess to count
+                self.metrics.auth_failure()
+                return InvalidCredentials()
         attempt = await self._start(request, identifier, tenant, password=password)
         if not isinstance(attempt, _Attempt):
             return attempt
         attempt.session[PENDING_KEY] = attempt.pending()
-        return await self._password(attempt, password, pre_checked=True)
+        return await self._password(attempt, password)
 
     async def logout(self, request: HTTPConnection) -> None:
         """End the session (row deleted, cookie cleared) and emit ``logout``."""
@@ -324,6 +354,7 @@ class AuthnService:
         try:
             ident = normalize_identifier(identifier)
             keys = lockout_keys(tenant_id, ident, ip)
+            tenant_id.encode("utf-8")  # a lone surrogate: UnicodeEncodeError (ValueError)
         except (TypeError, ValueError):
             self.metrics.auth_failure()
             return InvalidCredentials()  # before any lever, no hash
@@ -331,10 +362,23 @@ class AuthnService:
         if announce:
             self.metrics.auth_attempt()
             self._emit(attempt, "login_attempt", "info")
-        locked = await self._pre_check(attempt, "password")
-        if locked is not None:
-            return locked
+        if password is None:
+            # No credential follows: a read-only check is enough.
+            locked = await self._pre_check(attempt, "password")
+            if locked is not None:
+                return locked
         record = await self.store.get_tenant(tenant_id)
+        # The record is loaded anyway: its lever overrides cost no round trip.
+        overrides = None if record is None else record.lockout_overrides
+        policy = self.lockout.policy_for(tenant_id, overrides)
+        levers = policy.levers_json() if overrides else None
+        attempt = replace(attempt, policy=policy, levers=levers)
+        if password is not None:
+            # The guess budget: a unit of every lever before any hash runs.
+            reserved = await self._reserve(attempt, "password")
+            if isinstance(reserved, Locked):
+                return reserved
+            attempt = replace(attempt, reservation=reserved)
         refused: str | None = None
         if record is None and tenant is not None:
             refused = "unknown_tenant"
@@ -349,10 +393,29 @@ class AuthnService:
             self.metrics.auth_failure()
             self._emit(attempt, "factor_failed", "failure", factor="password", reason=refused)
             return InvalidCredentials()
-        # The record is loaded anyway: its lever overrides cost no round trip.
-        overrides = None if record is None else record.lockout_overrides
-        policy = self.lockout.policy_for(tenant_id, overrides)
-        return replace(attempt, policy=policy, levers=policy.levers_json() if overrides else None)
+        return attempt
+
+    async def _reserve(self, attempt: _Attempt, factor: str) -> Reservation | Locked:
+        """One unit of the guess budget for ``attempt`` (``Locked`` when spent).
+        Second factors are charged to the user lever even from a trusted origin."""
+        reserved = await self.lockout.reserve(
+            attempt.keys, policy=attempt.policy, trusted_exempt=factor == "password"
+        )
+        if isinstance(reserved, Locked):
+            self.metrics.auth_failure()
+            self._emit(
+                attempt,
+                "factor_failed",
+                "failure",
+                factor=factor,
+                reason="locked",
+                lever=reserved.lever,
+            )
+            return reserved
+        for lever, state in reserved.states.items():
+            if state.tripped:
+                self._emit(attempt, "lockout_triggered", "info", lever=lever)
+        return reserved
 
     async def _pre_check(self, attempt: _Attempt, factor: str) -> Locked | None:
         locked = await self.lockout.pre_check(attempt.keys)
@@ -371,22 +434,14 @@ class AuthnService:
     async def _failure(
         self, attempt: _Attempt, factor: str, reason: str, user: str | None
     ) -> InvalidCredentials:
+        # The attempt's reserved units stay spent: that is the failure count.
         self.metrics.factor_failure()
         self.metrics.auth_failure()
         self._emit(attempt, "factor_failed", "failure", factor=factor, reason=reason, user=user)
-        states = await self.lockout.record_failure(attempt.keys, policy=attempt.policy)
-        for lever, state in states.items():
-            if state.tripped:
-                self._emit(attempt, "lockout_triggered", "info", lever=lever, user=user)
         return InvalidCredentials()
 
-    async def _password(
-        self, attempt: _Attempt, password: str | Password, *, pre_checked: bool = False
-    ) -> LoginOutcome:
-        if not pre_checked:
-            locked = await self._pre_check(attempt, "password")
-            if locked is not None:
-                return locked
+    async def _password(self, attempt: _Attempt, password: str | Password) -> LoginOutcome:
+        assert attempt.reservation is not None, "reserve before checking a password"
         self.metrics.factor_attempt()
         user = await self.store.find_user(attempt.tenant, attempt.identifier)
         factors = None if user is None else await self.store.get_factors(user.id)
@@ -413,9 +468,10 @@ class AuthnService:
         self, attempt: _Attempt, state: d.Authenticating, credential: Credential
     ) -> LoginOutcome:
         factor = "recovery_code" if isinstance(credential, RecoveryCode) else "totp"
-        locked = await self._pre_check(attempt, factor)
-        if locked is not None:
-            return locked
+        reserved = await self._reserve(attempt, factor)
+        if isinstance(reserved, Locked):
+            return reserved
+        attempt = replace(attempt, reservation=reserved)
         self.metrics.factor_attempt()
         user = await self.store.get_user(state.user)
         if user is None or user.status != ACTIVE:
@@ -460,11 +516,15 @@ class AuthnService:
         session = attempt.session
         session.set_auth_state(state)
         if isinstance(state, d.Authenticating):
+            # Keep the units this step holds: a complete login hands them back.
+            session[PENDING_KEY] = attempt.pending()
             return FactorRequired(state.remaining[0])
         session.pop(PENDING_KEY, None)
         # Only a complete login resets the user lever and trusts the origin:
         # a correct password alone must not let its holder guess codes freely.
-        await self.lockout.record_success(attempt.keys, policy=attempt.policy)
+        await self.lockout.record_success(
+            attempt.keys, policy=attempt.policy, reservations=attempt.reservations()
+        )
         await self.store.record_login(user.id, state.authn_time)
         self.metrics.auth_success()
         self._emit(

@@ -257,6 +257,80 @@ def apply_failure(spec: LeverSpec, state: LeverState | None, now: float) -> Leve
     return LeverState(spec.key, failures, start, locked_until, lockouts, expires, tripped)
 
 
+@dataclass(frozen=True, slots=True)
+class LockoutReservation:
+    """Result of :meth:`LockoutStore.lockout_reserve`.
+
+    ``locked_until``: the refusing levers (key → end of their lock); empty
+    when the unit was reserved. ``states``: the counters after the
+    reservation, one per lever that took a unit (none when refused; the
+    exempt lever is absent when ``trusted``).
+    """
+
+    locked_until: dict[str, float]
+    states: list[LeverState]
+    trusted: bool = False
+
+    @property
+    def reserved(self) -> bool:
+        return not self.locked_until
+
+
+def reserve_levers(
+    specs: Sequence[LeverSpec],
+    states: dict[str, LeverState],
+    trusted: bool,
+    now: float,
+    *,
+    all_or_nothing: bool = True,
+) -> LockoutReservation:
+    """Take one unit of every lever's budget (the rules every store applies).
+
+    Levers marked ``exempt_if_trusted`` are skipped when ``trusted``. With
+    ``all_or_nothing`` (a reservation), a lever that is locked at ``now``
+    refuses the whole attempt and nothing is counted; otherwise (a plain
+    failure) each lever applies :func:`apply_failure` on its own. The unit
+    that reaches a lever's threshold trips its lock, so at most
+    ``threshold`` units are ever handed out within one window.
+    """
+    chosen = [s for s in specs if not (s.exempt_if_trusted and trusted)]
+    if all_or_nothing:
+        locked = {
+            s.key: st.locked_until
+            for s in chosen
+            if (st := states.get(s.key)) is not None
+            and st.expires_at > now
+            and st.locked_until > now
+        }
+        if locked:
+            return LockoutReservation(locked, [], trusted)
+    new = [apply_failure(s, states.get(s.key), now) for s in chosen]
+    return LockoutReservation({}, new, trusted)
+
+
+def release_unit(state: LeverState, window_start: float, now: float) -> LeverState | None:
+    """``state`` with one reserved unit handed back, or ``None`` to leave it.
+
+    Only a unit of the still-open window it was taken in is handed back, and
+    never one whose reservation tripped the lock (that lock stands).
+    """
+    if (
+        state.expires_at <= now
+        or state.failures <= 0
+        or state.window_start != window_start
+        or state.locked_until > now
+    ):
+        return None
+    return LeverState(
+        state.key,
+        state.failures - 1,
+        state.window_start,
+        state.locked_until,
+        state.lockouts,
+        state.expires_at,
+    )
+
+
 @runtime_checkable
 class LockoutStore(Protocol):
     """The lockout substore: counters of the three levers and trusted origins.
@@ -267,6 +341,10 @@ class LockoutStore(Protocol):
     * ``lockout_failure`` applies :func:`apply_failure` to every lever
       atomically (no lost update under concurrency) in one round trip, and
       skips levers marked ``exempt_if_trusted`` when ``origin`` is trusted.
+    * ``lockout_reserve`` does the same all or nothing: when any counted
+      lever is locked nothing is counted and the attempt is refused; this is
+      the guess budget (:func:`reserve_levers`), so concurrent attempts can
+      never take more than ``threshold`` units of one lever in one window.
     * Backend failures raise :class:`axess.errors.StoreError`.
     """
 
@@ -278,10 +356,22 @@ class LockoutStore(Protocol):
         self, levers: Sequence[LeverSpec], origin: str | None, now: float
     ) -> list[LeverState]: ...
 
+    async def lockout_reserve(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
+        """:func:`reserve_levers` (all or nothing) atomically, one round trip."""
+
     async def lockout_success(
-        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+        self,
+        reset: Sequence[str],
+        origin: str | None,
+        trusted_until: float,
+        now: float,
+        release: Sequence[tuple[str, float]] = (),
     ) -> None:
-        """Delete the ``reset`` counters and trust ``origin`` until ``trusted_until``."""
+        """Delete the ``reset`` counters, trust ``origin`` until ``trusted_until``
+        and hand back one unit of each ``(key, window_start)`` in ``release``
+        (:func:`release_unit`), atomically."""
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:
         """Delete these counters (and trusted origins); how many existed."""

@@ -48,6 +48,7 @@ from axess.stores.base import (
     IdentityStore,
     LeverSpec,
     LeverState,
+    LockoutReservation,
     LockoutStatus,
     LockoutStore,
     SessionRecord,
@@ -327,10 +328,20 @@ class CompositeStore:
     ) -> list[LeverState]:
         return await self._lockout().lockout_failure(levers, origin, now)
 
+    async def lockout_reserve(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
+        return await self._lockout().lockout_reserve(levers, origin, now)
+
     async def lockout_success(
-        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+        self,
+        reset: Sequence[str],
+        origin: str | None,
+        trusted_until: float,
+        now: float,
+        release: Sequence[tuple[str, float]] = (),
     ) -> None:
-        await self._lockout().lockout_success(reset, origin, trusted_until, now)
+        await self._lockout().lockout_success(reset, origin, trusted_until, now, release)
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:
         return await self._lockout().lockout_clear(keys)

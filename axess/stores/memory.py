@@ -21,10 +21,12 @@ from axess.stores.base import (
     SESSIONS,
     LeverSpec,
     LeverState,
+    LockoutReservation,
     LockoutStatus,
     SessionRecord,
-    apply_failure,
     purge_targets,
+    release_unit,
+    reserve_levers,
 )
 from axess.stores.memory_identity import MemoryIdentityMixin
 
@@ -174,24 +176,41 @@ class MemoryStore(MemoryIdentityMixin):
         }
         return LockoutStatus(locked, self._trusted(origin, now))
 
+    def _count(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float, all_or_nothing: bool
+    ) -> LockoutReservation:
+        # No await between reading and writing: atomic on the event loop.
+        result = reserve_levers(
+            levers, self._levers, self._trusted(origin, now), now, all_or_nothing=all_or_nothing
+        )
+        for state in result.states:
+            self._levers[state.key] = state
+        return result
+
     async def lockout_failure(
         self, levers: Sequence[LeverSpec], origin: str | None, now: float
     ) -> list[LeverState]:
-        trusted = self._trusted(origin, now)
-        out: list[LeverState] = []
-        for spec in levers:
-            if spec.exempt_if_trusted and trusted:
-                continue
-            state = apply_failure(spec, self._levers.get(spec.key), now)
-            self._levers[spec.key] = state
-            out.append(state)
-        return out
+        return self._count(levers, origin, now, False).states
+
+    async def lockout_reserve(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
+        return self._count(levers, origin, now, True)
 
     async def lockout_success(
-        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+        self,
+        reset: Sequence[str],
+        origin: str | None,
+        trusted_until: float,
+        now: float,
+        release: Sequence[tuple[str, float]] = (),
     ) -> None:
         for key in reset:
             self._levers.pop(key, None)
+        for key, window_start in release:
+            state = self._levers.get(key)
+            if state is not None and (back := release_unit(state, window_start, now)):
+                self._levers[key] = back
         if origin is not None:
             self._origins[origin] = max(trusted_until, self._origins.get(origin, 0.0))
 

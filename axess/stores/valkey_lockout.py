@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStatus
+from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutReservation, LockoutStatus
 
 
 class _LockoutScript:
@@ -79,13 +79,12 @@ class ValkeyLockoutMixin:
         locked = {k: int(u) / 1000 for k, u in zip(keys, reply, strict=False) if int(u)}
         return LockoutStatus(locked, bool(int(reply[-1])) if origin else False)
 
-    async def lockout_failure(
-        self, levers: Sequence[LeverSpec], origin: str | None, now: float
-    ) -> list[LeverState]:
-        """One ``EVALSHA`` applying one failure to every lever atomically."""
+    async def _count(
+        self, op: str, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
         if not levers:
-            return []
-        args = ["fail", str(_ms(now)), "1" if origin else "0"]
+            return LockoutReservation({}, [])
+        args = [op, str(_ms(now)), "1" if origin else "0"]
         for s in levers:
             args += [
                 str(s.threshold),
@@ -96,22 +95,55 @@ class ValkeyLockoutMixin:
                 "1" if s.exempt_if_trusted else "0",
             ]
         names = [*(s.key for s in levers), *([origin] if origin else [])]
-        rows = cast(list[list[int]], await self._lockout(names, args))
+        head, *rows = cast(list[list[int]], await self._lockout(names, args))
+        refused, trusted = int(head[0]), bool(int(head[1]))
+        if refused:
+            locked = {
+                spec.key: int(row[3]) / 1000
+                for spec, row in zip(levers, rows, strict=False)
+                if int(row[3])
+            }
+            return LockoutReservation(locked, [], trusted)
         out: list[LeverState] = []
         for spec, row in zip(levers, rows, strict=False):
             applied, f, w, u, n, e, tripped = (int(v) for v in row)
             if applied:
                 out.append(LeverState(spec.key, f, w / 1000, u / 1000, n, e / 1000, bool(tripped)))
-        return out
+        return LockoutReservation({}, out, trusted)
+
+    async def lockout_failure(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> list[LeverState]:
+        """One ``EVALSHA`` applying one failure to every lever atomically."""
+        return (await self._count("fail", levers, origin, now)).states
+
+    async def lockout_reserve(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
+        """One ``EVALSHA`` taking one unit of every lever's budget, all or nothing."""
+        return await self._count("reserve", levers, origin, now)
 
     async def lockout_success(
-        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+        self,
+        reset: Sequence[str],
+        origin: str | None,
+        trusted_until: float,
+        now: float,
+        release: Sequence[tuple[str, float]] = (),
     ) -> None:
-        """One ``EVALSHA``: delete the ``reset`` counters, trust ``origin``."""
-        names = [*reset, *([origin] if origin else [])]
+        """One ``EVALSHA``: delete the ``reset`` counters, hand back the
+        ``release`` units, trust ``origin``."""
+        names = [*reset, *(k for k, _ in release), *([origin] if origin else [])]
         if not names:
             return
-        args = ["success", str(_ms(now)), "1" if origin else "0", str(_ms(trusted_until))]
+        args = [
+            "success",
+            str(_ms(now)),
+            "1" if origin else "0",
+            str(_ms(trusted_until)),
+            str(len(release)),
+            *(str(_ms(w)) for _, w in release),
+        ]
         await self._lockout(names, args)
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:

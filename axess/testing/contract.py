@@ -375,6 +375,64 @@ class LockoutStoreContract:
         status = await store.lockout_status(["u:race", "i:race", "t:race"], None, NOW)
         assert set(status.locked_until) == {"t:race"}
 
+    async def test_reserve_is_all_or_nothing(self, store: LockoutStore) -> None:
+        levers = [make_lever("u:r", threshold=2), make_lever("i:r", threshold=10)]
+        first = await store.lockout_reserve(levers, None, NOW)
+        assert first.reserved and [s.failures for s in first.states] == [1, 1]
+        second = await store.lockout_reserve(levers, None, NOW + 1)  # spends u:r
+        assert second.reserved and [s.tripped for s in second.states] == [True, False]
+        refused = await store.lockout_reserve(levers, None, NOW + 2)
+        assert not refused.reserved and refused.states == []
+        assert set(refused.locked_until) == {"u:r"}
+        assert abs(refused.locked_until["u:r"] - (NOW + 101)) < 0.002
+        ip = await store.lockout_state("i:r", NOW + 2)
+        assert ip is not None and ip.failures == 2  # the refusal counted nothing
+
+    async def test_burst_of_reservations_takes_at_most_threshold(self, store: LockoutStore) -> None:
+        levers = [make_lever("u:burst", threshold=5), make_lever("i:burst", threshold=1000)]
+        results = await asyncio.gather(
+            *(store.lockout_reserve(levers, None, NOW) for _ in range(200))
+        )
+        assert sum(r.reserved for r in results) == 5
+        assert sum(s.tripped for r in results for s in r.states) == 1
+        ip = await store.lockout_state("i:burst", NOW)
+        assert ip is not None and ip.failures == 5  # exact: one per unit handed out
+
+    async def test_reserve_skips_exempt_levers_from_a_trusted_origin(
+        self, store: LockoutStore
+    ) -> None:
+        levers = [make_lever("u:x", threshold=1, exempt_if_trusted=True), make_lever("i:x")]
+        await store.lockout_success([], "o:x", NOW + 1000, NOW)
+        for t in (NOW, NOW + 1):  # the user lever neither counts nor refuses
+            r = await store.lockout_reserve(levers, "o:x", t)
+            assert r.reserved and r.trusted and [s.key for s in r.states] == ["i:x"]
+        r = await store.lockout_reserve(levers, "o:elsewhere", NOW + 2)
+        assert r.reserved and not r.trusted and r.states[0].tripped
+
+    async def test_success_hands_back_units_of_the_same_window(self, store: LockoutStore) -> None:
+        levers = [make_lever("u:h"), make_lever("i:h", threshold=5), make_lever("t:h")]
+        a = await store.lockout_reserve(levers, None, NOW)
+        b = await store.lockout_reserve(levers, None, NOW + 1)
+        assert a.reserved and b.reserved
+        tenant = b.states[2]
+        units = [(s.key, s.window_start) for s in b.states[1:]]
+        assert tenant.tripped is False
+        await store.lockout_success(["u:h"], "o:h", NOW + 500, NOW + 2, units)
+        assert await store.lockout_state("u:h", NOW + 2) is None
+        for key in ("i:h", "t:h"):
+            state = await store.lockout_state(key, NOW + 2)
+            assert state is not None and state.failures == 1
+        # a unit of a window that has closed since is not handed back
+        stale = [("i:h", NOW - 3600.0)]
+        await store.lockout_success([], None, NOW, NOW + 3, stale)
+        state = await store.lockout_state("i:h", NOW + 3)
+        assert state is not None and state.failures == 1
+        # nor to a locked lever
+        one = [make_lever("t:l", threshold=1)]
+        (locked,) = (await store.lockout_reserve(one, None, NOW)).states
+        await store.lockout_success([], None, NOW, NOW + 1, [("t:l", locked.window_start)])
+        assert (await store.lockout_status(["t:l"], None, NOW + 1)).locked_until
+
 
 # -- audit ----------------------------------------------------------------------
 #: ``NOW`` in epoch microseconds (audit event times).

@@ -58,10 +58,13 @@ if op == 'status' then
   return out
 end
 
-if op == 'fail' then
+if op == 'fail' or op == 'reserve' then
   -- ARGV[4]: origin flag; then per lever six values from ARGV[5]:
   -- threshold, window, lock_for, backoff, max_lock, exempt_if_trusted.
-  -- Returns per lever {applied, f, w, u, n, e, tripped}.
+  -- 'reserve' is all or nothing: when a counted lever is locked, nothing
+  -- is written (axess.stores.base.reserve_levers).
+  -- Returns {refused, trusted}, then per lever {applied, f, w, u, n, e, tripped}
+  -- (for a refused reservation, u is the lever's lock end or 0).
   local has_origin = ARGV[4] == '1'
   local n = #KEYS
   local is_trusted = false
@@ -69,14 +72,39 @@ if op == 'fail' then
     n = n - 1
     is_trusted = trusted(KEYS[#KEYS])
   end
-  local out = {}
+  local function exempt(i)
+    return is_trusted and ARGV[5 + (i - 1) * 6 + 5] == '1'
+  end
+  if op == 'reserve' then
+    local refused = 0
+    local rows = {}
+    for i = 1, n do
+      local u = 0
+      if not exempt(i) then
+        local s = live(KEYS[i])
+        if s[3] > now then
+          u = s[3]
+          refused = 1
+        end
+      end
+      rows[i] = { 0, 0, 0, u, 0, 0, 0 }
+    end
+    if refused == 1 then
+      local out = { { 1, is_trusted and 1 or 0 } }
+      for i = 1, n do
+        out[i + 1] = rows[i]
+      end
+      return out
+    end
+  end
+  local out = { { 0, is_trusted and 1 or 0 } }
   for i = 1, n do
     local a = 5 + (i - 1) * 6
     local threshold, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
     local lock_for, backoff = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local max_lock, exempt = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
-    if exempt and is_trusted then
-      out[i] = { 0, 0, 0, 0, 0, 0, 0 }
+    local max_lock = tonumber(ARGV[a + 4])
+    if exempt(i) then
+      out[i + 1] = { 0, 0, 0, 0, 0, 0, 0 }
     else
       local s = live(KEYS[i])
       local f, w, u, lk, e = s[1], s[2], s[3], s[4], s[5]
@@ -104,15 +132,20 @@ if op == 'fail' then
         redis.call('HSET', KEYS[i], 'f', f, 'w', w, 'u', u, 'n', lk, 'e', e)
         redis.call('PEXPIRE', KEYS[i], ttl(e))
       end
-      out[i] = { 1, f, w, u, lk, e, tripped }
+      out[i + 1] = { 1, f, w, u, lk, e, tripped }
     end
   end
   return out
 end
 
 if op == 'success' then
-  -- ARGV[4]: origin flag, ARGV[5]: trusted_until. Deletes every other key.
+  -- ARGV[4]: origin flag, ARGV[5]: trusted_until, ARGV[6]: R, the number of
+  -- units to hand back; ARGV[7..]: their window starts. KEYS: the counters
+  -- to delete, then the R counters to hand a unit back to, then the origin.
+  -- A unit goes back only to the window it was taken in, never to a locked
+  -- or dead counter (axess.stores.base.release_unit).
   local has_origin = ARGV[4] == '1'
+  local r = tonumber(ARGV[6]) or 0
   local n = #KEYS
   if has_origin then
     n = n - 1
@@ -120,8 +153,15 @@ if op == 'success' then
     redis.call('HSET', KEYS[#KEYS], 'e', until_ms)
     redis.call('PEXPIRE', KEYS[#KEYS], ttl(until_ms))
   end
-  for i = 1, n do
+  for i = 1, n - r do
     redis.call('DEL', KEYS[i])
+  end
+  for j = 1, r do
+    local k = KEYS[n - r + j]
+    local s = live(k)
+    if s[1] > 0 and s[3] <= now and s[2] == tonumber(ARGV[6 + j]) then
+      redis.call('HSET', k, 'f', s[1] - 1)
+    end
   end
   return n
 end

@@ -11,11 +11,12 @@ between them but the state transition):
    failures never deadlock each other);
 2. one ``SELECT … FOR UPDATE`` (SQLite: the ``BEGIN IMMEDIATE`` write lock)
    reads and locks the lever rows and the origin row;
-3. one ``UPDATE`` per lever writes the state computed by
-   :func:`~axess.stores.base.apply_failure` — the rules memory and Valkey
-   apply too.
+3. one ``UPDATE`` (a ``CASE`` per column) writes the states computed by
+   :func:`~axess.stores.base.reserve_levers` — the rules memory and Valkey
+   apply too. A refused reservation writes nothing.
 
-Concurrent failures serialize on the row locks, so no update is lost.
+Concurrent attempts serialize on the row locks, so no update is lost and no
+more than ``threshold`` units of a lever are handed out in one window.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from axess.errors import StoreError
-from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStatus, apply_failure
+from axess.stores.base import (
+    LOCKOUT,
+    LeverSpec,
+    LeverState,
+    LockoutReservation,
+    LockoutStatus,
+    reserve_levers,
+)
 from axess.stores.sql.params import ms, placeholders
 
 if TYPE_CHECKING:
@@ -35,14 +43,16 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _COLS: Final = "lkey, failures, window_start, locked_until, lockouts, expires_at"
-#: dialect -> (insert-if-absent suffix, origin upsert suffix, row lock, purge batch)
-_FRAGMENTS: Final[dict[str, tuple[str, str, str, str]]] = {
+#: dialect -> (insert-if-absent suffix, origin upsert suffix, row lock, purge
+#: batch, an integer parameter in a CASE branch)
+_FRAGMENTS: Final[dict[str, tuple[str, str, str, str, str]]] = {
     "sqlite": (
         " ON CONFLICT (lkey) DO NOTHING",
         " ON CONFLICT (lkey) DO UPDATE SET expires_at = excluded.expires_at",
         "",
         "DELETE FROM axess_lockouts WHERE lkey IN "
         "(SELECT lkey FROM axess_lockouts WHERE expires_at <= ? LIMIT ?)",
+        "CAST(? AS BIGINT)",
     ),
     "postgres": (
         " ON CONFLICT (lkey) DO NOTHING",
@@ -50,12 +60,15 @@ _FRAGMENTS: Final[dict[str, tuple[str, str, str, str]]] = {
         " FOR UPDATE",
         "DELETE FROM axess_lockouts WHERE lkey IN "
         "(SELECT lkey FROM axess_lockouts WHERE expires_at <= ? LIMIT ?)",
+        # PostgreSQL types a bare parameter in a CASE as text.
+        "CAST(? AS BIGINT)",
     ),
     "mysql": (
         " ON DUPLICATE KEY UPDATE lkey = lkey",
         " ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
         " FOR UPDATE",
         "DELETE FROM axess_lockouts WHERE expires_at <= ? LIMIT ?",
+        "?",
     ),
 }
 _PURGE_BATCH: Final = 1000
@@ -90,7 +103,7 @@ class SQLLockoutMixin:
     def _lq(self, sql: str) -> str:
         return placeholders(sql, self._dialect.paramstyle)
 
-    def _fragments(self) -> tuple[str, str, str, str]:
+    def _fragments(self) -> tuple[str, str, str, str, str]:
         return _FRAGMENTS.get(self._dialect.name, _FRAGMENTS["postgres"])
 
     async def _lockout_op(self, what: str, body: Callable[[Connection], Awaitable[T]]) -> T:
@@ -127,13 +140,12 @@ class SQLLockoutMixin:
 
         return await self._lockout_op("lockout_status", body)
 
-    async def lockout_failure(
-        self, levers: Sequence[LeverSpec], origin: str | None, now: float
-    ) -> list[LeverState]:
-        """Count one failure on every lever in one transaction (see module docstring)."""
+    async def _count(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float, all_or_nothing: bool
+    ) -> LockoutReservation:
         specs = sorted(levers, key=lambda s: s.key)
         if not specs:
-            return []
+            return LockoutReservation({}, [])
         ignore = self._fragments()[0]
         insert = self._lq(
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES "  # noqa: S608
@@ -142,45 +154,72 @@ class SQLLockoutMixin:
         )
         wanted = sorted({*(s.key for s in specs), *([origin] if origin else [])})
         select = self._select(len(wanted), lock=True)
-        update = self._lq(
-            "UPDATE axess_lockouts SET failures = ?, window_start = ?, locked_until = ?, "
-            "lockouts = ?, expires_at = ? WHERE lkey = ?"
-        )
         t = ms(now) / 1000  # the resolution rows are stored in
 
-        async def steps(conn: Connection) -> list[LeverState]:
+        async def steps(conn: Connection) -> LockoutReservation:
             await conn.run(insert, [s.key for s in specs])
             rows = (await conn.run(select, wanted, fetch=True)).rows
             states = {s.key: s for s in map(_state, rows)}
             o = states.get(origin) if origin else None
             trusted = o is not None and o.expires_at > t
-            out: list[LeverState] = []
-            for spec in specs:
-                if spec.exempt_if_trusted and trusted:
-                    continue
-                new = apply_failure(spec, states.get(spec.key), t)
-                args = (
-                    new.failures,
-                    ms(new.window_start),
-                    ms(new.locked_until),
-                    new.lockouts,
-                    ms(new.expires_at),
-                    spec.key,
-                )
-                await conn.run(update, args)
-                out.append(new)
-            return out
+            result = reserve_levers(specs, states, trusted, t, all_or_nothing=all_or_nothing)
+            if result.states:
+                sql, args = self._update_states(result.states)
+                await conn.run(sql, args)
+            return result
 
-        async def body(conn: Connection) -> list[LeverState]:
+        async def body(conn: Connection) -> LockoutReservation:
             return await self._transaction(conn, self._dialect.begin, lambda: steps(conn))
 
-        by_key = {s.key: s for s in await self._lockout_op("lockout_failure", body)}
-        return [by_key[s.key] for s in levers if s.key in by_key]
+        result = await self._lockout_op("lockout_reserve", body)
+        by_key = {s.key: s for s in result.states}
+        ordered = [by_key[s.key] for s in levers if s.key in by_key]
+        return LockoutReservation(result.locked_until, ordered, result.trusted)
+
+    def _update_states(self, states: Sequence[LeverState]) -> tuple[str, list[object]]:
+        """One ``UPDATE`` writing every state (a ``CASE`` per column)."""
+        cast = self._fragments()[4]
+        columns: list[str] = []
+        args: list[object] = []
+        for column, value in (
+            ("failures", lambda st: st.failures),
+            ("window_start", lambda st: ms(st.window_start)),
+            ("locked_until", lambda st: ms(st.locked_until)),
+            ("lockouts", lambda st: st.lockouts),
+            ("expires_at", lambda st: ms(st.expires_at)),
+        ):
+            whens = " ".join(f"WHEN ? THEN {cast}" for _ in states)
+            columns.append(f"{column} = CASE lkey {whens} END")
+            for st in states:
+                args += [st.key, value(st)]
+        marks = ", ".join("?" * len(states))
+        args += [st.key for st in states]
+        sql = f"UPDATE axess_lockouts SET {', '.join(columns)} WHERE lkey IN ({marks})"  # noqa: S608
+        return self._lq(sql), args
+
+    async def lockout_failure(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> list[LeverState]:
+        """Count one failure on every lever in one transaction (see module docstring)."""
+        return (await self._count(levers, origin, now, False)).states
+
+    async def lockout_reserve(
+        self, levers: Sequence[LeverSpec], origin: str | None, now: float
+    ) -> LockoutReservation:
+        """Take one unit of every lever's budget, all or nothing, in one transaction."""
+        return await self._count(levers, origin, now, True)
 
     async def lockout_success(
-        self, reset: Sequence[str], origin: str | None, trusted_until: float, now: float
+        self,
+        reset: Sequence[str],
+        origin: str | None,
+        trusted_until: float,
+        now: float,
+        release: Sequence[tuple[str, float]] = (),
     ) -> None:
-        """Delete the ``reset`` counters and trust ``origin``, in one transaction."""
+        """Delete the ``reset`` counters, trust ``origin`` and hand back the
+        ``release`` units (:func:`~axess.stores.base.release_unit`), in one
+        transaction."""
         keys = sorted(set(reset))
         delete = self._lq(
             f"DELETE FROM axess_lockouts WHERE lkey IN ({', '.join('?' * len(keys))})"  # noqa: S608
@@ -189,10 +228,30 @@ class SQLLockoutMixin:
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES (?, 0, 0, 0, 0, ?)"  # noqa: S608
             + self._fragments()[1]
         )
+        units = sorted(release)
+        # release_unit as one statement: same window, not locked, still alive.
+        matches = " OR ".join(["(lkey = ? AND window_start = ?)"] * len(units))
+        give_back = self._lq(
+            "UPDATE axess_lockouts SET failures = failures - 1 "  # noqa: S608
+            f"WHERE failures > 0 AND locked_until <= ? AND expires_at > ? AND ({matches})"
+        )
+        n = ms(now)
+        unit_args: list[object] = [n, n]
+        for key, window_start in units:
+            unit_args += [key, ms(window_start)]
+
+        # Lock the rows in key order first, the order a reservation takes
+        # them in, so the two never deadlock.
+        locked = sorted({*keys, *(k for k, _ in units), *([origin] if origin else [])})
+        lock = self._select(len(locked), lock=True)
 
         async def steps(conn: Connection) -> None:
+            if units and self._fragments()[2]:
+                await conn.run(lock, locked, fetch=True)
             if keys:
                 await conn.run(delete, keys)
+            if units:
+                await conn.run(give_back, unit_args)
             if origin:
                 await conn.run(upsert, (origin, ms(trusted_until)))
 
