@@ -7,6 +7,11 @@ by scripts) and must come back in the ``X-CSRF-Token`` header or the
 ``csrf_token`` form field on unsafe methods. When the session id rotates
 (login, logout) the cookie is re-minted in the same response, so the next
 form works.
+
+Before the token, an unsafe request is checked for where a browser says it
+comes from (``Origin``, ``Sec-Fetch-Site``), with or without cookies: a
+cross-site form cannot log a victim into the attacker's account even though
+``SameSite=Lax`` sends it no cookie (book: CSRF, "Where a request comes from").
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import html
 import logging
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +61,10 @@ class CSRFConfig:
     path: str = "/"
     #: Largest form body read to find the token (larger bodies must use the header).
     max_form_bytes: int = 1024 * 1024
+    #: Origins besides the request's own that may send unsafe requests
+    #: (``"https://app.example.com"``): other sites of yours, and your public
+    #: origin when a proxy hides it from the app. Normalized at construction.
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (self.cookie_name, self.header_name, self.form_field):
@@ -65,6 +74,21 @@ class CSRFConfig:
             raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
         if self.max_form_bytes < 0:
             raise ConfigurationError("max_form_bytes must be >= 0")
+        given: object = self.allowed_origins
+        if isinstance(given, str):
+            raise ConfigurationError(
+                "allowed_origins must be a tuple of origins, e.g. ('https://app.example.com',)"
+            )
+        origins: list[str] = []
+        for value in self.allowed_origins:
+            origin = normalize_origin(value) if isinstance(value, str) else None
+            if origin is None:
+                raise ConfigurationError(
+                    f"invalid allowed origin {value!r}: expected scheme://host[:port] with "
+                    "scheme http or https and no path, e.g. 'https://app.example.com'"
+                )
+            origins.append(origin)
+        object.__setattr__(self, "allowed_origins", tuple(origins))
 
     def is_exempt(self, path: str) -> bool:
         return any(path == p or (p.endswith("/") and path.startswith(p)) for p in self.exempt_paths)
@@ -120,12 +144,52 @@ def _binding(storage_key: str | None) -> bytes:
     return b"s:" + storage_key.encode("ascii") if storage_key else _ANON
 
 
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+#: ``Sec-Fetch-Site`` values that need no allowed ``Origin``.
+_OWN_SITE: Final = frozenset({b"same-origin", b"none"})
+
+
+def normalize_origin(value: str) -> str | None:
+    """``scheme://host[:port]`` lower-cased with the scheme's default port
+    dropped (the form browsers send in ``Origin``); ``None`` when ``value``
+    is not an http(s) origin (a path, credentials, ``null``, ``*``…)."""
+    if len(value) > 512 or any(c.isspace() for c in value):
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not host
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+        or value.endswith(("?", "#"))
+    ):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return (
+        f"{scheme}://{host}"
+        if port in (None, _DEFAULT_PORTS[scheme])
+        else f"{scheme}://{host}:{port}"
+    )
+
+
 class CSRFMiddleware(Stage):
     """Checks unsafe requests, answers 403 JSON on failure, and keeps the
     ``axess.csrf`` cookie valid for the session it rides with.
 
     Must run inside ``SessionMiddleware`` (``Axess.install`` orders it).
-    Requests that carry no cookies at all are not checked: without ambient
+    An unsafe request a browser marks as coming from elsewhere (an ``Origin``
+    that is neither the request's own nor allowed, ``Origin: null``, or
+    ``Sec-Fetch-Site`` other than ``same-origin``/``none`` without an allowed
+    ``Origin``) is refused whether or not it carries cookies. Otherwise,
+    requests that carry no cookies at all are not checked: without ambient
     credentials there is nothing to forge (bearer-token API clients).
     """
 
@@ -151,6 +215,8 @@ class CSRFMiddleware(Stage):
         if self.config.secure:
             attrs.append("Secure")
         self._attrs = "; ".join(attrs)
+        self._allowed = frozenset(o.encode("ascii") for o in self.config.allowed_origins)
+        self._proxy_hint_logged = False
 
     def _session(self, state: dict[str, object]) -> Session:
         session = state.get("session")
@@ -172,6 +238,11 @@ class CSRFMiddleware(Stage):
         if self.enter_now(scope):
             return receive
         headers = request_headers(scope)
+        if self._foreign(scope, headers):
+            await send_json(
+                send, 403, {"error": "csrf_failed", "detail": "cross-origin request refused"}
+            )
+            return None
         cookie_header = headers.get(b"cookie")
         if cookie_header is None:
             return receive  # no ambient credentials: nothing to forge
@@ -195,6 +266,67 @@ class CSRFMiddleware(Stage):
             )
             return None
         return receive
+
+    def _foreign(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        """True when a browser says this unsafe request comes from another
+        origin that is not allowed (book: CSRF, "Where a request comes from")."""
+        origin = headers.get(b"origin")
+        site = headers.get(b"sec-fetch-site")
+        if origin is None and site is None:
+            return False  # not a browser (or a very old one): the cookie rule decides
+        if origin is not None:
+            if origin in self._allowed:
+                return False
+            if not self._own_origin(scope, headers, origin):
+                self._refused(scope, headers, origin)
+                return True
+        if site is None or site in _OWN_SITE:
+            return False
+        # cross-site, or same-site: a sibling subdomain may be someone else's.
+        self._refused(scope, headers, origin)
+        return True
+
+    def _own_origin(self, scope: Scope, headers: dict[bytes, bytes], origin: bytes) -> bool:
+        """Whether ``origin`` is the origin this request was sent to: the
+        scheme the app sees and the ``Host`` header."""
+        scheme = scope.get("scheme") or "http"
+        host = headers.get(b"host")
+        if host is None:
+            server = scope.get("server")
+            if not server:
+                return False
+            host = f"{server[0]}:{server[1]}".encode("latin-1") if server[1] else server[0]
+        if origin == scheme.encode("latin-1") + b"://" + host:
+            return True  # what browsers send: lower case, no default port
+        own = normalize_origin(f"{scheme}://{host.decode('latin-1')}")
+        return own is not None and normalize_origin(origin.decode("latin-1")) == own
+
+    def _refused(self, scope: Scope, headers: dict[bytes, bytes], origin: bytes | None) -> None:
+        shown = origin[:100].decode("latin-1") if origin is not None else None
+        logger.info(
+            "CSRF: cross-origin %s %s refused (Origin %r, Sec-Fetch-Site %r)",
+            scope["method"],
+            scope["path"],
+            shown,
+            (headers.get(b"sec-fetch-site") or b"")[:32].decode("latin-1") or None,
+        )
+        host = headers.get(b"host")
+        if (
+            not self._proxy_hint_logged
+            and origin is not None
+            and host is not None
+            and origin.partition(b"://")[2] == host
+        ):
+            self._proxy_hint_logged = True
+            logger.warning(
+                "CSRF refused Origin %r on host %r because the app sees scheme %r: behind a "
+                "TLS-terminating proxy, have the server take the scheme from the proxy "
+                "(e.g. uvicorn --proxy-headers --forwarded-allow-ips) or list the public "
+                "origin in CSRFConfig(allowed_origins=...)",
+                shown,
+                host[:100].decode("latin-1"),
+                scope.get("scheme"),
+            )
 
     def cookie_token(self, scope: Scope) -> str | None:
         """The token the browser sent in the CSRF cookie, if any."""
@@ -227,6 +359,7 @@ class CSRFMiddleware(Stage):
             current.decode("latin-1") if current else None,
             session.arrival_csrf_binding,
             committed,
+            session.committed_key is not None,
         )
         if set_cookie is not None:
             mutable_headers(message).append(set_cookie)
@@ -239,20 +372,30 @@ class CSRFMiddleware(Stage):
         current: str | None,
         request_binding: str | None,
         committed_key: str | None,
+        stored: bool,
     ) -> tuple[bytes, bytes] | None:
         """After the session commit: the cookie to send, if any.
 
         A token is (re-)minted when the page asked for one, when the browser
         holds one that no longer fits the session (e.g. the id rotated at
-        login), or when the session was just created or rotated. Otherwise
-        nothing is sent, so plain page views carry no Set-Cookie.
+        login), when the session was just created or rotated, or when the
+        browser holds none but a stored session (``stored``): its next unsafe
+        request carries the session cookie, so it is checked and needs a
+        token — e.g. a JSON client retrying after a failed login, with no
+        separate call to fetch one. Otherwise nothing is sent, so plain page
+        views carry no Set-Cookie.
         """
         rendered = state.get(_STATE_KEY)
         if isinstance(rendered, str) and self.tokens.valid(rendered, committed_key):
             token = rendered  # what the page may already have embedded in a form
         elif self.tokens.valid(current, committed_key):
             return None
-        elif current is not None or rendered is not None or committed_key != request_binding:
+        elif (
+            current is not None
+            or rendered is not None
+            or committed_key != request_binding
+            or stored
+        ):
             token = self.tokens.mint(committed_key)
         else:
             return None
