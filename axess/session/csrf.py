@@ -23,7 +23,7 @@ import html
 import logging
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -431,14 +431,32 @@ class CSRFMiddleware(Stage):
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        token: bytes | None = None
         field = self.config.form_field
         if ctype == b"application/x-www-form-urlencoded":
-            values = parse_qs(body.decode("latin-1"), max_num_fields=1000).get(field)
-            token = values[0].encode("latin-1") if values else None
+            token = _urlencoded_field(body, field.encode("utf-8"))
         else:
             token = await _multipart_field(scope, body, field)
         return token, replay
+
+
+#: Form fields looked at for the token (Starlette's own ``request.form()``
+#: refuses more, with a 400).
+_MAX_FORM_FIELDS: Final = 1000
+
+
+def _urlencoded_field(body: bytes, field: bytes) -> bytes | None:
+    """The first non-empty value of ``field`` in an urlencoded body, as raw bytes.
+
+    Works on bytes throughout: a token is ASCII, so a value in any other
+    encoding is simply no match (never a decoding error). Only the first
+    :data:`_MAX_FORM_FIELDS` fields are looked at: a token further on is not
+    found (403), and a body of any field count never raises.
+    """
+    for pair in body.split(b"&", _MAX_FORM_FIELDS)[:_MAX_FORM_FIELDS]:
+        name, _, value = pair.partition(b"=")
+        if value and unquote_to_bytes(name.replace(b"+", b" ")) == field:
+            return unquote_to_bytes(value.replace(b"+", b" "))
+    return None
 
 
 async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | None:
@@ -457,7 +475,9 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
         return None
     try:
         value = form.get(field)
-        return value.encode("latin-1") if isinstance(value, str) else None
+        # A token is ASCII: any other text (e.g. a lone surrogate that a
+        # client-chosen charset decoded to) is no token, not an error.
+        return value.encode("ascii") if isinstance(value, str) and value.isascii() else None
     finally:
         await form.close()
 
