@@ -23,7 +23,6 @@ from axess import (
     Axess,
     CSRFConfig,
     Keyring,
-    Password,
     SessionConfig,
     TOTPCode,
     csrf_input,
@@ -136,7 +135,7 @@ async def login(request: Request) -> Response:
     password = str(data.get("password", ""))[:1024]
     if not password:
         return RedirectResponse("/?msg=Invalid+credentials", status_code=303)
-    return after_login(await authn.login_password(request, email, Password(password)))
+    return after_login(await authn.login_password(request, email, password))
 
 
 async def login_totp(request: Request) -> Response:
