@@ -22,6 +22,7 @@ from axess.errors import (
     StoreError,
 )
 from axess.keys import Key, Keyring
+from axess.login_fields import AmbiguousIdentifier, LoginFields
 from axess.net import ClientIPMiddleware, TrustedProxies, client_ip
 from axess.observability.health import (
     CompositeHealthCheck,
@@ -41,6 +42,7 @@ from axess.session.middleware import SessionMiddleware
 from axess.session.registry import SessionInfo
 
 __all__ = [
+    "AmbiguousIdentifier",
     "AuditPipeline",
     "AuthEvent",
     "AuthState",
@@ -62,6 +64,7 @@ __all__ = [
     "Keyring",
     "Lever",
     "LockoutPolicy",
+    "LoginFields",
     "LoginOutcome",
     "MockClock",
     "NoopMetrics",

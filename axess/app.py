@@ -24,6 +24,7 @@ from axess.authn.users import UserAdmin
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
+from axess.login_fields import AmbiguousIdentifier, ambiguous_identifier_handler
 from axess.net import ClientIPMiddleware, TrustedProxies
 from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
@@ -302,10 +303,12 @@ class Axess:
         middleware."""
         app.add_middleware(Stack, stages=self.stages())
         # Starlette and FastAPI both accept exception handlers: a guard's
-        # redirect/401 and a paused login (no audit trail) become responses.
+        # redirect/401, a paused login (no audit trail) and an ambiguous login
+        # body become responses.
         add_handler = getattr(app, "add_exception_handler", None)
         if add_handler is not None:
             add_handler(AuthnRequired, authn_exception_handler)
+            add_handler(AmbiguousIdentifier, ambiguous_identifier_handler)
             add_handler(AuditUnavailable, audit_unavailable_handler)
 
     def limit(

@@ -29,6 +29,9 @@ IPV4_PREFIX: Final = 24
 IPV6_PREFIX: Final = 64
 #: What a connection without a peer address (e.g. a unix socket) resolves to.
 NO_PEER: Final = "0.0.0.0"  # noqa: S104 - a placeholder address, never bound
+#: Longest text :func:`parse_ip` reads as an address (with brackets and port);
+#: also the key bound of the memos keyed by an address.
+MAX_ADDRESS_CHARS: Final = 64
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,7 +46,7 @@ def parse_ip(text: str) -> IPAddress | None:
     except (OSError, ValueError):  # not a dotted quad; ValueError: a NUL inside
         pass
     text = text.strip()
-    if not text or len(text) > 64:
+    if not text or len(text) > MAX_ADDRESS_CHARS:
         return None
     if text[0] == "[":
         end = text.find("]")
@@ -144,8 +147,11 @@ class TrustedProxies:
             raise ConfigurationError("max_header_bytes must be >= 64 and max_hops >= 1")
         self.max_header_bytes = max_header_bytes
         self.max_hops = max_hops
-        # peer text -> (normalized address, trusted?): peers repeat a lot.
-        self._peer_memo: BoundedMemo[str, tuple[str, bool]] = BoundedMemo(4096)
+        # peer text -> (normalized address, trusted?): peers repeat a lot. Longer
+        # text than an address is recomputed each time, never remembered.
+        self._peer_memo: BoundedMemo[str, tuple[str, bool]] = BoundedMemo(
+            4096, max_key_bytes=MAX_ADDRESS_CHARS
+        )
         self._warned = False
 
     def is_trusted(self, addr: IPAddress) -> bool:

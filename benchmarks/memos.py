@@ -57,7 +57,8 @@ def starve_memos(stack: Any) -> list[str]:
                 continue  # the next layer: visited by the chain walk below
             where = f"{path}.{name}"
             if isinstance(value, BoundedMemo):
-                object.__setattr__(obj, name, BoundedMemo(1))
+                starved = BoundedMemo[Any, Any](1, max_key_bytes=value.max_key_bytes)
+                object.__setattr__(obj, name, starved)
                 replaced.append(where)
             elif _is_axess(value):
                 visit(value, where)

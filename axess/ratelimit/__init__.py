@@ -10,6 +10,7 @@ headers.
     limiter_rules = [*auth_rules(), RateLimit("300/minute", paths=["/api/"], name="api-ip")]
 """
 
+from axess.login_fields import AmbiguousIdentifier, LoginFields
 from axess.ratelimit import keys
 from axess.ratelimit.dependency import RateLimitDependency, limit
 from axess.ratelimit.keys import Key, KeyContext
@@ -24,10 +25,12 @@ from axess.ratelimit.middleware import (
 from axess.ratelimit.stores import BucketStore, MemoryBucketStore, ValkeyBucketStore
 
 __all__ = [
+    "AmbiguousIdentifier",
     "BucketStore",
     "Key",
     "KeyContext",
     "Limit",
+    "LoginFields",
     "MemoryBucketStore",
     "RateLimit",
     "RateLimitDependency",

@@ -121,7 +121,9 @@ class RateLimitDependency:
         return rule
 
     async def check(self, request: Request) -> Verdict:
-        """Check ``request``; raises ``HTTPException`` 429/503 when refused."""
+        """Check ``request``; raises ``HTTPException`` 429/503 when refused, and
+        :class:`~axess.login_fields.AmbiguousIdentifier` (400) for an
+        ambiguous login body (after counting it)."""
         limiter = self.limiter
         rule = self.rule_for(request.scope)
         ctx = KeyContext(request.scope, request.receive, request=request)
@@ -138,6 +140,8 @@ class RateLimitDependency:
                     for k, v in limiter.refusal_headers(verdict)
                 },
             )
+        if ctx.refusal is not None:
+            raise ctx.refusal
         return verdict
 
     async def __call__(self, request: Request, response: Response) -> None:

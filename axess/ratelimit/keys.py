@@ -15,7 +15,9 @@ Keys are normalized and bounded:
   (``ip:203.0.113.7``, ``ip:2001:db8:1:2::/64``) so operators can find and
   clear a bucket.
 * ``user``, ``tenant`` (from the session), ``login`` (the identifier typed
-  into a login form), ``header`` and custom keys carry identifiers: their
+  into a login form, where :class:`~axess.login_fields.LoginFields` says;
+  an ambiguous body gets a bucket of the client IP and is refused with
+  400), ``header`` and custom keys carry identifiers: their
   value is capped, normalized (Unicode NFKC, case-folded, whitespace
   collapsed for identifiers) and stored only as a 128-bit BLAKE2b digest
   (``login#3f…``), so neither the store, the logs nor rate-limit events
@@ -27,30 +29,28 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, cast
-from urllib.parse import parse_qs
 
 from starlette.requests import HTTPConnection, Request
 from starlette.types import Message, Receive, Scope
 
 from axess._cache import BoundedMemo
 from axess.errors import ConfigurationError
+from axess.login_fields import (
+    DEFAULT_LOGIN_FIELDS,
+    AmbiguousIdentifier,
+    LoginFields,
+    readable,
+)
 from axess.net import client_ip, ip_prefix
 
 #: Characters of a raw value looked at before normalizing and hashing.
 MAX_VALUE_CHARS: Final = 256
 #: Bytes of a header value looked at.
 MAX_HEADER_BYTES: Final = 1024
-#: Largest request body read to find a login identifier.
-DEFAULT_MAX_BODY: Final = 64 * 1024
-DEFAULT_LOGIN_FIELDS: Final = ("username", "email")
-
-_FORM: Final = b"application/x-www-form-urlencoded"
-_MULTIPART: Final = b"multipart/form-data"
 _PERSON: Final = b"axess-ratelimit"
 
 
@@ -74,9 +74,14 @@ def loggable(key: str) -> str:
 class KeyContext:
     """What a key function sees of a request: the ASGI ``scope`` and, on
     demand, a bounded copy of the body that is handed on to the app
-    (``receive`` replays it)."""
+    (``receive`` replays it).
 
-    __slots__ = ("_body", "_read", "_request", "receive", "scope")
+    A key that finds the request must be refused once it is counted (an
+    ambiguous login body) sets :attr:`refusal`; the limiter then answers
+    400 with its :meth:`~axess.login_fields.AmbiguousIdentifier.body`.
+    """
+
+    __slots__ = ("_body", "_read", "_request", "body_too_large", "receive", "refusal", "scope")
 
     def __init__(self, scope: Scope, receive: Receive, request: Request | None = None) -> None:
         self.scope = scope
@@ -84,6 +89,9 @@ class KeyContext:
         self._request = request
         self._read = False
         self._body: bytes | None = None
+        #: True when :meth:`body` gave ``None`` because the body is over the cap.
+        self.body_too_large = False
+        self.refusal: AmbiguousIdentifier | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.scope["headers"]:
@@ -110,6 +118,7 @@ class KeyContext:
         if length is not None:
             try:
                 if int(length) > max_bytes:
+                    self.body_too_large = True
                     return None
             except ValueError:
                 return None
@@ -120,7 +129,10 @@ class KeyContext:
                 self._body = await self._request.body()
             except Exception:  # client went away
                 return None
-            return self._body if len(self._body) <= max_bytes else None
+            if len(self._body) > max_bytes:
+                self.body_too_large = True
+                return None
+            return self._body
         self._body = await self._read_bounded(max_bytes)
         return self._body
 
@@ -136,6 +148,7 @@ class KeyContext:
                 break
             size += len(message.get("body", b""))
             if size > max_bytes:
+                self.body_too_large = True
                 break
             if not message.get("more_body", False):
                 body = b"".join(m.get("body", b"") for m in messages)
@@ -258,91 +271,60 @@ class HeaderKey(Key):
 
 
 class LoginIdentifierKey(Key):
-    """The login identifier a client submits (form, multipart or JSON body).
+    """The login identifier a client submits (form, multipart or JSON body),
+    in the fields ``fields`` declares — the same
+    :class:`~axess.login_fields.LoginFields` the login handler reads with.
 
-    The first of ``fields`` holding a non-empty string wins. The body is read
-    at most ``max_body`` bytes and replayed to the app untouched; a larger,
-    missing or unparseable body (or an identifier that normalizes to
-    nothing) gives ``None``, so the IP is used.
+    The body is read at most ``fields.max_body`` bytes and replayed to the
+    app untouched. A missing or unparseable body, or no identifier, gives
+    ``None``, so the IP is used. An ambiguous body (a field repeated, two
+    fields filled in, over ``max_body``…) is keyed ``ambiguous:<client IP>``
+    and marked for refusal (:attr:`KeyContext.refusal`): it is counted, then
+    answered 400.
     """
 
     kind = "login"
 
     def __init__(
-        self, fields: Iterable[str] = DEFAULT_LOGIN_FIELDS, *, max_body: int = DEFAULT_MAX_BODY
+        self,
+        fields: LoginFields | Iterable[str] = DEFAULT_LOGIN_FIELDS,
+        *,
+        max_body: int | None = None,
     ) -> None:
-        self.fields = tuple(fields)
-        if not self.fields or not all(isinstance(f, str) and f for f in self.fields):
-            raise ConfigurationError("login identifier fields must be non-empty strings")
-        if max_body < 1:
-            raise ConfigurationError("max_body must be >= 1")
-        self.max_body = max_body
+        declared = LoginFields.of(fields)
+        if max_body is not None:
+            declared = LoginFields(*declared.names, max_body=max_body)
+        #: The declaration (share it with the login handler).
+        self.login_fields = declared
+        self.fields = declared.names
+        self.max_body = declared.max_body
+        self._ip = IPKey()
 
     async def __call__(self, ctx: KeyContext) -> str | None:
-        ctype = ctx.content_type()
-        if ctype not in (_FORM, b"application/json", _MULTIPART) and not (
-            ctype.startswith(b"application/") and ctype.endswith(b"+json")
-        ):
+        if not readable(ctx.content_type()):
             return None
         body = await ctx.body(self.max_body)
-        if not body:
+        if body is None:
+            if ctx.body_too_large:
+                return self._refuse(ctx, AmbiguousIdentifier("the login body is too large"))
             return None
         try:
-            if ctype == _FORM:
-                value = self._from_form(body)
-            elif ctype == _MULTIPART:
-                value = await self._from_multipart(ctx.scope, body)
-            else:
-                value = self._from_json(body)
-        except Exception:  # garbage body: fall back to the IP
-            return None
+            value = await self.login_fields.identifier_in(ctx.scope, body)
+        except AmbiguousIdentifier as exc:
+            return self._refuse(ctx, exc)
         if value is None:
             return None
         ident = normalize_identifier(value)
         return digest(self.kind, ident) if ident else None
 
-    def _from_form(self, body: bytes) -> str | None:
-        fields = parse_qs(
-            body.decode("latin-1"), encoding="utf-8", errors="replace", max_num_fields=200
-        )
-        for name in self.fields:
-            for value in fields.get(name, ()):
-                if value.strip():
-                    return value
-        return None
-
-    def _from_json(self, body: bytes) -> str | None:
-        data = json.loads(body)
-        if not isinstance(data, dict):
-            return None
-        for name in self.fields:
-            value = data.get(name)
-            if isinstance(value, str) and value.strip():
-                return value
-        return None
-
-    async def _from_multipart(self, scope: Scope, body: bytes) -> str | None:
-        sent = False
-
-        async def once() -> Message:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await Request(scope, once).form(max_files=0, max_fields=200)
-        try:
-            for name in self.fields:
-                value = form.get(name)
-                if isinstance(value, str) and value.strip():
-                    return value
-            return None
-        finally:
-            await form.close()
+    def _refuse(self, ctx: KeyContext, exc: AmbiguousIdentifier) -> str:
+        """Count an ambiguous body against the client's IP (whichever value it
+        meant, it gets no bucket of its own), and have it refused."""
+        ctx.refusal = exc
+        return "ambiguous:" + self._ip.of(ctx.scope)
 
     def __repr__(self) -> str:
-        return f"LoginIdentifierKey({self.fields!r})"
+        return f"LoginIdentifierKey({self.login_fields!r})"
 
 
 class CompositeKey(Key):
@@ -420,7 +402,7 @@ def header(name: str) -> HeaderKey:
 
 
 def login_identifier(
-    fields: Iterable[str] = DEFAULT_LOGIN_FIELDS, *, max_body: int = DEFAULT_MAX_BODY
+    fields: LoginFields | Iterable[str] = DEFAULT_LOGIN_FIELDS, *, max_body: int | None = None
 ) -> LoginIdentifierKey:
     return LoginIdentifierKey(fields, max_body=max_body)
 

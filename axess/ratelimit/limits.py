@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from axess.errors import ConfigurationError
+from axess.login_fields import DEFAULT_LOGIN_FIELDS, LoginFields
 from axess.ratelimit import gcra
 from axess.ratelimit.keys import Key, KeySpec, LoginIdentifierKey, as_key
 
@@ -362,7 +363,7 @@ def auth_rules(
     login_paths: Iterable[str] = LOGIN_PATHS,
     signup_paths: Iterable[str] = SIGNUP_PATHS,
     reset_paths: Iterable[str] = RESET_PATHS,
-    identifier_fields: Iterable[str] = ("username", "email"),
+    login_fields: LoginFields | Iterable[str] = DEFAULT_LOGIN_FIELDS,
     on_store_error: OnStoreError = "closed",
 ) -> list[RateLimit]:
     """Starting-point limits for the authentication endpoints (``POST`` only).
@@ -381,8 +382,13 @@ def auth_rules(
 
     Tune them to your legitimate traffic (offices and mobile carriers put
     many users behind one IP). A path list of ``()`` drops that group.
+
+    ``login_fields``: where the identifier is in a login or reset body — pass
+    the :class:`~axess.login_fields.LoginFields` your login handler reads
+    with (``await fields.read(request)``), so both see the same identifier.
+    An ambiguous body is counted on the client's IP and refused with 400.
     """
-    ident = LoginIdentifierKey(tuple(identifier_fields))
+    ident = LoginIdentifierKey(login_fields)
 
     def rule(name: str, paths: Iterable[str], key: KeySpec, *limits: str) -> RateLimit:
         return RateLimit(

@@ -37,7 +37,7 @@ from axess.ratelimit.gcra import LimitState
 from axess.ratelimit.keys import IPKey, KeyContext, KeySpec, loggable, resolve, resolve_now
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.stores import Bucket, BucketStore, MemoryBucketStore
-from axess.stack import Stage, queue_response_headers
+from axess.stack import Stage, queue_response_headers, send_json
 
 if TYPE_CHECKING:
     from axess.ratelimit.dependency import RateLimitDependency
@@ -546,6 +546,14 @@ class RateLimitMiddleware(Stage):
             return receive
         ctx = KeyContext(scope, receive)
         verdict = await limiter.check(rules, ctx)
+        if verdict.allowed and ctx.refusal is not None:
+            # Counted (an ambiguous login body), but not for the app: it
+            # would read another identifier than the one just charged. (Only
+            # an http request has a body to be ambiguous.)
+            await send_json(
+                send, 400, ctx.refusal.body(), headers=limiter.response_headers(verdict)
+            )
+            return None
         if verdict.allowed:
             if verdict.states and limiter.headers:
                 # The stack adds them to whatever response goes out.

@@ -22,7 +22,7 @@ from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
-from axess.net import ip_prefix, scope_ip
+from axess.net import MAX_ADDRESS_CHARS, ip_prefix, scope_ip
 from axess.observability.metrics import AuthnMetrics
 from axess.session.data import Guest, SessionData
 from axess.stack import HEADERS_KEY, request_headers
@@ -99,8 +99,12 @@ class TenantPeppers:
         #: Fingerprint key ids, active first: previous keys still verify so a
         #: key rotation re-binds sessions instead of logging them out.
         self.kids = tuple(k.kid for k in keys.keys("fingerprint"))
-        # store tenant id -> (state, refresh due at)
-        self._known: BoundedMemo[str, tuple[TenantPepper, float]] = BoundedMemo(8192)
+        # store tenant id -> (state, refresh due at). Not a memo but state
+        # (without a store, rotations live only here), so no key is ever
+        # skipped: tenant ids come from the application, not from clients.
+        self._known: BoundedMemo[str, tuple[TenantPepper, float]] = BoundedMemo(
+            8192, max_key_bytes=None
+        )
         self._memo: BoundedMemo[tuple[str, int, str, bytes | None], bytes] = BoundedMemo(1024)
 
     @property
@@ -206,10 +210,15 @@ class FingerprintBinding:
         self._memo: BoundedMemo[tuple[str, int, Material, str, bytes | None], str] = BoundedMemo(
             memo_size
         )
-        self._prefixes: BoundedMemo[str, str] = BoundedMemo(memo_size)
+        self._prefixes: BoundedMemo[str, str] = BoundedMemo(
+            memo_size, max_key_bytes=MAX_ADDRESS_CHARS
+        )
         # Whole verdicts of :meth:`check`, keyed by every input they depend on
         # (raw header bytes, not parsed material): a returning client's check
-        # is then one tuple hash and one lookup.
+        # is then one tuple hash and one lookup. A key over the memo's key
+        # bound (a User-Agent of more than about 800 bytes) is not remembered:
+        # such a check recomputes, and still hits the fingerprint memo above,
+        # whose material holds at most _MAX_UA characters of it.
         self._verdicts: BoundedMemo[
             tuple[str, bytes, bytes | None, str, str | None, int, bytes | None], int
         ] = BoundedMemo(memo_size)

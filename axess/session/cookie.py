@@ -77,8 +77,11 @@ class SessionCookieSigner:
         self._active = self._signers[0]
         # Verification is a pure function of the cookie bytes and the keyring
         # (fixed for the process), so positive results can be memoized: a
-        # returning client skips the HMAC. Only verified values are stored.
-        self._memo: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(memo_size)
+        # returning client skips the HMAC. Only verified values are stored
+        # (all of them COOKIE_CHARS long).
+        self._memo: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(
+            memo_size, max_key_bytes=COOKIE_CHARS
+        )
 
     def sign(self, session_id: str) -> str:
         return self._active.sign(session_id.encode("ascii")).decode("ascii")
@@ -128,9 +131,12 @@ def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
     return None
 
 
-#: Cookie headers up to this size are memoized by header value (bounds such
-#: a memo's memory to about its capacity x 1 KiB).
+#: Cookie headers up to this size are memoized by header value; larger ones
+#: are searched every time (the memory bound of each memo is in the book's
+#: sessions chapter, "Memos").
 MAX_MEMO_HEADER_BYTES: Final = 1024
+#: Characters of a :func:`storage_key` (SHA-256 in hex).
+STORAGE_KEY_CHARS: Final = 64
 _MISSING: Final = object()
 
 
@@ -144,7 +150,10 @@ class CookieReader:
 
     def __init__(self, name: bytes, *, memo_size: int = DEFAULT_MEMO_SIZE) -> None:
         self.name = name
-        self._memo: BoundedMemo[bytes, bytes | None] = BoundedMemo(memo_size)
+        # The value is a slice of the header, so no larger than the key.
+        self._memo: BoundedMemo[bytes, bytes | None] = BoundedMemo(
+            memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES
+        )
 
     def find(self, header: bytes | None) -> bytes | None:
         """The cookie's value in ``header`` (a Cookie header value), or None."""
@@ -153,10 +162,7 @@ class CookieReader:
         hit = self._memo.get(header, _MISSING)
         if hit is not _MISSING:
             return hit  # type: ignore[return-value]
-        value = find_cookie(header, self.name)
-        if len(header) <= MAX_MEMO_HEADER_BYTES:
-            self._memo.put(header, value)
-        return value
+        return self._memo.put(header, find_cookie(header, self.name))
 
 
 def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -32,7 +32,7 @@ from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
-from axess.session.cookie import MAX_MEMO_HEADER_BYTES, CookieReader
+from axess.session.cookie import MAX_MEMO_HEADER_BYTES, STORAGE_KEY_CHARS, CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.session.middleware import vary_cookie
@@ -104,8 +104,10 @@ class CSRFTokens:
         self._keys = [keys.derive("csrf", "double-submit-v1", kid=k.kid) for k in keys.keys("csrf")]
         self._random = random or SystemRandom()
         # Validity is a pure function of (token, binding): remember positives so
-        # a returning page view costs no HMAC.
-        self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(memo_size)
+        # a returning page view costs no HMAC. Bindings are storage keys.
+        self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(
+            memo_size, max_key_bytes=_TOKEN_CHARS + STORAGE_KEY_CHARS
+        )
 
     @staticmethod
     def _mac(key: bytes, nonce: bytes, binding: bytes) -> bytes:
@@ -209,7 +211,9 @@ class CSRFMiddleware(Stage):
         self.tokens = CSRFTokens(keys, random, memo_size=memo_size)
         self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
         # (Cookie header, binding) -> True when the header's token fits it.
-        self._fits: BoundedMemo[tuple[bytes | None, str | None], bool] = BoundedMemo(memo_size)
+        self._fits: BoundedMemo[tuple[bytes | None, str | None], bool] = BoundedMemo(
+            memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES + STORAGE_KEY_CHARS
+        )
         self._header = self.config.header_name.lower().encode("latin-1")
         attrs = [f"Path={self.config.path}", "SameSite=" + self.config.same_site.capitalize()]
         if self.config.secure:
@@ -351,8 +355,7 @@ class CSRFMiddleware(Stage):
             return True
         current = self._cookie.find(header)
         if not asked and self.tokens.valid(current, committed):
-            if header is not None and len(header) <= MAX_MEMO_HEADER_BYTES:
-                self._fits.put((header, committed), True)
+            self._fits.put((header, committed), True)
             return True
         set_cookie = self._remint(
             state,

@@ -22,6 +22,7 @@ from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
 from axess.session.cookie import (
     MAX_MEMO_HEADER_BYTES,
+    STORAGE_KEY_CHARS,
     SessionCookieSigner,
     VerifiedCookie,
     find_cookie,
@@ -36,9 +37,12 @@ from axess.stores.base import SessionRecord, SessionStore
 logger = logging.getLogger("axess.session")
 
 _VARY: Final = (b"vary", b"Cookie")
-#: Larger payloads are opened every time rather than memoized (bounds memory
-#: to about memo_size x 4 KiB).
+#: Larger payloads are opened every time rather than memoized (an entry, with
+#: the data it opens to, then stays below about 10 KiB; see the book's
+#: sessions chapter, "Memos").
 _MEMO_MAX_PAYLOAD: Final = 4096
+#: Key bound of the opened-payload memo: (storage key, payload).
+_OPENED_MAX_KEY: Final = STORAGE_KEY_CHARS + _MEMO_MAX_PAYLOAD
 
 
 class _Expired(NamedTuple):
@@ -88,7 +92,9 @@ class SessionMiddleware(Stage):
         )
         self._cookie_name = self.config.cookie_name.encode("latin-1")
         # Cookie header -> the session cookie in it, verified (successes only).
-        self._verified: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(memo_size)
+        self._verified: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(
+            memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES
+        )
         self._cookie_attrs = self._attributes()
         self._envelope_warned: set[str] = set()
         self._warn = ThrottledWarning(logger)
@@ -97,7 +103,7 @@ class SessionMiddleware(Stage):
         # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
         # are immutable templates, shared until a request changes its copy.
         self._opened: BoundedMemo[tuple[str, bytes], tuple[d.SessionData, bytes]] = BoundedMemo(
-            memo_size
+            memo_size, max_key_bytes=_OPENED_MAX_KEY
         )
 
     # -- stage ------------------------------------------------------------------
@@ -116,7 +122,7 @@ class SessionMiddleware(Stage):
                 verified = self.signer.verify(raw)
                 if verified is None:
                     logger.debug("session cookie rejected (format or signature)")
-                elif len(header) <= MAX_MEMO_HEADER_BYTES:
+                else:
                     self._verified.put(header, verified)
         now = self.clock.time()
         session: Session | None = None
@@ -207,9 +213,8 @@ class SessionMiddleware(Stage):
             except ValueError:
                 self._warn_envelope("undecodable session data")
                 return None
-            if len(record.payload) <= _MEMO_MAX_PAYLOAD:
-                self._opened.put(memo_key, opened)
-                shared = True
+            self._opened.put(memo_key, opened)
+            shared = memo_key in self._opened  # False when too large to remember
         # The opened data is an immutable template while memoized: the
         # Session copies it before the first change (see Session.own_data).
         data, custom_json = opened

@@ -1,0 +1,426 @@
+"""Every per-process memo of the request path has a worst-case memory,
+whatever clients send.
+
+Each test fills one memo to capacity with the largest inputs it still
+remembers (plus a few larger ones it must not remember), then checks its
+size against the per-entry bound documented in the book (sessions chapter,
+"Memos"; the figures there are these bounds times the default capacity).
+Memos sized by ``memo_size`` are filled at a scaled-down size: what is
+checked is the bound per entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import json
+import sys
+import tracemalloc
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from helpers import asgi_request, client, cookie_of, make_app, make_bound_auth
+
+from axess import Keyring, MockClock, SeededRandom
+from axess._cache import DEFAULT_MAX_KEY_BYTES, BoundedMemo, key_bytes
+from axess.net import MAX_ADDRESS_CHARS, TrustedProxies
+from axess.observability.metrics import NoopMetrics
+from axess.ratelimit import RateLimit
+from axess.ratelimit.keys import IPKey
+from axess.ratelimit.middleware import RateLimiter, Verdict, _EventGate
+from axess.session import data as d
+from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
+from axess.session.cookie import (
+    COOKIE_CHARS,
+    MAX_MEMO_HEADER_BYTES,
+    CookieReader,
+    SessionCookieSigner,
+    VerifiedCookie,
+    storage_key,
+)
+from axess.session.csrf import CSRFMiddleware, CSRFTokens
+from axess.session.middleware import SessionMiddleware
+from axess.stack import HEADERS_KEY
+from axess.stores import MemoryStore
+from axess.stores.base import SessionRecord
+
+KiB = 1024
+#: Entries of the memos sized by ``memo_size`` in these tests.
+SCALED = 512
+
+#: Worst-case bytes per entry (key + value + table slot), as in the book.
+PER_ENTRY = {
+    "peer address": 512,
+    "rate-limit IPv6 prefix": 512,
+    "rate-limit rules": int(1.5 * KiB),
+    "rate-limit items": 512,
+    "rate-limit events": int(1.5 * KiB),
+    "binding prefixes": 512,
+    "binding fingerprints": int(1.5 * KiB),
+    "binding verdicts": int(1.5 * KiB),
+    "session cookie": int(1.5 * KiB),
+    "verified cookies": 512,
+    "opened payloads": 10 * KiB,
+    "csrf cookie reader": int(2.5 * KiB),
+    "csrf cookie fits": int(1.5 * KiB),
+    "csrf tokens": 512,
+}
+
+_SINGLETONS = (None, True, False)
+
+
+def retained(memo: BoundedMemo[Any, Any], shared: Iterable[object] = ()) -> int:
+    """Bytes ``memo`` holds: its table and every object reachable from its
+    keys and values, each counted once (``shared`` objects, such as the
+    configuration's rules, not at all)."""
+    seen = {id(o) for o in (*shared, *_SINGLETONS)}
+    total = sys.getsizeof(memo)
+    todo: list[object] = [*memo.keys(), *memo.values()]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, tuple | list | set | frozenset):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif not isinstance(obj, str | bytes | int | float):
+            for cls in type(obj).__mro__:
+                slots = cls.__dict__.get("__slots__", ())
+                for name in (slots,) if isinstance(slots, str) else slots:
+                    if hasattr(obj, name):
+                        todo.append(getattr(obj, name))
+            if hasattr(obj, "__dict__"):
+                todo.append(vars(obj))
+    return total
+
+
+def assert_bounded(memo: BoundedMemo[Any, Any], name: str, shared: Iterable[object] = ()) -> None:
+    """Full, and within the documented bound per entry."""
+    assert len(memo) == memo.capacity, "the largest remembered inputs must be remembered"
+    used = retained(memo, shared)
+    assert used <= memo.capacity * PER_ENTRY[name], (name, used / memo.capacity)
+
+
+def pad(prefix: str, total: int) -> str:
+    """``prefix`` and filler, ``total`` characters in all."""
+    return prefix + "x" * (total - len(prefix))
+
+
+# -- the memo class ---------------------------------------------------------------
+
+
+def test_key_bytes_counts_the_text_of_a_key() -> None:
+    assert key_bytes(b"abc") == 3
+    assert key_bytes("abc") == 3
+    assert key_bytes(("ab", b"cd", 7, None, ("e", b"f"))) == 6
+    wide = "\u20ac" * 10  # stored two bytes a character
+    assert key_bytes(wide) >= 20
+    assert key_bytes(wide) == sys.getsizeof(wide) - sys.getsizeof("")
+
+
+def test_a_memo_never_remembers_a_key_over_its_bound() -> None:
+    memo: BoundedMemo[Any, int] = BoundedMemo(4, max_key_bytes=8)
+    assert memo.put(b"x" * 9, 1) == 1  # answered, not remembered
+    memo[("abcd", b"efgh!")] = 2  # item assignment is held to the bound too
+    assert len(memo) == 0
+    memo.put(("abcd", b"efgh"), 3)
+    assert memo.get(("abcd", b"efgh")) == 3
+    unbounded: BoundedMemo[str, int] = BoundedMemo(2, max_key_bytes=None)
+    unbounded.put("x" * 100_000, 1)
+    assert len(unbounded) == 1
+    for i in range(5):
+        unbounded.put(str(i), i)
+    assert list(unbounded) == ["3", "4"]  # first in, first out
+    with pytest.raises(ValueError):
+        BoundedMemo(0)
+    with pytest.raises(ValueError):
+        BoundedMemo(1, max_key_bytes=-1)
+
+
+# -- client IP and rate limit (fixed capacities) -----------------------------------
+
+
+def test_peer_address_memo() -> None:
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    memo = proxies._peer_memo
+    for i in range(memo.capacity + 10):
+        # Padding is tolerated (stripped) up to the address size: the
+        # longest text the memo takes, for the longest normalized address.
+        addr = f"2001:db8:{i + 1:x}:aaaa:bbbb:cccc:dddd:eeee"
+        assert proxies._peer(addr.rjust(MAX_ADDRESS_CHARS))[0] == addr
+    for i in range(20):
+        huge = f"2001:db8::{i + 1:x}".rjust(60 * KiB)
+        assert proxies._peer(huge)[0] == f"2001:db8::{i + 1:x}"  # still answered
+        assert huge not in memo
+    assert_bounded(memo, "peer address")
+
+
+def test_rate_limit_ipv6_prefix_memo() -> None:
+    key = IPKey(v6_prefix=128 - 1)
+    memo = key._v6
+    for i in range(memo.capacity):
+        ip = f"fe80::{i:x}%" + pad(f"if{i}", MAX_ADDRESS_CHARS - 12)
+        assert key.of({"state": {"client_ip": ip}}).startswith("ip:")
+    assert_bounded(memo, "rate-limit IPv6 prefix")
+
+
+def test_rate_limit_rules_memo() -> None:
+    rules = [RateLimit("5/minute", name="n" * 64)]
+    limiter = RateLimiter(rules)
+    memo = limiter._matches
+    method = "M" * 16  # any token is a method
+    for i in range(memo.capacity):
+        path = pad(f"/api/{i}/", DEFAULT_MAX_KEY_BYTES - len(method))
+        assert limiter.match(method, path) == tuple(rules)
+    for i in range(20):
+        long_path = pad(f"/api/{i}/", 60 * KiB)
+        assert limiter.match("GET", long_path) == tuple(rules)
+        assert ("GET", long_path) not in memo
+    assert_bounded(memo, "rate-limit rules", shared=rules)
+
+
+def test_rate_limit_items_memo() -> None:
+    rule = RateLimit("100000/hour", name="n" * 64)
+    limiter = RateLimiter([rule])
+    memo = limiter._items
+    for i in range(memo.capacity):
+        verdict = Verdict(True, [rule], states=[(100_000 - i, 3_600_000_000, 0)])
+        assert limiter.limit_field(verdict).startswith(b'"n')
+    assert_bounded(memo, "rate-limit items", shared=[rule])
+
+
+def test_rate_limit_event_memo() -> None:
+    rule = RateLimit("5/minute", name="n" * 64)
+    gate = _EventGate(MockClock(), None, 0)
+    memo = gate._seen
+    for i in range(memo.capacity):
+        assert gate.admit(rule, pad(f"k{i}:", DEFAULT_MAX_KEY_BYTES - 64)) == 0
+    for i in range(20):
+        gate.admit(rule, pad(f"k{i}:", 60 * KiB))
+    assert_bounded(memo, "rate-limit events", shared=[rule.name])
+
+
+# -- binding --------------------------------------------------------------------------
+
+
+def _binding() -> FingerprintBinding:
+    peppers = TenantPeppers(Keyring.generate())
+    return FingerprintBinding(
+        BindingPolicy(accept_language=True), peppers, NoopMetrics(), memo_size=SCALED
+    )
+
+
+def _scope(ua: bytes, ip: str, lang: bytes = b"en-GB,en;q=0.9") -> dict[str, Any]:
+    headers = {b"user-agent": ua, b"accept-language": lang}
+    return {
+        "type": "http",
+        "headers": list(headers.items()),
+        "state": {HEADERS_KEY: headers, "client_ip": ip},
+    }
+
+
+def _bound(binding: FingerprintBinding, scope: dict[str, Any]) -> d.SessionData:
+    pepper = binding.peppers.cached("acme")
+    assert pepper is not None
+    fp = binding.fingerprint("acme", pepper, 1, binding.material(scope))
+    state = d.Authenticated("alice", "acme", 0.0, ("password",))
+    return d.SessionData(0.0, 0.0, state, fp, 1, tenant_id="acme")
+
+
+def test_binding_prefix_memo() -> None:
+    binding = _binding()
+    memo = binding._prefixes
+    for i in range(memo.capacity):
+        ip = f"fe80::{i:x}%" + pad(f"if{i}", MAX_ADDRESS_CHARS - 12)
+        binding.material(_scope(b"UA", ip))
+    assert_bounded(memo, "binding prefixes")
+
+
+def test_binding_fingerprint_memo() -> None:
+    binding = _binding()
+    memo = binding._memo
+    ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
+    for i in range(memo.capacity):
+        # A User-Agent is cut to 512 characters for the material; Latin-1
+        # text takes a byte a character, like ASCII.
+        ua = pad(f"\u00e9{i} ", 600).encode("latin-1")
+        assert len(_bound(binding, _scope(ua, ip)).fingerprint or "") == 64
+    assert_bounded(memo, "binding fingerprints")
+
+
+def test_binding_verdict_memo() -> None:
+    binding = _binding()
+    memo = binding._verdicts
+    ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
+    lang = pad("en-GB,", 100).encode()
+    data = _bound(binding, _scope(b"victim", ip))
+    rest = key_bytes((data.fingerprint, lang, ip, "acme"))
+    for i in range(memo.capacity):
+        ua = pad(f"UA {i} ", DEFAULT_MAX_KEY_BYTES - rest).encode()
+        assert binding.check(_scope(ua, ip, lang), data) == -1  # someone else
+    assert_bounded(memo, "binding verdicts")
+
+
+def test_huge_user_agents_are_checked_but_never_remembered() -> None:
+    """The finding: 60 KB User-Agents used to be remembered whole."""
+    binding = _binding()
+    ip = "198.51.100.10"
+    owner = b"M" * (60 * KiB)
+    data = _bound(binding, _scope(owner, ip))
+    for i in range(200):
+        thief = owner[:500] + b"T%d" % i + owner  # differs in the fingerprinted part
+        assert binding.check(_scope(thief, ip), data) == -1
+        assert binding.check(_scope(owner + b"%d" % i, ip), data) == 0
+    assert len(binding._verdicts) == 0
+    assert retained(binding._verdicts) < 4 * KiB
+    # Fingerprints are remembered by material, which holds at most the first
+    # 512 characters: one for the owner, one per thief.
+    assert len(binding._memo) == 201
+    assert retained(binding._memo) <= 201 * PER_ENTRY["binding fingerprints"]
+
+
+async def test_requests_with_huge_user_agents_leave_no_trace() -> None:
+    """The finding end to end: a signed-in client sending 60 KB User-Agents
+    (each one different) through the whole stack; memory must not grow with
+    the number of requests (it grew by the User-Agent size per request)."""
+    app = make_app(make_bound_auth())
+    owner = b"M" * (60 * KiB)
+    forwarded = (b"x-forwarded-for", b"198.51.100.10")
+    async with client(app) as c:
+        r = await c.post(
+            "/login", params={"user": "alice"}, headers=[forwarded, (b"user-agent", owner)]
+        )
+    cookie = (b"cookie", b"axess.sid=" + (cookie_of(r) or "").encode())
+
+    async def burst(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            headers = [forwarded, (b"user-agent", owner + b"%d" % i), cookie]
+            status, _, body = await asgi_request(app, headers=headers)
+            assert status == 200 and json.loads(body)["user"] == "alice"
+
+    await burst(0, 20)  # warm: every memo that will hold something does
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await burst(20, 200)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 60 * KiB  # was 200 x 60 KB
+
+
+# -- session ----------------------------------------------------------------------------
+
+
+def _sessions() -> SessionMiddleware:
+    keys = Keyring.generate()
+    return SessionMiddleware(
+        store=MemoryStore(), keys=keys, clock=MockClock(), random=SeededRandom(1), memo_size=SCALED
+    )
+
+
+def _sid(i: int) -> str:
+    """A canonical session id (43 base64url characters)."""
+    return base64.urlsafe_b64encode(i.to_bytes(32, "big")).rstrip(b"=").decode()
+
+
+async def _enter(stage: SessionMiddleware, cookie_header: bytes) -> bool:
+    """Run the session stage on a request with this Cookie header: had a cookie?"""
+    scope: dict[str, Any] = {"type": "http", "state": {HEADERS_KEY: {b"cookie": cookie_header}}}
+    await stage.enter(scope, None, None)  # type: ignore[arg-type]
+    return bool(scope["state"]["session"].had_cookie)
+
+
+async def test_session_cookie_memo() -> None:
+    stage = _sessions()
+    memo = stage._verified
+    for i in range(memo.capacity):
+        value = stage.signer.sign(_sid(i))
+        assert await _enter(
+            stage, pad(f"axess.sid={value}; other=", MAX_MEMO_HEADER_BYTES).encode()
+        )
+    assert_bounded(memo, "session cookie")
+    huge = f"axess.sid={value}; other=".encode() + b"x" * (60 * KiB)
+    assert await _enter(stage, huge)
+    assert huge not in memo
+
+
+def test_verified_cookie_memo() -> None:
+    signer = SessionCookieSigner(Keyring.generate(), memo_size=SCALED)
+    memo = signer._memo
+    for i in range(memo.capacity):
+        raw = signer.sign(_sid(i)).encode()
+        assert len(raw) == COOKIE_CHARS and signer.verify(raw) is not None
+    assert_bounded(memo, "verified cookies")
+
+
+def test_opened_payload_memo() -> None:
+    stage = _sessions()
+    memo = stage._opened
+    for i in range(memo.capacity):
+        verified = VerifiedCookie(_sid(i), storage_key(_sid(i)), needs_resign=False)
+        state = d.Authenticated(pad("user", 64), pad("tenant", 64), 0.0, ("password", "totp"))
+        data = d.SessionData(
+            0.0, 0.0, state, "f" * 64, 1, "dev", pad("tenant", 64), "2001:db8::/64", "U" * 200
+        )
+        meta = d.encode(data, b"")
+        # Custom data fills the sealed payload up to the largest size remembered.
+        overhead = len(stage.crypto.seal(meta + b'{"k":""}', verified.storage_key))
+        custom = b'{"k":"' + b"v" * (4096 - overhead) + b'"}'
+        payload = stage.crypto.seal(meta + custom, verified.storage_key)
+        assert len(payload) == 4096
+        record = SessionRecord(verified.storage_key, payload, 0.0, 3600.0)
+        assert stage._open(verified, record, 1.0) is not None
+    assert_bounded(memo, "opened payloads")
+    large = stage.crypto.seal(meta + b'{"k":"' + b"v" * 8192 + b'"}', verified.storage_key)
+    opened = stage._open(verified, SessionRecord(verified.storage_key, large, 0.0, 3600.0), 1.0)
+    assert opened is not None and (verified.storage_key, large) not in memo
+
+
+# -- CSRF ----------------------------------------------------------------------------------
+
+
+def test_csrf_cookie_reader_memo() -> None:
+    reader = CookieReader(b"axess.csrf", memo_size=SCALED)
+    memo = reader._memo
+    for i in range(memo.capacity):
+        # The value is a slice of the header: the largest value is almost all of it.
+        header = pad(f"axess.csrf={i}", MAX_MEMO_HEADER_BYTES).encode()
+        assert reader.find(header) == header[len("axess.csrf=") :]
+    for i in range(20):
+        huge = pad(f"axess.csrf={i};", 60 * KiB).encode()
+        reader.find(huge)
+        assert huge not in memo
+    assert_bounded(memo, "csrf cookie reader")
+
+
+def test_csrf_cookie_fits_memo() -> None:
+    keys = Keyring.generate()
+    stage = CSRFMiddleware(keys=keys, memo_size=SCALED)
+    sessions = SessionMiddleware(store=MemoryStore(), keys=keys, clock=MockClock())
+    memo = stage._fits
+    token = stage.tokens.mint(None)
+    size = MAX_MEMO_HEADER_BYTES + 64  # what a guest's key leaves of the bound
+    for i in range(memo.capacity):
+        header = pad(f"axess.csrf={token}; n={i}; f=", size).encode()
+        state = {HEADERS_KEY: {b"cookie": header}, "session": sessions._new_guest()}
+        message: dict[str, Any] = {"type": "http.response.start", "headers": []}
+        assert stage.on_response_start_now({"type": "http", "state": state}, message)
+        assert message["headers"] == []  # the token fits: nothing to send
+    assert_bounded(memo, "csrf cookie fits")
+
+
+def test_csrf_token_memo() -> None:
+    tokens = CSRFTokens(Keyring.generate(), SeededRandom(2), memo_size=SCALED)
+    memo = tokens._valid
+    for i in range(memo.capacity):
+        binding = storage_key(_sid(i))
+        assert tokens.valid(tokens.mint(binding), binding)
+    assert_bounded(memo, "csrf tokens")
