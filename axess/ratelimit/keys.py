@@ -45,7 +45,7 @@ from axess.login_fields import (
     LoginFields,
     readable,
 )
-from axess.net import client_ip, ip_prefix
+from axess.net import MAX_ADDRESS_CHARS, client_ip, ip_prefix
 
 #: Characters of a raw value looked at before normalizing and hashing.
 MAX_VALUE_CHARS: Final = 256
@@ -197,7 +197,7 @@ class IPKey(Key):
         if not 1 <= v6_prefix <= 128:
             raise ConfigurationError("v6_prefix must be between 1 and 128")
         self.v6_prefix = v6_prefix
-        self._v6: BoundedMemo[str, str] = BoundedMemo(4096)
+        self._v6: BoundedMemo[str, str] = BoundedMemo(4096, max_key_bytes=MAX_ADDRESS_CHARS)
 
     def of(self, scope: Scope) -> str:
         ip = scope.get("state", {}).get("client_ip")

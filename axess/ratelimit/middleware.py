@@ -287,6 +287,8 @@ class RateLimiter:
         )
         # (item name, remaining, t) -> RateLimit item of single-limit checks.
         self._items: BoundedMemo[tuple[str, int, int], bytes] = BoundedMemo(4096)
+        # (method, path) -> rules; a path over the default key bound (1 KiB) is
+        # matched every time instead of remembered.
         self._matches: BoundedMemo[tuple[str, str], tuple[RateLimit, ...]] = BoundedMemo(4096)
         self._errors = 0
         self._last_error_log = -math.inf
