@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import ROUTES, CountingStore, asgi_request, client, cookie_of, make_auth
+from helpers import ROUTES, CountingStore, client, cookie_of, make_auth
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -139,11 +139,36 @@ async def test_safe_methods_and_exempt_paths_are_not_checked() -> None:
 
 async def test_without_a_host_header_the_server_address_is_the_own_origin() -> None:
     app = app_for(origin_auth())
-    # asgi_request sends Host: testserver; the scheme is https.
-    status, _, _ = await asgi_request(app, "/write", [(b"origin", b"https://testserver")], "POST")
-    assert status == 200
-    status, _, _ = await asgi_request(app, "/write", [(b"origin", EVIL.encode())], "POST")
-    assert status == 403
+
+    async def post(origin: bytes, server: Any) -> int:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "scheme": "https",
+            "path": "/write",
+            "raw_path": b"/write",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"origin", origin)],  # (HTTP/1.0: no Host)
+            "client": ("127.0.0.1", 50000),
+            "server": server,
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert await post(b"https://testserver", ("testserver", 443)) == 200
+    assert await post(b"https://testserver:8443", ("testserver", 8443)) == 200
+    assert await post(EVIL.encode(), ("testserver", 443)) == 403
+    assert await post(b"https://testserver", ("/run/app.sock", None)) == 403  # a socket
+    assert await post(b"https://testserver", None) == 403
 
 
 async def test_behind_a_tls_proxy_the_scheme_mismatch_is_explained_once(

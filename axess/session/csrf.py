@@ -299,7 +299,8 @@ class CSRFMiddleware(Stage):
             server = scope.get("server")
             if not server:
                 return False
-            host = f"{server[0]}:{server[1]}".encode("latin-1") if server[1] else server[0]
+            name = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+            host = name.encode("latin-1", "replace")
         if origin == scheme.encode("latin-1") + b"://" + host:
             return True  # what browsers send: lower case, no default port
         own = normalize_origin(f"{scheme}://{host.decode('latin-1')}")
