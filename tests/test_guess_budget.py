@@ -1,0 +1,149 @@
+"""The guess budget under concurrency, in-process, on every backend.
+
+A burst of concurrent guesses for one identifier gets at most ``threshold``
+credential checks in one lock window, whatever the backend: each attempt
+reserves a unit of every lever's budget atomically before any hash runs, and
+an attempt that cannot reserve is answered like a locked one. The same bound
+holds for second-factor guesses of one pending login. The cross-process
+version (two uvicorn workers on the shared stores) is in
+``test_guess_budget_process.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from authn_app import Env, make_env
+
+from axess.authn import Lever, Lockout, LockoutPolicy
+from axess.authn.lockout import lockout_keys
+from axess.authn.totp import generate_secret, totp
+from axess.stores import CompositeStore, MemoryStore
+from axess.stores.base import DEFAULT_TENANT
+
+THRESHOLD = 5  # the default user lever
+BURST = 200
+
+
+@pytest.fixture(params=("memory", "sqlite", "postgres", "mysql", "valkey"))
+def store(request: pytest.FixtureRequest) -> Any:
+    """An empty store serving logins: each backend for the lockout counters
+    (Valkey holds no users, so its composite keeps those in memory)."""
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "valkey":
+        valkey = request.getfixturevalue("valkey_store")
+        return CompositeStore(default=MemoryStore(), sessions=valkey, lockout=valkey)
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+async def _login(env: Env, password: str, identifier: str = "victim") -> httpx.Response:
+    # A client of its own per attempt: a botnet's clients share no cookies.
+    async with env.client() as c:
+        return await c.post("/login", json={"identifier": identifier, "password": password})
+
+
+async def _after_budget_spent(env: Env, before: int, spent: int) -> None:
+    """Yield to the burst until ``spent`` credentials were checked (a
+    credential is checked only after its unit was reserved)."""
+    for _ in range(1_000_000):
+        if env.authn.hasher.hash_calls - before >= spent:
+            return
+        await asyncio.sleep(0)
+    pytest.fail("the burst never checked a credential")
+
+
+async def test_burst_with_the_correct_password_inside(store: Any) -> None:
+    env = make_env(store)
+    await env.add_user("victim")
+    before = env.authn.hasher.hash_calls
+
+    async def correct() -> httpx.Response:
+        await _after_budget_spent(env, before, THRESHOLD)
+        return await _login(env, "correct horse")
+
+    *wrong, right = await asyncio.gather(
+        *(_login(env, f"guess-{i}") for i in range(BURST - 1)), correct()
+    )
+    checked = env.authn.hasher.hash_calls - before
+    assert checked == THRESHOLD  # 199 wrong guesses, 5 hashes
+    assert [r.status_code for r in wrong].count(401) == THRESHOLD
+    assert [r.status_code for r in wrong].count(429) == BURST - 1 - THRESHOLD
+    # The correct password arrived inside the burst, after the budget was
+    # spent: refused like every locked attempt, and no hash ran for it.
+    assert right.status_code == 429 and right.headers["retry-after"] == "900"
+    refused = next(r for r in wrong if r.status_code == 429)
+    assert right.json() == refused.json()
+    # An unknown identifier that is locked answers the same way.
+    for i in range(THRESHOLD):
+        await _login(env, f"x{i}", identifier="nobody")
+    unknown = await _login(env, "x", identifier="nobody")
+    assert unknown.status_code == 429
+    assert unknown.json() == right.json() and unknown.headers["retry-after"] == "900"
+    # Still locked afterwards, with no hash.
+    hashes = env.authn.hasher.hash_calls
+    assert (await _login(env, "correct horse")).status_code == 429
+    assert env.authn.hasher.hash_calls == hashes
+    # The lock ends, and the owner gets in.
+    env.clock.advance(15 * 60)
+    assert (await _login(env, "correct horse")).status_code == 200
+
+
+async def test_counters_are_exact_under_a_burst(store: Any) -> None:
+    """With a budget larger than the burst, every one of 200 concurrent
+    failures is counted (no lost update) and every one was checked."""
+    generous = LockoutPolicy(
+        user=Lever(1000, 900, 900), ip=Lever(1000, 900, 900), tenant=Lever(1000, 300, 300)
+    )
+    env = make_env(store, lockout=Lockout(store, generous))
+    env.authn.lockout._clock = env.clock
+    await env.add_user("victim")
+    before = env.authn.hasher.hash_calls
+    results = await asyncio.gather(*(_login(env, f"guess-{i}") for i in range(BURST)))
+    assert all(r.status_code == 401 for r in results)
+    assert env.authn.hasher.hash_calls - before == BURST
+    keys = lockout_keys(DEFAULT_TENANT, "victim", "127.0.0.1")
+    now = env.clock.time()
+    for key in (keys.user, keys.ip, keys.tenant):
+        state = await store.lockout_state(key, now)
+        assert state is not None and state.failures == BURST
+
+
+async def test_second_factor_burst_is_bounded(store: Any) -> None:
+    """TOTP and recovery-code guesses for one pending login, sent at once on
+    the same session, get at most the budget left after the password."""
+    env = make_env(store)
+    uid = await env.add_user("victim")
+    secret = generate_secret()
+    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    now = env.clock.time()
+    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
+    wrong = [c for c in (f"{i:06d}" for i in range(1000)) if c not in valid]
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "victim", "password": "correct horse"})
+        assert r.json() == {"factor_required": "totp"}  # the password took one unit
+
+        def checked() -> int:
+            return sum(e.type == "factor_failed" and e.reason == "wrong_code" for e in env.events)
+
+        async def right_code() -> httpx.Response:
+            for _ in range(1_000_000):
+                if checked() >= THRESHOLD - 1:
+                    break
+                await asyncio.sleep(0)
+            return await c.post("/factor", json={"totp": totp(secret, now)})
+
+        guesses = [
+            {"totp": code} if i % 2 else {"recovery": f"rc-{code}"}
+            for i, code in enumerate(wrong[: BURST - 1])
+        ]
+        *failed, right = await asyncio.gather(
+            *(c.post("/factor", json=g) for g in guesses), right_code()
+        )
+    assert checked() == THRESHOLD - 1
+    assert [r.status_code for r in failed].count(401) == THRESHOLD - 1
+    assert [r.status_code for r in failed].count(429) == BURST - THRESHOLD
+    assert right.status_code == 429  # the right code, after the budget was spent
