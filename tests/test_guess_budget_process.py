@@ -48,7 +48,7 @@ class Workers:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "checks.log"
         self.log.touch()
-        self.output = open(tmp / "uvicorn.log", "wb")  # noqa: SIM115
+        self.output = open(tmp / "uvicorn.log", "wb")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
