@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from axess._cache import DEFAULT_MEMO_SIZE
 from axess.audit.events import AuthEvent
 from axess.audit.pipeline import AuditPipeline, AuditUnavailable, audit_unavailable_handler
+from axess.authn.device import DeviceCookie, DeviceCookieConfig
 from axess.authn.guards import AuthnRequired, authn_exception_handler
 from axess.authn.lockout import Lockout, LockoutPolicy
 from axess.authn.password import PasswordHasher
@@ -192,6 +193,9 @@ class Axess:
         if not isinstance(identity, IdentityStore) or not isinstance(lockout_store, LockoutStore):
             return
         lock = Lockout(lockout_store, policy, clock=self.clock, metrics=self.metrics)
+        device = DeviceCookieConfig(
+            max_age=int(lock.policy.trusted_origin_ttl), secure=self.session_config.secure
+        )
         self.authn = AuthnService(
             identity,
             self.keys,
@@ -202,6 +206,7 @@ class Axess:
             metrics=self.metrics,
             on_event=self._authn_event if self.audit is not None else None,
             gate=self.audit.authn_gate if self.audit is not None else None,
+            device_cookie=DeviceCookie(self.keys, device, random=self.random),
         )
         self.users = UserAdmin(
             identity,
@@ -245,6 +250,11 @@ class Axess:
             weak.append("CSRF protection disabled (csrf=False)")
         elif not self.csrf_config.secure:
             weak.append("CSRF cookie without Secure (CSRFConfig(secure=False))")
+        if self.authn is not None and self.authn.lockout.policy.trust_ip_prefix:
+            weak.append(
+                "lockout trusts IP prefixes (LockoutPolicy(trust_ip_prefix=True)): "
+                "anyone on a trusted /24 or CGNAT escapes the user lever"
+            )
         if self.keys.ephemeral:
             weak.insert(
                 0,

@@ -24,13 +24,14 @@ from axess.errors import ConfigurationError
 
 logger = logging.getLogger("axess.keys")
 
-Purpose = Literal["signing", "envelope", "fingerprint", "csrf"]
-PURPOSES: Final[tuple[Purpose, ...]] = ("signing", "envelope", "fingerprint", "csrf")
+Purpose = Literal["signing", "envelope", "fingerprint", "csrf", "device"]
+PURPOSES: Final[tuple[Purpose, ...]] = ("signing", "envelope", "fingerprint", "csrf", "device")
 ENV_VARS: Final[dict[Purpose, str]] = {
     "signing": "AXESS_SIGNING_KEYS",
     "envelope": "AXESS_ENVELOPE_KEYS",
     "fingerprint": "AXESS_FINGERPRINT_KEYS",
     "csrf": "AXESS_CSRF_KEYS",
+    "device": "AXESS_DEVICE_KEYS",
 }
 KEY_BYTES: Final = 32
 _KID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -90,8 +91,8 @@ def parse_key_list(text: str, *, purpose: str = "key") -> list[Key]:
 
 
 class Keyring:
-    """Ordered key lists for the four purposes (``signing``, ``envelope``,
-    ``fingerprint``, ``csrf``).
+    """Ordered key lists for the five purposes (``signing``, ``envelope``,
+    ``fingerprint``, ``csrf``, ``device``).
 
     Raises :class:`ConfigurationError` for an empty list, duplicate kids within
     a purpose, or the same secret used for two purposes (or twice within one).
@@ -106,6 +107,7 @@ class Keyring:
         envelope: Sequence[Key],
         fingerprint: Sequence[Key],
         csrf: Sequence[Key],
+        device: Sequence[Key],
         ephemeral: bool = False,
     ) -> None:
         lists: dict[Purpose, tuple[Key, ...]] = {
@@ -113,6 +115,7 @@ class Keyring:
             "envelope": tuple(envelope),
             "fingerprint": tuple(fingerprint),
             "csrf": tuple(csrf),
+            "device": tuple(device),
         }
         seen_secrets: dict[bytes, str] = {}
         for purpose, keys in lists.items():
@@ -144,13 +147,14 @@ class Keyring:
             envelope=[Key.generate("e1")],
             fingerprint=[Key.generate("f1")],
             csrf=[Key.generate("c1")],
+            device=[Key.generate("d1")],
             ephemeral=True,
         )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Keyring:
         """Read ``AXESS_SIGNING_KEYS``, ``AXESS_ENVELOPE_KEYS``,
-        ``AXESS_FINGERPRINT_KEYS`` and ``AXESS_CSRF_KEYS``.
+        ``AXESS_FINGERPRINT_KEYS``, ``AXESS_CSRF_KEYS`` and ``AXESS_DEVICE_KEYS``.
 
         Raises :class:`ConfigurationError` naming the missing variable.
         """

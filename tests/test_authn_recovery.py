@@ -26,6 +26,7 @@ def _keys(*fingerprint: Key) -> Keyring:
         envelope=[Key.generate("e1")],
         fingerprint=list(fingerprint) or [Key.generate("f1")],
         csrf=[Key.generate("c1")],
+        device=[Key.generate("d1")],
     )
 
 

@@ -120,6 +120,7 @@ def _keys(*envelope: Key) -> Keyring:
         envelope=list(envelope),
         fingerprint=[Key.generate("f1")],
         csrf=[Key.generate("c1")],
+        device=[Key.generate("d1")],
     )
 
 

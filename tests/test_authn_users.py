@@ -315,6 +315,7 @@ async def test_pending_token_opens_with_previous_key_after_rotation() -> None:
             envelope=envelope,
             fingerprint=env.keys.keys("fingerprint"),
             csrf=env.keys.keys("csrf"),
+            device=env.keys.keys("device"),
         )
 
     gone = UserAdmin(env.store, ring([new]), clock=env.clock, hasher=fast_hasher())

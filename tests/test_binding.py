@@ -171,6 +171,7 @@ async def test_fingerprint_key_rotation_rebinds_instead_of_logging_out() -> None
         envelope=old.keys("envelope"),
         fingerprint=[Key("f2", b"\x02" * 32), *old.keys("fingerprint")],
         csrf=old.keys("csrf"),
+        device=old.keys("device"),
     )
     auth2 = Axess(
         store=auth.store,

@@ -22,6 +22,7 @@ def keyring(signing: list[Key]) -> Keyring:
         envelope=[Key("e1", b"e" * 32)],
         fingerprint=[Key("f1", b"f" * 32)],
         csrf=[Key("c1", b"c" * 32)],
+        device=[Key("d1", b"d" * 32)],
     )
 
 

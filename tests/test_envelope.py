@@ -18,6 +18,7 @@ def ring(*envelope: Key) -> Keyring:
         envelope=list(envelope),
         fingerprint=[Key("f1", b"f" * 32)],
         csrf=[Key("c1", b"c" * 32)],
+        device=[Key("d1", b"d" * 32)],
     )
 
 

@@ -64,6 +64,7 @@ def _keys(**over: list[Key]) -> dict[str, list[Key]]:
         "envelope": [Key("e1", b"e" * 32)],
         "fingerprint": [Key("f1", b"f" * 32)],
         "csrf": [Key("c1", b"c" * 32)],
+        "device": [Key("d1", b"d" * 32)],
     }
     base.update(over)
     return base

@@ -141,7 +141,10 @@ class LockoutPolicy:
     ``on_store_error``: ``"closed"`` (default) re-raises the
     :class:`~axess.errors.StoreError` (the caller answers 503); ``"open"``
     logs a WARNING, counts ``store_error("lockout")`` and lets the attempt
-    proceed.
+    proceed. ``trust_ip_prefix``: clients without a device cookie are
+    trusted by their IP prefix after a login (off by default: anyone on the
+    same /24 or behind the same CGNAT would share that trust; a weakening
+    that logs a WARNING).
     """
 
     user: Lever = field(default_factory=_default_user)
@@ -149,6 +152,7 @@ class LockoutPolicy:
     tenant: Lever = field(default_factory=_default_tenant)
     trusted_origin_ttl: float = 30 * DAY
     on_store_error: Literal["closed", "open"] = "closed"
+    trust_ip_prefix: bool = False
     overrides: Mapping[str, Mapping[LeverName, Lever]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -289,18 +293,28 @@ class LockoutKeys:
 
 
 def lockout_keys(
-    tenant: str, identifier: str, ip: str | None, *, device: str | None = None
+    tenant: str,
+    identifier: str,
+    ip: str | None,
+    *,
+    device: str | None = None,
+    ip_origin: bool = True,
 ) -> LockoutKeys:
     """Keys of the three levers and of the trusted origin for one attempt.
 
     ``identifier`` is normalized with :func:`normalize_identifier` (ValueError
     if empty). ``ip`` is the resolved client address (``None``: no IP lever).
-    ``device`` is the device cookie value, if the client has one.
+    ``device`` is the device id of the client's valid device cookie, if it
+    has one; without one the origin is the IP prefix when ``ip_origin``,
+    else there is none.
     """
     ident = normalize_identifier(identifier)
     user = "u:" + _digest(tenant, ident)
     ip_key = None if not ip else "i:" + _digest(_network(ip, 32, 64))
-    origin_src = device if device else (_network(ip, 24, 64) if ip else None)
+    if device:
+        origin_src: str | None = "d:" + device
+    else:
+        origin_src = _network(ip, 24, 64) if ip and ip_origin else None
     origin = None if origin_src is None else "o:" + _digest(user, origin_src)
     return LockoutKeys(tenant, user, "t:" + _digest(tenant), ip_key, origin)
 

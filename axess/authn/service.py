@@ -47,6 +47,7 @@ from typing import Any, Final, TypeAlias
 from starlette.requests import HTTPConnection
 
 from axess.authn import totp as totp_mod
+from axess.authn.device import DeviceCookie, DeviceCookieConfig
 from axess.authn.lockout import (
     Locked,
     Lockout,
@@ -140,6 +141,8 @@ class _Attempt:
     reservation: Reservation | None = None
     #: Units held by earlier steps of the same login (from the pending login).
     held: Reservation | None = None
+    #: The device id of the client's valid device cookie.
+    device: str | None = None
 
     def pending(self) -> dict[str, Any]:
         """The session's record of this login in progress."""
@@ -217,6 +220,7 @@ class AuthnService:
         metrics: AuthnMetrics | None = None,
         on_event: AuthnEventHook | None = None,
         gate: Callable[[], None] | None = None,
+        device_cookie: DeviceCookie | None = None,
     ) -> None:
         self.store = store
         #: Called before a login starts; raises (e.g. ``AuditUnavailable``)
@@ -229,6 +233,11 @@ class AuthnService:
                 raise TypeError("store has no lockout substore: pass lockout=Lockout(...)")
             lockout = Lockout(store, clock=self.clock, metrics=self.metrics)
         self.lockout = lockout
+        if device_cookie is None:
+            ttl = int(lockout.policy.trusted_origin_ttl)
+            device_cookie = DeviceCookie(keys, DeviceCookieConfig(max_age=ttl), random=random)
+        #: Names browsers that completed a login: the lockout's trusted origins.
+        self.device_cookie = device_cookie
         self.hasher = hasher or PasswordHasher(random=random)
         self.sealer = TOTPSecretSealer(keys, random=random)
         self.recovery = RecoveryCodeHasher(keys, random=random)
@@ -266,8 +275,9 @@ class AuthnService:
         pending = session.get(PENDING_KEY)
         if not (isinstance(pending, dict) and {"t", "i"} <= pending.keys()):
             return InvalidCredentials()
+        device = self.device_cookie.read(request)
         try:
-            keys = lockout_keys(pending["t"], pending["i"], client_ip(request))
+            keys = self._keys(pending["t"], pending["i"], client_ip(request) or None, device)
         except (TypeError, ValueError):
             return InvalidCredentials()
         attempt = _Attempt(
@@ -280,6 +290,7 @@ class AuthnService:
             self.lockout.policy_for(pending["t"], pending.get("o")),
             pending.get("o"),
             held=Reservation.from_json(pending.get("r")),
+            device=device,
         )
         if isinstance(credential, Password):
             if isinstance(session.auth_state, d.Authenticating):
@@ -351,14 +362,15 @@ class AuthnService:
         session = get_session(request)
         tenant_id = tenant or DEFAULT_TENANT
         ip = client_ip(request) or None
+        device = self.device_cookie.read(request)
         try:
             ident = normalize_identifier(identifier)
-            keys = lockout_keys(tenant_id, ident, ip)
+            keys = self._keys(tenant_id, ident, ip, device)
             tenant_id.encode("utf-8")  # a lone surrogate: UnicodeEncodeError (ValueError)
         except (TypeError, ValueError):
             self.metrics.auth_failure()
             return InvalidCredentials()  # before any lever, no hash
-        attempt = _Attempt(request, session, tenant_id, ident, keys, ip)
+        attempt = _Attempt(request, session, tenant_id, ident, keys, ip, device=device)
         if announce:
             self.metrics.auth_attempt()
             self._emit(attempt, "login_attempt", "info")
@@ -394,6 +406,12 @@ class AuthnService:
             self._emit(attempt, "factor_failed", "failure", factor="password", reason=refused)
             return InvalidCredentials()
         return attempt
+
+    def _keys(self, tenant: str, ident: str, ip: str | None, device: str | None) -> LockoutKeys:
+        """The attempt's lockout keys; its trusted origin is the device cookie
+        (the IP prefix only with ``LockoutPolicy(trust_ip_prefix=True)``)."""
+        ip_origin = self.lockout.policy.trust_ip_prefix
+        return lockout_keys(tenant, ident, ip, device=device, ip_origin=ip_origin)
 
     async def _reserve(self, attempt: _Attempt, factor: str) -> Reservation | Locked:
         """One unit of the guess budget for ``attempt`` (``Locked`` when spent).
@@ -522,9 +540,20 @@ class AuthnService:
         session.pop(PENDING_KEY, None)
         # Only a complete login resets the user lever and trusts the origin:
         # a correct password alone must not let its holder guess codes freely.
+        keys = attempt.keys
+        device = attempt.device
+        if device is None and self.device_cookie.config.max_age > 0:
+            # A browser without a device cookie gets one, and that is what
+            # is trusted (not its network: see the book, Lockout).
+            device = self.device_cookie.new_id()
+            if keys.origin is None:
+                new = self._keys(attempt.tenant, attempt.identifier, attempt.ip, device)
+                keys = replace(keys, origin=new.origin)
         await self.lockout.record_success(
-            attempt.keys, policy=attempt.policy, reservations=attempt.reservations()
+            keys, policy=attempt.policy, reservations=attempt.reservations()
         )
+        if device is not None and self.device_cookie.config.max_age > 0:
+            self.device_cookie.issue(attempt.request, device)
         await self.store.record_login(user.id, state.authn_time)
         self.metrics.auth_success()
         self._emit(

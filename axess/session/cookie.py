@@ -19,7 +19,7 @@ from itsdangerous import Signer
 
 from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random
-from axess.keys import Keyring
+from axess.keys import Keyring, Purpose
 from axess.stack import join_headers
 
 ID_BYTES: Final = 32
@@ -59,20 +59,29 @@ class VerifiedCookie:
 
 
 class SessionCookieSigner:
-    """Signs and verifies session cookie values with every signing key."""
+    """Signs and verifies ``<id>.<signature>`` cookie values with every key of
+    one keyring purpose: ``signing`` for the session cookie (the default),
+    ``device`` for the device cookie (with its own HKDF ``info``)."""
 
     __slots__ = ("_active", "_memo", "_signers")
 
-    def __init__(self, keys: Keyring, *, memo_size: int = DEFAULT_MEMO_SIZE) -> None:
+    def __init__(
+        self,
+        keys: Keyring,
+        *,
+        memo_size: int = DEFAULT_MEMO_SIZE,
+        purpose: Purpose = "signing",
+        info: str = _HKDF_INFO,
+    ) -> None:
         # key_derivation="none": the HKDF subkey is already purpose-bound, and
         # skipping itsdangerous's per-call derivation keeps verification cheap.
         self._signers = [
             Signer(
-                keys.derive("signing", _HKDF_INFO, kid=k.kid),
+                keys.derive(purpose, info, kid=k.kid),
                 key_derivation="none",
                 digest_method=hashlib.sha256,
             )
-            for k in keys.keys("signing")
+            for k in keys.keys(purpose)
         ]
         self._active = self._signers[0]
         # Verification is a pure function of the cookie bytes and the keyring

@@ -1,0 +1,99 @@
+"""The device cookie: a long-lived, signed, HttpOnly cookie that names a
+browser which completed a login (book: Lockout, "Trusted origins").
+
+Its value has the session cookie's format, ``<device_id>.<signature>``
+(32 random bytes, base64url; HMAC-SHA256 under an HKDF subkey of the
+keyring's ``device`` keys), but it is a separate secret that opens nothing:
+it only lets the lockout tell "a browser that logged in to this account
+before" from "anyone else on the same network". Verification tries every
+``device`` key, so rotating them works like the other purposes; a cookie
+signed by a previous key is re-signed on the next successful login.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from starlette.requests import HTTPConnection
+
+from axess.clock import Random, SystemRandom
+from axess.keys import Keyring
+from axess.session.cookie import SessionCookieSigner, find_cookie, new_session_id
+from axess.stack import queue_response_headers
+
+logger = logging.getLogger(__name__)
+
+DEVICE_COOKIE: Final = "axess.device"
+_HKDF_INFO: Final = "device-cookie-v1"
+#: A few returning browsers per process are enough: the device cookie is
+#: read on login attempts only, never on the request hot path.
+_MEMO_SIZE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCookieConfig:
+    """Cookie attributes of the device cookie. ``max_age`` (seconds) is
+    normally the lockout's ``trusted_origin_ttl``."""
+
+    name: str = DEVICE_COOKIE
+    max_age: int = 30 * 86_400
+    secure: bool = True
+    path: str = "/"
+
+
+class DeviceCookie:
+    """Reads and issues the device cookie (see the module docstring)."""
+
+    def __init__(
+        self,
+        keys: Keyring,
+        config: DeviceCookieConfig | None = None,
+        *,
+        random: Random | None = None,
+    ) -> None:
+        self.config = config or DeviceCookieConfig()
+        self._name = self.config.name.encode("latin-1")
+        self._signer = SessionCookieSigner(
+            keys, memo_size=_MEMO_SIZE, purpose="device", info=_HKDF_INFO
+        )
+        self._random = random or SystemRandom()
+
+    def read(self, conn: HTTPConnection) -> str | None:
+        """The device id of a validly signed device cookie, else ``None``
+        (absent, malformed or forged cookies are all just absent)."""
+        header = conn.headers.get("cookie")
+        if not header:
+            return None
+        try:
+            raw = find_cookie(header.encode("latin-1"), self._name)
+        except UnicodeEncodeError:
+            return None
+        if raw is None:
+            return None
+        verified = self._signer.verify(raw)
+        return None if verified is None else verified.session_id
+
+    def new_id(self) -> str:
+        return new_session_id(self._random)
+
+    def set_cookie(self, device_id: str) -> bytes:
+        """The ``Set-Cookie`` header value carrying ``device_id``."""
+        cfg = self.config
+        attrs = [f"Max-Age={cfg.max_age}", f"Path={cfg.path}", "HttpOnly", "SameSite=Lax"]
+        if cfg.secure:
+            attrs.append("Secure")
+        value = self._signer.sign(device_id)
+        return f"{cfg.name}={value}; {'; '.join(attrs)}".encode("latin-1")
+
+    def issue(self, conn: HTTPConnection, device_id: str) -> bool:
+        """Have the response to ``conn`` set the cookie for ``device_id``.
+
+        False when no axess stack runs the request (nothing can be queued);
+        the login still succeeds, the client simply gets no device cookie.
+        """
+        queued = queue_response_headers(conn.scope, [(b"set-cookie", self.set_cookie(device_id))])
+        if not queued:
+            logger.debug("no axess stack on this request: device cookie not set")
+        return queued

@@ -1,0 +1,183 @@
+"""The device cookie and the trusted origin of the lockout DoS guard.
+
+A browser that completed a login carries a signed ``axess.device`` cookie;
+its owner stays exempt from the user lever while strangers (even on the
+same network, even with their own device cookie) are locked out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from authn_app import Env, make_env
+
+from axess import Axess, Keyring, SessionConfig
+from axess.authn import Lever, Lockout, LockoutPolicy
+from axess.authn.device import DEVICE_COOKIE, DeviceCookie, DeviceCookieConfig
+from axess.keys import Key
+from axess.stores import MemoryStore
+
+PASSWORD = "correct horse"
+
+
+async def _login(c: httpx.AsyncClient, password: str, identifier: str = "owner") -> int:
+    r = await c.post("/login", json={"identifier": identifier, "password": password})
+    return r.status_code
+
+
+def _replace_device_cookie(client: httpx.AsyncClient, value: str) -> None:
+    (domain,) = {c.domain for c in client.cookies.jar if c.name == DEVICE_COOKIE}
+    client.cookies.delete(DEVICE_COOKIE)
+    client.cookies.set(DEVICE_COOKIE, value, domain=domain)
+
+
+async def _lock_out(env: Env, identifier: str = "owner") -> None:
+    """A stranger on the owner's network spends the user lever's budget."""
+    async with env.client() as stranger:
+        for _ in range(5):
+            assert await _login(stranger, "guess", identifier) == 401
+        assert await _login(stranger, PASSWORD, identifier) == 429
+
+
+async def test_a_complete_login_sets_the_device_cookie() -> None:
+    env = make_env()
+    await env.add_user("owner")
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "owner", "password": PASSWORD})
+    assert r.status_code == 200
+    header = next(h for h in r.headers.get_list("set-cookie") if h.startswith(DEVICE_COOKIE))
+    attrs = [a.strip() for a in header.split(";")]
+    assert {"HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=2592000"} <= set(attrs)
+    value = attrs[0].split("=", 1)[1]
+    assert len(value) == 87 and value.count(".") == 1
+
+
+async def test_failed_login_sets_no_device_cookie() -> None:
+    env = make_env()
+    await env.add_user("owner")
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "owner", "password": "wrong"})
+    assert r.status_code == 401
+    assert not any(h.startswith(DEVICE_COOKIE) for h in r.headers.get_list("set-cookie"))
+
+
+async def test_owner_with_device_cookie_gets_in_while_a_neighbour_is_locked_out() -> None:
+    env = make_env()
+    await env.add_user("owner")
+    async with env.client() as owner:
+        assert await _login(owner, PASSWORD) == 200
+        await owner.post("/logout")
+        # Same IP (so the same /24) as the owner, but no device cookie.
+        await _lock_out(env)
+        assert await _login(owner, PASSWORD) == 200  # the owner is exempt
+        # The exemption covers the user lever only: a wrong password from
+        # the owner's browser is not counted against the account either.
+        await owner.post("/logout")
+        assert await _login(owner, "typo") == 401
+        assert await _login(owner, PASSWORD) == 200
+
+
+async def test_a_forged_or_foreign_device_cookie_is_no_exemption() -> None:
+    env = make_env()
+    await env.add_user("owner")
+    await env.add_user("attacker")
+    async with env.client() as attacker:
+        assert await _login(attacker, PASSWORD, "attacker") == 200  # own device cookie
+        await attacker.post("/logout")
+        await _lock_out(env)  # a different client: still locked for the owner
+        assert await _login(attacker, PASSWORD, "owner") == 429  # own cookie: no help
+        cookie = attacker.cookies[DEVICE_COOKIE]
+        forged = cookie[:-1] + ("A" if cookie[-1] != "A" else "B")
+        _replace_device_cookie(attacker, forged)
+        assert await _login(attacker, PASSWORD, "owner") == 429
+
+
+async def test_device_keys_rotate_like_the_others() -> None:
+    env = make_env()
+    await env.add_user("owner")
+    async with env.client() as owner:
+        assert await _login(owner, PASSWORD) == 200
+        await owner.post("/logout")
+        old = owner.cookies[DEVICE_COOKIE]
+        await _lock_out(env)
+        # A new active device key; the old one still verifies.
+        keys = env.keys
+        rotated = Keyring(
+            signing=keys.keys("signing"),
+            envelope=keys.keys("envelope"),
+            fingerprint=keys.keys("fingerprint"),
+            csrf=keys.keys("csrf"),
+            device=[Key("d2", b"\x07" * 32), *keys.keys("device")],
+        )
+        env.authn.device_cookie = DeviceCookie(rotated)
+        assert await _login(owner, PASSWORD) == 200  # still exempt
+        renewed = owner.cookies[DEVICE_COOKIE]
+        assert renewed != old and renewed.split(".")[0] == old.split(".")[0]  # re-signed
+        await owner.post("/logout")
+        # Once the old key is gone, only the re-signed cookie is valid.
+        env.authn.device_cookie = DeviceCookie(
+            Keyring(
+                signing=keys.keys("signing"),
+                envelope=keys.keys("envelope"),
+                fingerprint=keys.keys("fingerprint"),
+                csrf=keys.keys("csrf"),
+                device=[Key("d2", b"\x07" * 32)],
+            )
+        )
+        assert await _login(owner, PASSWORD) == 200  # (a success resets the lever)
+        await owner.post("/logout")
+        await _lock_out(env)
+        _replace_device_cookie(owner, old)
+        assert await _login(owner, PASSWORD) == 429
+
+
+async def test_trusted_ip_prefix_is_an_opt_in_weakening(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    policy = LockoutPolicy(trust_ip_prefix=True)
+    env = make_env(store, lockout=Lockout(store, policy))
+    await env.add_user("owner")
+    async with env.client() as first:
+        assert await _login(first, PASSWORD) == 200
+    # Anyone without a device cookie on the owner's /24 now shares the
+    # owner's trust: guesses from there are neither counted nor refused by
+    # the user lever (only the IP and tenant levers bound them).
+    async with env.client() as neighbour:
+        for _ in range(10):
+            assert await _login(neighbour, "guess") == 401
+        assert await _login(neighbour, PASSWORD) == 200
+    with caplog.at_level(logging.WARNING, logger="axess"):
+        Axess(
+            store=MemoryStore(),
+            keys=Keyring.generate(),
+            debug=True,
+            lockout=policy,
+            cleanup_interval=None,
+        )
+    assert any("trust_ip_prefix=True" in r.getMessage() for r in caplog.records)
+
+
+async def test_without_trusted_ip_prefix_a_cookieless_owner_is_locked_like_anyone() -> None:
+    env = make_env()
+    await env.add_user("owner")
+    async with env.client() as first:
+        assert await _login(first, PASSWORD) == 200
+    await _lock_out(env)
+    async with env.client() as cookieless:
+        assert await _login(cookieless, PASSWORD) == 429
+
+
+def test_axess_device_cookie_follows_the_session_cookie_security() -> None:
+    auth = Axess(
+        store=MemoryStore(),
+        keys=Keyring.generate(),
+        debug=True,
+        session=SessionConfig(secure=False),
+        lockout=LockoutPolicy(user=Lever(5, 60, 60), trusted_origin_ttl=3600),
+        cleanup_interval=None,
+    )
+    assert auth.authn is not None
+    config = auth.authn.device_cookie.config
+    assert config == DeviceCookieConfig(max_age=3600, secure=False)
+    assert "Secure" not in auth.authn.device_cookie.set_cookie("x" * 43).decode()
