@@ -137,7 +137,12 @@ class Session(MutableMapping[str, Any]):
         return key in self._c()
 
     def size(self) -> int:
-        """Bytes the custom data takes as JSON (what the size cap measures)."""
+        """Bytes the custom data takes as JSON (what the size cap measures).
+
+        Raises ``ValueError`` (or ``TypeError``) when the data is not JSON,
+        e.g. a float infinity or a lone surrogate from a parsed request body;
+        such a change would be discarded at commit.
+        """
         return len(d.dump_custom(self._c()))
 
     @property
