@@ -73,6 +73,32 @@ class ValkeyCommandCounter:
         return delta
 
 
+class ValkeyClientCounter:
+    """Client-side command counts of one opened ``ValkeyStore``: each command
+    it sends is one round trip (commands run inside a script are not, so
+    unlike ``INFO commandstats`` they are not counted)."""
+
+    source = "client-side ValkeyStore commands"
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    async def measure(self, run: Callable[[], Awaitable[None]]) -> Counter[str]:
+        counter: Counter[str] = Counter()
+        real = self._store._exec
+
+        async def counted(*args: Any) -> Any:
+            counter[str(args[0]).upper()] += 1
+            return await real(*args)
+
+        self._store._exec = counted
+        try:
+            await run()
+        finally:
+            self._store._exec = real
+        return counter
+
+
 _CONNECTION_METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany")
 _PREPARED_METHODS = ("fetch", "fetchrow", "fetchval", "executemany", "fetchmany")
 

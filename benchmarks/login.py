@@ -13,6 +13,14 @@
    p99 unaffected (the hash runs off the event loop).
 
 Both use the memory store, so only axess and Argon2 are measured.
+
+3. **Store round trips per attempt, on real stores.** The guess budget is
+   reserved in the store before any hash. On PostgreSQL (every substore
+   there; statements counted client-side, by verb) and on Valkey (the
+   lockout there, identities in memory; commands counted by the server's
+   client-side): what a refused, a failed and a successful
+   attempt cost in round trips, and the time of a refused attempt.
+   ``--no-servers`` skips it.
 """
 
 from __future__ import annotations
@@ -40,7 +48,14 @@ from axess.authn import PasswordHasher
 from axess.authn.http import outcome_response
 from axess.authn.lockout import Lever, LockoutPolicy
 from axess.net import client_ip
-from axess.stores import MemoryStore
+from axess.stores import CompositeStore, MemoryStore
+from benchmarks.counting import (
+    AsyncpgStatementCounter,
+    CommandCounter,
+    ValkeyClientCounter,
+    per_request,
+)
+from benchmarks.variants import Unavailable, valkey_server
 
 PASSWORD = "correct horse battery staple"
 LOGINS = 8
@@ -259,6 +274,95 @@ async def under_login_load(n: int) -> list[str]:
     ]
 
 
+# -- 3. store round trips per attempt on PostgreSQL and Valkey -----------------------
+async def _attempts_on(store: object, counter: CommandCounter, n: int) -> list[str]:
+    policy = LockoutPolicy(user=Lever(threshold=3, window=3600, lock_for=3600))
+    auth = Axess(
+        store=store,  # type: ignore[arg-type]
+        keys=Keyring.generate(),
+        lockout=policy,
+        password_hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1),
+        csrf=False,
+        rate_limits=[],
+        debug=True,
+        cleanup_interval=None,
+    )
+    assert auth.authn is not None and auth.users is not None
+    authn = auth.authn
+
+    async def login(request: Request) -> Response:
+        q = request.query_params
+        return outcome_response(await authn.login_password(request, q["u"], q["p"]))
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"])])
+    auth.install(app)
+    for name in ("alice", "bob", "carol", "dave"):
+        await add_user(auth, name)
+    await asgi_post(app, "/login?u=dave@example.com&p=x")  # warm-up (Valkey loads its script)
+    rows = []
+
+    async def count(path: str, expect: int, times: int = 1) -> str:
+        async def run() -> None:
+            for _ in range(times):
+                assert await asgi_post(app, path) == expect
+
+        return per_request(await counter.measure(run), times)
+
+    rows.append(("failed (wrong password)", await count("/login?u=bob@example.com&p=x", 401)))
+    rows.append(("successful", await count(f"/login?u=carol@example.com&p={PASSWORD}", 200)))
+    for _ in range(3):
+        await asgi_post(app, "/login?u=alice@example.com&p=x")
+    refused_path = f"/login?u=alice@example.com&p={PASSWORD}"
+    rows.append(("refused (user lever locked)", await count(refused_path, 429)))
+    hashes = authn.hasher.hash_calls
+    refused = await per_call(app, refused_path, n, 429)
+    assert authn.hasher.hash_calls == hashes
+    lines = ["| attempt | round trips per attempt |", "|---|---|"]
+    lines += [f"| {what} | {calls} |" for what, calls in rows]
+    lines += ["", f"Refused attempt: {refused * 1e6:.0f} µs, no hash ({n} attempts)."]
+    return lines
+
+
+async def store_round_trips(n: int) -> list[str]:
+    out = ["## 3. Store round trips per login attempt (the guess budget)", ""]
+    try:
+        import asyncpg
+
+        from axess.stores.sql import PostgresStore
+
+        dsn = os.environ.get("AXESS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+        admin = await asyncio.wait_for(asyncpg.connect(dsn), 5)
+    except Exception as exc:
+        out += [f"PostgreSQL: unavailable ({type(exc).__name__})", ""]
+    else:
+        schema = "axess_bench_login"
+        store = PostgresStore(dsn, schema=schema, auto_migrate=True)
+        try:
+            await store.open()
+            out += ["### PostgreSQL (client-side asyncpg statements, by verb)", ""]
+            out += await _attempts_on(store, AsyncpgStatementCounter(), n)
+            out.append("")
+        finally:
+            await store.close()
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await admin.close()
+    try:
+        from axess.stores.valkey import ValkeyStore
+
+        with valkey_server() as (url, _admin, where):
+            valkey = ValkeyStore(url, prefix="axess-bench-login:", allow_insecure=True)
+            await valkey.open()
+            try:
+                composite = CompositeStore(default=MemoryStore(), lockout=valkey)
+                out += [f"### Valkey ({where}; commands sent by the store)", ""]
+                out += await _attempts_on(composite, ValkeyClientCounter(valkey), n)
+            finally:
+                await valkey.close()
+    except Unavailable as exc:
+        out.append(f"Valkey: {exc}")
+    return out
+
+
 async def amain(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)  # the debug keyring warns; not part of the result
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
@@ -267,11 +371,17 @@ async def amain(args: argparse.Namespace) -> None:
     print("\n".join(await refused_vs_hashed(n_fast, n_hash)))
     print()
     print("\n".join(await under_login_load(n_lat)))
+    if not args.no_servers:
+        print()
+        print("\n".join(await store_round_trips(n_fast // 4)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (noisier)")
+    parser.add_argument(
+        "--no-servers", action="store_true", help="skip the PostgreSQL / Valkey section"
+    )
     asyncio.run(amain(parser.parse_args()))
 
 

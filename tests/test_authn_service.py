@@ -393,9 +393,8 @@ async def test_tenant_record_lockout_overrides_apply() -> None:
         assert (await login(c, "alice", "wrong")).status_code == 401  # the fifth locks
         assert (await login(c, "alice", "correct horse")).status_code == 429
     assert env.metrics.counts["account_locked:user"] == 2
-    # one tenant lookup per attempt, none extra: the record's levers decide
-    # the budget, so the lookup comes before the reservation
-    assert calls == ["strict"] * 4 + ["default"] * 6
+    # one tenant lookup per attempt that passed the pre-check, none extra
+    assert calls == ["strict"] * 3 + ["default"] * 5
 
 
 async def test_tenant_record_overrides_apply_to_second_factors() -> None:

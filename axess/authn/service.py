@@ -11,20 +11,27 @@
 Order of one attempt (every step that can refuse does so before the next):
 
 1. an empty identifier is ``InvalidCredentials`` before any lever is touched;
-2. lockout pre-check, one store round trip, before any hash (a locked
-   attempt costs no Argon2 run);
-3. tenant checks (exists, active, IP policy: a non-empty allow-list wins,
+2. lockout pre-check, one read-only store round trip: a locked attempt is
+   refused here, with no tenant lookup and no Argon2 run;
+3. the tenant record (its lever overrides decide the budget);
+4. the guess budget: one unit of every lever is reserved atomically, one
+   store round trip (:meth:`~axess.authn.lockout.Lockout.reserve`); an
+   attempt that cannot reserve is answered like a locked one. Concurrent
+   attempts can never check more than ``threshold`` credentials per window;
+5. tenant checks (exists, active, IP policy: a non-empty allow-list wins,
    else the deny-list) — a rejection looks like ``InvalidCredentials``;
-4. the credential: unknown or suspended users run a dummy hash and get the
-   same ``InvalidCredentials`` as a wrong password; a failure counts on all
-   three levers (one round trip), a success resets the user lever.
+6. the credential: unknown or suspended users run a dummy hash and get the
+   same ``InvalidCredentials`` as a wrong password. A failure keeps its
+   reserved units (that is the failure count); a complete login resets the
+   user lever and hands back the IP and tenant units of all its steps.
 
-Second factors (TOTP, recovery codes) go through the same pre-check and
-failure counting, so the lockout also bounds guessing of 6-digit codes.
+Second factors (TOTP, recovery codes) reserve a unit the same way (also from
+a trusted origin), so the lockout bounds guessing of 6-digit codes under
+any concurrency.
 Failures count with the tenant's effective lever parameters
 (:meth:`~axess.authn.lockout.Lockout.policy_for`: the static
 ``LockoutPolicy.overrides`` and the tenant record's ``lockout_overrides``),
-taken from the tenant record that step 3 loads anyway.
+taken from the tenant record that step 3 loads.
 Between the steps the pending login (tenant, normalized identifier and,
 when the tenant record overrides the lockout, the effective levers, so a
 second factor needs no extra store round trip) lives in the session's
@@ -374,11 +381,11 @@ class AuthnService:
         if announce:
             self.metrics.auth_attempt()
             self._emit(attempt, "login_attempt", "info")
-        if password is None:
-            # No credential follows: a read-only check is enough.
-            locked = await self._pre_check(attempt, "password")
-            if locked is not None:
-                return locked
+        # A read-only check first: under attack most attempts arrive locked,
+        # and this refuses them in one round trip, before the tenant lookup.
+        locked = await self._pre_check(attempt, "password")
+        if locked is not None:
+            return locked
         record = await self.store.get_tenant(tenant_id)
         # The record is loaded anyway: its lever overrides cost no round trip.
         overrides = None if record is None else record.lockout_overrides
