@@ -250,6 +250,11 @@ class Axess:
             weak.append("CSRF protection disabled (csrf=False)")
         elif not self.csrf_config.secure:
             weak.append("CSRF cookie without Secure (CSRFConfig(secure=False))")
+        if self.authn is not None and self.authn.lockout.policy.on_store_error == "open":
+            weak.append(
+                "logins proceed without the lockout while its store is down "
+                "(LockoutPolicy(on_store_error='open'))"
+            )
         if self.authn is not None and self.authn.lockout.policy.trust_ip_prefix:
             weak.append(
                 "lockout trusts IP prefixes (LockoutPolicy(trust_ip_prefix=True)): "
