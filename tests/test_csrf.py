@@ -178,7 +178,7 @@ async def test_previous_csrf_key_still_verifies() -> None:
             envelope=old.keys("envelope"),
             fingerprint=old.keys("fingerprint"),
             csrf=[Key("c2", b"\x03" * 32), *old.keys("csrf")],
-        device=old.keys("device"),
+            device=old.keys("device"),
         )
         second = make_auth(first.store, keys=rotated, clock=first.clock, csrf=CSRFConfig())  # type: ignore[arg-type]
         c._transport = __import__("httpx").ASGITransport(app=app_for(second))
