@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -103,7 +104,9 @@ class Req:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
     chunks: int = 1
-    #: The TCP peer; ``("home", i)``: the client live session ``i`` is bound to.
+    #: The TCP peer; ``("home<k>", i)``: host ``k`` of the /24 live session
+    #: ``i`` is bound to (one network, so the binding holds; many hosts, so
+    #: per-address rate limits do not refuse everything after a few requests).
     client: tuple[str, int] | None = ("127.0.0.1", 50000)
 
 
@@ -233,6 +236,9 @@ class Surface:
     slots: tuple[str, ...] = ("guest",)
     paths: tuple[str, ...] = ()
     fields: tuple[str, ...] = ()
+    #: Paths whose handlers read login fields, and those fields (identifier, secret).
+    login_paths: tuple[str, ...] = ()
+    login_fields: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -259,8 +265,9 @@ class Surface:
 
         headers = [(k, sub(v)) for k, v in req.headers]
         client = req.client
-        if client is not None and client[0] == "home":
-            client, extra = self.home(self.homes[client[1]])
+        if client is not None and client[0].startswith("home"):
+            network = self.homes[client[1]].rsplit(".", 1)[0]
+            client, extra = self.home(f"{network}.{client[0][4:]}")
             headers = extra + headers
         return replace(req, headers=headers, body=sub(req.body), client=client)
 
@@ -450,6 +457,37 @@ def form_values(s: Surface) -> st.SearchStrategy[str]:
     )
 
 
+def hostile_values(s: Surface) -> st.SearchStrategy[str]:
+    """Values for the fields a login reads: mostly ones that are not plain text."""
+    return st.one_of(
+        st.sampled_from(SURROGATES),
+        st.sampled_from(SURROGATES),
+        st.sampled_from(["", " ", "\x00", "\u00e9@example.com", "A\u030a", "\ufb01@x", "x" * 5000]),
+        form_values(s),
+    )
+
+
+def smuggle(value: str, charset: str) -> str:
+    """``value`` written so that Starlette, decoding with ``charset``, gets it back
+    (lone surrogates included)."""
+    if charset == "unicode_escape":
+        return value.encode("unicode_escape").decode("ascii")
+    return value.encode("utf-7", "surrogatepass").decode("ascii")
+
+
+@functools.cache
+def json_values(s: Surface) -> st.SearchStrategy[Any]:
+    """JSON documents: mostly objects naming the app's fields (built once)."""
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), form_values(s))
+
+    def nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        return st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3)
+
+    tree = st.recursive(leaf, nest, max_leaves=8)
+    names = st.one_of(st.sampled_from([*s.fields, "csrf_token"]), texts)
+    return st.one_of(st.dictionaries(names, leaf | tree, max_size=5), tree)
+
+
 def urlencoded(pairs: list[tuple[str, str]]) -> bytes:
     return b"&".join(
         quote_from_bytes(wire(k), safe="").encode()
@@ -481,18 +519,44 @@ BODY_KINDS = [
 
 
 @st.composite
-def bodies(draw: st.DrawFn, s: Surface, token: str | None) -> tuple[bytes | None, bytes, bool]:
+def bodies(
+    draw: st.DrawFn, s: Surface, token: str | None, login: bool = False
+) -> tuple[bytes | None, bytes, bool]:
     """(Content-Type or ``None``, body, whether ``token`` went into the body
-    as the ``csrf_token`` field)."""
+    as the ``csrf_token`` field). ``login``: often a login-shaped body."""
     names = st.one_of(st.sampled_from([*s.fields, "csrf_token", "_charset_"]), texts)
     pairs = st.lists(st.tuples(names, form_values(s)), max_size=6)
     if token is not None:
+        # Now and then a bad csrf_token field comes first (the one CSRF reads).
+        decoy = st.one_of(st.just([]), st.just([]), st.just([]), texts.map(lambda t: [t]))
         pairs = st.builds(
-            lambda ps, at: [*ps[:at], ("csrf_token", token), *ps[at:]],
+            lambda ps, at, bad: [
+                *ps[:at],
+                *(("csrf_token", b) for b in bad),
+                ("csrf_token", token),
+                *ps[at:],
+            ],
             st.lists(st.tuples(st.sampled_from(s.fields), form_values(s)), max_size=4),
             st.integers(0, 4),
+            decoy,
         )
-    kind = draw(st.sampled_from(BODY_KINDS))
+    kind = "login" if login and draw(st.booleans()) else draw(st.sampled_from(BODY_KINDS))
+    if kind == "login":  # what a login route reads, with hostile values, in every encoding
+        ident, secret = draw(st.sampled_from(s.login_fields))
+        password = st.sampled_from([PRIMER_PASSWORD] * 3 + ["", "\ud800", "x" * 2000])
+        fields = [(ident, draw(hostile_values(s))), (secret, draw(password))]
+        fields += draw(st.lists(st.tuples(st.sampled_from(s.fields), form_values(s)), max_size=1))
+        if token is not None:
+            fields.insert(draw(st.integers(0, len(fields))), ("csrf_token", token))
+        how = draw(st.sampled_from(["form", "json", "unicode_escape", "utf-7"]))
+        if how == "form":
+            return FORM.encode(), urlencoded(fields), token is not None
+        if how == "json":
+            return JSON.encode(), json.dumps(dict(fields)).encode(), False
+        # The client names a charset that decodes to whatever it likes, lone surrogates too.
+        fields = [(k, smuggle(v, how)) for k, v in fields]
+        ctype = f"multipart/form-data; boundary=b0undary; charset={how}".encode()
+        return ctype, multipart(fields, "b0undary", False), token is not None
     if kind == "none":
         return draw(st.sampled_from([None, FORM.encode(), JSON.encode()])), b"", False
     if kind == "form":
@@ -511,13 +575,7 @@ def bodies(draw: st.DrawFn, s: Surface, token: str | None) -> tuple[bytes | None
         fields.insert(draw(st.sampled_from([0, n])), b"csrf_token=" + value.encode())
         return FORM.encode(), b"&".join(fields), token is not None
     if kind == "json":
-        leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), form_values(s))
-        tree = st.recursive(
-            leaf,
-            lambda c: st.lists(c, max_size=3) | st.dictionaries(texts, c, max_size=3),
-            max_leaves=8,
-        )
-        value = draw(st.one_of(st.dictionaries(names, leaf | tree, max_size=5), tree))
+        value = draw(json_values(s))
         raw = json.dumps(value).encode()  # lone surrogates become \ud800 escapes
         special = draw(st.sampled_from([None, None, None, "deep", "bignum", "truncated", "bom"]))
         if special == "deep":
@@ -602,11 +660,13 @@ def requests(draw: st.DrawFn, s: Surface) -> Req:
     client: tuple[str, int] | None
     if plausible:
         method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"]))
-        path = draw(st.sampled_from(s.paths))
+        # Half of them to a login route: that is where request text meets the store.
+        path = draw(st.sampled_from(s.login_paths if draw(st.booleans()) else s.paths))
         i = draw(st.integers(0, len(s.slots) - 1))
         headers.append((b"cookie", wire(s.cookie(i))))
         token = s.token(i)
-        client = ("home", i) if draw(st.integers(0, 3)) else draw(peers)
+        host = draw(st.integers(1, 254))
+        client = (f"home{host}", i) if draw(st.integers(0, 3)) else draw(peers)
     else:
         method = draw(methods)
         path = draw(
@@ -629,7 +689,8 @@ def requests(draw: st.DrawFn, s: Surface) -> Req:
             texts.map(lambda t: b"msg=" + quote(wire(t)).encode()),
         )
     )
-    ctype, body, carried = draw(bodies(s, token if draw(st.integers(0, 3)) else None))
+    login = plausible and path in s.login_paths
+    ctype, body, carried = draw(bodies(s, token if draw(st.integers(0, 3)) else None, login))
     if token is not None and not carried and draw(st.integers(0, 5)):
         headers.append((b"x-csrf-token", token.encode()))
     if ctype is not None:
@@ -642,7 +703,7 @@ def requests(draw: st.DrawFn, s: Surface) -> Req:
     elif length == "garbage":
         garbage = [b"-1", b"1e3", b"0x10", b" 12", b"", b"1_0", b"99999999999999999999"]
         headers.append((b"content-length", draw(st.sampled_from(garbage))))
-    headers += draw(st.lists(extra_headers(s), max_size=4 if plausible else 6))
+    headers += draw(st.lists(extra_headers(s), max_size=2 if plausible else 6))
     if draw(st.booleans()):
         headers.insert(0, (b"host", draw(st.sampled_from([b"testserver", b"t", b"", b"[::1"]))))
     return Req(method, path, query, headers, body, draw(st.integers(1, 3)), client)
@@ -683,6 +744,8 @@ class Demo(Surface):
         "/totp/enrol", "/totp/confirm", "/healthz",
     )  # fmt: skip
     fields = ("email", "password", "code", "key", "username")
+    login_paths = ("/login", "/login", "/login/totp", "/totp/confirm")
+    login_fields = (("email", "password"), ("email", "password"), ("code", "code"))
 
     def __init__(self, demo: Any) -> None:
         super().__init__(demo.app)
@@ -898,6 +961,8 @@ class Full(Surface):
         "/session/regenerate", "/private", "/api/thing", "/healthz",
     )  # fmt: skip
     fields = ("identifier", "email", "username", "password", "totp", "recovery", "tenant")
+    login_paths = ("/login", "/login/form", "/login/form", "/login/factor")
+    login_fields = (("identifier", "password"), ("email", "password"), ("totp", "recovery"))
 
     def __init__(self, header: str) -> None:
         self.store = MemoryStore()
