@@ -1,0 +1,259 @@
+"""``OTelMetrics``: :class:`~axess.observability.metrics.AuthnMetrics` on the
+OpenTelemetry metrics API (``pip install 'axess[otel]'``).
+
+Only ``opentelemetry-api`` is needed: the application configures a
+``MeterProvider`` (the SDK, its readers and exporters) and passes it in, or
+sets the global one. Instruments are named ``axess.<method>``: the counters
+``axess.auth_attempt`` …, the histogram ``axess.store_latency`` (unit ``s``)
+and the gauge ``axess.audit_buffer_depth``. OpenTelemetry's Prometheus
+exporter turns them into the same ``axess_*_total`` /
+``axess_store_latency_seconds`` names as
+:class:`~axess.observability.prometheus.PrometheusMetrics`. The book's
+"Health and metrics" chapter lists them all.
+
+Importing this module does not need OpenTelemetry; building an
+:class:`OTelMetrics` does (a :class:`ConfigurationError` names the extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from axess.errors import ConfigurationError
+from axess.observability._cells import (
+    COUNTERS,
+    LABELLED_COUNTERS,
+    LATENCY_BUCKETS,
+    MAX_LABEL_VALUES,
+    OTHER,
+    Count,
+    Labelled,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+logger = logging.getLogger(__name__)
+
+
+def _otel_metrics() -> Any:
+    try:
+        from opentelemetry import metrics
+    except ImportError as exc:
+        raise ConfigurationError(
+            "OTelMetrics needs opentelemetry-api: pip install 'axess[otel]'"
+        ) from exc
+    return metrics
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("axess")
+    except Exception:  # not installed as a distribution (a source checkout)
+        return ""
+
+
+class _Attributes:
+    """Label values -> a reusable attribute mapping, capped at
+    :data:`MAX_LABEL_VALUES` entries (later ones get ``"other"``)."""
+
+    __slots__ = ("_lock", "_names", "cache")
+
+    def __init__(self, *names: str) -> None:
+        self._names = names
+        self._lock = threading.Lock()
+        self.cache: dict[tuple[str, ...], Mapping[str, str]] = {}
+
+    def add(self, key: tuple[str, ...]) -> Mapping[str, str]:
+        with self._lock:
+            attributes = self.cache.get(key)
+            if attributes is None:
+                values = key if len(self.cache) < MAX_LABEL_VALUES else (OTHER,) * len(key)
+                attributes = dict(zip(self._names, values, strict=True))
+                self.cache[key] = attributes
+            return attributes
+
+
+class _State:
+    """The cells of one meter provider and the instruments reading them."""
+
+    def __init__(self, meter: Any, api: Any) -> None:
+        self.meter = meter
+        self.counters = {name: Count() for name, _ in COUNTERS}
+        self.labelled = {
+            name: Labelled(Count, "inc", known) for name, _, _, known in LABELLED_COUNTERS
+        }
+        self.depth = 0
+        self.attributes: dict[str, Mapping[str, str]] = {}
+        for name, doc in COUNTERS:
+            meter.create_observable_counter(
+                f"axess.{name}", callbacks=[self._plain(api, name)], description=doc
+            )
+        for name, doc, label, _ in LABELLED_COUNTERS:
+            meter.create_observable_counter(
+                f"axess.{name}", callbacks=[self._labelled(api, name, label)], description=doc
+            )
+        meter.create_observable_gauge(
+            "axess.audit_buffer_depth",
+            callbacks=[lambda _options: [api.Observation(self.depth)]],
+            description="Events waiting in the fullest audit sink buffer",
+        )
+        self.latency: Callable[..., None] = meter.create_histogram(
+            "axess.store_latency",
+            unit="s",
+            description="Duration of store operations, retries and failures included",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        ).record
+        self.latency_attributes = _Attributes("substore", "operation")
+
+    def _plain(self, api: Any, name: str) -> Callable[[Any], list[Any]]:
+        count = self.counters[name]
+        return lambda _options: [api.Observation(count.value)]
+
+    def _labelled(self, api: Any, name: str, label: str) -> Callable[[Any], list[Any]]:
+        family = self.labelled[name]
+        return lambda _options: [
+            api.Observation(cell.value, {label: values[0]}) for values, cell in family.items()
+        ]
+
+
+# meter provider -> its state: a second OTelMetrics on the same provider
+# shares the instruments (and their callbacks) instead of registering twice.
+_STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
+
+
+class OTelMetrics:
+    """:class:`~axess.observability.metrics.AuthnMetrics` on the OpenTelemetry API.
+
+    ``meter_provider``: where the instruments are created; default the global
+    provider (``opentelemetry.metrics.get_meter_provider()``, a no-op until
+    the application sets one). A second instance on the same provider shares
+    the first one's instruments and values.
+
+    Counters and the gauge are asynchronous instruments: axess counts in its
+    own cells (an atomic increment, no OpenTelemetry call on the request
+    path) and the provider's readers collect the totals. ``store_latency`` is
+    a synchronous histogram, recorded once per store operation. Attributes
+    are bounded like the Prometheus labels: ``lever``, ``policy``,
+    ``substore``, ``operation``, ``use``.
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        api = _otel_metrics()
+        provider = api.get_meter_provider() if meter_provider is None else meter_provider
+        with _STATES_LOCK:
+            state = _STATES.get(provider)
+            if state is None:
+                state = _State(provider.get_meter("axess", _version() or None), api)
+                _STATES[provider] = state
+        self._state = state
+        self.meter = state.meter
+        inc = {name: count.inc for name, count in state.counters.items()}
+        self._auth_attempt = inc["auth_attempt"]
+        self._auth_success = inc["auth_success"]
+        self._auth_failure = inc["auth_failure"]
+        self._factor_attempt = inc["factor_attempt"]
+        self._factor_success = inc["factor_success"]
+        self._factor_failure = inc["factor_failure"]
+        self._session_created = inc["session_created"]
+        self._session_invalidated = inc["session_invalidated"]
+        self._session_binding_mismatch = inc["session_binding_mismatch"]
+        self._session_previous_key = inc["session_decrypted_with_previous_key"]
+        self._session_size_exceeded = inc["session_size_exceeded"]
+        self._audit_dropped = state.counters["audit_dropped"].add
+        self._audit_recovered = state.counters["audit_recovered"].add
+        labelled = state.labelled
+        self._account_locked = labelled["account_locked"]
+        self._rate_limit_allowed = labelled["rate_limit_allowed"]
+        self._rate_limit_rejected = labelled["rate_limit_rejected"]
+        self._store_error = labelled["store_error"]
+        self._previous_key_used = labelled["previous_key_used"]
+        self._authz_decision = labelled["authz_decision"]
+        self._authz_error = inc["authz_error"]
+        self._allowed = labelled["rate_limit_allowed"].fast
+        self._latency = state.latency
+        self._latency_attributes = state.latency_attributes
+
+    def __repr__(self) -> str:
+        return f"OTelMetrics(meter={self.meter!r})"
+
+    # -- AuthnMetrics ----------------------------------------------------------------
+    def auth_attempt(self) -> None:
+        self._auth_attempt()
+
+    def auth_success(self) -> None:
+        self._auth_success()
+
+    def auth_failure(self) -> None:
+        self._auth_failure()
+
+    def factor_attempt(self) -> None:
+        self._factor_attempt()
+
+    def factor_success(self) -> None:
+        self._factor_success()
+
+    def factor_failure(self) -> None:
+        self._factor_failure()
+
+    def account_locked(self, lever: str) -> None:
+        (self._account_locked.fast.get(lever) or self._account_locked.add(lever))()
+
+    def session_created(self) -> None:
+        self._session_created()
+
+    def session_invalidated(self) -> None:
+        self._session_invalidated()
+
+    def session_binding_mismatch(self) -> None:
+        self._session_binding_mismatch()
+
+    def session_decrypted_with_previous_key(self) -> None:
+        self._session_previous_key()
+
+    def previous_key_used(self, use: str) -> None:
+        (self._previous_key_used.fast.get(use) or self._previous_key_used.add(use))()
+
+    def session_size_exceeded(self) -> None:
+        self._session_size_exceeded()
+
+    def rate_limit_allowed(self, policy: str) -> None:
+        inc = self._allowed.get(policy)
+        if inc is None:
+            inc = self._rate_limit_allowed.add(policy)
+        inc()
+
+    def rate_limit_rejected(self, policy: str) -> None:
+        (self._rate_limit_rejected.fast.get(policy) or self._rate_limit_rejected.add(policy))()
+
+    def audit_dropped(self, count: int = 1) -> None:
+        self._audit_dropped(count)
+
+    def audit_recovered(self, count: int = 1) -> None:
+        self._audit_recovered(count)
+
+    def audit_buffer_depth(self, depth: int) -> None:
+        self._state.depth = depth
+
+    def store_error(self, substore: str) -> None:
+        (self._store_error.fast.get(substore) or self._store_error.add(substore))()
+
+    def authz_decision(self, outcome: str) -> None:
+        (self._authz_decision.fast.get(outcome) or self._authz_decision.add(outcome))()
+
+    def authz_error(self) -> None:
+        self._authz_error()
+
+    def store_latency(self, substore: str, operation: str, seconds: float) -> None:
+        key = (substore, operation)
+        attributes = self._latency_attributes.cache.get(key)
+        if attributes is None:
+            attributes = self._latency_attributes.add(key)
+        self._latency(seconds, attributes)
