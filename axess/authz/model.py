@@ -1,0 +1,336 @@
+"""The entity model axess hands to Cedar. Pure: no I/O, no clock reads, no cedarpy.
+
+Everything here builds Cedar's JSON forms *structurally*: an entity uid is
+always ``{"type": ..., "id": ...}``, never text pasted into Cedar syntax, so a
+user id such as ``alice" || true || "`` stays an id. When a uid must be shown
+as Cedar text (logs, errors, template-link values) :meth:`EntityUid.cedar`
+escapes it. The book's Authorization chapter, "The entity model axess
+builds", describes the result.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+#: One segment of a Cedar type name (``App``, ``User``).
+_IDENT: Final = re.compile(r"[_A-Za-z][_A-Za-z0-9]*")
+#: Cedar's reserved words may not name a type segment.
+_RESERVED: Final = frozenset(
+    {"true", "false", "if", "then", "else", "in", "is", "like", "has", "__cedar"}
+)
+_I64_MIN: Final = -(2**63)
+_I64_MAX: Final = 2**63 - 1
+_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+#: Context keys axess fills; an app's extra context may not replace them.
+CONTEXT_KEYS: Final = frozenset({"ip", "method", "path", "mfa", "session_age"})
+
+
+def check_type_name(name: str) -> str:
+    """``name`` if it is a valid Cedar entity type (``App::User``), else ValueError."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a Cedar type name must be a non-empty string")
+    for part in name.split("::"):
+        if not _IDENT.fullmatch(part) or part in _RESERVED:
+            raise ValueError(f"{name!r} is not a valid Cedar type name")
+    return name
+
+
+def qualify(namespace: str | None, name: str) -> str:
+    """``Namespace::name`` (``name`` alone without a namespace); both checked."""
+    return check_type_name(f"{namespace}::{name}" if namespace else name)
+
+
+def escape_cedar_string(value: str) -> str:
+    """``value`` as the body of a Cedar string literal: backslash, quote and
+    control characters escaped, so it can never end the literal early."""
+    out = []
+    for ch in value:
+        esc = _ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityUid:
+    """A Cedar entity uid: a checked type name and any string id."""
+
+    type: str
+    id: str
+
+    def __post_init__(self) -> None:
+        check_type_name(self.type)
+        if not isinstance(self.id, str):
+            raise TypeError("an entity id must be a string")
+
+    def json(self) -> dict[str, str]:
+        """Cedar's structural JSON form (``{"type": ..., "id": ...}``)."""
+        return {"type": self.type, "id": self.id}
+
+    def cedar(self) -> str:
+        """Cedar text ``Type::"id"`` with the id escaped (safe to paste into a policy)."""
+        return f'{self.type}::"{escape_cedar_string(self.id)}"'
+
+    def __str__(self) -> str:
+        return self.cedar()
+
+
+_UID_TEXT: Final = re.compile(r'\s*((?:[_A-Za-z][_A-Za-z0-9]*::)+)"((?:[^"\\]|\\.)*)"\s*', re.S)
+_UNESCAPES: Final = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "r": "\r", "t": "\t", "0": "\0"}
+
+
+def parse_uid(text: str) -> EntityUid:
+    """Parse Cedar uid text (``Action::"view"``, ``App::Doc::"a\\"b"``).
+
+    Raises ValueError for anything else; no other Cedar syntax is accepted.
+    """
+    m = _UID_TEXT.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f'{text!r} is not a Cedar entity uid like Action::"view"')
+    raw, out, i = m.group(2), [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        nxt = raw[i + 1]
+        if nxt in _UNESCAPES:
+            out.append(_UNESCAPES[nxt])
+            i += 2
+        elif nxt == "u" and raw[i + 2 : i + 3] == "{" and "}" in raw[i + 3 :]:
+            end = raw.index("}", i + 3)
+            try:
+                out.append(chr(int(raw[i + 3 : end], 16)))
+            except ValueError:
+                raise ValueError(f"bad escape in {text!r}") from None
+            i = end + 1
+        else:
+            raise ValueError(f"bad escape in {text!r}")
+    return EntityUid(m.group(1)[:-2], "".join(out))
+
+
+def to_uid(value: EntityUid | str, default_type: str) -> EntityUid:
+    """An :class:`EntityUid` from a uid, uid text (``Role::"admin"``) or a bare
+    id (``"admin"``, typed ``default_type``)."""
+    if isinstance(value, EntityUid):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"expected an EntityUid or a string, got {type(value).__name__}")
+    if "::" in value and value.rstrip().endswith('"'):
+        return parse_uid(value)
+    return EntityUid(default_type, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """An entity handed to Cedar: uid, attributes, parent uids.
+
+    Attribute values are converted by :func:`cedar_value`: ``str``, ``bool``,
+    ``int`` (64-bit), lists/sets/tuples (Cedar sets), mappings (records),
+    :class:`EntityUid` (entity references) and :mod:`ipaddress` objects
+    (Cedar ``ip`` values).
+    """
+
+    uid: EntityUid
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    parents: Sequence[EntityUid] = ()
+
+    def json(self) -> dict[str, Any]:
+        """Cedar's JSON entity form."""
+        return {
+            "uid": self.uid.json(),
+            "attrs": {str(k): cedar_value(v) for k, v in self.attrs.items()},
+            "parents": [p.json() for p in self.parents],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """What a resource callback returns when policies need more than the
+    resource itself: ``related`` entities (a folder, a project) that the
+    resource's ``parents`` or attributes point at and policies read."""
+
+    entity: Entity
+    related: Sequence[Entity] = ()
+
+
+def as_resource(value: Resource | Entity | EntityUid) -> Resource:
+    """Normalize a resource callback's answer."""
+    if isinstance(value, Resource):
+        return value
+    if isinstance(value, Entity):
+        return Resource(value)
+    if isinstance(value, EntityUid):
+        return Resource(Entity(value))
+    raise TypeError(
+        f"a resource must be an EntityUid, Entity or Resource, got {type(value).__name__}"
+    )
+
+
+def cedar_value(value: Any) -> Any:
+    """A Python value in Cedar's JSON value form. Raises TypeError/ValueError
+    for what Cedar cannot hold (floats, ``None``, integers beyond 64 bits)."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if not _I64_MIN <= value <= _I64_MAX:
+            raise ValueError("Cedar integers are 64-bit")
+        return value
+    if isinstance(value, EntityUid):
+        return {"__entity": value.json()}
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return {"__extn": {"fn": "ip", "arg": str(value)}}
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return {"__extn": {"fn": "ip", "arg": value.with_prefixlen}}
+    if isinstance(value, Mapping):
+        return {str(k): cedar_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [cedar_value(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if isinstance(value, float) and math.isfinite(value):
+        raise TypeError("Cedar has no floats; pass an int or a decimal string")
+    raise TypeError(f"{type(value).__name__} is not a Cedar value")
+
+
+def cedar_ip(text: str) -> dict[str, Any]:
+    """A Cedar ``ip`` extension value; an unparsable address becomes ``0.0.0.0``
+    (what axess records for a client without a usable address)."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        addr = ipaddress.IPv4Address(0)
+    return {"__extn": {"fn": "ip", "arg": str(addr)}}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking, as the session knows it (see :func:`principal_entity`)."""
+
+    user: str
+    tenant: str
+    factors: tuple[str, ...]
+    authn_time: float
+    parents: tuple[EntityUid, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Types:
+    """The entity types axess uses, namespaced: ``User``, ``Tenant``, ``Action``
+    and the default type of bare role names (``Role``)."""
+
+    user: str
+    tenant: str
+    action: str
+    role: str
+
+    @classmethod
+    def build(
+        cls,
+        namespace: str | None,
+        *,
+        user: str = "User",
+        tenant: str = "Tenant",
+        action: str = "Action",
+        role: str = "Role",
+    ) -> Types:
+        return cls(
+            qualify(namespace, user),
+            qualify(namespace, tenant),
+            qualify(namespace, action),
+            qualify(namespace, role),
+        )
+
+
+def principal_entity(p: Principal, types: Types) -> Entity:
+    """The principal entity: ``User::"<user id>"`` with attributes ``tenant``
+    (a ``Tenant`` entity), ``factors`` (set of strings) and ``authn_time``
+    (epoch seconds, an integer); its parents are the app's roles/groups."""
+    return Entity(
+        EntityUid(types.user, p.user),
+        {
+            "tenant": EntityUid(types.tenant, p.tenant),
+            "factors": sorted(set(p.factors)),
+            "authn_time": int(p.authn_time),
+        },
+        p.parents,
+    )
+
+
+def is_mfa(factors: Iterable[str]) -> bool:
+    """At least two distinct factors were proven (password + TOTP, password +
+    recovery code…)."""
+    return len(set(factors)) >= 2
+
+
+def context_record(
+    p: Principal,
+    *,
+    ip: str,
+    method: str,
+    path: str,
+    now: float,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Cedar context: ``ip`` (Cedar ``ip``), ``method``, ``path``, ``mfa``
+    (bool) and ``session_age`` (whole seconds since the login, never negative),
+    plus the app's ``extra`` attributes, which may not reuse those names."""
+    ctx: dict[str, Any] = {
+        "ip": cedar_ip(ip),
+        "method": method,
+        "path": path,
+        "mfa": is_mfa(p.factors),
+        "session_age": max(0, int(now - p.authn_time)),
+    }
+    if extra:
+        clash = CONTEXT_KEYS.intersection(extra)
+        if clash:
+            raise ValueError(f"extra context may not replace {sorted(clash)}")
+        for k, v in extra.items():
+            ctx[str(k)] = cedar_value(v)
+    return ctx
+
+
+def tenant_of(entity: Entity, tenant_type: str) -> str | None:
+    """The tenant a resource belongs to: its ``tenant`` attribute (a ``Tenant``
+    uid) or else its first ``Tenant`` parent; ``None`` when it is not
+    tenant-scoped. Drives the tenancy rail."""
+    attr = entity.attrs.get("tenant")
+    if isinstance(attr, EntityUid) and attr.type == tenant_type:
+        return attr.id
+    for parent in entity.parents:
+        if parent.type == tenant_type:
+            return parent.id
+    return None
+
+
+def wants_html(accept: str | None) -> bool:
+    """True when the ``Accept`` header prefers ``text/html`` to JSON (a browser
+    page load); JSON otherwise, including without a header."""
+    if not accept:
+        return False
+    best: dict[str, float] = {}
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, val = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(val)
+                except ValueError:
+                    q = 0.0
+        media = media.strip().lower()
+        best[media] = max(q, best.get(media, 0.0))
+    html = best.get("text/html", 0.0)
+    json_q = max(best.get("application/json", 0.0), best.get("*/*", 0.0) * 0.5)
+    return html > 0 and html >= json_q
