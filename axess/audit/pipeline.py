@@ -727,6 +727,8 @@ class AuditPipeline:
                     )
                 else:
                     logger.debug("audit sink %r failed again (%s)", st.name, type(exc).__name__)
+                # The buffer grows while the sink is down: report it per attempt.
+                self.metrics.audit_buffer_depth(self._max_depth())
                 await self._sleep(delay)
                 continue
             if st.streak:

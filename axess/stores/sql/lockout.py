@@ -93,7 +93,12 @@ class SQLLockoutMixin:
         _dialect: Dialect
 
         async def _op(
-            self, what: str, body: Callable[[Connection], Awaitable[T]], *, log: bool = True
+            self,
+            what: str,
+            body: Callable[[Connection], Awaitable[T]],
+            *,
+            log: bool = True,
+            substore: str = ...,
         ) -> T: ...
 
         async def _transaction(
@@ -108,7 +113,7 @@ class SQLLockoutMixin:
 
     async def _lockout_op(self, what: str, body: Callable[[Connection], Awaitable[T]]) -> T:
         try:
-            return await self._op(what, body)
+            return await self._op(what, body, substore=LOCKOUT)
         except StoreError as exc:
             exc.substore = LOCKOUT
             raise
