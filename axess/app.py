@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -49,6 +50,9 @@ from axess.session.registry import SessionInfo, SessionRegistry
 from axess.stack import Stack, Stage
 from axess.stores.base import IdentityStore, LockoutStore, SessionStore
 
+if TYPE_CHECKING:
+    from axess.authz import CedarAuthorizer
+
 logger = logging.getLogger("axess")
 
 
@@ -58,6 +62,18 @@ class _Installable(Protocol):
 
 class _Purgeable(Protocol):
     async def purge_expired(self, now: float, *, only: Any = None) -> dict[str, int]: ...
+
+
+def _shared_bucket_store(sessions: object) -> BucketStore | None:
+    """The default bucket store: on the sessions' Valkey when they live in
+    Valkey (every worker then counts in one bucket), else ``None`` (per-process
+    memory). The Valkey module is only looked at when it was imported already."""
+    valkey = sys.modules.get("axess.stores.valkey")
+    if valkey is not None and isinstance(sessions, valkey.ValkeyStore):
+        from axess.ratelimit.stores import ValkeyBucketStore
+
+        return ValkeyBucketStore(sessions)
+    return None
 
 
 class Axess:
@@ -91,6 +107,7 @@ class Axess:
         on_session_event: SessionEventHook | None = None,
         cleanup_interval: float | None = 300.0,
         memo_size: int = DEFAULT_MEMO_SIZE,
+        authz: CedarAuthorizer | None = None,
     ) -> None:
         if not isinstance(store, SessionStore):
             raise ConfigurationError(f"{type(store).__name__} does not implement the session store")
@@ -153,6 +170,8 @@ class Axess:
         else:
             if on_rate_limit_event is None and audit is not None:
                 on_rate_limit_event = self._rate_limited_event
+            if rate_limit_store is None:
+                rate_limit_store = _shared_bucket_store(self._substore("sessions"))
             self.rate_limiter = RateLimiter(
                 rate_limits,
                 store=rate_limit_store,
@@ -164,13 +183,46 @@ class Axess:
         if (
             not getattr(bucket_store, "local", True)
             and isinstance(bucket_store, HealthCheck)
-            and getattr(bucket_store, "store", None) is not store
+            and getattr(bucket_store, "store", None) not in (store, self._substore("sessions"))
         ):
             self.health.add("ratelimit", bucket_store)
         self._build_authn(lockout, password_hasher)
+        #: The Cedar authorizer (``None`` unless ``authz=`` was given); it uses
+        #: this app's clock, metrics and audit pipeline (book: Authorization).
+        self.authz = authz
+        if authz is not None:
+            authz.bind(clock=self.clock, random=self.random, metrics=self.metrics, audit=audit)
+        if metrics is not None:
+            self._bind_store_metrics()
         self.healthz: Callable[[Request], Awaitable[Response]] = healthz_endpoint(self.health)
         self._cleanup_task: asyncio.Task[None] | None = None
         self._warn_weakenings()
+
+    def _bind_store_metrics(self) -> None:
+        """Hand the metrics to every store backend that reports its latency
+        (SQL and Valkey stores: a ``metrics`` attribute), the rate-limit
+        bucket store's Valkey included."""
+        backends = getattr(self.store, "backends", None)
+        targets: list[object] = list(backends) if backends is not None else [self.store]
+        targets.append(getattr(self.rate_limiter.store, "store", None))
+        for target in targets:
+            current = getattr(target, "metrics", False)
+            if current is None or isinstance(current, AuthnMetrics):
+                target.metrics = self.metrics  # type: ignore[attr-defined]
+
+    @property
+    def metrics_endpoint(self) -> Callable[[Request], Awaitable[Response]]:
+        """The Starlette endpoint of ``metrics`` (``PrometheusMetrics``):
+        ``app.add_route("/metrics", auth.metrics_endpoint)``. Raises
+        :class:`ConfigurationError` when the metrics have no endpoint
+        (``OTelMetrics`` exports through its meter provider's readers)."""
+        endpoint = getattr(self.metrics, "endpoint", None)
+        if endpoint is None:
+            raise ConfigurationError(
+                f"{type(self.metrics).__name__} has no /metrics endpoint: pass "
+                "metrics=PrometheusMetrics() (axess.observability.prometheus)"
+            )
+        return endpoint  # type: ignore[no-any-return]
 
     def _substore(self, name: str) -> object:
         """The backend serving substore ``name`` (the store itself unless
@@ -299,6 +351,7 @@ class Axess:
                         "config": self.csrf_config,
                         "random": self.random,
                         "memo_size": self.memo_size,
+                        "metrics": self.metrics,
                     },
                 )
             )
@@ -325,6 +378,14 @@ class Axess:
             add_handler(AuthnRequired, authn_exception_handler)
             add_handler(AmbiguousIdentifier, ambiguous_identifier_handler)
             add_handler(AuditUnavailable, audit_unavailable_handler)
+        if self.authz is not None:
+            from axess.authz.guards import APP_STATE_ATTR, AuthzDenied, authz_exception_handler
+
+            if add_handler is not None:
+                add_handler(AuthzDenied, authz_exception_handler)
+            state = getattr(app, "state", None)
+            if state is not None:  # where require_authz(...) finds the authorizer
+                setattr(state, APP_STATE_ATTR, self.authz)
 
     def limit(
         self,
