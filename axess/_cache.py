@@ -9,7 +9,7 @@ worst case whatever clients send (the per-memo figures are in the book's
 from __future__ import annotations
 
 import sys
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 #: Entries per memo of the request path: how many returning clients each
 #: remembers (``Axess(memo_size=...)``).
@@ -74,8 +74,24 @@ class BoundedMemo(dict[K, V]):
         """Remember ``value`` for ``key`` unless the key is too large; returns
         ``value`` (so ``return memo.put(key, compute())`` reads naturally)."""
         limit = self.max_key_bytes
-        if limit is not None and key_bytes(key) > limit:
-            return value
+        if limit is not None:
+            # key_bytes(key), inlined for the usual keys: every miss pays it.
+            probe: Any = key
+            kind = type(probe)
+            if kind is bytes:
+                size = len(probe)
+            elif kind is tuple:
+                size = 0
+                for part in probe:
+                    kind = type(part)
+                    if kind is bytes or (kind is str and part.isascii()):
+                        size += len(part)
+                    elif kind is not int and part is not None:
+                        size += key_bytes(part)
+            else:
+                size = key_bytes(probe)
+            if size > limit:
+                return value
         if len(self) >= self.capacity and key not in self:
             del self[next(iter(self))]
         dict.__setitem__(self, key, value)

@@ -123,6 +123,33 @@ def test_key_bytes_counts_the_text_of_a_key() -> None:
     assert key_bytes(wide) == sys.getsizeof(wide) - sys.getsizeof("")
 
 
+class Text(str):
+    """A str subclass: not the exact type the fast path of put() looks for."""
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        b"x" * 40,
+        "y" * 40,
+        "\u00e9" * 40,
+        ("a" * 10, b"b" * 10, 7, None, True, 1.5),
+        ("\u20ac" * 10, b"b"),
+        ("a", ("b" * 20, b"c" * 20), None),
+        (Text("t" * 30), 1),
+    ],
+)
+def test_put_measures_keys_as_key_bytes_does(key: Any) -> None:
+    size = key_bytes(key)
+    assert size >= 20
+    at_bound: BoundedMemo[Any, int] = BoundedMemo(2, max_key_bytes=size)
+    at_bound.put(key, 1)
+    assert at_bound.get(key) == 1
+    over: BoundedMemo[Any, int] = BoundedMemo(2, max_key_bytes=size - 1)
+    over.put(key, 1)
+    assert key not in over
+
+
 def test_a_memo_never_remembers_a_key_over_its_bound() -> None:
     memo: BoundedMemo[Any, int] = BoundedMemo(4, max_key_bytes=8)
     assert memo.put(b"x" * 9, 1) == 1  # answered, not remembered
