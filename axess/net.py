@@ -1,6 +1,6 @@
 """Client-IP resolution behind trusted proxies, and IP prefixes.
 
-The rule (DESIGN §5): if the TCP peer is not a trusted proxy, the client is
+The rule (book: Client IP): if the TCP peer is not a trusted proxy, the client is
 the peer and forwarded headers are ignored. Otherwise the forwarding header
 is walked right to left, skipping trusted hops; the first untrusted address
 is the client. If every hop is trusted, the leftmost one is. Anything

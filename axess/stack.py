@@ -1,17 +1,30 @@
-"""Stages and the stack that runs them.
+"""Stages and the stack that runs them (book: Internals, "The stage contract").
 
 Each axess middleware (client IP, session, CSRF, …) is a *stage*: ``enter``
 runs before the app, ``on_response_start`` when the response starts. Used
 alone, a stage is an ordinary pure-ASGI middleware. ``Axess.install`` runs
 all of them in one :class:`Stack`, which costs one call frame and one send
 wrapper per request instead of one per layer.
+
+The contract is the same fused or nested, message for message:
+
+* ``enter`` runs outermost first; a stage that answers early stops the
+  request there, and its answer goes through the response hooks of the
+  stages outside it (so a CSRF 403 still carries the rate limiter's
+  headers and the session's cookie decisions), not its own or inner ones;
+* response hooks run **outermost first** (CSRF sees the committed session).
+  Plain ASGI nesting would run the innermost first, so a stack running
+  inside another one hands its hooks to the outermost stack, which runs
+  them after its own;
+* headers queued with :func:`queue_response_headers` are added once, after
+  every hook, by the outermost stack.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import ClassVar, Final
+from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +35,10 @@ HEADERS_KEY: Final = "axess.headers"
 #: ``scope["state"]`` entry: header lines queued for the response (``None``
 #: when there are none). Present while a stack runs the request.
 _QUEUED_KEY: Final = "axess.response_headers"
+#: ``scope["state"]`` entry: response hooks handed to the outermost stack by
+#: stacks running inside it (a list of hook tuples, innermost first), or
+#: ``None``. Present while a stack runs an HTTP request.
+_DEFERRED_KEY: Final = "axess.deferred_hooks"
 
 
 def join_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
@@ -122,11 +139,10 @@ class Stage:
     Both hooks have a synchronous twin (``enter_now``,
     ``on_response_start_now``) that a stage overrides when its usual path
     never awaits: a plain call costs far less than a coroutine on every
-    request, and the stack skips twins a stage does not override.
+    request, and the stack skips twins a stage does not override. Whether a
+    stage has a response hook at all is read from the class (it overrides
+    one of the two), not declared.
     """
-
-    #: Set by subclasses that implement ``on_response_start``.
-    has_response_hook: ClassVar[bool] = False
 
     def __init__(self, app: ASGIApp | None = None) -> None:
         self.app = app
@@ -161,6 +177,28 @@ def _overridden(stage: Stage, name: str) -> bool:
     return getattr(type(stage), name) is not getattr(Stage, name)
 
 
+def has_response_hook(stage: Stage) -> bool:
+    """Whether ``stage`` does anything when the response starts."""
+    return _overridden(stage, "on_response_start") or _overridden(
+        stage, "on_response_start_now"
+    )
+
+
+_Hook = tuple[object, Stage]  # (sync twin or None, stage)
+
+
+async def _run_hooks(
+    hooks: Sequence[_Hook], scope: Scope, message: Message, send: Send
+) -> bool:
+    """Run ``hooks`` in order; False when one sent its own response."""
+    for now, stage in hooks:
+        if now is not None and now(scope, message):  # type: ignore[operator]
+            continue
+        if not await stage.on_response_start(scope, message, send):
+            return False
+    return True
+
+
 class Stack:
     """Runs ``stages`` (outermost first) around ``app`` as one ASGI app."""
 
@@ -179,10 +217,20 @@ class Stack:
         self._enter = tuple(
             (s.enter_now if _overridden(s, "enter_now") else None, s) for s in self._stages
         )
-        self._hooks = tuple(
+        self._hooks: tuple[_Hook, ...] = tuple(
             (s.on_response_start_now if _overridden(s, "on_response_start_now") else None, s)
             for s in self._stages
-            if s.has_response_hook
+            if has_response_hook(s)
+        )
+        # For each stage, the hooks of the stages outside it: those its early
+        # answer goes through.
+        outer: list[tuple[_Hook, ...]] = []
+        count = 0
+        for s in self._stages:
+            outer.append(self._hooks[:count])
+            count += has_response_hook(s)
+        self._enter_hooks = tuple(
+            (now, stage, hooks) for (now, stage), hooks in zip(self._enter, outer, strict=True)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -195,19 +243,23 @@ class Stack:
             state = scope["state"] = {}
         if HEADERS_KEY not in state:  # every stage reads them: build them once, here
             state[HEADERS_KEY] = _header_dict(scope["headers"])
-        if kind == "http":
-            state.setdefault(_QUEUED_KEY, None)  # an outer stack may have queued some
-        for enter_now, stage in self._enter:
-            if enter_now is not None and enter_now(scope):
-                continue
-            next_receive = await stage.enter(scope, receive, send)
-            if next_receive is None:
-                return
-            receive = next_receive
         if kind != "http":  # a websocket sets no cookies: no response hooks
+            for enter_now, stage in self._enter:
+                if enter_now is not None and enter_now(scope):
+                    continue
+                next_receive = await stage.enter(scope, receive, send)
+                if next_receive is None:
+                    return
+                receive = next_receive
             await self.app(scope, receive, send)
             return
+        state.setdefault(_QUEUED_KEY, None)  # an outer stack may have queued some
+        # The outermost stack runs every hook; a stack inside it hands its on.
+        outermost = _DEFERRED_KEY not in state
+        if outermost:
+            state[_DEFERRED_KEY] = None
         hooks = self._hooks
+        applies = hooks  # the hooks that apply: those of the stages entered
         suppressed = False
 
         async def send_wrapper(message: Message) -> None:
@@ -215,15 +267,44 @@ class Stack:
             if suppressed:
                 return
             if message["type"] == "http.response.start":
-                for now, stage in hooks:
-                    if now is not None and now(scope, message):
+                mine = applies
+                if not outermost:
+                    if mine:
+                        deferred = state[_DEFERRED_KEY]
+                        if deferred is None:
+                            state[_DEFERRED_KEY] = [mine]
+                        else:
+                            deferred.append(mine)
+                    await send(message)
+                    return
+                ok = True
+                for now, stage in mine:  # (inline: this runs on every request)
+                    if now is not None and now(scope, message):  # type: ignore[operator]
                         continue
                     if not await stage.on_response_start(scope, message, send):
-                        suppressed = True
-                        return
+                        ok = False
+                        break
+                inner = state[_DEFERRED_KEY]
+                if ok and inner:
+                    state[_DEFERRED_KEY] = None
+                    for more in reversed(inner):  # handed on innermost first
+                        if not (ok := await _run_hooks(more, scope, message, send)):
+                            break
+                if not ok:
+                    suppressed = True
+                    return
                 queued = state.pop(_QUEUED_KEY, None)
                 if queued:
                     mutable_headers(message).extend(queued)
             await send(message)
 
+        for enter_now, stage, outer_hooks in self._enter_hooks:
+            if enter_now is not None and enter_now(scope):
+                continue
+            applies = outer_hooks
+            next_receive = await stage.enter(scope, receive, send_wrapper)
+            if next_receive is None:
+                return
+            receive = next_receive
+        applies = hooks
         await self.app(scope, receive, send_wrapper)

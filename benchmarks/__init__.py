@@ -1,4 +1,4 @@
-"""In-process benchmarks for axess (DESIGN §14-15).
+"""In-process benchmarks for axess (targets: book, Internals).
 
 Run ``python -m benchmarks`` (see ``benchmarks/README.md``).
 """

@@ -1,4 +1,4 @@
-"""Audit pipeline benchmarks (DESIGN §15): ``python -m benchmarks.audit``.
+"""Audit pipeline benchmarks (targets: book, Internals): ``python -m benchmarks.audit``.
 
 * ``emit()`` cost per event (target ≤ 2 µs), with one and with three sinks,
   and on the overflow path (``DropOldest`` with a full buffer);

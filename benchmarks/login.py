@@ -1,4 +1,4 @@
-"""Login-path benchmarks (DESIGN §15): ``python -m benchmarks.login``.
+"""Login-path benchmarks (targets: book, Internals): ``python -m benchmarks.login``.
 
 1. **Cost of a refused attempt.** A login refused by the lockout (user lever
    locked) against a normal attempt that runs Argon2id (wrong password, not
@@ -186,7 +186,7 @@ async def refused_vs_hashed(n_fast: int, n_hash: int) -> list[str]:
         f"| {noop / med:.4f}x | 0 |",
         "",
         f"Refused attempt: {'meets' if refused < 1e-3 and refused_hashes == 0 else 'MISSES'} "
-        "the §15 target (< 1 ms, no hash).",
+        "the target (< 1 ms, no hash).",
     ]
 
 

@@ -2,7 +2,7 @@
 
 Prints, as Markdown tables:
 
-* µs per check of the in-memory bucket store (§15-style target: <= 2 µs),
+* µs per check of the in-memory bucket store (target: <= 2 µs),
   the pure GCRA step, and the rate-limit stage's cost per request in-process
   (ASGI app called directly, as in ``benchmarks/asgi.py``) over the same
   stack without it;

@@ -23,7 +23,7 @@ from benchmarks.variants import (
     Unavailable,
 )
 
-#: §15: read-only request, memory store, µs over bare Starlette, stated for a
+#: The target (book: Internals): read-only request, memory store, µs over bare Starlette, stated for a
 #: machine where bare Starlette takes about 13 µs, Starlette's
 #: SessionMiddleware +40 µs and starsessions +46 µs.
 TARGET_OVERHEAD_US = 10.0
@@ -66,7 +66,7 @@ class _Collect(logging.Handler):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Per-request cost of a read-only session request, in-process (DESIGN §15).",
+        description="Per-request cost of a read-only session request, in-process (targets: book, Internals).",
     )
     p.add_argument("--n", type=int, default=20_000, help="requests per repetition (default 20000)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions; the best is reported")
@@ -205,7 +205,7 @@ def _summary(rows: list[Row]) -> list[str]:
     # scaled by bare Starlette, and as a fraction of each baseline's overhead.
     target = TARGET_OVERHEAD_US
     out = [
-        f"axess memory (warm) overhead = {axess:.1f} µs; §15 target ≤ {target:g} µs",
+        f"axess memory (warm) overhead = {axess:.1f} µs; target ≤ {target:g} µs",
         f"- as stated: {axess:.1f} ≤ {target:g} µs: {_verdict(axess, target)}",
     ]
     scaled = TARGET_OVERHEAD_US * anchor / REFERENCE_BARE_US

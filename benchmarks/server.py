@@ -1,4 +1,4 @@
-"""Requests per second under a real server (DESIGN §15): ``python -m benchmarks.server``.
+"""Requests per second under a real server (targets: book, Internals): ``python -m benchmarks.server``.
 
 Each variant of the in-process benchmark (bare Starlette, Starlette's
 ``SessionMiddleware``, starsessions, axess with the memory store and the full

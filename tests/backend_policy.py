@@ -1,4 +1,4 @@
-"""The skip/require rule of DESIGN §14 for tests that need a real server.
+"""The skip/require rule (book: Testing) for tests that need a real server.
 
 An unreachable backend skips its tests with a clear reason, unless
 ``AXESS_REQUIRE_BACKENDS=1`` (set by ``.ci/run``): then it fails them.

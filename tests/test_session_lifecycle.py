@@ -1,4 +1,4 @@
-"""The per-request lifecycle of DESIGN §4, through the HTTP surface."""
+"""The per-request lifecycle of the book's Sessions chapter, through the HTTP surface."""
 
 from __future__ import annotations
 

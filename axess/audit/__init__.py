@@ -1,4 +1,4 @@
-"""The audit pipeline (DESIGN §10): events, sinks, overflow policies, bounded
+"""The audit pipeline (book: Audit): events, sinks, overflow policies, bounded
 drain with a recovery log, retention.
 
 ::

@@ -1,4 +1,4 @@
-"""Route guards (DESIGN §8): ``require_authn`` and ``require_partial_authn``.
+"""Route guards (book: Login): ``require_authn`` and ``require_partial_authn``.
 
 A guard is both a FastAPI dependency and a Starlette route decorator::
 

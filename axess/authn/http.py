@@ -1,4 +1,4 @@
-"""HTTP mapping of login outcomes (DESIGN §1.2, §8, §8.1).
+"""HTTP mapping of login outcomes (book: Login, Lockout).
 
 One shape per outcome, whatever caused it, so responses never tell an
 attacker which lever locked, whether a user exists, or why a login failed:

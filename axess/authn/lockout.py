@@ -1,4 +1,4 @@
-"""Three-lever lockout (DESIGN §8.1): per user, per IP, per tenant.
+"""Three-lever lockout (book: Lockout): per user, per IP, per tenant.
 
 Order of a login attempt::
 
@@ -129,7 +129,7 @@ def _default_tenant() -> Lever:
 
 @dataclass(frozen=True, slots=True)
 class LockoutPolicy:
-    """The three levers (defaults from DESIGN §8.1) and their options.
+    """The three levers (defaults: book, Lockout) and their options.
 
     * user: 5 failures / 15 min → 15 min, doubling up to 24 h
     * ip: 50 / 15 min → 15 min

@@ -1,4 +1,4 @@
-"""Login outcomes (DESIGN §8): what :class:`~axess.authn.service.AuthnService` returns.
+"""Login outcomes (book: Login): what :class:`~axess.authn.service.AuthnService` returns.
 
 ``Locked`` is the lockout's own outcome (:class:`axess.authn.lockout.Locked`):
 ``retry_after`` seconds, and a ``lever`` for logs and metrics only (never

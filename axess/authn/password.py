@@ -1,4 +1,4 @@
-"""Password credentials and Argon2id hashing (DESIGN §8).
+"""Password credentials and Argon2id hashing (book: Login).
 
 Hashes are PHC strings in the reference Argon2 format::
 

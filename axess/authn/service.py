@@ -1,4 +1,4 @@
-"""``AuthnService``: the login flow (DESIGN §8, §8.1).
+"""``AuthnService``: the login flow (book: Login, Lockout).
 
 ::
 
@@ -95,7 +95,7 @@ Credential: TypeAlias = Password | TOTPCode | RecoveryCode
 @dataclass(frozen=True, slots=True)
 class AuthnEvent:
     """One authentication event for ``on_event``. ``type`` and ``status`` are
-    the DESIGN §10 wire strings; the fields match
+    the audit wire strings (book: Audit); the fields match
     :meth:`axess.audit.events.AuthEvent.create` keyword arguments. Never
     holds a secret (no password, code or session id)."""
 
@@ -231,7 +231,7 @@ class AuthnService:
     ) -> None:
         self.store = store
         #: Called before a login starts; raises (e.g. ``AuditUnavailable``)
-        #: when no login may happen right now (no audit trail: DESIGN §10).
+        #: when no login may happen right now (no audit trail: book, Audit).
         self.gate = gate
         self.clock: Clock = clock or SystemClock()
         self.metrics: AuthnMetrics = metrics or NoopMetrics()

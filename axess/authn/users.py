@@ -1,4 +1,4 @@
-"""User and tenant administration (DESIGN §8 "User admin API").
+"""User and tenant administration (book: Users and tenants).
 
 ::
 

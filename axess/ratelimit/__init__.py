@@ -1,4 +1,4 @@
-"""Rate limiting (DESIGN §9): GCRA buckets in memory or shared in Valkey,
+"""Rate limiting (book: Rate limiting): GCRA buckets in memory or shared in Valkey,
 rules applied by :class:`RateLimitMiddleware` or per route with a FastAPI
 dependency, standard ``RateLimit`` / ``RateLimit-Policy`` / ``Retry-After``
 headers.

@@ -13,7 +13,7 @@ OnStoreError = Literal["unavailable", "guest"]
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
-    """Session settings. Defaults are the secure ones (DESIGN §4).
+    """Session settings. Defaults are the secure ones (book: Sessions).
 
     Raises :class:`ConfigurationError` for inconsistent values, e.g. a
     ``__Host-`` cookie that is not Secure, or ``SameSite=None`` without Secure.

@@ -195,8 +195,6 @@ class CSRFMiddleware(Stage):
     credentials there is nothing to forge (bearer-token API clients).
     """
 
-    has_response_hook = True
-
     def __init__(
         self,
         app: ASGIApp | None = None,

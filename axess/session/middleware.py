@@ -57,10 +57,8 @@ class SessionMiddleware(Stage):
 
     One ``load_session`` per request that carries a valid cookie; no store
     write and no ``Set-Cookie`` when nothing changed; guests are persisted
-    only once they write. See DESIGN §4 for the full contract.
+    only once they write. The book's Sessions chapter has the full contract.
     """
-
-    has_response_hook = True
 
     def __init__(
         self,

@@ -51,7 +51,7 @@ logger = logging.getLogger("axess.stores.sql")
 
 T = TypeVar("T")
 
-#: Seconds ``check_health`` waits for ``SELECT 1`` (DESIGN §12).
+#: Seconds ``check_health`` waits for ``SELECT 1`` (book: Operations, health checks).
 HEALTH_TIMEOUT: Final = 2.0
 #: Rows deleted per statement by the purge, so a huge backlog never holds
 #: one long lock.
