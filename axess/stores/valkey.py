@@ -45,6 +45,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final, cast
@@ -53,6 +54,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from axess._throttle import ThrottledWarning
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.health import HealthStatus
+from axess.observability.metrics import AuthnMetrics
 from axess.stores.base import LOCKOUT, SESSIONS, SessionRecord
 from axess.stores.valkey_lockout import ValkeyLockoutMixin
 
@@ -133,6 +135,10 @@ class ValkeyStore(ValkeyLockoutMixin):
     # Plain (not Final) so the class matches Backend's settable protocol members.
     name: str = "valkey"
     substores: frozenset[str] = frozenset({SESSIONS, LOCKOUT})
+    #: Receives ``store_latency(substore, operation, seconds)`` for every
+    #: command and script once set (``Axess(metrics=...)`` sets it, also for a
+    #: ``ValkeyBucketStore`` on this store; book: "Health and metrics").
+    metrics: AuthnMetrics | None = None
 
     def __init__(
         self,
@@ -153,6 +159,9 @@ class ValkeyStore(ValkeyLockoutMixin):
                 "ValkeyStore needs a client with decode_responses=False (payloads are binary)"
             )
         insecure, self._secrets = _inspect_connection(url, client, pool_kwargs)
+        #: What makes the connection insecure (no TLS, no AUTH); empty when
+        #: it is not. ``axess check`` reports it.
+        self.insecure: tuple[str, ...] = tuple(insecure)
         if insecure:
             if not allow_insecure:
                 raise ConfigurationError(
@@ -173,6 +182,10 @@ class ValkeyStore(ValkeyLockoutMixin):
         self._owns_client = client is None
         #: Set while open; every operation goes through it.
         self._exec: _Exec | None = None
+        #: True once opened: a store closed after use does not reopen behind
+        #: its owner's back; one never opened opens on first use.
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
         self._scripts = {n: _Script(n, b) for n, b in _load_script_sources().items()}
         self._warn = ThrottledWarning(logger)
 
@@ -201,6 +214,23 @@ class ValkeyStore(ValkeyLockoutMixin):
         except (ValkeyError, OSError) as exc:
             raise self._error("open", exc) from exc
         self._exec = execute
+        self._opened = True
+
+    async def _executor(self) -> _Exec:
+        """The open executor; a store never opened (an app without the Axess
+        lifespan) is opened here, once, by the first operation. A failure is
+        a :class:`StoreError` (a 503), and the next operation tries again."""
+        if self._exec is not None:
+            return self._exec
+        if self._opened:
+            raise RuntimeError("ValkeyStore is not open: await store.open() first")
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._exec is None:
+                logger.info("ValkeyStore opened by its first operation (no lifespan opened it)")
+                await self.open()
+        return await self._executor()
 
     async def close(self) -> None:
         """Close the client if this store created it (a given client stays the
@@ -234,12 +264,16 @@ class ValkeyStore(ValkeyLockoutMixin):
         return StoreError(message, backend="valkey", substore=substore)
 
     async def _call(self, op: str, *args: Any, substore: str = SESSIONS) -> Any:
-        if self._exec is None:
-            raise RuntimeError("ValkeyStore is not open: await store.open() first")
+        execute = await self._executor()
+        metrics = self.metrics
+        start = time.perf_counter()
         try:
-            return await self._exec(*args)
+            return await execute(*args)
         except (ValkeyError, OSError) as exc:
             raise self._error(op, exc, substore) from exc
+        finally:
+            if metrics is not None:
+                metrics.store_latency(substore, op, time.perf_counter() - start)
 
     async def _run(self, name: str, keys: Sequence[str], args: Iterable[str | bytes]) -> Any:
         return await self.run_script(self._scripts[name], keys, args)
@@ -268,18 +302,22 @@ class ValkeyStore(ValkeyLockoutMixin):
         """One ``EVALSHA`` of ``script`` (re-loaded after ``NOSCRIPT``), with
         this store's prefix as ``ARGV[1]``. Failures raise :class:`StoreError`
         naming ``substore``."""
-        if self._exec is None:
-            raise RuntimeError("ValkeyStore is not open: await store.open() first")
+        execute = await self._executor()
         argv = (self._prefix, *args)
+        metrics = self.metrics
+        start = time.perf_counter()
         try:
             try:
-                return await self._exec("EVALSHA", script.sha, len(keys), *keys, *argv)
+                return await execute("EVALSHA", script.sha, len(keys), *keys, *argv)
             except NoScriptError:
                 # The server lost its script cache (restart, SCRIPT FLUSH).
-                await self._exec("SCRIPT LOAD", script.body)
-                return await self._exec("EVALSHA", script.sha, len(keys), *keys, *argv)
+                await execute("SCRIPT LOAD", script.body)
+                return await execute("EVALSHA", script.sha, len(keys), *keys, *argv)
         except (ValkeyError, OSError) as exc:
             raise self._error(script.name, exc, substore) from exc
+        finally:
+            if metrics is not None:
+                metrics.store_latency(substore, script.name, time.perf_counter() - start)
 
     def _skey(self, key: str) -> str:
         return f"{self._prefix}s:{key}"

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from axess._throttle import ThrottledWarning
 from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.errors import ConfigurationError, SchemaVersionError, StoreError
 from axess.observability.health import HealthStatus
+from axess.observability.metrics import AuthnMetrics
 from axess.stores.base import (
     AUDIT,
     FACTORS,
@@ -494,6 +496,9 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
     """
 
     substores: frozenset[str] = frozenset({SESSIONS, AUDIT, LOCKOUT, IDENTITY, FACTORS})
+    #: Receives ``store_latency(substore, operation, seconds)`` for every
+    #: operation once set (``Axess(metrics=...)`` sets it; book: "Health and metrics").
+    metrics: AuthnMetrics | None = None
 
     def __init__(self, dialect: Dialect, driver: Driver, *, auto_migrate: bool) -> None:
         self.name: str = dialect.name
@@ -516,8 +521,10 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         """Connect, then migrate (``auto_migrate``) or check the schema version.
 
         Raises :class:`SchemaVersionError` if the database is newer than this
-        axess, :class:`StoreError` if it is unreachable (later operations
-        retry connecting).
+        axess or (``auto_migrate`` off) older than it needs: the app must not
+        start on a schema every login would fail on (book: Storage,
+        migrations). Raises :class:`StoreError` if it is unreachable (later
+        operations retry connecting).
         """
         self._closed = False
         try:
@@ -526,16 +533,14 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
                 return
             version = await self.schema_version()
             self._check_not_newer(version)
+            if version < self.known_schema_version:
+                raise SchemaVersionError(
+                    f"{self.name} schema is at version {version}, this axess needs "
+                    f"{self.known_schema_version}: run `axess migrate` before starting the app"
+                )
         except SchemaVersionError:
             await self._driver.close()
             raise
-        if version < self.known_schema_version:
-            logger.warning(
-                "%s schema is at version %d, this axess needs %d: run `axess migrate`",
-                self.name,
-                version,
-                self.known_schema_version,
-            )
 
     async def close(self) -> None:
         """Close the pool/connection. Idempotent; later operations raise StoreError."""
@@ -874,7 +879,20 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         substore: str = SESSIONS,
     ) -> T:
         """Run ``body`` on an acquired connection, retrying deadlocks and
-        serialization failures, and turning driver errors into StoreError."""
+        serialization failures, and turning driver errors into StoreError.
+        Its duration (retries and failures included) goes to ``metrics``."""
+        metrics = self.metrics
+        if metrics is None:
+            return await self._attempts(what, body, log, substore)
+        start = time.perf_counter()
+        try:
+            return await self._attempts(what, body, log, substore)
+        finally:
+            metrics.store_latency(substore, what, time.perf_counter() - start)
+
+    async def _attempts(
+        self, what: str, body: Callable[[Connection], Awaitable[T]], log: bool, substore: str
+    ) -> T:
         errors = self._driver.errors()
         for attempt in itertools.count(1):
             try:
