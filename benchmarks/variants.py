@@ -263,6 +263,17 @@ async def axess_memory_session_only() -> AsyncIterator[Bench]:
 
 
 @contextlib.asynccontextmanager
+async def axess_memory_prometheus() -> AsyncIterator[Bench]:
+    """The warm row with ``PrometheusMetrics`` on its own registry."""
+    from prometheus_client import CollectorRegistry
+
+    from axess.observability.prometheus import PrometheusMetrics
+
+    options = {"metrics": PrometheusMetrics(registry=CollectorRegistry())}
+    yield await _axess_bench(MemoryStore(), notes=["PrometheusMetrics"], options=options)
+
+
+@contextlib.asynccontextmanager
 async def axess_memory_cold() -> AsyncIterator[Bench]:
     yield await _axess_bench(MemoryStore(), notes=[], cold=True)
 
@@ -416,6 +427,7 @@ VARIANTS: list[tuple[str, Variant]] = [
     ("starsessions (memory)", starsessions_memory),
     ("axess memory, session only (warm)", axess_memory_session_only),
     ("axess memory (warm)", axess_memory_warm),
+    ("axess memory + PrometheusMetrics (warm)", axess_memory_prometheus),
     ("axess memory (cold)", axess_memory_cold),
     ("axess SQLite", axess_sqlite),
     ("axess PostgreSQL", axess_postgres),
