@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["LATENCY_BUCKETS", "MAX_LABEL_VALUES", "OTelMetrics"]
+
 
 def _otel_metrics() -> Any:
     try:

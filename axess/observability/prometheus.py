@@ -33,6 +33,7 @@ from axess.observability._cells import (
     COUNTERS,
     LABELLED_COUNTERS,
     LATENCY_BUCKETS,
+    MAX_LABEL_VALUES,
     Count,
     Histogram,
     Labelled,
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["LATENCY_BUCKETS", "MAX_LABEL_VALUES", "PrometheusMetrics"]
 
 
 def _prometheus() -> Any:
