@@ -98,6 +98,29 @@ def mutable_headers(message: Message) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+_VARY: Final = (b"vary", b"Cookie")
+
+
+def vary_cookie(message: Message) -> None:
+    """Add ``Cookie`` to the ``Vary`` header of a response-start ``message`` (once).
+
+    Header names are matched lowercase, as ASGI requires; a differently
+    spelled ``Vary`` gets a second ``vary`` line, which means the same.
+    """
+    headers = message.get("headers")
+    if type(headers) is not list:
+        headers = message["headers"] = list(headers or ())
+    for item in headers:
+        if item[0] == b"vary":
+            break
+    else:
+        headers.append(_VARY)
+        return
+    value = item[1]
+    if b"cookie" not in value.lower() and value.strip() != b"*":
+        headers[headers.index(item)] = (b"vary", value + b", Cookie")
+
+
 async def send_json(
     send: Send,
     status: int,
@@ -179,17 +202,13 @@ def _overridden(stage: Stage, name: str) -> bool:
 
 def has_response_hook(stage: Stage) -> bool:
     """Whether ``stage`` does anything when the response starts."""
-    return _overridden(stage, "on_response_start") or _overridden(
-        stage, "on_response_start_now"
-    )
+    return _overridden(stage, "on_response_start") or _overridden(stage, "on_response_start_now")
 
 
 _Hook = tuple[object, Stage]  # (sync twin or None, stage)
 
 
-async def _run_hooks(
-    hooks: Sequence[_Hook], scope: Scope, message: Message, send: Send
-) -> bool:
+async def _run_hooks(hooks: Sequence[_Hook], scope: Scope, message: Message, send: Send) -> bool:
     """Run ``hooks`` in order; False when one sent its own response."""
     for now, stage in hooks:
         if now is not None and now(scope, message):  # type: ignore[operator]

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from axess.authn import RecoveryCode, RecoveryCodes
 from axess.authn.recovery import (
     ALPHABET,
-    MemoryRecoveryCodeStore,
     RecoveryCodeHasher,
     RecoveryCodeStore,
     normalize_code,
 )
 from axess.clock import SeededRandom
 from axess.keys import Key, Keyring
+from axess.stores.memory_identity import MemoryRecoveryCodes
 
 
 def _keys(*fingerprint: Key) -> Keyring:
@@ -30,8 +30,8 @@ def _keys(*fingerprint: Key) -> Keyring:
     )
 
 
-def _codes() -> tuple[RecoveryCodes, MemoryRecoveryCodeStore]:
-    store = MemoryRecoveryCodeStore()
+def _codes() -> tuple[RecoveryCodes, MemoryRecoveryCodes]:
+    store = MemoryRecoveryCodes()
     assert isinstance(store, RecoveryCodeStore)
     return RecoveryCodes(RecoveryCodeHasher(_keys(), random=SeededRandom(7)), store), store
 
@@ -85,7 +85,7 @@ async def test_concurrent_consumption_of_one_code_succeeds_once() -> None:
 
 async def test_codes_survive_a_pepper_key_rotation() -> None:
     old, new = Key.generate("f1"), Key.generate("f2")
-    store = MemoryRecoveryCodeStore()
+    store = MemoryRecoveryCodes()
     issued = await RecoveryCodes(RecoveryCodeHasher(_keys(old)), store).regenerate("u1")
     rotated = RecoveryCodes(RecoveryCodeHasher(_keys(new, old)), store)
     assert await rotated.consume("u1", issued[0])

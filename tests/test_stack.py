@@ -11,8 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from axess.session.middleware import vary_cookie
-from axess.stack import Stack, Stage, queue_response_headers, send_json
+from axess.stack import Stack, Stage, queue_response_headers, send_json, vary_cookie
 
 
 class Recording(Stage):

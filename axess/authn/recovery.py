@@ -23,7 +23,6 @@ from typing import Final, Protocol, runtime_checkable
 
 from axess.clock import Random, SystemRandom
 from axess.keys import Keyring
-from axess.stores.memory_identity import MemoryRecoveryCodes
 
 ALPHABET: Final = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 CODE_LENGTH: Final = 10
@@ -133,10 +132,6 @@ class RecoveryCodeStore(Protocol):
         ...
 
     async def count_recovery_codes(self, user: str) -> int: ...
-
-
-class MemoryRecoveryCodeStore(MemoryRecoveryCodes):
-    """In-process :class:`RecoveryCodeStore` (tests, single process)."""
 
 
 class RecoveryCodes:

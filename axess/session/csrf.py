@@ -35,8 +35,14 @@ from axess.keys import Keyring
 from axess.session.cookie import MAX_MEMO_HEADER_BYTES, STORAGE_KEY_CHARS, CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
-from axess.session.middleware import vary_cookie
-from axess.stack import HEADERS_KEY, Stage, mutable_headers, request_headers, send_json
+from axess.stack import (
+    HEADERS_KEY,
+    Stage,
+    mutable_headers,
+    request_headers,
+    send_json,
+    vary_cookie,
+)
 
 logger = logging.getLogger("axess.csrf")
 

@@ -31,12 +31,18 @@ from axess.session.cookie import (
 from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.session.handle import Session
-from axess.stack import HEADERS_KEY, Stage, mutable_headers, request_headers, send_json
+from axess.stack import (
+    HEADERS_KEY,
+    Stage,
+    mutable_headers,
+    request_headers,
+    send_json,
+    vary_cookie,
+)
 from axess.stores.base import SessionRecord, SessionStore
 
 logger = logging.getLogger("axess.session")
 
-_VARY: Final = (b"vary", b"Cookie")
 #: Larger payloads are opened every time rather than memoized (an entry, with
 #: the data it opens to, then stays below about 10 KiB; see the book's
 #: sessions chapter, "Memos").
@@ -512,23 +518,3 @@ def _describe_client(scope: Scope, data: d.SessionData) -> None:
     data.ip_prefix = ip_prefix(ip) if ip is not None else None
     if ua is not None:
         data.user_agent = ua[:_UA_SUMMARY_CHARS].decode("latin-1")
-
-
-def vary_cookie(message: Message) -> None:
-    """Add ``Cookie`` to the ``Vary`` header of a response-start ``message`` (once).
-
-    Header names are matched lowercase, as ASGI requires; a differently
-    spelled ``Vary`` gets a second ``vary`` line, which means the same.
-    """
-    headers = message.get("headers")
-    if type(headers) is not list:
-        headers = message["headers"] = list(headers or ())
-    for item in headers:
-        if item[0] == b"vary":
-            break
-    else:
-        headers.append(_VARY)
-        return
-    value = item[1]
-    if b"cookie" not in value.lower() and value.strip() != b"*":
-        headers[headers.index(item)] = (b"vary", value + b", Cookie")
