@@ -87,21 +87,34 @@ async def ok(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+# The request real apps make: the user and one custom key (book: Internals).
+THEME = "dark"
+
+
 async def read_starlette(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(request.session.get("user") or "")
+    session = request.session
+    if session.get("theme") != THEME:
+        return PlainTextResponse("no theme")
+    return PlainTextResponse(session.get("user") or "")
 
 
 async def login_starlette(request: Request) -> PlainTextResponse:
     request.session["user"] = USER
+    request.session["theme"] = THEME
     return PlainTextResponse("ok")
 
 
 async def read_axess(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(get_session(request).user_id or "")
+    session = get_session(request)
+    if session.get("theme") != THEME:
+        return PlainTextResponse("no theme")
+    return PlainTextResponse(session.user_id or "")
 
 
 async def login_axess(request: Request) -> PlainTextResponse:
-    get_session(request).authenticate(USER)
+    session = get_session(request)
+    session.authenticate(USER)
+    session["theme"] = THEME
     return PlainTextResponse("ok")
 
 

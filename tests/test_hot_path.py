@@ -224,3 +224,94 @@ def test_cookie_reader_answers_like_find_cookie(
     assert reader.find(header) == expected
     assert reader.find(header) == expected  # the memoized answer
     assert reader.find(None) is None
+
+
+# -- custom data: shared parsed template, copy on write ----------------------------
+async def prefs(request: Request) -> JSONResponse:
+    s = get_session(request)
+    if request.method == "POST":
+        s["theme"] = "dark"
+        s["cart"] = [1]
+        return JSONResponse({})
+    return JSONResponse({"theme": s.get("theme"), "missing": s.get("nope"), "in": "theme" in s})
+
+
+async def add_to_cart(request: Request) -> JSONResponse:
+    get_session(request)["cart"].append(int(request.query_params["n"]))  # in place
+    return JSONResponse({})
+
+
+async def cart(request: Request) -> JSONResponse:
+    return JSONResponse({"cart": get_session(request).get("cart")})
+
+
+def make_prefs(store: CountingStore, **session: Any) -> Starlette:
+    auth = make_bound_auth(store, seed=5, session=SessionConfig(**session))
+    app = Starlette(
+        routes=[
+            Route("/prefs", prefs, methods=["GET", "POST"]),
+            Route("/add", add_to_cart, methods=["POST"]),
+            Route("/cart", cart),
+            Route("/login", login, methods=["POST"]),
+        ]
+    )
+    auth.install(app)
+    return app
+
+
+async def test_reading_small_custom_scalars_parses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from axess.session import data as session_data
+
+    store = CountingStore()
+    app = make_prefs(store)
+    parses: list[bytes] = []
+    real = session_data.load_custom
+
+    def counting(raw: bytes) -> dict[str, Any]:
+        parses.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(session_data, "load_custom", counting)
+    async with client(app) as c:
+        await signed_in_prefs(c)
+        await c.get("/prefs", headers=HOME)  # opens the new payload (parses it once)
+        parses.clear()
+        writes = store.writes
+        for _ in range(3):
+            r = await c.get("/prefs", headers=HOME)
+            assert r.json() == {"theme": "dark", "missing": None, "in": True}
+            assert cookie_of(r) is None and "cookie" in r.headers["vary"].lower()
+    assert parses == []  # warm reads of a scalar: no JSON parse
+    assert store.writes == writes  # and nothing written
+
+
+async def signed_in_prefs(c: httpx.AsyncClient) -> None:
+    r = await c.post("/login", headers=HOME)
+    c.cookies.set("axess.sid", cookie_of(r) or "")
+    r = await c.post("/prefs", headers=HOME)
+    assert r.status_code == 200
+
+
+async def test_in_place_changes_of_a_read_list_are_saved_and_stay_private() -> None:
+    store = CountingStore()
+    app = make_prefs(store)
+    async with client(app) as c:
+        await signed_in_prefs(c)
+        assert (await c.get("/cart", headers=HOME)).json() == {"cart": [1]}
+        await c.post("/add?n=2", headers=HOME)  # nested mutation: detected, saved
+        assert (await c.get("/cart", headers=HOME)).json() == {"cart": [1, 2]}
+
+
+async def test_a_refused_in_place_change_never_reaches_the_shared_template() -> None:
+    store = CountingStore()
+    app = make_prefs(store, max_custom_bytes=64)
+    async with client(app) as c:
+        await signed_in_prefs(c)
+        assert (await c.get("/cart", headers=HOME)).json() == {"cart": [1]}  # warm
+        writes = store.writes
+        # Over the size cap: the change is refused and the stored version kept.
+        await c.post("/add?n=" + "9" * 80, headers=HOME)
+        assert store.writes == writes
+        assert (await c.get("/cart", headers=HOME)).json() == {"cart": [1]}

@@ -40,7 +40,8 @@ from axess.session.cookie import (
     storage_key,
 )
 from axess.session.csrf import CSRFMiddleware, CSRFTokens
-from axess.session.middleware import SessionMiddleware
+from axess.session.handle import Session
+from axess.session.middleware import MAX_TEMPLATE_JSON, SessionMiddleware
 from axess.stack import HEADERS_KEY
 from axess.stores import MemoryStore
 from axess.stores.base import SessionRecord
@@ -62,6 +63,7 @@ PER_ENTRY = {
     "session cookie": int(1.5 * KiB),
     "verified cookies": 512,
     "opened payloads": 10 * KiB,
+    "opened payloads, parsed": 16 * KiB,
     "csrf cookie reader": int(2.5 * KiB),
     "csrf cookie fits": int(1.5 * KiB),
     "csrf tokens": 512,
@@ -409,6 +411,38 @@ def test_opened_payload_memo() -> None:
     large = stage.crypto.seal(meta + b'{"k":"' + b"v" * 8192 + b'"}', verified.storage_key)
     opened = stage._open(verified, SessionRecord(verified.storage_key, large, 0.0, 3600.0), 1.0)
     assert opened is not None and (verified.storage_key, large) not in memo
+
+
+def test_opened_payload_memo_with_parsed_custom_data() -> None:
+    """Custom data small enough to be kept parsed (MAX_TEMPLATE_JSON), in the
+    costliest shape: as many distinct tiny keys as fit, in a payload that
+    metadata fills up to the largest size remembered."""
+    stage = _sessions()
+    memo = stage._opened
+    for i in range(memo.capacity):
+        verified = VerifiedCookie(_sid(i), storage_key(_sid(i)), needs_resign=False)
+        state = d.Authenticated(pad("user", 64), pad("tenant", 64), 0.0, ("password", "totp"))
+        pairs, n = [], 0
+        while len(b"{" + b",".join(pairs) + b"}") < MAX_TEMPLATE_JSON - 12:
+            pairs.append(b'"%d":%d' % (n + 1000 * i, n))
+            n += 1
+        custom = b"{" + b",".join(pairs) + b"}"
+        assert len(custom) <= MAX_TEMPLATE_JSON
+
+        def meta(ua: int) -> d.SessionData:
+            return d.SessionData(
+                0.0, 0.0, state, "f" * 64, 1, "dev", pad("tenant", 64), "2001:db8::/64", "U" * ua
+            )
+
+        size = len(stage.crypto.seal(d.encode(meta(0), b"") + custom, verified.storage_key))
+        data = meta(4096 - size)
+        payload = stage.crypto.seal(d.encode(data, b"") + custom, verified.storage_key)
+        assert len(payload) == 4096
+        session = stage._open(
+            verified, SessionRecord(verified.storage_key, payload, 0.0, 3600.0), 1.0
+        )
+        assert isinstance(session, Session) and len(session) == n
+    assert_bounded(memo, "opened payloads, parsed")
 
 
 # -- CSRF ----------------------------------------------------------------------------------

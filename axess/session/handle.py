@@ -22,14 +22,22 @@ if TYPE_CHECKING:
     from axess.session.middleware import SessionMiddleware
 
 _EMPTY_JSON = b"{}"
+#: Values a read may hand out straight from the shared, parsed template:
+#: nobody can change them in place.
+_IMMUTABLE: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
 
 class Session(MutableMapping[str, Any]):
     """The current request's session.
 
-    Reading custom data parses it on first access; a request that never
-    touches it pays nothing. Nested mutation (``session["cart"].append(x)``)
-    is detected at commit by comparing the serialized bytes.
+    Custom data parsed from the store is a template shared by the requests
+    that load the same payload (book: Sessions, "Memos"): reading a key whose
+    value is a string, number, boolean or null costs a dict lookup and
+    parses nothing. The first access that could change the data (setting or
+    deleting a key, or reading a list or dict, which the handler might
+    change in place) gives this request its own copy, and the commit
+    compares its serialized bytes with the stored ones, so nested mutation
+    (``session["cart"].append(x)``) is detected.
     """
 
     # Slots, every one set in __init__: this object is built on every request,
@@ -40,6 +48,7 @@ class Session(MutableMapping[str, Any]):
         "_arrived_auth",
         "_custom",
         "_custom_json",
+        "_shared_custom",
         "_data",
         "_invalidated",
         "_meta_dirty",
@@ -63,11 +72,14 @@ class Session(MutableMapping[str, Any]):
         persisted_sid: str | None = None,
         loaded_key: str | None = None,
         shared: bool = False,
+        shared_custom: dict[str, Any] | None = None,
     ) -> None:
         self._owner = owner
         self._data = data
         self._arrived_auth = data.auth_state  # immutable: a snapshot, not a copy
         self._custom_json = custom_json
+        #: ``custom_json`` parsed, read-only (never changed, by anyone).
+        self._shared_custom = shared_custom
         #: Id of the row this session was loaded from (None for a new guest).
         self.persisted_sid = persisted_sid
         #: Storage key of that row.
@@ -114,7 +126,16 @@ class Session(MutableMapping[str, Any]):
         return self._custom
 
     def __getitem__(self, key: str) -> Any:
-        return self._c()[key]
+        custom = self._custom
+        if custom is None:
+            template = self._shared_custom
+            if template is not None:
+                self.accessed = True
+                value = template[key]
+                if type(value) in _IMMUTABLE:
+                    return value
+            custom = self._c()
+        return custom[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
@@ -124,17 +145,25 @@ class Session(MutableMapping[str, Any]):
     def __delitem__(self, key: str) -> None:
         del self._c()[key]
 
+    def _read(self) -> dict[str, Any]:
+        """The custom data for reading keys: the shared template until this
+        request owns a copy."""
+        if self._custom is None and self._shared_custom is not None:
+            self.accessed = True
+            return self._shared_custom
+        return self._c()
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._c())
+        return iter(self._read())
 
     def __len__(self) -> int:
         if self._custom is None and self._custom_json == _EMPTY_JSON:
             self.accessed = True
             return 0  # `if session:` on an empty session costs no parse
-        return len(self._c())
+        return len(self._read())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._c()
+        return key in self._read()
 
     def size(self) -> int:
         """Bytes the custom data takes as JSON (what the size cap measures).

@@ -41,6 +41,11 @@ from axess.stack import (
 )
 from axess.stores.base import SessionRecord, SessionStore
 
+#: Custom data up to this many bytes of JSON is kept parsed with the opened
+#: payload, so reading it parses nothing; larger custom data is parsed on
+#: the request that reads it (this bounds the memo's memory: book, Sessions,
+#: "Memos").
+MAX_TEMPLATE_JSON: Final = 512
 logger = logging.getLogger("axess.session")
 
 #: Larger payloads are opened every time rather than memoized (an entry, with
@@ -106,9 +111,9 @@ class SessionMiddleware(Stage):
         # keyring, so a payload that opened once maps to the same data again:
         # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
         # are immutable templates, shared until a request changes its copy.
-        self._opened: BoundedMemo[tuple[str, bytes], tuple[d.SessionData, bytes]] = BoundedMemo(
-            memo_size, max_key_bytes=_OPENED_MAX_KEY
-        )
+        self._opened: BoundedMemo[
+            tuple[str, bytes], tuple[d.SessionData, bytes, dict[str, Any] | None]
+        ] = BoundedMemo(memo_size, max_key_bytes=_OPENED_MAX_KEY)
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -210,25 +215,33 @@ class SessionMiddleware(Stage):
         shared = opened is not None
         if opened is None:
             try:
-                opened = d.decode(self.crypto.open(record.payload, key))
+                data, custom_json = d.decode(self.crypto.open(record.payload, key))
             except EnvelopeError as exc:
                 self._warn_envelope(str(exc))
                 return None
             except ValueError:
                 self._warn_envelope("undecodable session data")
                 return None
+            template: dict[str, Any] | None = None
+            if len(custom_json) <= MAX_TEMPLATE_JSON:
+                try:
+                    template = d.load_custom(custom_json)
+                except ValueError:
+                    template = {}
+            opened = (data, custom_json, template)
             self._opened.put(memo_key, opened)
             shared = memo_key in self._opened  # False when too large to remember
-        # The opened data is an immutable template while memoized: the
-        # Session copies it before the first change (see Session.own_data).
-        data, custom_json = opened
+        # The opened data and parsed custom data are immutable templates: the
+        # Session copies them before the first change (Session.own_data, and
+        # its custom-data access).
+        data, custom_json, template = opened
         cfg = self.config
         idle = cfg.idle_timeout
         if now >= data.created_at + cfg.max_age or (
             idle is not None and now >= data.last_seen_at + idle
         ):
             return _Expired(key, data.auth_state)
-        session = Session(self, data, custom_json, verified.session_id, key, shared)
+        session = Session(self, data, custom_json, verified.session_id, key, shared, template)
         if verified.needs_resign:
             session.resign = True
         if idle is not None and now - data.last_seen_at >= cfg.touch_interval:
