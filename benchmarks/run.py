@@ -23,7 +23,8 @@ from benchmarks.variants import (
     Unavailable,
 )
 
-#: The target (book: Internals): read-only request, memory store, µs over bare Starlette, stated for a
+#: The target (book: Internals): read-only request, memory store, µs over
+#: bare Starlette, stated for a
 #: machine where bare Starlette takes about 13 µs, Starlette's
 #: SessionMiddleware +40 µs and starsessions +46 µs.
 TARGET_OVERHEAD_US = 10.0
@@ -66,7 +67,7 @@ class _Collect(logging.Handler):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Per-request cost of a read-only session request, in-process (targets: book, Internals).",
+        description="Per-request cost of a read-only session request, in-process.",
     )
     p.add_argument("--n", type=int, default=20_000, help="requests per repetition (default 20000)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions; the best is reported")

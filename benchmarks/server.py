@@ -1,4 +1,6 @@
-"""Requests per second under a real server (targets: book, Internals): ``python -m benchmarks.server``.
+"""Requests per second under a real server: ``python -m benchmarks.server``.
+
+(The targets are in the book's Internals chapter.)
 
 Each variant of the in-process benchmark (bare Starlette, Starlette's
 ``SessionMiddleware``, starsessions, axess with the memory store and the full
