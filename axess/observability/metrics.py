@@ -31,6 +31,7 @@ class AuthnMetrics(Protocol):
         """A previous (rotated) key was needed: ``use`` is ``totp_secret``
         (envelope keys), ``fingerprint`` or ``csrf``. Quiet means the old key
         can go (book: Keys and key rotation)."""
+
     def session_size_exceeded(self) -> None: ...
     def rate_limit_allowed(self, policy: str) -> None: ...
     def rate_limit_rejected(self, policy: str) -> None: ...
@@ -41,6 +42,7 @@ class AuthnMetrics(Protocol):
     def store_latency(self, substore: str, operation: str, seconds: float) -> None: ...
     def authz_decision(self, outcome: str) -> None:
         """One Cedar decision; ``outcome`` is ``allow`` or ``deny`` (book: Authorization)."""
+
     def authz_error(self) -> None:
         """A Cedar evaluation error (a policy erroring at run time, a request the
         schema refuses, a failing app callback); the decision was a deny."""
