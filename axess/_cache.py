@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Final, TypeVar
 
+from axess.errors import ConfigurationError
+
 #: Entries per memo of the request path: how many returning clients each
 #: remembers (``Axess(memo_size=...)``).
 DEFAULT_MEMO_SIZE: Final = 8192
@@ -64,9 +66,9 @@ class BoundedMemo(dict[K, V]):
     def __init__(self, capacity: int, *, max_key_bytes: int | None = DEFAULT_MAX_KEY_BYTES) -> None:
         super().__init__()
         if capacity < 1:
-            raise ValueError("capacity must be >= 1")
+            raise ConfigurationError("capacity must be >= 1")
         if max_key_bytes is not None and max_key_bytes < 0:
-            raise ValueError("max_key_bytes must be >= 0 (or None)")
+            raise ConfigurationError("max_key_bytes must be >= 0 (or None)")
         self.capacity = capacity
         self.max_key_bytes = max_key_bytes
 

@@ -31,6 +31,7 @@ from typing import Final, Protocol, runtime_checkable
 from axess.audit.events import AuthEvent, to_us
 from axess.audit.recovery import append_lines
 from axess.clock import Clock, SystemClock
+from axess.errors import ConfigurationError
 from axess.stores.base import AuditStore
 
 logger = logging.getLogger("axess.audit")
@@ -105,9 +106,9 @@ class AuditRetention:
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if archive_after < 0 or purge_after < 0:
-            raise ValueError("archive_after and purge_after must not be negative")
+            raise ConfigurationError("archive_after and purge_after must not be negative")
         if interval <= 0 or batch_size < 1:
-            raise ValueError("interval must be positive and batch_size at least 1")
+            raise ConfigurationError("interval must be positive and batch_size at least 1")
         self.store = store
         self.archiver = archiver
         self.archive_after = archive_after

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
 from axess.clock import Clock, SystemClock
-from axess.errors import StoreError
+from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
 
@@ -86,17 +86,17 @@ class Lever:
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
-            raise ValueError("Lever.threshold must be at least 1")
+            raise ConfigurationError("Lever.threshold must be at least 1")
         for name in ("window", "lock_for"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"Lever.{name} must be a positive number of seconds")
+                raise ConfigurationError(f"Lever.{name} must be a positive number of seconds")
         if not (math.isfinite(self.backoff) and self.backoff >= 1.0):
-            raise ValueError("Lever.backoff must be >= 1")
+            raise ConfigurationError("Lever.backoff must be >= 1")
         if self.max_lock is not None and not (
             math.isfinite(self.max_lock) and self.max_lock >= self.lock_for
         ):
-            raise ValueError("Lever.max_lock must be >= lock_for")
+            raise ConfigurationError("Lever.max_lock must be >= lock_for")
 
     @property
     def cap(self) -> float:
@@ -157,13 +157,13 @@ class LockoutPolicy:
 
     def __post_init__(self) -> None:
         if self.on_store_error not in ("closed", "open"):
-            raise ValueError('on_store_error must be "closed" or "open"')
+            raise ConfigurationError('on_store_error must be "closed" or "open"')
         if not self.trusted_origin_ttl >= 0:
-            raise ValueError("trusted_origin_ttl must be >= 0 seconds")
+            raise ConfigurationError("trusted_origin_ttl must be >= 0 seconds")
         for tenant, levers in self.overrides.items():
             unknown = set(levers) - set(LEVERS)
             if unknown:
-                raise ValueError(f"tenant {tenant!r}: unknown lever(s) {sorted(unknown)}")
+                raise ConfigurationError(f"tenant {tenant!r}: unknown lever(s) {sorted(unknown)}")
 
     def for_tenant(self, tenant: str) -> LockoutPolicy:
         """This policy with ``tenant``'s overrides applied."""
@@ -189,20 +189,22 @@ class LockoutPolicy:
         if raw is None or (isinstance(raw, Mapping) and not raw):
             return base
         if not isinstance(raw, Mapping):
-            raise ValueError("lockout overrides must be a JSON object")
+            raise ConfigurationError("lockout overrides must be a JSON object")
         levers: dict[str, Lever] = {}
         for name, spec in raw.items():
             if name not in LEVERS:
-                raise ValueError(f"unknown lever {name!r} (expected one of {', '.join(LEVERS)})")
+                raise ConfigurationError(
+                    f"unknown lever {name!r} (expected one of {', '.join(LEVERS)})"
+                )
             if not isinstance(spec, Mapping):
-                raise ValueError(f"lever {name!r}: expected a JSON object")
+                raise ConfigurationError(f"lever {name!r}: expected a JSON object")
             changes: dict[str, Any] = {}
             for key, value in spec.items():
                 changes[_check_field(name, key, value)] = value
             try:
                 levers[name] = replace(getattr(base, name), **changes)
             except (ValueError, OverflowError) as exc:  # OverflowError: a huge int
-                raise ValueError(f"lever {name!r}: {exc}") from None
+                raise ConfigurationError(f"lever {name!r}: {exc}") from None
         return replace(base, overrides={}, **levers)  # type: ignore[arg-type]
 
     def levers_json(self) -> dict[str, dict[str, Any]]:
@@ -218,7 +220,7 @@ class LockoutPolicy:
 def _check_field(lever: str, key: object, value: object) -> str:
     """``key`` if it is a lever field and ``value`` has its JSON type; else ValueError."""
     if key not in LEVER_FIELDS:
-        raise ValueError(
+        raise ConfigurationError(
             f"lever {lever!r}: unknown field {key!r} (expected one of {', '.join(LEVER_FIELDS)})"
         )
     assert isinstance(key, str)
@@ -231,7 +233,7 @@ def _check_field(lever: str, key: object, value: object) -> str:
         ok = number
     if not ok:
         kind = "an integer" if key == "threshold" else "a number of seconds"
-        raise ValueError(f"lever {lever!r}: {key} must be {kind}, not {value!r}")
+        raise ConfigurationError(f"lever {lever!r}: {key} must be {kind}, not {value!r}")
     return key
 
 

@@ -28,6 +28,7 @@ from typing import Final
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from axess.clock import Random, SystemRandom
+from axess.errors import ConfigurationError
 
 logger = logging.getLogger("axess.authn")
 
@@ -185,17 +186,19 @@ class PasswordHasher:
         on_hash: Callable[[], None] | None = None,
     ) -> None:
         if not 1 <= parallelism <= _MAX_LANES:
-            raise ValueError(f"parallelism must be in 1..{_MAX_LANES}")
+            raise ConfigurationError(f"parallelism must be in 1..{_MAX_LANES}")
         if not 8 * parallelism <= memory_cost <= _MAX_MEMORY_KIB:
-            raise ValueError(f"memory_cost must be in {8 * parallelism}..{_MAX_MEMORY_KIB} KiB")
+            raise ConfigurationError(
+                f"memory_cost must be in {8 * parallelism}..{_MAX_MEMORY_KIB} KiB"
+            )
         if not 1 <= time_cost <= _MAX_TIME:
-            raise ValueError(f"time_cost must be in 1..{_MAX_TIME}")
+            raise ConfigurationError(f"time_cost must be in 1..{_MAX_TIME}")
         if max_concurrency is None:
             max_concurrency = default_max_concurrency()
         if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+            raise ConfigurationError("max_concurrency must be at least 1")
         if not 16 <= hash_len <= 128 or not 16 <= salt_len <= 64:
-            raise ValueError("hash_len must be in 16..128 and salt_len in 16..64")
+            raise ConfigurationError("hash_len must be in 16..128 and salt_len in 16..64")
         self.time_cost = time_cost
         self.memory_cost = memory_cost
         self.parallelism = parallelism

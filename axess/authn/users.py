@@ -45,7 +45,7 @@ from axess.authn.totp import (
 )
 from axess.authn.totp import verify as verify_totp
 from axess.clock import Clock, Random, SystemClock, SystemRandom
-from axess.errors import EnvelopeError
+from axess.errors import ConfigurationError, EnvelopeError
 from axess.keys import Keyring
 from axess.session.registry import SessionInfo
 from axess.stores.base import (
@@ -119,7 +119,7 @@ class UserAdmin:
         totp_pending_ttl: float = TOTP_PENDING_TTL,
     ) -> None:
         if not totp_pending_ttl > 0:
-            raise ValueError("totp_pending_ttl must be a positive number of seconds")
+            raise ConfigurationError("totp_pending_ttl must be a positive number of seconds")
         self.store = store
         self.sessions = sessions
         self.lockout = lockout

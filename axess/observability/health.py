@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from axess.errors import ConfigurationError
+
 logger = logging.getLogger("axess.health")
 
 
@@ -85,7 +87,7 @@ class CompositeHealthCheck:
         self, name: str, check: HealthCheck, *, critical: bool = True, timeout: float | None = None
     ) -> CompositeHealthCheck:
         if any(e.name == name for e in self._entries):
-            raise ValueError(f"health check {name!r} is already registered")
+            raise ConfigurationError(f"health check {name!r} is already registered")
         self._entries.append(
             _Entry(name, check, critical, self._timeout if timeout is None else timeout)
         )

@@ -70,14 +70,16 @@ class Limit:
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
-            raise ValueError(f"count must be between 1 and {MAX_COUNT}")
+            raise ConfigurationError(f"count must be between 1 and {MAX_COUNT}")
         if not 1 <= self.period <= MAX_PERIOD:
-            raise ValueError(f"period must be between 1 second and {MAX_PERIOD // 86400} days")
+            raise ConfigurationError(
+                f"period must be between 1 second and {MAX_PERIOD // 86400} days"
+            )
         if not 1 <= self.burst <= MAX_COUNT:
-            raise ValueError(f"burst must be between 1 and {MAX_COUNT}")
+            raise ConfigurationError(f"burst must be between 1 and {MAX_COUNT}")
         emission = gcra.emission_us(self.count, self.period)
         if self.burst * emission > MAX_PERIOD * gcra.US:
-            raise ValueError(
+            raise ConfigurationError(
                 f"burst {self.burst} at {self.count}/{self.period}s takes longer than "
                 f"{MAX_PERIOD // 86400} days to refill"
             )
@@ -88,45 +90,47 @@ class Limit:
     def parse(cls, text: str) -> Limit:
         """Parse one limit string; :class:`ValueError` says what is wrong."""
         if not isinstance(text, str):
-            raise ValueError(
+            raise ConfigurationError(
                 f"a limit must be a string like '10/minute', not {type(text).__name__}"
             )
         if len(text) > MAX_TEXT:
-            raise ValueError(f"limit string too long ({len(text)} characters)")
+            raise ConfigurationError(f"limit string too long ({len(text)} characters)")
         main, *params = text.strip().lower().split(";")
         match = _LIMIT_RE.fullmatch(main.strip())
         if match is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"invalid limit {text!r}: expected '<count>/<period>', e.g. '10/minute', "
                 "'100/hour;burst=20', '5/30s'"
             )
         count_s, mult_s, unit = match.groups()
         seconds = _UNITS.get(unit)
         if seconds is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"invalid limit {text!r}: unknown period {unit!r} (use second, minute, hour, day)"
             )
         mult = int(mult_s) if mult_s else 1
         if mult < 1:
-            raise ValueError(f"invalid limit {text!r}: the period multiplier must be >= 1")
+            raise ConfigurationError(f"invalid limit {text!r}: the period multiplier must be >= 1")
         count = int(count_s)
         burst = count
         seen: set[str] = set()
         for raw in params:
             param = _PARAM_RE.fullmatch(raw.strip())
             if param is None:
-                raise ValueError(f"invalid limit {text!r}: bad parameter {raw.strip()!r}")
+                raise ConfigurationError(f"invalid limit {text!r}: bad parameter {raw.strip()!r}")
             name, value = param.groups()
             if name != "burst":
-                raise ValueError(f"invalid limit {text!r}: unknown parameter {name!r} (burst=N)")
+                raise ConfigurationError(
+                    f"invalid limit {text!r}: unknown parameter {name!r} (burst=N)"
+                )
             if name in seen:
-                raise ValueError(f"invalid limit {text!r}: {name} given twice")
+                raise ConfigurationError(f"invalid limit {text!r}: {name} given twice")
             seen.add(name)
             burst = int(value)
         try:
             return cls(count=count, period=mult * seconds, burst=burst)
         except ValueError as exc:
-            raise ValueError(f"invalid limit {text!r}: {exc}") from None
+            raise ConfigurationError(f"invalid limit {text!r}: {exc}") from None
 
     @property
     def window_label(self) -> str:
@@ -154,19 +158,19 @@ def parse_limits(*specs: str | Limit) -> tuple[Limit, ...]:
             out.append(spec)
             continue
         if not isinstance(spec, str):
-            raise ValueError(
+            raise ConfigurationError(
                 f"a limit must be a string like '10/minute', not {type(spec).__name__}"
             )
         parts = [p for p in spec.split(",") if p.strip()]
         if not parts:
-            raise ValueError("empty limit string")
+            raise ConfigurationError("empty limit string")
         out.extend(Limit.parse(p) for p in parts)
     if not out:
-        raise ValueError("at least one limit is required")
+        raise ConfigurationError("at least one limit is required")
     seen: set[str] = set()
     for limit in out:
         if limit.signature in seen:
-            raise ValueError(f"limit {limit.signature} given twice in one rule")
+            raise ConfigurationError(f"limit {limit.signature} given twice in one rule")
         seen.add(limit.signature)
     return tuple(out)
 
