@@ -200,22 +200,30 @@ def sqlite_backup(source: str, target: str, *, pages: int = 1024) -> BackupResul
     partial = target + ".partial"
     if os.path.exists(partial):
         os.remove(partial)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
-        dst = sqlite3.connect(partial)
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
         try:
-            src.backup(dst, pages=pages)
+            dst = sqlite3.connect(partial)
+            try:
+                src.backup(dst, pages=pages)
+            finally:
+                dst.close()
         finally:
-            dst.close()
-    finally:
-        src.close()
-    try:
+            src.close()
         version = verify_sqlite(partial)
+    except sqlite3.DatabaseError as exc:
+        _remove(partial)
+        raise ValueError(f"not a readable axess database: {exc}") from None
     except BaseException:
-        os.remove(partial)
+        _remove(partial)
         raise
     os.replace(partial, target)
     return BackupResult(target, os.path.getsize(target), version)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def verify_sqlite(path: str) -> int:
