@@ -54,6 +54,10 @@ _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PURGE_ALIASES: Final = {"lockouts": LOCKOUT, "session": "sessions"}
 
 
+#: The clock of purge deadlines (a module attribute so tests can move it).
+_monotonic: Callable[[], float] = time.monotonic
+
+
 class CommandError(Exception):
     """A failure the command reports in one line and exits 1 for."""
 
@@ -161,21 +165,22 @@ async def _purge(url: str, only: list[str] | None, seconds: float, out: TextIO, 
     try:
         await store.open()
         names = purge_targets(only, dict.fromkeys(store.substores))
-        deadline = None if seconds <= 0 else time.monotonic() + seconds
-        for name in names:
-            left = None if deadline is None else deadline - time.monotonic()
+        deadline = None if seconds <= 0 else _monotonic() + seconds
+        for i, name in enumerate(names):
+            left = None if deadline is None else deadline - _monotonic()
             try:
                 if left is not None and left <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(left):
                     counts = await store.purge_expired(time.time(), only=[name])
             except TimeoutError:
-                failed.append(name)
+                failed.extend(names[i:])
                 err.write(
-                    f"axess purge: {name}: timed out (the deadline is --timeout "
-                    f"{_describe(seconds)}; rows deleted so far stay deleted, a rerun continues)\n"
+                    f"axess purge: timed out after {_describe(seconds)} (--timeout; 0 disables "
+                    f"it) at {name}, not purged: {', '.join(names[i:])}; rows deleted so far "
+                    "stay deleted, a rerun continues\n"
                 )
-                continue
+                break
             except (StoreError, OSError) as exc:
                 failed.append(name)
                 err.write(f"axess purge: {name}: {_cause(exc)}\n")
