@@ -126,9 +126,8 @@ async def test_migrate_applies_once_and_records_the_version(
     make_store: Callable[..., SQLStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     store = make_store(auto_migrate=False)
-    with caplog.at_level(logging.WARNING, "axess.stores.sql"):
-        await store.open()  # schema behind: open works, warns
-    assert "run `axess migrate`" in caplog.text
+    with pytest.raises(SchemaVersionError, match="run `axess migrate`"):
+        await store.open()  # schema behind: the app must not start
     assert await store.schema_version() == 0
     with pytest.raises(StoreError):  # ...but operations fail cleanly
         await store.load_session(make_key("x"), NOW)

@@ -269,13 +269,14 @@ async def test_noscript_is_recovered_transparently(
 async def test_lifecycle(valkey_target: ValkeyTarget, valkey_prefix: str) -> None:
     store = ValkeyStore(valkey_target.url, prefix=valkey_prefix, allow_insecure=True)
     assert not (await store.check_health()).ok
-    with pytest.raises(RuntimeError, match="not open"):
-        await store.load_session(make_key("x"), NOW)
-    await store.open()
-    await store.open()
+    # Never opened (no lifespan): the first operation opens it.
+    assert await store.load_session(make_key("x"), NOW) is None
     assert (await store.check_health()).state is HealthState.HEALTHY
+    await store.open()
     await store.close()
     await store.close()
+    with pytest.raises(RuntimeError, match="not open"):  # closed: no reopening behind our back
+        await store.load_session(make_key("x"), NOW)
     await store.open()  # re-open after close
     assert await store.load_session(make_key("x"), NOW) is None
     await store.close()
