@@ -53,7 +53,7 @@ from axess.stores.base import IdentityStore, LockoutStore, SessionStore
 if TYPE_CHECKING:
     from axess.authz import CedarAuthorizer
 
-logger = logging.getLogger("axess")
+logger = logging.getLogger(__name__)
 
 
 class _Installable(Protocol):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from axess.errors import ConfigurationError
 
-logger = logging.getLogger("axess.keys")
+logger = logging.getLogger(__name__)
 
 Purpose = Literal["signing", "envelope", "fingerprint", "csrf", "device"]
 PURPOSES: Final[tuple[Purpose, ...]] = ("signing", "envelope", "fingerprint", "csrf", "device")

@@ -23,7 +23,7 @@ from axess._cache import BoundedMemo
 from axess.errors import ConfigurationError
 from axess.stack import HEADERS_KEY, Stage, join_headers
 
-logger = logging.getLogger("axess.net")
+logger = logging.getLogger(__name__)
 
 IPV4_PREFIX: Final = 24
 IPV6_PREFIX: Final = 64

@@ -40,7 +40,7 @@ from axess.observability.health import CompositeHealthCheck, HealthStatus
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session.events import SessionEvent, SessionEventHook
 
-logger = logging.getLogger("axess.audit")
+logger = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -35,7 +35,7 @@ from typing import Final
 
 from axess.audit.events import AuthEvent
 
-logger = logging.getLogger("axess.audit")
+logger = logging.getLogger(__name__)
 
 #: File mode of files axess creates for audit data (it names users and IPs).
 FILE_MODE: Final = 0o600

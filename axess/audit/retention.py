@@ -34,7 +34,7 @@ from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError
 from axess.stores.base import AuditStore
 
-logger = logging.getLogger("axess.audit")
+logger = logging.getLogger(__name__)
 
 DAY: Final = 86_400.0
 _SYSTEM_CLOCK: Final = SystemClock()

@@ -28,7 +28,7 @@ from axess.audit.events import AuditQuery, AuthEvent
 from axess.audit.recovery import append_lines
 from axess.stores.base import AuditStore
 
-logger = logging.getLogger("axess.audit")
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable

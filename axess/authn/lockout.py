@@ -58,7 +58,7 @@ from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
 
-logger = logging.getLogger("axess.authn")
+logger = logging.getLogger(__name__)
 
 LeverName = Literal["user", "ip", "tenant"]
 LEVERS: Final[tuple[LeverName, ...]] = ("user", "ip", "tenant")

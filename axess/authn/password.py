@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 
-logger = logging.getLogger("axess.authn")
+logger = logging.getLogger(__name__)
 
 #: Longest accepted password, in UTF-8 bytes (longer input is refused, not truncated).
 MAX_PASSWORD_BYTES: Final = 1024

@@ -84,7 +84,7 @@ from axess.stores.base import (
     UserRecord,
 )
 
-logger = logging.getLogger("axess.authn")
+logger = logging.getLogger(__name__)
 
 #: Session custom-data key holding the login in progress.
 PENDING_KEY: Final = "_axess.login"

@@ -35,7 +35,7 @@ from axess.errors import EnvelopeError
 from axess.keys import Keyring
 from axess.session.envelope import Sealer
 
-logger = logging.getLogger("axess.authn")
+logger = logging.getLogger(__name__)
 
 DIGITS: Final = 6
 PERIOD: Final = 30

@@ -57,7 +57,7 @@ from axess.stores.base import (
     UserRecord,
 )
 
-logger = logging.getLogger("axess.authn")
+logger = logging.getLogger(__name__)
 
 #: Seconds a pending TOTP enrolment can be confirmed (default of
 #: ``UserAdmin(totp_pending_ttl=…)``).

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from axess.errors import ConfigurationError
 
-logger = logging.getLogger("axess.health")
+logger = logging.getLogger(__name__)
 
 
 class HealthState(enum.Enum):

@@ -38,7 +38,7 @@ from axess.ratelimit.middleware import EventHook, RateLimiter, Verdict
 from axess.ratelimit.stores import BucketStore
 from axess.stack import queue_response_headers
 
-logger = logging.getLogger("axess.ratelimit")
+logger = logging.getLogger(__name__)
 _MAX_ROUTES: Final = 1024
 
 

@@ -42,7 +42,7 @@ from axess.stack import Stage, queue_response_headers, send_json
 if TYPE_CHECKING:
     from axess.ratelimit.dependency import RateLimitDependency
 
-logger = logging.getLogger("axess.ratelimit")
+logger = logging.getLogger(__name__)
 
 DEFAULT_EXEMPT: Final = ("/healthz", "/metrics")
 _ERROR_LOG_INTERVAL: Final = 10.0

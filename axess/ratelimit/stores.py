@@ -30,7 +30,7 @@ from axess.ratelimit.gcra import LimitState
 if TYPE_CHECKING:
     from axess.stores.valkey import ValkeyStore, _Script
 
-logger = logging.getLogger("axess.ratelimit")
+logger = logging.getLogger(__name__)
 
 RATELIMIT: Final = "ratelimit"
 

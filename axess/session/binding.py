@@ -28,7 +28,7 @@ from axess.session.data import Guest, SessionData
 from axess.stack import HEADERS_KEY, request_headers
 from axess.stores.base import DEFAULT_TENANT, IdentityStore, TenantPepper
 
-logger = logging.getLogger("axess.session.binding")
+logger = logging.getLogger(__name__)
 
 OnMismatch = Literal["revoke", "reauth", "warn"]
 _MAX_UA: Final = 512

@@ -44,7 +44,7 @@ from axess.stack import (
     vary_cookie,
 )
 
-logger = logging.getLogger("axess.csrf")
+logger = logging.getLogger(__name__)
 
 UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NONCE: Final = 16

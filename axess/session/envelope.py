@@ -22,7 +22,7 @@ from axess.clock import Random, SystemRandom
 from axess.errors import EnvelopeError
 from axess.keys import Keyring
 
-logger = logging.getLogger("axess.session.envelope")
+logger = logging.getLogger(__name__)
 
 VERSION: Final = 0x01
 NONCE_BYTES: Final = 12

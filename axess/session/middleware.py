@@ -46,7 +46,7 @@ from axess.stores.base import SessionRecord, SessionStore
 #: the request that reads it (this bounds the memo's memory: book, Sessions,
 #: "Memos").
 MAX_TEMPLATE_JSON: Final = 512
-logger = logging.getLogger("axess.session")
+logger = logging.getLogger(__name__)
 
 #: Larger payloads are opened every time rather than memoized (an entry, with
 #: the data it opens to, then stays below about 10 KiB; see the book's

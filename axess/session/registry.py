@@ -17,7 +17,7 @@ from axess.session.envelope import SessionCrypto
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent, SessionEventHook
 from axess.stores.base import SessionStore
 
-logger = logging.getLogger("axess.session")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise ImportError("ValkeyStore needs the valkey client: pip install 'axess[valkey]'") from _exc
 
-logger = logging.getLogger("axess.stores.valkey")
+logger = logging.getLogger(__name__)
 
 _PLAINTEXT_SCHEMES: Final = frozenset({"valkey", "redis"})
 _TLS_SCHEMES: Final = frozenset({"valkeys", "rediss"})

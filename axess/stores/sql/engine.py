@@ -49,7 +49,7 @@ from axess.stores.sql.identity import SQLIdentityMixin
 from axess.stores.sql.lockout import SQLLockoutMixin
 from axess.stores.sql.params import ms, placeholders
 
-logger = logging.getLogger("axess.stores.sql")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
