@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from axess.authn.totp import WINDOW, time_step
 from axess.errors import AxessError, ConfigurationError, StoreError
 from axess.keys import PURPOSES, Key, Keyring
 from axess.stores.base import LOCKOUT, purge_targets
@@ -303,7 +304,7 @@ async def _restore_guard(
         await store.open()  # refuses a schema behind this axess: migrate first
         result = await restore_guard(
             store,
-            time.time(),
+            time_step(time.time()) + WINDOW,
             recovery_users=users,
             revoke_recovery_codes=not keep_codes,
             delete_sessions=not keep_sessions,

@@ -22,7 +22,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from axess.authn.totp import WINDOW, time_step
 from axess.errors import EnvelopeError
 from axess.stores.base import FACTORS, SESSIONS
 from axess.stores.sql.engine import Connection, SQLStore
@@ -124,7 +123,7 @@ class GuardResult:
 
 async def restore_guard(
     store: SQLStore,
-    now: float,
+    totp_step: int,
     *,
     recovery_users: Collection[str] | None = None,
     revoke_recovery_codes: bool = True,
@@ -132,8 +131,9 @@ async def restore_guard(
 ) -> GuardResult:
     """After a restore, in one transaction (book: Operations, backup and restore):
 
-    * every TOTP ``totp_last_step`` below ``time_step(now) + WINDOW`` is raised
-      to it, so no code valid up to now — in particular one used before the
+    * every TOTP ``totp_last_step`` below ``totp_step`` (the caller passes
+      the current step plus the verification window) is raised to it, so no
+      code valid up to now — in particular one used before the
       restore — is accepted again (TOTP works again one window later);
     * recovery codes are revoked: all of them, or only those of
       ``recovery_users`` (users known from the audit archive to have used one
@@ -143,7 +143,7 @@ async def restore_guard(
       would otherwise come back).
     """
     d = store._dialect
-    step = time_step(now) + WINDOW
+    step = totp_step
     raise_steps = placeholders(
         "UPDATE axess_factors SET totp_last_step = ? WHERE totp_secret IS NOT NULL "
         "AND (totp_last_step IS NULL OR totp_last_step < ?)",
