@@ -70,7 +70,7 @@ def _shared_bucket_store(sessions: object) -> BucketStore | None:
     memory). The Valkey module is only looked at when it was imported already."""
     valkey = sys.modules.get("axess.stores.valkey")
     if valkey is not None and isinstance(sessions, valkey.ValkeyStore):
-        from axess.ratelimit.stores import ValkeyBucketStore
+        from axess.stores.valkey_buckets import ValkeyBucketStore
 
         return ValkeyBucketStore(sessions)
     return None

@@ -19,7 +19,7 @@ from axess.audit import AuditPipeline
 from axess.clock import MockClock, SeededRandom
 from axess.errors import StoreError
 from axess.observability.prometheus import PrometheusMetrics
-from axess.ratelimit.stores import ValkeyBucketStore
+from axess.ratelimit import ValkeyBucketStore
 from axess.stores.sql import SQLiteStore
 from axess.stores.valkey import ValkeyStore
 

@@ -22,7 +22,8 @@ from axess.ratelimit.middleware import (
     Verdict,
     detect_workers,
 )
-from axess.ratelimit.stores import BucketStore, MemoryBucketStore, ValkeyBucketStore
+from axess.ratelimit.stores import BucketStore, MemoryBucketStore
+from axess.stores.valkey_buckets import ValkeyBucketStore
 
 __all__ = [
     "AmbiguousIdentifier",

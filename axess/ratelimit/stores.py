@@ -4,9 +4,11 @@
   uses the injected clock's monotonic time. Right for one process; with
   several workers or instances every process has its own buckets, and a
   client spreading requests over them gets the limit once per process.
-* :class:`ValkeyBucketStore`: shared by every instance. One ``EVALSHA`` per
-  check, covering every limit of every rule the request matches, timed by
-  the server's ``TIME`` (so app instances with skewed clocks agree).
+* :class:`~axess.stores.valkey_buckets.ValkeyBucketStore` (also importable
+  from :mod:`axess.ratelimit`): shared by every instance. One ``EVALSHA``
+  per check, covering every limit of every rule the request matches, timed
+  by the server's ``TIME`` (so app instances with skewed clocks agree). It
+  lives with the stores, since it is one.
 
 Both admit a request only if it conforms to every limit checked together,
 and a refused request costs nothing.
@@ -18,17 +20,13 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from importlib import resources
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from axess.clock import Clock, SystemClock
-from axess.errors import ConfigurationError, StoreError
+from axess.errors import ConfigurationError
 from axess.observability.health import HealthStatus
 from axess.ratelimit import gcra
 from axess.ratelimit.gcra import LimitState
-
-if TYPE_CHECKING:
-    from axess.stores.valkey import ValkeyStore, _Script
 
 logger = logging.getLogger(__name__)
 
@@ -187,129 +185,3 @@ class MemoryBucketStore:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-
-
-def _load_gcra_script() -> _Script:
-    from axess.stores.valkey import _Script
-
-    body = resources.files("axess.stores").joinpath("lua", "gcra.lua").read_bytes()
-    return _Script("gcra", body)
-
-
-class ValkeyBucketStore:
-    """Buckets in Valkey, shared by every app instance.
-
-    ``ValkeyBucketStore(valkey_store)`` shares the connection pool of an
-    existing :class:`~axess.stores.ValkeyStore` (same server, prefix, TLS
-    and AUTH checks); it neither opens nor closes more than that store's
-    own ``open``/``close`` would. ``ValkeyBucketStore(url, ...)`` builds its
-    own store with the same safety floor (``allow_insecure`` and the other
-    keyword arguments of ``ValkeyStore``) and owns it.
-
-    Layout: ``<prefix>rl:{<policy>:<key>}:<count>/<period>`` holds the TAT
-    (decimal microseconds of the server clock) with a TTL ending when the
-    bucket is full again (never longer than the period, or than the refill
-    time when the burst exceeds the count). The braces keep one rule's keys
-    in one cluster slot.
-
-    The script is loaded once on :meth:`open` (done lazily by the first
-    check when nobody called it) and re-loaded after ``NOSCRIPT``.
-    """
-
-    local = False
-
-    def __init__(
-        self,
-        store: ValkeyStore | str,
-        *,
-        prefix: str = "axess:",
-        allow_insecure: bool = False,
-        **store_kwargs: Any,
-    ) -> None:
-        from axess.stores.valkey import ValkeyStore
-
-        if isinstance(store, str):
-            self._store = ValkeyStore(
-                store, prefix=prefix, allow_insecure=allow_insecure, **store_kwargs
-            )
-            self._owns = True
-        elif isinstance(store, ValkeyStore):
-            if store_kwargs:
-                raise ConfigurationError(
-                    "pass connection settings to the ValkeyStore, not to ValkeyBucketStore"
-                )
-            self._store = store
-            self._owns = False
-        else:
-            raise ConfigurationError("ValkeyBucketStore needs a ValkeyStore or a Valkey URL")
-        self._script = _load_gcra_script()
-        self._ready = False
-        self._arg_cache: dict[tuple[tuple[int, int, int], ...], list[bytes]] = {}
-
-    def __repr__(self) -> str:
-        return f"ValkeyBucketStore(prefix={self._store.prefix!r})"
-
-    @property
-    def store(self) -> ValkeyStore:
-        return self._store
-
-    async def open(self) -> None:
-        """Open the connection (if this store owns it) and load the script."""
-        if not self._store.is_open:
-            await self._store.open()
-        await self._store.load_script(self._script, substore=RATELIMIT)
-        self._ready = True
-
-    async def close(self) -> None:
-        self._ready = False
-        if self._owns:
-            await self._store.close()
-
-    async def check_health(self) -> HealthStatus:
-        return await self._store.check_health()
-
-    def keys_for(self, buckets: Sequence[Bucket]) -> list[str]:
-        """The Valkey keys of ``buckets`` (in check order)."""
-        base = self._store.prefix + "rl:{"
-        return [base + key + "}:" + sig for key, spec in buckets for sig in spec.signatures]
-
-    def _args(self, spec: BucketSpec) -> list[bytes]:
-        params = spec.params
-        args = self._arg_cache.get(params)
-        if args is None:
-            args = [str(v).encode("ascii") for triple in params for v in triple]
-            if len(self._arg_cache) < 1024:
-                self._arg_cache[params] = args
-        return args
-
-    async def check(self, buckets: Sequence[Bucket]) -> CheckResult:
-        if not self._ready:
-            await self.open()
-        keys = self.keys_for(buckets)
-        params: Sequence[tuple[int, int, int]]
-        if len(buckets) == 1:
-            spec = buckets[0][1]
-            args, params = self._args(spec), spec.params
-        else:
-            args = [a for _, spec in buckets for a in self._args(spec)]
-            params = [p for _, spec in buckets for p in spec.params]
-        try:
-            reply = await self._store.run_script(self._script, keys, args, substore=RATELIMIT)
-        except RuntimeError as exc:  # the connection was closed under us (shutdown)
-            self._ready = False  # the next check opens it again
-            raise StoreError(
-                f"valkey ratelimit: {exc}", backend="valkey", substore=RATELIMIT
-            ) from None
-        try:
-            if isinstance(reply, int):  # one limit: the sign says admitted or refused
-                allowed, aheads = reply >= 0, [reply if reply >= 0 else -1 - reply]
-            else:
-                flag, *aheads = (int(v) for v in reply.split())
-                allowed = flag == 1
-            if len(aheads) != len(keys):
-                raise ValueError("length")
-        except (AttributeError, TypeError, ValueError):
-            raise StoreError(
-                "valkey ratelimit: unexpected reply", backend="valkey", substore=RATELIMIT
-            ) from None
-        return allowed, gcra.states_from(allowed, aheads, params)
