@@ -179,12 +179,12 @@ async def test_behind_a_tls_proxy_the_scheme_mismatch_is_explained_once(
     app = app_for(origin_auth())
     async with client(app) as c:
         c.base_url = "http://shop.example"  # type: ignore[assignment]
-        with caplog.at_level(logging.INFO, logger="axess.csrf"):
+        with caplog.at_level(logging.INFO, logger="axess.session.csrf"):
             for _ in range(2):
                 r = await c.post("/write", headers={"origin": "https://shop.example"})
                 assert r.status_code == 403
     warnings = [
-        r for r in caplog.records if r.name == "axess.csrf" and r.levelno == logging.WARNING
+        r for r in caplog.records if r.name == "axess.session.csrf" and r.levelno == logging.WARNING
     ]
     assert len(warnings) == 1
     assert "allowed_origins" in warnings[0].getMessage()
