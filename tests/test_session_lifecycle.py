@@ -9,7 +9,7 @@ import pytest
 from helpers import CountingStore, client, cookie_of, make_app, make_auth
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from axess import MockClock, Session, StoreError, get_session
@@ -357,3 +357,31 @@ async def test_cleanup_task_retries_after_failures_and_stops_on_shutdown(
     assert len(calls) >= 3
     assert "cleanup failed" in caplog.text
     assert auth._cleanup_task is None
+
+
+async def test_request_session_is_the_axess_session() -> None:
+    """Starlette's ``request.session`` (and ``scope["session"]``) is the same
+    object as ``get_session(request)``, with the Mapping behaviour Starlette
+    users expect."""
+
+    async def starlette_style(request: Request) -> JSONResponse:
+        assert request.session is get_session(request)
+        if request.method == "POST":
+            request.session["cart"] = ["book"]
+            request.session.update({"theme": "dark"})
+        return JSONResponse(
+            {
+                "cart": request.session.get("cart"),
+                "keys": sorted(request.session),
+                "has_theme": "theme" in request.session,
+            }
+        )
+
+    app = Starlette(routes=[Route("/", starlette_style, methods=["GET", "POST"])])
+    make_auth().install(app)
+    async with client(app) as c:
+        r = await c.post("/")
+        assert r.json() == {"cart": ["book"], "keys": ["cart", "theme"], "has_theme": True}
+        c.cookies.set("axess.sid", cookie_of(r) or "")
+        r = await c.get("/")
+        assert r.json() == {"cart": ["book"], "keys": ["cart", "theme"], "has_theme": True}

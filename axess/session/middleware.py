@@ -157,7 +157,8 @@ class SessionMiddleware(Stage):
             session.had_cookie = True
         else:
             session = self._new_guest(now)
-        state["session"] = session
+        # Also where Starlette's ``request.session`` looks (book: Sessions).
+        state["session"] = scope["session"] = session
         binding = self.binding
         if (
             binding is not None
