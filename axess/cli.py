@@ -21,13 +21,16 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from axess.authn.totp import WINDOW, time_step
 from axess.errors import AxessError, ConfigurationError, StoreError
 from axess.keys import PURPOSES, Key, Keyring
 from axess.stores.base import LOCKOUT, purge_targets
 from axess.stores.sql.engine import SQLStore, redact_dsn
+
+if TYPE_CHECKING:
+    from axess.stores.valkey import ValkeyStore
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +366,7 @@ ROTATE_TARGETS: Final = ("sessions", "totp")
 
 
 async def rotate_envelope(
-    store: SQLStore,
+    store: SQLStore | ValkeyStore,
     keys: Keyring,
     *,
     batch: int = 1000,
@@ -374,7 +377,9 @@ async def rotate_envelope(
 ) -> RotationReport:
     """Re-seal every live session payload and every TOTP secret not sealed
     under the active envelope key, ``batch`` rows per transaction, in key
-    order. Stops after the current batch once ``stop`` is set."""
+    order (on Valkey: the sessions only, in the order of the expiry index,
+    each row written by compare-and-set). Stops after the current batch
+    once ``stop`` is set."""
     from axess.authn.totp import TOTPSecretSealer
     from axess.session.envelope import SessionCrypto
     from axess.stores.sql.maintenance import Target, reseal_batch
@@ -399,15 +404,22 @@ async def rotate_envelope(
     report = RotationReport(crypto.active_kid)
     started = time.monotonic()
     now = time.time()
+    if not isinstance(store, SQLStore):
+        targets = [t for t in targets if t == "sessions"]  # Valkey holds no factors
     try:
         for target in targets:
             counts = report.counts[target] = RotationCounts()
             after = ""
             while not (stop is not None and stop.is_set()):
                 name: Target = "sessions" if target == "sessions" else "totp"
-                got = await reseal_batch(
-                    store, name, after, batch, now, resealers[target], dry_run=dry_run
-                )
+                if not isinstance(store, SQLStore):
+                    got = await store.reseal_sessions(
+                        counts.examined, batch, now, resealers[target], dry_run=dry_run
+                    )
+                else:
+                    got = await reseal_batch(
+                        store, name, after, batch, now, resealers[target], dry_run=dry_run
+                    )
                 for attr in ("examined", "resealed", "current", "unreadable", "raced"):
                     setattr(counts, attr, getattr(counts, attr) + getattr(got, attr))
                 if progress is not None:
@@ -424,12 +436,26 @@ async def rotate_envelope(
 
 
 async def _rotate(
-    url: str, batch: int, dry_run: bool, targets: Sequence[str], out: TextIO, err: TextIO
+    url: str,
+    batch: int,
+    dry_run: bool,
+    targets: Sequence[str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    allow_insecure: bool = False,
+    prefix: str = "axess:",
 ) -> int:
     keys = Keyring.from_env()
     if keys.ephemeral:  # pragma: no cover - from_env never is
         raise ConfigurationError("ephemeral keys")
-    store = store_from_url(url, must_exist=True)
+    store: SQLStore | ValkeyStore
+    if is_valkey_url(url):
+        from axess.stores.valkey import ValkeyStore as _Valkey
+
+        store = _Valkey(url, prefix=prefix, allow_insecure=allow_insecure)
+    else:
+        store = store_from_url(url, must_exist=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -869,13 +895,21 @@ def build_parser() -> argparse.ArgumentParser:
         "be listed after it). Batches of --batch rows, one transaction each, in key order; "
         "progress on stderr. SIGINT/SIGTERM finish the current batch, report and exit 130; "
         "a rerun continues (current rows are skipped). Exit 1 when a TOTP secret opens "
-        "under no configured key.",
+        "under no configured key. On a Valkey URL: the sessions stored there.",
     )
     store_args(p)
     p.add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
     p.add_argument("--dry-run", action="store_true", help="count what would change, write nothing")
     p.add_argument(
         "--only", choices=ROTATE_TARGETS, help="only sessions or only TOTP secrets (default both)"
+    )
+    p.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="Valkey only: accept a connection without TLS or without AUTH (logged)",
+    )
+    p.add_argument(
+        "--prefix", default="axess:", help="Valkey only: the key prefix (default axess:)"
     )
     p = command("demo", "run the demo app (examples/demo.py) under uvicorn")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
@@ -937,7 +971,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if cmd == "rotate-envelope":
                 targets = (args.only,) if args.only else ROTATE_TARGETS
-                return asyncio.run(_rotate(url, args.batch, args.dry_run, targets, out, err))
+                return asyncio.run(
+                    _rotate(
+                        url,
+                        args.batch,
+                        args.dry_run,
+                        targets,
+                        out,
+                        err,
+                        allow_insecure=args.allow_insecure,
+                        prefix=args.prefix,
+                    )
+                )
     except KeyboardInterrupt:
         err.write("axess: interrupted\n")
         return EXIT_INTERRUPTED

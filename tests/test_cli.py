@@ -373,8 +373,8 @@ async def test_rotate_envelope_needs_keys_and_sql(
     assert await cli("rotate-envelope", str(db)) == 1
     assert "AXESS_SIGNING_KEYS is not set" in capsys.readouterr().err
     _keys_env(monkeypatch)
-    assert await cli("rotate-envelope", "valkeys://:pw@cache/0") == 1
-    assert "needs an SQL store" in capsys.readouterr().err
+    assert await cli("rotate-envelope", "valkey://cache/0") == 1  # plaintext, no AUTH
+    assert "allow_insecure" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         await cli("rotate-envelope", str(db), "--batch", "0")
     assert exc.value.code == 2
@@ -439,3 +439,63 @@ def test_demo_runs_the_demo_app_under_uvicorn(
     assert main(["demo", "--port", "8123"]) == 0
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1"
     assert seen["app"] is sys.modules["examples.demo"].app
+
+
+async def test_rotate_envelope_on_valkey(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    valkey_target: Any,
+    valkey_prefix: str,
+) -> None:
+    from axess.stores.valkey import ValkeyStore
+
+    old = Keyring.from_env(_generated())
+    store = ValkeyStore(valkey_target.url, prefix=valkey_prefix, allow_insecure=True)
+    await store.open()
+    crypto = SessionCrypto(old)
+    now = time.time()
+    records = []
+    for i in range(7):
+        rec = make_record(f"v{i}", created=now)
+        rec = dataclasses.replace(rec, payload=crypto.seal(b"payload-%d" % i, rec.key))
+        assert await store.create_session(rec)
+        records.append(rec)
+    ring = _keys_env(monkeypatch, _rotated_ring(old))
+    args = ("rotate-envelope", valkey_target.url, "--prefix", valkey_prefix, "--allow-insecure")
+    assert await cli(*args, "--batch", "3", "--dry-run") == 0
+    assert "sessions: 7 examined, 7 re-sealed" in capsys.readouterr().out
+    assert await cli(*args, "--batch", "3") == 0
+    out = capsys.readouterr().out
+    assert "sessions: 7 examined, 7 re-sealed, 0 already current, 0 unreadable" in out
+    assert "totp" not in out  # Valkey holds no second factors
+    new = SessionCrypto(ring)
+    for i, rec in enumerate(records):
+        loaded = await store.load_session(rec.key, time.time())
+        assert loaded is not None and not new.needs_reseal(loaded.payload)
+        assert new.open(loaded.payload, rec.key) == b"payload-%d" % i
+        assert loaded.expires_at == rec.expires_at  # only the payload changed
+    assert await cli(*args) == 0
+    assert "sessions: 7 examined, 0 re-sealed, 7 already current" in capsys.readouterr().out
+    # A session the app saves between the read and the write keeps the app's bytes.
+    stale = crypto.seal(b"stale", records[0].key)
+
+    def reseal(key: str, sealed: bytes) -> bytes:
+        return new.seal(b"resealed", key)
+
+    await store.save_session(dataclasses.replace(records[0], payload=stale), time.time())
+    real_call = store._call
+
+    async def app_saves_first(op: str, *a: Any, **kw: Any) -> Any:
+        got = await real_call(op, *a, **kw)
+        if a[:1] == ("HGET",):
+            fresh = new.seal(b"written by the app", records[0].key)
+            await store.save_session(dataclasses.replace(records[0], payload=fresh), time.time())
+        return got
+
+    store._call = app_saves_first  # type: ignore[method-assign]
+    result = await store.reseal_sessions(0, 1, time.time(), reseal)
+    store._call = real_call  # type: ignore[method-assign]
+    assert result.raced == 1 and result.resealed == 0
+    loaded = await store.load_session(records[0].key, time.time())
+    assert loaded is not None and new.open(loaded.payload, records[0].key) == b"written by the app"
+    await store.close()

@@ -169,6 +169,21 @@ class AuditStore(Protocol):
     async def purge_archived_audit_events(self, now: float) -> int: ...
 
 
+# -- maintenance ------------------------------------------------------------------
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch of ``axess rotate-envelope`` saw. ``last_key`` is
+    ``None`` when no row was left."""
+
+    last_key: str | None = None
+    examined: int = 0
+    resealed: int = 0
+    current: int = 0
+    unreadable: int = 0
+    #: Rows rewritten by the app between the read and the update (left as the app wrote them).
+    raced: int = 0
+
+
 # -- lockout substore -----------------------------------------------------------
 LOCKOUT: Final = "lockout"
 
@@ -460,6 +475,9 @@ class IdentityStore(Protocol):
     * ``consume_recovery_code`` removes one matching hash atomically: of
       concurrent calls with the same code exactly one returns ``True``.
     * Setting a TOTP secret (or clearing it) forgets the last accepted step.
+    * ``reseal_totp_secret`` is a compare-and-set on the sealed bytes: it
+      replaces them only if they are still ``expected`` and keeps the last
+      accepted step (the same secret under another key).
     * ``rotate_tenant_pepper`` increments the tenant's pepper version
       atomically: of ``n`` concurrent calls each returns a distinct version
       and the last one is ``n`` above the start. ``update_tenant`` never
@@ -498,6 +516,11 @@ class IdentityStore(Protocol):
     async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None: ...
 
     async def totp_accept_step(self, user_id: str, step: int) -> bool: ...
+
+    async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
+        """Store ``sealed`` if the sealed secret is still ``expected`` (key
+        rotation: same secret, new key); the last accepted step is kept.
+        ``False`` when it changed meanwhile (re-enrolled, disabled)."""
 
     async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None: ...
 

@@ -52,10 +52,10 @@ from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from axess._throttle import ThrottledWarning
-from axess.errors import ConfigurationError, StoreError
+from axess.errors import ConfigurationError, EnvelopeError, StoreError
 from axess.observability.health import HealthStatus
 from axess.observability.metrics import AuthnMetrics
-from axess.stores.base import LOCKOUT, SESSIONS, SessionRecord
+from axess.stores.base import LOCKOUT, SESSIONS, BatchResult, SessionRecord
 from axess.stores.valkey_lockout import ValkeyLockoutMixin
 
 try:
@@ -75,6 +75,18 @@ _PURGE_BATCH: Final = 500
 _HEALTH_TIMEOUT: Final = 2.0
 
 _Exec = Callable[..., Awaitable[Any]]
+
+
+#: Replaces a session's payload only if it is still the one that was read
+#: (a compare-and-set, so a save by the app in between wins); ``HSET`` keeps
+#: the hash's TTL. KEYS[1] the session hash; ARGV: prefix, old, new.
+_RESEAL = b"""
+if redis.call('HGET', KEYS[1], 'p') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'p', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 def _load_script_sources() -> dict[str, bytes]:
@@ -187,6 +199,8 @@ class ValkeyStore(ValkeyLockoutMixin):
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
         self._scripts = {n: _Script(n, b) for n, b in _load_script_sources().items()}
+        # Maintenance only: loaded on first use (run_script re-loads on NOSCRIPT).
+        self._reseal = _Script("reseal", _RESEAL)
         self._warn = ThrottledWarning(logger)
 
     def __repr__(self) -> str:
@@ -395,6 +409,63 @@ class ValkeyStore(ValkeyLockoutMixin):
                 raise self._error("list", exc) from exc
         out.sort(key=lambda r: (r.created_at, r.key))
         return out
+
+    async def reseal_sessions(
+        self,
+        start: int,
+        limit: int,
+        now: float,
+        reseal: Callable[[str, bytes], bytes | None],
+        *,
+        dry_run: bool = False,
+    ) -> BatchResult:
+        """``axess rotate-envelope`` on Valkey: examine up to ``limit`` sessions
+        alive at ``now``, from position ``start`` of the expiry index.
+
+        ``reseal(key, sealed)`` returns the payload re-sealed under the active
+        key, ``None`` when it is current, or raises
+        :class:`~axess.errors.EnvelopeError` (counted ``unreadable``). Each
+        write is a compare-and-set: a session the app saved in the meantime
+        is left as the app wrote it (``raced``). ``last_key`` is ``None``
+        when the index had no session left.
+        """
+        members = cast(
+            list[bytes],
+            await self._call(
+                "reseal",
+                "ZRANGE",
+                self._xkey,
+                "(" + _time(now),
+                "+inf",
+                "BYSCORE",
+                "LIMIT",
+                str(start),
+                str(limit),
+            ),
+        )
+        result = BatchResult()
+        for member in members:
+            key = member.decode("ascii")
+            result.last_key = key
+            result.examined += 1
+            old = await self._call("reseal", "HGET", self._skey(key), "p")
+            if old is None:  # gone since the index was read
+                result.current += 1
+                continue
+            try:
+                new = reseal(key, bytes(old))
+            except EnvelopeError:
+                result.unreadable += 1
+                continue
+            if new is None:
+                result.current += 1
+            elif dry_run:
+                result.resealed += 1
+            elif await self.run_script(self._reseal, [self._skey(key)], [bytes(old), new]):
+                result.resealed += 1
+            else:
+                result.raced += 1
+        return result
 
     async def purge_expired_sessions(self, now: float) -> int:
         """Remove every session dead at ``now``; return how many.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from axess.errors import EnvelopeError
-from axess.stores.base import FACTORS, SESSIONS
+from axess.stores.base import FACTORS, SESSIONS, BatchResult
 from axess.stores.sql.engine import Connection, SQLStore
 from axess.stores.sql.params import ms, placeholders
 
@@ -37,19 +37,6 @@ _TARGETS: Final[dict[str, tuple[str, str, str, str]]] = {
 }
 #: Ids per statement when revoking the recovery codes of listed users.
 _CHUNK: Final = 500
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What one batch saw. ``last_key`` is ``None`` when no row was left."""
-
-    last_key: str | None = None
-    examined: int = 0
-    resealed: int = 0
-    current: int = 0
-    unreadable: int = 0
-    #: Rows rewritten by the app between the read and the update (left as the app wrote them).
-    raced: int = 0
 
 
 async def reseal_batch(
