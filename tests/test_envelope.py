@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from axess import EnvelopeError, Key, Keyring, SessionCrypto
+from axess.crypto import NONCE_BYTES, TAG_BYTES, VERSION
 from axess.session.cookie import storage_key
-from axess.session.envelope import NONCE_BYTES, TAG_BYTES, VERSION
 
 
 def ring(*envelope: Key) -> Keyring:

@@ -31,9 +31,9 @@ from typing import Final, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
 from axess.clock import Random, SystemRandom
-from axess.errors import EnvelopeError
+from axess.crypto import Sealer
+from axess.errors import EnvelopeError, StoreError
 from axess.keys import Keyring
-from axess.session.envelope import Sealer
 
 logger = logging.getLogger(__name__)
 
