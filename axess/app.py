@@ -48,7 +48,7 @@ from axess.session.events import SessionEventHook
 from axess.session.middleware import SessionMiddleware
 from axess.session.registry import SessionInfo, SessionRegistry
 from axess.stack import Stack, Stage
-from axess.stores.base import IdentityStore, LockoutStore, SessionStore
+from axess.stores.base import IdentityStore, LockoutStore, RoutedStore, SessionStore
 
 if TYPE_CHECKING:
     from axess.authz import CedarAuthorizer
@@ -118,15 +118,33 @@ class Axess:
             )
         if memo_size < 1:
             raise ConfigurationError("memo_size must be >= 1")
+        if cleanup_interval is not None and cleanup_interval <= 0:
+            raise ConfigurationError("cleanup_interval must be positive or None")
         self.store = store
         self.keys = keys
         self.debug = debug
         #: Returning clients each per-process memo of the request path remembers.
         self.memo_size = memo_size
-        self.session_config = session or SessionConfig()
+        self.cleanup_interval = cleanup_interval
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.clock: Clock = clock or SystemClock()
         self.random: Random = random or SystemRandom()
+        # One builder per area, in dependency order; each reads only what
+        # the ones before it set.
+        self._build_audit(audit, on_session_event)
+        self._build_sessions(session)
+        self._build_request_security(trusted_proxies, binding, csrf)
+        self._build_rate_limits(rate_limits, rate_limit_store, on_rate_limit_event)
+        self._build_authn(lockout, password_hasher)
+        self._build_authz(authz)
+        self._build_health(bind_store_metrics=metrics is not None)
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._warn_weakenings()
+
+    # -- builders (one per area) ---------------------------------------------------
+    def _build_audit(
+        self, audit: AuditPipeline | None, on_session_event: SessionEventHook | None
+    ) -> None:
         #: The audit pipeline (``None`` when not configured). Session and login
         #: events flow into it.
         self.audit = audit
@@ -134,76 +152,92 @@ class Axess:
             audit.bind(clock=self.clock, random=self.random, metrics=self.metrics)
             on_session_event = audit.session_event_hook(then=on_session_event)
         self.on_session_event = on_session_event
-        if cleanup_interval is not None and cleanup_interval <= 0:
-            raise ConfigurationError("cleanup_interval must be positive or None")
-        self.cleanup_interval = cleanup_interval
+
+    def _build_sessions(self, session: SessionConfig | None) -> None:
+        self.session_config = session or SessionConfig()
+        # One SessionCrypto for the registry and the middleware alike.
         self.crypto = SessionCrypto(
-            keys,
+            self.keys,
             random=self.random,
             on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
         self.sessions = SessionRegistry(
-            store, self.crypto, self.clock, self.metrics, on_session_event
+            self.store, self.crypto, self.clock, self.metrics, self.on_session_event
         )
+
+    def _build_request_security(
+        self,
+        trusted_proxies: TrustedProxies | None,
+        binding: BindingPolicy | None,
+        csrf: CSRFConfig | Literal[False] | None,
+    ) -> None:
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.binding_policy = binding or BindingPolicy()
         identity = self._substore("identity")
         self.peppers = TenantPeppers(
-            keys,
+            self.keys,
             store=identity if isinstance(identity, IdentityStore) else None,
             clock=self.clock,
         )
         self.binding = FingerprintBinding(
-            self.binding_policy, self.peppers, self.metrics, memo_size=memo_size
+            self.binding_policy, self.peppers, self.metrics, memo_size=self.memo_size
         )
         #: ``None`` when CSRF protection is switched off (``csrf=False``).
         self.csrf_config: CSRFConfig | None = None if csrf is False else (csrf or CSRFConfig())
-        self.health = CompositeHealthCheck()
-        if isinstance(store, HealthCheck):
-            self.health.add("store", store)
-        if audit is not None:
-            audit.register_health(self.health)
+
+    def _build_rate_limits(
+        self,
+        rate_limits: Sequence[RateLimit] | RateLimiter,
+        rate_limit_store: BucketStore | None,
+        on_rate_limit_event: EventHook | None,
+    ) -> None:
         if isinstance(rate_limits, RateLimiter):
             if rate_limit_store is not None or on_rate_limit_event is not None:
                 raise ConfigurationError("pass store/on_event to your RateLimiter, not to Axess")
             self.rate_limiter = rate_limits
-        else:
-            if on_rate_limit_event is None and audit is not None:
-                on_rate_limit_event = self._rate_limited_event
-            if rate_limit_store is None:
-                rate_limit_store = _shared_bucket_store(self._substore("sessions"))
-            self.rate_limiter = RateLimiter(
-                rate_limits,
-                store=rate_limit_store,
-                clock=self.clock,
-                metrics=self.metrics,
-                on_event=on_rate_limit_event,
-            )
-        bucket_store = self.rate_limiter.store
-        if (
-            not getattr(bucket_store, "local", True)
-            and isinstance(bucket_store, HealthCheck)
-            and getattr(bucket_store, "store", None) not in (store, self._substore("sessions"))
-        ):
-            self.health.add("ratelimit", bucket_store)
-        self._build_authn(lockout, password_hasher)
+            return
+        if on_rate_limit_event is None and self.audit is not None:
+            on_rate_limit_event = self._rate_limited_event
+        if rate_limit_store is None:
+            rate_limit_store = _shared_bucket_store(self._substore("sessions"))
+        self.rate_limiter = RateLimiter(
+            rate_limits,
+            store=rate_limit_store,
+            clock=self.clock,
+            metrics=self.metrics,
+            on_event=on_rate_limit_event,
+        )
+
+    def _build_authz(self, authz: CedarAuthorizer | None) -> None:
         #: The Cedar authorizer (``None`` unless ``authz=`` was given); it uses
         #: this app's clock, metrics and audit pipeline (book: Authorization).
         self.authz = authz
         if authz is not None:
-            authz.bind(clock=self.clock, random=self.random, metrics=self.metrics, audit=audit)
-        if metrics is not None:
+            authz.bind(clock=self.clock, random=self.random, metrics=self.metrics, audit=self.audit)
+
+    def _build_health(self, *, bind_store_metrics: bool) -> None:
+        self.health = CompositeHealthCheck()
+        if isinstance(self.store, HealthCheck):
+            self.health.add("store", self.store)
+        if self.audit is not None:
+            self.audit.register_health(self.health)
+        bucket_store = self.rate_limiter.store
+        if (
+            not getattr(bucket_store, "local", True)
+            and isinstance(bucket_store, HealthCheck)
+            and getattr(bucket_store, "store", None) not in (self.store, self._substore("sessions"))
+        ):
+            self.health.add("ratelimit", bucket_store)
+        if bind_store_metrics:
             self._bind_store_metrics()
         self.healthz: Callable[[Request], Awaitable[Response]] = healthz_endpoint(self.health)
-        self._cleanup_task: asyncio.Task[None] | None = None
-        self._warn_weakenings()
 
     def _bind_store_metrics(self) -> None:
         """Hand the metrics to every store backend that reports its latency
         (SQL and Valkey stores: a ``metrics`` attribute), the rate-limit
         bucket store's Valkey included."""
-        backends = getattr(self.store, "backends", None)
-        targets: list[object] = list(backends) if backends is not None else [self.store]
+        store = self.store
+        targets: list[object] = list(store.backends) if isinstance(store, RoutedStore) else [store]
         targets.append(getattr(self.rate_limiter.store, "store", None))
         for target in targets:
             current = getattr(target, "metrics", False)
@@ -227,11 +261,10 @@ class Axess:
     def _substore(self, name: str) -> object:
         """The backend serving substore ``name`` (the store itself unless
         composite); ``None`` when a composite store routes it nowhere."""
-        route = getattr(self.store, "backend_for", None)
-        if route is None:
+        if not isinstance(self.store, RoutedStore):
             return self.store
         try:
-            return route(name)
+            return self.store.backend_for(name)
         except ConfigurationError:
             return None
 
@@ -339,6 +372,7 @@ class Axess:
                     "on_event": self.on_session_event,
                     "binding": self.binding,
                     "memo_size": self.memo_size,
+                    "crypto": self.crypto,
                 },
             ),
         ]

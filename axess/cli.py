@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 from axess.authn.totp import WINDOW, time_step
 from axess.errors import AxessError, ConfigurationError, StoreError
 from axess.keys import PURPOSES, Key, Keyring
-from axess.stores.base import LOCKOUT, purge_targets
+from axess.stores.base import LOCKOUT, RoutedStore, purge_targets
 from axess.stores.sql.engine import SQLStore, redact_dsn
 
 if TYPE_CHECKING:
@@ -541,7 +541,7 @@ def load_object(spec: str) -> tuple[Any, Any]:
 
 def _backends(auth: Any) -> list[Any]:
     store = auth.store
-    found = list(store.backends()) if hasattr(store, "backends") else [store]
+    found = list(store.backends) if isinstance(store, RoutedStore) else [store]
     bucket = auth.rate_limiter.store
     inner = getattr(bucket, "store", None)
     for extra in (bucket, inner):

@@ -499,3 +499,19 @@ async def test_rotate_envelope_on_valkey(
     loaded = await store.load_session(records[0].key, time.time())
     assert loaded is not None and new.open(loaded.payload, records[0].key) == b"written by the app"
     await store.close()
+
+
+def test_check_reads_every_backend_of_a_composite_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "composite_app_mod.py").write_text(
+        "from axess import Axess, Keyring\n"
+        "from axess.stores import CompositeStore, MemoryStore\n"
+        "auth = Axess(store=CompositeStore(default=MemoryStore(), sessions=MemoryStore()),\n"
+        "             keys=Keyring.generate(), debug=True, cleanup_interval=None)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "composite_app_mod:auth"]) == 1  # generated keys: a failure
+    captured = capsys.readouterr()
+    assert "FAIL  keys" in captured.out.replace("FAIL ", "FAIL  ").replace("   ", "  ")
+    assert "memory" in captured.out.lower() and not captured.err

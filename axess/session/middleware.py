@@ -84,6 +84,7 @@ class SessionMiddleware(Stage):
         on_event: SessionEventHook | None = None,
         binding: FingerprintBinding | None = None,
         memo_size: int = DEFAULT_MEMO_SIZE,
+        crypto: SessionCrypto | None = None,
     ) -> None:
         super().__init__(app)
         self.store = store
@@ -94,7 +95,8 @@ class SessionMiddleware(Stage):
         self.on_event = on_event
         self.binding = binding if binding is not None and binding.policy.enabled else None
         self.signer = SessionCookieSigner(keys, memo_size=memo_size)
-        self.crypto = SessionCrypto(
+        # ``crypto``: the facade's, shared with its session registry.
+        self.crypto = crypto or SessionCrypto(
             keys,
             random=self.random,
             on_previous_key=self.metrics.session_decrypted_with_previous_key,

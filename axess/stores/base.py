@@ -169,6 +169,18 @@ class AuditStore(Protocol):
     async def purge_archived_audit_events(self, now: float) -> int: ...
 
 
+@runtime_checkable
+class RoutedStore(Protocol):
+    """A store that routes each substore to a backend (``CompositeStore``)."""
+
+    def backend_for(self, substore: str) -> Any:
+        """The backend serving ``substore``; ``ConfigurationError`` if none does."""
+
+    @property
+    def backends(self) -> list[Any]:
+        """Each distinct backend once."""
+
+
 # -- maintenance ------------------------------------------------------------------
 @dataclass(slots=True)
 class BatchResult:
