@@ -130,7 +130,8 @@ async def _run(tmp: Path, keys: Keyring, env: dict[str, str], secret: bytes) -> 
         await workers.ready()
         # One connection pool, but no cookie jar: every guess is a stranger.
         no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-        limits = httpx.Limits(max_connections=BURST)
+        # No keep-alive: a connection the server closed while idle is never reused.
+        limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=0)
         async with httpx.AsyncClient(
             base_url=workers.url, cookies=no_cookies, limits=limits, timeout=60
         ) as client:
