@@ -1,5 +1,5 @@
 """A login app for the cross-process guess-budget test
-(``tests/test_guess_budget_process.py``), run under ``uvicorn --workers 2``.
+(``tests/test_guess_budget_process.py``), run as two uvicorn processes on one store.
 
 Settings come from the environment: ``BUDGET_STORE`` (``sqlite``,
 ``postgres``, ``mysql`` or ``valkey``) with ``BUDGET_SQLITE``,

@@ -1,4 +1,4 @@
-"""The guess budget across processes: two uvicorn workers share one store
+"""The guess budget across processes: two uvicorn processes share one store
 (SQLite file, PostgreSQL, MariaDB, Valkey) and take a burst of 200
 concurrent guesses for one identifier. Credential checks are counted across
 both workers (``budget_app`` appends a line per check): at most the lever's
@@ -41,69 +41,87 @@ def _free_port() -> int:
 
 
 class Workers:
-    """``uvicorn budget_app:app --workers 2`` on a free port."""
+    """Two uvicorn processes serving ``budget_app:app`` on the same store,
+    each on its own port, so every burst is split between them exactly
+    (request ``i`` goes to process ``i % 2``) instead of trusting the kernel
+    to spread connections over the workers of one socket."""
 
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "checks.log"
         self.log.touch()
-        self.output = open(tmp / "uvicorn.log", "wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "budget_app:app",
-                "--app-dir",
-                str(TESTS),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "2",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env={**os.environ, "BUDGET_LOG": str(self.log), **env},
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-        )
+        self.outputs = []
+        self.procs = []
+        self.urls = []
+        for n in range(2):
+            port = _free_port()
+            self.urls.append(f"http://127.0.0.1:{port}")
+            output = open(tmp / f"uvicorn{n}.log", "wb")
+            self.outputs.append(output)
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "budget_app:app",
+                        "--app-dir",
+                        str(TESTS),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                    ],
+                    env={**os.environ, "BUDGET_LOG": str(self.log), **env},
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def url(self, i: int) -> str:
+        return self.urls[i % 2]
 
     def server_log(self) -> str:
-        if not self.output.closed:
-            self.output.flush()
-        return Path(self.output.name).read_text(errors="replace")[-3000:]
+        text = ""
+        for output in self.outputs:
+            if not output.closed:
+                output.flush()
+            text += Path(output.name).read_text(errors="replace")[-3000:]
+        return text
 
     async def ready(self) -> None:
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient() as client:
-            while True:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"uvicorn exited early: {self.server_log()}")
-                try:
-                    if (await client.get(self.url + "/ready", timeout=1)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"uvicorn did not come up: {self.server_log()}")
-                await asyncio.sleep(0.05)
+            for proc, url in zip(self.procs, self.urls, strict=True):
+                while True:
+                    if proc.poll() is not None:
+                        pytest.fail(f"uvicorn exited early: {self.server_log()}")
+                    try:
+                        if (await client.get(url + "/ready", timeout=1)).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"uvicorn did not come up: {self.server_log()}")
+                    await asyncio.sleep(0.05)
 
     def checks(self, kind: str) -> int:
         return self.log.read_text().split().count(kind)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
             try:
-                self.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.output.close()
+                proc.kill()
+                proc.wait()
+        for output in self.outputs:
+            output.close()
 
 
 @pytest.fixture
@@ -132,9 +150,7 @@ async def _run(tmp: Path, keys: Keyring, env: dict[str, str], secret: bytes) -> 
         no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
         # No keep-alive: a connection the server closed while idle is never reused.
         limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=0)
-        async with httpx.AsyncClient(
-            base_url=workers.url, cookies=no_cookies, limits=limits, timeout=60
-        ) as client:
+        async with httpx.AsyncClient(cookies=no_cookies, limits=limits, timeout=60) as client:
             await _password_burst(client, workers)
             await _code_burst(client, workers, secret)
     finally:
@@ -143,10 +159,14 @@ async def _run(tmp: Path, keys: Keyring, env: dict[str, str], secret: bytes) -> 
 
 
 async def _post(
-    client: httpx.AsyncClient, path: str, body: dict[str, str], cookie: str | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    path: str,
+    body: dict[str, str],
+    cookie: str | None = None,
 ) -> httpx.Response:
     headers = {"Cookie": f"axess.sid={cookie}"} if cookie else {}
-    return await client.post(path, json=body, headers=headers)
+    return await client.post(url + path, json=body, headers=headers)
 
 
 def _locked_for_a_lock_period(response: httpx.Response) -> bool:
@@ -155,34 +175,41 @@ def _locked_for_a_lock_period(response: httpx.Response) -> bool:
 
 
 async def _password_burst(client: httpx.AsyncClient, workers: Workers) -> None:
-    async def attempt(password: str) -> httpx.Response:
-        return await _post(client, "/login", {"identifier": "victim", "password": password})
+    async def attempt(i: int, password: str) -> httpx.Response:
+        body = {"identifier": "victim", "password": password}
+        return await _post(client, workers.url(i), "/login", body)
 
-    results = await asyncio.gather(*(attempt(f"guess-{i}") for i in range(BURST)))
+    results = await asyncio.gather(*(attempt(i, f"guess-{i}") for i in range(BURST)))
     statuses = [r.status_code for r in results]
-    assert len({r.headers["x-worker"] for r in results}) == 2  # both workers took guesses
+    assert len({r.headers["x-worker"] for r in results}) == 2  # both processes took guesses
     assert workers.checks("hash") == THRESHOLD
     assert statuses.count(401) == THRESHOLD and statuses.count(429) == BURST - THRESHOLD
-    right = await attempt("correct horse")
-    assert _locked_for_a_lock_period(right)
+    for i in range(2):  # on either process
+        assert _locked_for_a_lock_period(await attempt(i, "correct horse"))
     assert workers.checks("hash") == THRESHOLD  # refused without a hash
 
 
 async def _code_burst(client: httpx.AsyncClient, workers: Workers, secret: bytes) -> None:
-    r = await _post(client, "/login", {"identifier": "second", "password": "correct horse"})
+    body = {"identifier": "second", "password": "correct horse"}
+    r = await _post(client, workers.url(0), "/login", body)
     assert r.json() == {"factor_required": "totp"}  # the password took one unit
     sid = r.cookies["axess.sid"]
     now = time.time()
     valid = {totp(secret, now + d * 30) for d in (-2, -1, 0, 1, 2)}
     wrong = [c for c in (f"{i:06d}" for i in range(1000)) if c not in valid][:BURST]
     guesses = [{"totp": c} if i % 2 else {"recovery": f"rc-{c}"} for i, c in enumerate(wrong)]
-    results = await asyncio.gather(*(_post(client, "/factor", g, sid) for g in guesses))
+    results = await asyncio.gather(
+        *(_post(client, workers.url(i), "/factor", g, sid) for i, g in enumerate(guesses))
+    )
     statuses = [r.status_code for r in results]
     assert len({r.headers["x-worker"] for r in results}) == 2
     assert workers.checks("code") == THRESHOLD - 1
     assert statuses.count(401) == THRESHOLD - 1 and statuses.count(429) == BURST - THRESHOLD + 1
-    right = await _post(client, "/factor", {"totp": totp(secret, time.time())}, sid)
-    assert _locked_for_a_lock_period(right)
+    for i in range(2):
+        right = await _post(
+            client, workers.url(i), "/factor", {"totp": totp(secret, time.time())}, sid
+        )
+        assert _locked_for_a_lock_period(right)
 
 
 async def test_two_workers_on_sqlite(tmp_path: Path, keyring_env: Any) -> None:
