@@ -399,6 +399,9 @@ class CompositeStore:
     async def totp_accept_step(self, user_id: str, step: int) -> bool:
         return await self._factors().totp_accept_step(user_id, step)
 
+    async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
+        return await self._factors().reseal_totp_secret(user_id, expected, sealed)
+
     async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
         await self._factors().replace_recovery_codes(user, hashes)
 

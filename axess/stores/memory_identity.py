@@ -130,6 +130,13 @@ class MemoryIdentityMixin(MemoryRecoveryCodes):
         self._factors[user_id] = replace(f, totp_last_step=step)
         return True
 
+    async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
+        f = self._factors.get(user_id)
+        if f is None or f.totp_secret != expected:
+            return False
+        self._factors[user_id] = replace(f, totp_secret=bytes(sealed))
+        return True
+
     async def purge_identity(self, now: float) -> int:
         """Nothing in identity/factors expires (a purge target that deletes nothing)."""
         return 0

@@ -712,6 +712,21 @@ class IdentityStoreContract:
         await store.set_totp_secret("u1", None)
         assert not await store.totp_accept_step("u1", 60)
 
+    async def test_totp_reseal_keeps_the_step(self, store: IdentityStore) -> None:
+        assert not await store.reseal_totp_secret("u1", b"\x01old", b"\x01new")  # no secret
+        await store.set_totp_secret("u1", b"\x01old")
+        assert await store.totp_accept_step("u1", 100)
+        assert not await store.reseal_totp_secret("u1", b"\x01other", b"\x01new")  # changed
+        assert await store.reseal_totp_secret("u1", b"\x01old", b"\x01new")
+        f = await store.get_factors("u1")
+        assert f.totp_secret == b"\x01new" and f.totp_last_step == 100  # step kept
+        assert not await store.totp_accept_step("u1", 100)  # still no replay
+        assert not await store.reseal_totp_secret("u1", b"\x01old", b"\x01newer")  # done once
+        results = await asyncio.gather(
+            *(store.reseal_totp_secret("u1", b"\x01new", bytes([1, i])) for i in range(2, 8))
+        )
+        assert sorted(results) == [False] * 5 + [True]
+
     async def test_concurrent_totp_same_step_accepted_once(self, store: IdentityStore) -> None:
         await store.set_totp_secret("u1", b"\x01sealed")
         results = await asyncio.gather(*(store.totp_accept_step("u1", 1000) for _ in range(8)))

@@ -310,6 +310,12 @@ class SQLIdentityMixin:
         )
         return await self._execute("totp_accept_step", sql, (step, user_id, step), FACTORS) == 1
 
+    async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
+        """Compare-and-set on the sealed bytes; ``totp_last_step`` is untouched."""
+        sql = "UPDATE axess_factors SET totp_secret = ? WHERE user_id = ? AND totp_secret = ?"
+        args = (bytes(sealed), user_id, bytes(expected))
+        return await self._execute("reseal_totp_secret", sql, args, FACTORS) == 1
+
     async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
         unique = sorted(set(hashes))
         delete = self._iq("DELETE FROM axess_recovery_codes WHERE user_id = ?")
