@@ -15,7 +15,7 @@ from axess.authn.outcomes import Authenticated, FactorRequired, InvalidCredentia
 from axess.authn.password import Password, PasswordHasher
 from axess.authn.recovery import RecoveryCode, RecoveryCodes
 from axess.authn.service import AuthnEvent, AuthnService
-from axess.authn.totp import TOTPCode, TOTPSecretSealer
+from axess.authn.totp import TOTPCode, TOTPSecretSealer, TOTPSecretUnavailable
 from axess.authn.users import TOTPEnrolment, UserAdmin
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "TOTPCode",
     "TOTPEnrolment",
     "TOTPSecretSealer",
+    "TOTPSecretUnavailable",
     "UserAdmin",
     "lockout_keys",
     "normalize_identifier",

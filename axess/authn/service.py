@@ -27,7 +27,11 @@ Order of one attempt (every step that can refuse does so before the next):
 
 Second factors (TOTP, recovery codes) reserve a unit the same way (also from
 a trusted origin), so the lockout bounds guessing of 6-digit codes under
-any concurrency.
+any concurrency. A TOTP secret is opened before its unit is reserved: one
+that no configured envelope key opens raises
+:class:`~axess.authn.totp.TOTPSecretUnavailable` (a ``StoreError``: 503) and
+counts on no lever; one opened with a previous key is re-sealed under the
+active key after a correct code (book: Keys and key rotation).
 Failures count with the tenant's effective lever parameters
 (:meth:`~axess.authn.lockout.Lockout.policy_for`: the static
 ``LockoutPolicy.overrides`` and the tenant record's ``lockout_overrides``),
@@ -48,7 +52,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeAlias
 
 from starlette.requests import HTTPConnection
@@ -67,9 +71,9 @@ from axess.authn.lockout import (
 from axess.authn.outcomes import Authenticated, FactorRequired, InvalidCredentials, LoginOutcome
 from axess.authn.password import Password, PasswordHasher
 from axess.authn.recovery import RecoveryCode, RecoveryCodeHasher
-from axess.authn.totp import TOTPCode, TOTPSecretSealer
+from axess.authn.totp import TOTPCode, TOTPSecretSealer, TOTPSecretUnavailable
 from axess.clock import Clock, Random, SystemClock
-from axess.errors import EnvelopeError
+from axess.errors import EnvelopeError, StoreError
 from axess.keys import Keyring
 from axess.net import client_ip
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
@@ -172,6 +176,17 @@ class _Attempt:
         return [r for r in (self.held, self.reservation) if r is not None]
 
 
+@dataclass(frozen=True, slots=True)
+class _OpenedTOTP:
+    """A user's TOTP secret as loaded for one code check."""
+
+    sealed: bytes
+    secret: bytes = field(repr=False)
+    last_step: int | None
+    #: Opened with a previous envelope key: re-seal after a correct code.
+    previous: bool
+
+
 def _session_tenant(tenant: str) -> str | None:
     return None if tenant == DEFAULT_TENANT else tenant
 
@@ -249,6 +264,7 @@ class AuthnService:
         self.sealer = TOTPSecretSealer(keys, random=random)
         self.recovery = RecoveryCodeHasher(keys, random=random)
         self.on_event = on_event
+        self._totp_unavailable_logged: set[str] = set()
 
     # -- events -----------------------------------------------------------------
     def _emit(self, attempt: _Attempt | None, type: str, status: str, **fields: Any) -> None:
@@ -493,6 +509,11 @@ class AuthnService:
         self, attempt: _Attempt, state: d.Authenticating, credential: Credential
     ) -> LoginOutcome:
         factor = "recovery_code" if isinstance(credential, RecoveryCode) else "totp"
+        opened: _OpenedTOTP | None = None
+        if isinstance(credential, TOTPCode):
+            # Before the reservation: a secret that no configured key opens is
+            # the deployment's fault, not a guess, and must not count.
+            opened = await self._open_totp(attempt, state.user)
         reserved = await self._reserve(attempt, factor)
         if isinstance(reserved, Locked):
             return reserved
@@ -508,7 +529,7 @@ class AuthnService:
             if ok:
                 self._emit(attempt, "recovery_code_used", "success", user=user.id)
         elif isinstance(credential, TOTPCode):
-            ok = await self._check_totp(user.id, credential)
+            ok = await self._check_totp(user.id, credential, opened)
         if not ok:
             return await self._failure(attempt, factor, "wrong_code", user.id)
         self.metrics.factor_success()
@@ -522,18 +543,62 @@ class AuthnService:
             new = d.Authenticated(state.user, state.tenant, self.clock.time(), completed)
         return await self._advance(attempt, user, new)
 
-    async def _check_totp(self, user_id: str, code: TOTPCode) -> bool:
+    async def _open_totp(self, attempt: _Attempt, user_id: str) -> _OpenedTOTP | None:
+        """The user's TOTP secret, opened (``None``: no secret enrolled).
+
+        Raises :class:`TOTPSecretUnavailable` (a 503, counted on no lever)
+        when no configured envelope key opens it (book: Keys and key rotation).
+        """
         factors = await self.store.get_factors(user_id)
-        if factors.totp_secret is None:
-            return False
+        sealed = factors.totp_secret
+        if sealed is None:
+            return None
         try:
-            secret = self.sealer.open(factors.totp_secret, user_id)
-        except EnvelopeError:
-            logger.error("TOTP secret of user %s does not open (key missing?)", user_id)
+            secret, previous = self.sealer.open_checked(sealed, user_id)
+        except EnvelopeError as exc:
+            reason = str(exc)
+            if reason not in self._totp_unavailable_logged:
+                self._totp_unavailable_logged.add(reason)
+                logger.error(
+                    "TOTP secret of user %s cannot be opened (%s): an envelope key was removed "
+                    "before the secrets it sealed were re-sealed, or the row was altered; "
+                    "TOTP logins of such users answer 503 and count on no lockout lever "
+                    "until the key is configured again (logged once per reason)",
+                    user_id,
+                    reason,
+                )
+            self._emit(
+                attempt,
+                "factor_failed",
+                "failure",
+                factor="totp",
+                reason="secret_unavailable",
+                user=user_id,
+            )
+            raise TOTPSecretUnavailable(reason) from None
+        if previous:
+            logger.info("TOTP secret opened with previous (rotated) envelope key")
+            self.metrics.previous_key_used("totp_secret")
+        return _OpenedTOTP(sealed, secret, factors.totp_last_step, previous)
+
+    async def _check_totp(self, user_id: str, code: TOTPCode, opened: _OpenedTOTP | None) -> bool:
+        if opened is None:
             return False
-        step = totp_mod.verify(secret, code, self.clock.time(), factors.totp_last_step)
+        step = totp_mod.verify(opened.secret, code, self.clock.time(), opened.last_step)
         # The compare-and-set is what makes a code single-use under concurrency.
-        return step is not None and await self.store.totp_accept_step(user_id, step)
+        if step is None or not await self.store.totp_accept_step(user_id, step):
+            return False
+        if opened.previous:
+            # Re-seal under the active key, so the old key can be removed.
+            # A compare-and-set on the sealed bytes that keeps the accepted
+            # step: a concurrent re-enrolment wins, and no code becomes
+            # usable twice.
+            resealed = self.sealer.seal(opened.secret, user_id)
+            try:
+                await self.store.reseal_totp_secret(user_id, opened.sealed, resealed)
+            except StoreError:
+                logger.warning("TOTP secret re-seal failed; retried at the next login")
+        return True
 
     async def _advance(
         self, attempt: _Attempt, user: UserRecord, state: d.Authenticating | d.Authenticated

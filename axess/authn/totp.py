@@ -173,13 +173,28 @@ def provisioning_uri(
     return f"otpauth://totp/{label}?{query}"
 
 
+class TOTPSecretUnavailable(StoreError):
+    """A stored TOTP secret opens with no configured envelope key (its key was
+    removed too early, or the row was altered). A fault of the deployment,
+    not of the user: the login answers 503 like a store outage (it is a
+    :class:`~axess.errors.StoreError`), and nothing counts toward the lockout
+    (book: Keys and key rotation)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"TOTP secret cannot be opened ({reason})", substore="factors")
+        self.reason = reason
+
+
 class TOTPSecretSealer:
     """Seals TOTP secrets for storage, bound to the user id.
 
-    Uses the envelope format of :mod:`axess.session.envelope` with its own
-    HKDF label; previous envelope keys still open (rotate by re-sealing when
-    :meth:`needs_reseal` is true). :meth:`open` raises
-    :class:`~axess.errors.EnvelopeError` for anything that does not open.
+    Uses the envelope format of :mod:`axess.crypto` with its own
+    HKDF label; previous envelope keys still open. A secret opened with a
+    previous key must be re-sealed under the active one before that key is
+    removed: the login does it on a correct code (:meth:`open_checked`,
+    :meth:`reseal`), a batch job can do it with :meth:`reseal` (book: Keys
+    and key rotation). :meth:`open` raises :class:`~axess.errors.EnvelopeError`
+    for anything that does not open.
     """
 
     __slots__ = ("_sealer",)
@@ -193,8 +208,22 @@ class TOTPSecretSealer:
     def open(self, sealed: bytes, user_id: str) -> bytes:
         return self._sealer.open(sealed, user_id.encode("utf-8"))[0]
 
+    def open_checked(self, sealed: bytes, user_id: str) -> tuple[bytes, bool]:
+        """``(secret, opened_with_previous_key)``; :class:`EnvelopeError` as
+        :meth:`open` (``unknown key id`` when its key is no longer configured)."""
+        return self._sealer.open(sealed, user_id.encode("utf-8"))
+
     def needs_reseal(self, sealed: bytes) -> bool:
         return self._sealer.needs_reseal(sealed)
+
+    def reseal(self, sealed: bytes, user_id: str) -> bytes | None:
+        """``sealed`` re-sealed under the active key, or ``None`` when it already
+        is. Store it with
+        :meth:`~axess.stores.base.IdentityStore.reseal_totp_secret` (which
+        keeps the last accepted step). :class:`EnvelopeError` as :meth:`open`."""
+        if not self._sealer.needs_reseal(sealed):
+            return None
+        return self.seal(self.open(sealed, user_id), user_id)
 
     def seal_pending(self, secret: bytes, user_id: str, created_at: float) -> str:
         """An opaque, URL-safe token carrying ``secret`` for ``user_id``'s
