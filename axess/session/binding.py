@@ -5,6 +5,12 @@ Material = User-Agent, client-IP prefix (/24 IPv4, /64 IPv6 by default) and
 optionally the primary Accept-Language tag. Fingerprint = HMAC-SHA256(tenant
 pepper, length-prefixed material). Bound at the first non-guest transition,
 compared in constant time on every request.
+
+Fingerprint key rotation (book: Keys and key rotation): a fingerprint made
+under a previous key of the ``fingerprint`` list still matches, and the
+session is re-bound under the active key on that request (no logout, no
+mismatch). Once that key has left the keyring, such a binding cannot be
+verified any more and is a mismatch.
 """
 
 from __future__ import annotations
@@ -291,9 +297,13 @@ class FingerprintBinding:
         if material[0] is None:
             return -1, material
         raw = stored.encode()
+        # The active key first; previous keys only when it does not match.
         for index, kid in enumerate(self.peppers.kids):
             expected = self.fingerprint(tenant, pepper, version, material, kid)
             if hmac.compare_digest(expected.encode(), raw):
+                if index:
+                    logger.info("session fingerprint matched a previous (rotated) key; re-binding")
+                    self.metrics.previous_key_used("fingerprint")
                 return index, material
         return -1, material
 

@@ -32,6 +32,7 @@ from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
+from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session.cookie import MAX_MEMO_HEADER_BYTES, STORAGE_KEY_CHARS, CookieReader
 from axess.session.data import Guest
 from axess.session.handle import Session
@@ -101,17 +102,30 @@ class CSRFConfig:
 
 
 class CSRFTokens:
-    """Mints and checks tokens for one keyring."""
+    """Mints and checks tokens for one keyring.
+
+    Tokens are minted with the active ``csrf`` key. A token minted with a
+    previous key of the list still verifies (:meth:`valid`) but is not
+    :meth:`current`: the middleware re-mints the cookie with the active key
+    on the next response (book: Keys and key rotation).
+    """
 
     def __init__(
-        self, keys: Keyring, random: Random | None = None, *, memo_size: int = DEFAULT_MEMO_SIZE
+        self,
+        keys: Keyring,
+        random: Random | None = None,
+        *,
+        memo_size: int = DEFAULT_MEMO_SIZE,
+        metrics: AuthnMetrics | None = None,
     ) -> None:
         # Active key first; previous keys still verify tokens already in pages.
         self._keys = [keys.derive("csrf", "double-submit-v1", kid=k.kid) for k in keys.keys("csrf")]
         self._random = random or SystemRandom()
-        # Validity is a pure function of (token, binding): remember positives so
-        # a returning page view costs no HMAC. Bindings are storage keys.
-        self._valid: BoundedMemo[tuple[bytes, str | None], bool] = BoundedMemo(
+        self._metrics: AuthnMetrics = metrics or NoopMetrics()
+        # Validity is a pure function of (token, binding): remember positives
+        # (the index of the key that made them) so a returning page view costs
+        # no HMAC. Bindings are storage keys.
+        self._valid: BoundedMemo[tuple[bytes, str | None], int] = BoundedMemo(
             memo_size, max_key_bytes=_TOKEN_CHARS + STORAGE_KEY_CHARS
         )
 
@@ -125,27 +139,45 @@ class CSRFTokens:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def valid(self, token: str | bytes | None, binding: str | None) -> bool:
-        """True when ``token`` is well formed and was minted for ``binding``."""
-        if self._valid.get((token, binding)):  # type: ignore[arg-type]
-            return True  # a token (as bytes) that verified before
+        """True when ``token`` is well formed and was minted for ``binding``
+        (with any configured CSRF key)."""
+        return self.key_index(token, binding) >= 0
+
+    def current(self, token: str | bytes | None, binding: str | None) -> bool:
+        """True when ``token`` is valid for ``binding`` and minted with the
+        active key (a browser holding it needs no new cookie)."""
+        return self.key_index(token, binding) == 0
+
+    def key_index(self, token: str | bytes | None, binding: str | None) -> int:
+        """The position in the key list of the key that minted ``token`` for
+        ``binding`` (0: the active key), or -1 when it is not valid."""
+        index = self._valid.get((token, binding))  # type: ignore[arg-type]
+        if index is not None:
+            return index  # a token (as bytes) that verified before
         if token is None:
-            return False
+            return -1
         raw_token = token.encode("latin-1") if isinstance(token, str) else token
         if len(raw_token) != _TOKEN_CHARS:
-            return False
-        if self._valid.get((raw_token, binding)):
-            return True
+            return -1
+        index = self._valid.get((raw_token, binding))
+        if index is not None:
+            return index
         try:
             raw = base64.urlsafe_b64decode(raw_token + b"=")
         except ValueError:
-            return False
+            return -1
         if len(raw) != _NONCE + _MAC or base64.urlsafe_b64encode(raw).rstrip(b"=") != raw_token:
-            return False
+            return -1
         nonce, mac, bound = raw[:_NONCE], raw[_NONCE:], _binding(binding)
-        ok = any(hmac.compare_digest(mac, self._mac(k, nonce, bound)) for k in self._keys)
-        if ok:
-            self._valid.put((raw_token, binding), True)
-        return ok
+        # The active key first; previous keys only when it does not match.
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(mac, self._mac(key, nonce, bound)):
+                if index:
+                    logger.info("CSRF token verified with a previous (rotated) key")
+                    self._metrics.previous_key_used("csrf")
+                self._valid.put((raw_token, binding), index)
+                return index
+        return -1
 
 
 def _binding(storage_key: str | None) -> bytes:
@@ -209,10 +241,11 @@ class CSRFMiddleware(Stage):
         config: CSRFConfig | None = None,
         random: Random | None = None,
         memo_size: int = DEFAULT_MEMO_SIZE,
+        metrics: AuthnMetrics | None = None,
     ) -> None:
         super().__init__(app)
         self.config = config or CSRFConfig()
-        self.tokens = CSRFTokens(keys, random, memo_size=memo_size)
+        self.tokens = CSRFTokens(keys, random, memo_size=memo_size, metrics=metrics)
         self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
         # (Cookie header, binding) -> True when the header's token fits it.
         self._fits: BoundedMemo[tuple[bytes | None, str | None], bool] = BoundedMemo(
@@ -263,8 +296,7 @@ class CSRFMiddleware(Stage):
         if not (
             cookie_token is not None
             and submitted is not None
-            and hmac.compare_digest(submitted, cookie_token)
-            and self.tokens.valid(submitted, self._session(scope["state"]).csrf_binding)
+            and self._accepts(submitted, cookie_token, self._session(scope["state"]).csrf_binding)
         ):
             logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
             await send_json(
@@ -274,6 +306,25 @@ class CSRFMiddleware(Stage):
             )
             return None
         return receive
+
+    def _accepts(self, submitted: bytes, cookie_token: bytes, binding: str | None) -> bool:
+        """The double-submit check: the submitted token is the cookie's and
+        valid for the session.
+
+        One exception, for a CSRF key rotation: a page rendered before the
+        cookie was re-minted with the active key still submits the token of a
+        previous key. It is accepted when it is valid for the same signed-in
+        session (a binding an attacker cannot mint for) and the cookie holds
+        that session's current token. Anonymous tokens are not secret to
+        anyone with a browser, so for guests the cookie must match exactly.
+        """
+        if hmac.compare_digest(submitted, cookie_token):
+            return self.tokens.valid(submitted, binding)
+        return (
+            binding is not None
+            and self.tokens.key_index(submitted, binding) > 0
+            and self.tokens.current(cookie_token, binding)
+        )
 
     def _foreign(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
         """True when a browser says this unsafe request comes from another
@@ -359,7 +410,7 @@ class CSRFMiddleware(Stage):
         if not asked and self._fits.get((header, committed)):
             return True
         current = self._cookie.find(header)
-        if not asked and self.tokens.valid(current, committed):
+        if not asked and self.tokens.current(current, committed):
             self._fits.put((header, committed), True)
             return True
         set_cookie = self._remint(
@@ -386,17 +437,18 @@ class CSRFMiddleware(Stage):
 
         A token is (re-)minted when the page asked for one, when the browser
         holds one that no longer fits the session (e.g. the id rotated at
-        login), when the session was just created or rotated, or when the
-        browser holds none but a stored session (``stored``): its next unsafe
-        request carries the session cookie, so it is checked and needs a
-        token — e.g. a JSON client retrying after a failed login, with no
-        separate call to fetch one. Otherwise nothing is sent, so plain page
+        login) or was minted with a previous CSRF key, when the session was
+        just created or rotated, or when the browser holds none but a stored
+        session (``stored``): its next unsafe request carries the session
+        cookie, so it is checked and needs a token — e.g. a JSON client
+        retrying after a failed login, with no separate call to fetch one.
+        Otherwise nothing is sent, so plain page
         views carry no Set-Cookie.
         """
         rendered = state.get(_STATE_KEY)
-        if isinstance(rendered, str) and self.tokens.valid(rendered, committed_key):
+        if isinstance(rendered, str) and self.tokens.current(rendered, committed_key):
             token = rendered  # what the page may already have embedded in a form
-        elif self.tokens.valid(current, committed_key):
+        elif self.tokens.current(current, committed_key):
             return None
         elif (
             current is not None
@@ -505,10 +557,11 @@ def csrf_token(conn: HTTPConnection) -> str:
         )
     binding = session.csrf_binding
     rendered = state.get(_STATE_KEY)
-    if isinstance(rendered, str) and mw.tokens.valid(rendered, binding):
+    if isinstance(rendered, str) and mw.tokens.current(rendered, binding):
         return rendered
-    current = mw.cookie_token(conn.scope)  # the page may reuse the browser's token
-    token = current if current and mw.tokens.valid(current, binding) else mw.tokens.mint(binding)
+    # The page may reuse the browser's token, unless a previous key minted it.
+    current = mw.cookie_token(conn.scope)
+    token = current if current and mw.tokens.current(current, binding) else mw.tokens.mint(binding)
     state[_STATE_KEY] = token
     return token
 
