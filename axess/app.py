@@ -16,7 +16,8 @@ from starlette.types import ASGIApp
 
 from axess._cache import DEFAULT_MEMO_SIZE
 from axess.audit.events import AuthEvent
-from axess.audit.pipeline import AuditPipeline, AuditUnavailable, audit_unavailable_handler
+from axess.audit.http import audit_unavailable_handler
+from axess.audit.pipeline import AuditPipeline, AuditUnavailable
 from axess.authn.device import DeviceCookie, DeviceCookieConfig
 from axess.authn.guards import AuthnRequired, authn_exception_handler
 from axess.authn.lockout import Lockout, LockoutPolicy

@@ -26,10 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from typing import TYPE_CHECKING, Any, Final
 
 from axess.audit.events import AuditQuery, AuthEvent
 from axess.audit.recovery import RecoveryLog
@@ -39,6 +36,9 @@ from axess.errors import AxessError, ConfigurationError
 from axess.observability.health import CompositeHealthCheck, HealthStatus
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session.events import SessionEvent, SessionEventHook
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +108,6 @@ class ShutdownAuthn(OverflowPolicy):
             raise ConfigurationError("ShutdownAuthn(resume_at=...) must be in [0, 1)")
 
 
-async def audit_unavailable_handler(request: Request, exc: Exception) -> Response:
-    """Exception handler answering :class:`AuditUnavailable` with a 503."""
-    if isinstance(exc, AuditUnavailable):
-        return exc.response()
-    raise exc
-
-
 class AuditUnavailable(AxessError):
     """The audit trail cannot take the operation's events right now.
 
@@ -128,12 +121,10 @@ class AuditUnavailable(AxessError):
         self.retry_after = retry_after
 
     def response(self) -> JSONResponse:
-        """503 JSON with ``Retry-After``, never cached."""
-        return JSONResponse(
-            {"error": "service_unavailable", "detail": "audit trail unavailable"},
-            status_code=503,
-            headers={"Retry-After": str(self.retry_after), "Cache-Control": "no-store"},
-        )
+        """503 JSON with ``Retry-After``, never cached (see :mod:`axess.audit.http`)."""
+        from axess.audit.http import audit_unavailable_response
+
+        return audit_unavailable_response(self.retry_after)
 
 
 # -- per-sink state -------------------------------------------------------------------
