@@ -25,9 +25,10 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Scope
+from starlette.types import Scope
 
 from axess.errors import AxessError, ConfigurationError
+from axess.stack import request_with_body
 
 #: The identifier fields when none are declared: ``username``, else ``email``.
 DEFAULT_LOGIN_FIELDS: Final = ("username", "email")
@@ -191,18 +192,10 @@ class LoginFields:
         return [(k, v) for k, v in data if k in names]
 
     async def _from_multipart(self, scope: Scope, body: bytes) -> list[tuple[str, object]]:
-        sent = False
-
-        async def once() -> Message:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        # (A one-off Request: the app's own Request keeps its own copy.)
         try:
-            form = await Request(scope, once).form(max_files=MAX_FIELDS, max_fields=MAX_FIELDS)
+            form = await request_with_body(scope, body).form(
+                max_files=MAX_FIELDS, max_fields=MAX_FIELDS
+            )
         except (HTTPException, MultiPartException) as exc:
             detail = exc.detail if isinstance(exc, HTTPException) else exc.message
             if "Too many" in str(detail):  # more parts than a login form has

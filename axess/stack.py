@@ -26,6 +26,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: ``scope["state"]`` entry: the request headers as a dict (see
@@ -119,6 +120,22 @@ def vary_cookie(message: Message) -> None:
     value = item[1]
     if b"cookie" not in value.lower() and value.strip() != b"*":
         headers[headers.index(item)] = (b"vary", value + b", Cookie")
+
+
+def request_with_body(scope: Scope, body: bytes) -> Request:
+    """A one-off ``Request`` whose body is ``body`` (bytes a stage already read
+    from the client), e.g. to parse a multipart form; the app's own request
+    keeps its own copy."""
+    sent = False
+
+    async def once() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, once)
 
 
 async def send_json(

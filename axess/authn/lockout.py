@@ -375,6 +375,25 @@ class Reservation:
         return cls({}, tuple(units))
 
 
+#: (lever name, its store key, its parameters) for one attempt.
+_LeverRow = tuple[LeverName, str, Lever]
+
+
+def _longest_lock(
+    levers: Sequence[_LeverRow], locked_until: Mapping[str, float], now: float
+) -> Locked | None:
+    """The lock among ``levers`` that ends last (``None``: none is locked)."""
+    worst: Locked | None = None
+    for name, key, _ in levers:
+        until = locked_until.get(key)
+        if until is None:
+            continue
+        retry = max(1, math.ceil(until - now))
+        if worst is None or retry > worst.retry_after:
+            worst = Locked(retry, name)
+    return worst
+
+
 #: HTTP status of a refused attempt.
 LOCKED_STATUS: Final = 429
 
@@ -446,12 +465,10 @@ class Lockout:
         self._memo[memo_key] = policy
         return policy
 
-    def _levers(
-        self, keys: LockoutKeys, policy: LockoutPolicy | None = None
-    ) -> list[tuple[LeverName, str, Lever]]:
+    def _levers(self, keys: LockoutKeys, policy: LockoutPolicy | None = None) -> list[_LeverRow]:
         if policy is None:
             policy = self.policy.for_tenant(keys.tenant_id)
-        out: list[tuple[LeverName, str, Lever]] = [("user", keys.user, policy.user)]
+        out: list[_LeverRow] = [("user", keys.user, policy.user)]
         if keys.ip is not None:
             out.append(("ip", keys.ip, policy.ip))
         out.append(("tenant", keys.tenant, policy.tenant))
@@ -475,15 +492,9 @@ class Lockout:
         except StoreError as exc:
             self._store_failed("pre-check", exc)
             return None
-        worst: Locked | None = None
-        for name, key, _ in levers:
-            until = status.locked_until.get(key)
-            if until is None or (name == "user" and status.trusted):
-                continue
-            retry = max(1, math.ceil(until - now))
-            if worst is None or retry > worst.retry_after:
-                worst = Locked(retry, name)
-        return worst
+        if status.trusted:
+            levers = [lv for lv in levers if lv[0] != "user"]
+        return _longest_lock(levers, status.locked_until, now)
 
     async def record_failure(
         self,
@@ -509,6 +520,12 @@ class Lockout:
         except StoreError as exc:
             self._store_failed("record_failure", exc)
             return {}
+        return self._counted(levers, states, now)
+
+    def _counted(
+        self, levers: list[_LeverRow], states: Sequence[LeverState], now: float
+    ) -> dict[LeverName, LeverState]:
+        """The new states by lever; counts and logs each lock they applied."""
         by_key = {s.key: s for s in states}
         out: dict[LeverName, LeverState] = {}
         for name, key, _ in levers:
@@ -563,33 +580,10 @@ class Lockout:
             self._store_failed("reserve", exc)
             return Reservation()
         if not result.reserved:
-            worst: Locked | None = None
-            for name, key, _ in levers:
-                until = result.locked_until.get(key)
-                if until is None:
-                    continue
-                retry = max(1, math.ceil(until - now))
-                if worst is None or retry > worst.retry_after:
-                    worst = Locked(retry, name)
-            assert worst is not None
-            return worst
-        by_key = {s.key: s for s in result.states}
-        states: dict[LeverName, LeverState] = {}
-        for name, key, _ in levers:
-            state = by_key.get(key)
-            if state is None:
-                continue
-            states[name] = state
-            if state.tripped:
-                self._metrics.account_locked(name)
-                logger.warning(
-                    "lockout_triggered lever=%s key=%s… lockouts=%d for=%.0fs",
-                    name,
-                    key[:10],
-                    state.lockouts,
-                    state.locked_until - now,
-                )
-        return Reservation.of(states)
+            locked = _longest_lock(levers, result.locked_until, now)
+            assert locked is not None
+            return locked
+        return Reservation.of(self._counted(levers, result.states, now))
 
     async def record_success(
         self,

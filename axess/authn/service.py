@@ -443,16 +443,7 @@ class AuthnService:
             attempt.keys, policy=attempt.policy, trusted_exempt=factor == "password"
         )
         if isinstance(reserved, Locked):
-            self.metrics.auth_failure()
-            self._emit(
-                attempt,
-                "factor_failed",
-                "failure",
-                factor=factor,
-                reason="locked",
-                lever=reserved.lever,
-            )
-            return reserved
+            return self._refused(attempt, factor, reserved)
         for lever, state in reserved.states.items():
             if state.tripped:
                 self._emit(attempt, "lockout_triggered", "info", lever=lever)
@@ -460,16 +451,14 @@ class AuthnService:
 
     async def _pre_check(self, attempt: _Attempt, factor: str) -> Locked | None:
         locked = await self.lockout.pre_check(attempt.keys)
-        if locked is not None:
-            self.metrics.auth_failure()
-            self._emit(
-                attempt,
-                "factor_failed",
-                "failure",
-                factor=factor,
-                reason="locked",
-                lever=locked.lever,
-            )
+        return None if locked is None else self._refused(attempt, factor, locked)
+
+    def _refused(self, attempt: _Attempt, factor: str, locked: Locked) -> Locked:
+        """Count and audit an attempt the lockout refused."""
+        self.metrics.auth_failure()
+        self._emit(
+            attempt, "factor_failed", "failure", factor=factor, reason="locked", lever=locked.lever
+        )
         return locked
 
     async def _failure(

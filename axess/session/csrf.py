@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
@@ -41,6 +41,7 @@ from axess.stack import (
     Stage,
     mutable_headers,
     request_headers,
+    request_with_body,
     send_json,
     vary_cookie,
 )
@@ -520,17 +521,8 @@ def _urlencoded_field(body: bytes, field: bytes) -> bytes | None:
 
 
 async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | None:
-    sent = False
-
-    async def once() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
     try:
-        form = await Request(scope, once).form(max_files=100, max_fields=1000)
+        form = await request_with_body(scope, body).form(max_files=100, max_fields=1000)
     except Exception:  # missing python-multipart or a malformed body: no token
         return None
     try:
