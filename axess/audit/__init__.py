@@ -12,6 +12,7 @@ drain with a recovery log, retention.
     )
 """
 
+from axess.audit.buffer import Block, DropOldest, OverflowPolicy, ShutdownAuthn
 from axess.audit.events import (
     DEFAULT_STATUS,
     EVENT_TYPES,
@@ -20,15 +21,7 @@ from axess.audit.events import (
     EventStatus,
     EventType,
 )
-from axess.audit.pipeline import (
-    AuditPipeline,
-    AuditUnavailable,
-    Block,
-    DropOldest,
-    OverflowPolicy,
-    ShutdownAuthn,
-    SinkStats,
-)
+from axess.audit.pipeline import AuditPipeline, AuditUnavailable, SinkStats
 from axess.audit.recovery import RecoveryLog
 from axess.audit.retention import AuditRetention, JSONLArchiver, RetentionReport
 from axess.audit.sinks import (

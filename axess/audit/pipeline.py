@@ -23,11 +23,22 @@ import logging
 import os
 import random as _random
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from axess.audit.buffer import (
+    DROPPED,
+    FILLED,
+    OVERFLOW,
+    SPILL,
+    WAKE,
+    Block,
+    DropOldest,
+    OverflowPolicy,
+    ShutdownAuthn,
+    SinkBuffer,
+)
 from axess.audit.events import AuditQuery, AuthEvent
 from axess.audit.recovery import RecoveryLog
 from axess.audit.sinks import AuditSink
@@ -40,6 +51,16 @@ from axess.session.events import SessionEvent, SessionEventHook
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
+__all__ = [
+    "AuditPipeline",
+    "AuditUnavailable",
+    "Block",
+    "DropOldest",
+    "OverflowPolicy",
+    "ShutdownAuthn",
+    "SinkStats",
+]
+
 logger = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -47,65 +68,13 @@ Sleep = Callable[[float], Awaitable[None]]
 _SYSTEM_CLOCK: Final = SystemClock()
 _SYSTEM_RANDOM: Final = SystemRandom()
 _NO_METRICS: Final = NoopMetrics()
+_thread_id: Final = threading.get_ident
 
 #: Seconds ``stop()`` waits for cancelled workers to finish after the drain
 #: deadline (a sink that ignores cancellation must not hang shutdown).
 _CANCEL_GRACE: Final = 1.0
 #: Seconds between two "login refused" WARNINGs (the count is in the next one).
 _REFUSAL_LOG_INTERVAL: Final = 10.0
-
-
-# -- overflow policies ----------------------------------------------------------
-class OverflowPolicy:
-    """What happens when a sink's buffer holds ``max_buffer`` events."""
-
-    __slots__ = ()
-
-    #: True if the policy never discards an event.
-    keeps_everything: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class DropOldest(OverflowPolicy):
-    """A new event pushes out the oldest buffered one (counted in ``audit_dropped``).
-
-    The default for analytics sinks. Events already handed to the sink (the
-    batch in flight) are never dropped; if the whole buffer is in flight the
-    new event itself is dropped.
-    """
-
-    keeps_everything = False
-
-
-@dataclass(frozen=True, slots=True)
-class Block(OverflowPolicy):
-    """``await pipeline.emit_wait(event)`` waits for room, at most ``timeout`` seconds,
-    then raises :class:`AuditUnavailable` without accepting the event.
-
-    ``emit()`` cannot wait: on a full buffer it keeps the event beyond
-    ``max_buffer`` (see :attr:`AuditPipeline.hard_limit`).
-    """
-
-    timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.timeout >= 0:
-            raise ConfigurationError("Block(timeout=...) must be a non-negative number of seconds")
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownAuthn(OverflowPolicy):
-    """While the buffer is full, new logins are refused with 503 (no
-    authentication without an audit trail); other events are kept beyond
-    ``max_buffer``. Logins resume once the buffer is down to ``resume_at``
-    (a fraction of ``max_buffer``; default half). The regulatory default.
-    """
-
-    resume_at: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.resume_at < 1:
-            raise ConfigurationError("ShutdownAuthn(resume_at=...) must be in [0, 1)")
 
 
 class AuditUnavailable(AxessError):
@@ -147,20 +116,11 @@ class SinkStats:
 
 class _Sink:
     __slots__ = (
-        "accepted",
         "buffer",
-        "delivered",
-        "dropped",
         "failures",
-        "inflight",
         "last_error",
         "name",
-        "overflowing",
-        "policy",
-        "recovered",
         "regulatory",
-        "replay_inflight",
-        "replay_left",
         "room",
         "sink",
         "streak",
@@ -168,32 +128,26 @@ class _Sink:
         "wake",
     )
 
-    def __init__(self, sink: AuditSink, policy: OverflowPolicy) -> None:
+    def __init__(self, sink: AuditSink, buffer: SinkBuffer) -> None:
         self.sink = sink
         self.name: str = sink.name
         self.regulatory = bool(sink.regulatory)
-        self.policy = policy
-        self.buffer: deque[AuthEvent] = deque()
-        self.inflight: list[AuthEvent] = []
-        self.accepted = 0
-        self.delivered = 0
-        self.dropped = 0
-        self.recovered = 0
+        self.buffer = buffer
         self.failures = 0
         self.streak = 0  # consecutive failures
         self.last_error: str | None = None
-        self.overflowing = False
-        #: Replayed events still in ``buffer`` (at its front) / in ``inflight``.
-        self.replay_left = 0
-        self.replay_inflight = 0
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
         self.task: asyncio.Task[None] | None = None
 
     @property
+    def policy(self) -> OverflowPolicy:
+        return self.buffer.policy
+
+    @property
     def depth(self) -> int:
-        return len(self.buffer) + len(self.inflight)
+        return self.buffer.depth
 
 
 class _SinkHealth:
@@ -290,9 +244,19 @@ class AuditPipeline:
         self._metrics = metrics
         self._sleep: Sleep = sleep or asyncio.sleep
         self._sinks = tuple(
-            _Sink(s, regulatory_policy if s.regulatory else analytics_policy) for s in sinks
+            _Sink(
+                s,
+                SinkBuffer(
+                    regulatory_policy if s.regulatory else analytics_policy,
+                    max_buffer=max_buffer,
+                    batch_size=batch_size,
+                    hard_limit=self.hard_limit,
+                ),
+            )
+            for s in sinks
         )
         self._by_name = {st.name: st for st in self._sinks}
+        self._puts = tuple((st, st.buffer.put) for st in self._sinks)
         #: Events handed to :meth:`emit` (and accepted by :meth:`emit_wait`).
         self.emitted = 0
         #: Events read back from the recovery log by :meth:`start`.
@@ -390,27 +354,20 @@ class AuditPipeline:
         if self._closed:
             self._emit_after_close(event)
             return
-        if self._loop is not None and threading.get_ident() != self._thread:
+        if self._loop is not None and _thread_id() != self._thread:
             try:
                 self._loop.call_soon_threadsafe(self.emit, event)
             except RuntimeError:  # the loop is gone: keep the event on disk
                 self._emit_after_close(event)
             return
         self.emitted += 1
-        limit = self.max_buffer
-        for st in self._sinks:
-            buf = st.buffer
-            depth = len(buf) + len(st.inflight)
-            if depth >= limit:
-                self._overflow(st, event, depth)
-                continue
-            buf.append(event)
-            st.accepted += 1
-            n = len(buf)
-            if n == 1 or n == self.batch_size:
-                st.wake.set()
-            if depth + 1 >= limit:
-                self._filled(st)
+        for st, put in self._puts:
+            signal = put(event)
+            if signal:
+                if signal == DROPPED:  # DropOldest on a full buffer: the common overflow
+                    self.metrics.audit_dropped(1)
+                else:
+                    self._react(st, event, signal)
 
     async def emit_wait(self, event: AuthEvent) -> None:
         """:meth:`emit`, but first wait for room in every :class:`Block` sink.
@@ -422,7 +379,7 @@ class AuditPipeline:
         timer: asyncio.Task[None] | None = None
         try:
             while not self._closed:
-                full = [st for st in blocking if st.depth >= self.max_buffer]
+                full = [st for st in blocking if st.buffer.full]
                 if not full:
                     break
                 if timer is None:
@@ -436,7 +393,7 @@ class AuditPipeline:
                 finally:
                     for w in waiters:
                         w.cancel()
-                if timer.done() and any(st.depth >= self.max_buffer for st in blocking):
+                if timer.done() and any(st.buffer.full for st in blocking):
                     self.refused += 1
                     logger.warning(
                         "audit buffer of sink(s) %s still full after the Block timeout; "
@@ -504,36 +461,28 @@ class AuditPipeline:
             )
             self.metrics.audit_buffer_depth(self._max_depth())
 
-    def _overflow(self, st: _Sink, event: AuthEvent, depth: int) -> None:
-        if not st.overflowing:
-            st.overflowing = True
-            self._filled(st)
-            if not st.policy.keeps_everything:
-                logger.warning(
-                    "audit buffer of sink %r is full (%d events): dropping the oldest (DropOldest)",
-                    st.name,
-                    self.max_buffer,
-                )
-        st.accepted += 1
-        if not st.policy.keeps_everything:
-            if st.buffer:
-                st.buffer.popleft()
-                if st.replay_left:
-                    st.replay_left -= 1
-                st.buffer.append(event)
-            st.dropped += 1
-            self.metrics.audit_dropped(1)
-            return
-        if depth < self.hard_limit:
-            st.buffer.append(event)
+    def _react(self, st: _Sink, event: AuthEvent, signal: int) -> None:
+        """Do what :meth:`SinkBuffer.put` asked for (see :mod:`axess.audit.buffer`)."""
+        if signal & WAKE:
             st.wake.set()
-            return
-        self._spill(st, event)
+        if signal & FILLED:
+            self._filled(st)
+        if signal & OVERFLOW and not st.policy.keeps_everything:
+            logger.warning(
+                "audit buffer of sink %r is full (%d events): dropping the oldest (DropOldest)",
+                st.name,
+                self.max_buffer,
+            )
+        if signal & DROPPED:
+            self.metrics.audit_dropped(1)
+        if signal & SPILL:
+            self._spill(st, event)
 
     def _spill(self, st: _Sink, event: AuthEvent) -> None:
         """Past the hard limit: straight to the recovery log (no memory growth)."""
+        buf = st.buffer
         if self.recovery is None:
-            st.dropped += 1
+            buf.dropped += 1
             self.metrics.audit_dropped(1)
             logger.error(
                 "audit buffer of sink %r is over its hard limit (%d) and there is no "
@@ -545,14 +494,14 @@ class AuditPipeline:
         try:
             self.recovery.append([(event, (st.name,))], fsync=False)
         except OSError as exc:
-            st.dropped += 1
+            buf.dropped += 1
             self.metrics.audit_dropped(1)
             logger.error("audit recovery log unwritable (%s): event dropped", type(exc).__name__)
             return
-        st.recovered += 1
+        buf.recovered += 1
         self._spilled = True
         self.metrics.audit_recovered(1)
-        if st.recovered == 1 or st.recovered % 1000 == 0:
+        if buf.recovered == 1 or buf.recovered % 1000 == 0:
             logger.warning(
                 "audit buffer of sink %r is over its hard limit (%d): events go to the "
                 "recovery log %s until it drains (%d so far); they are delivered at the "
@@ -560,14 +509,12 @@ class AuditPipeline:
                 st.name,
                 self.hard_limit,
                 self.recovery.path,
-                st.recovered,
+                buf.recovered,
             )
 
     def _emit_after_close(self, event: AuthEvent) -> None:
         self.emitted += 1
         names = [st.name for st in self._sinks]
-        for st in self._sinks:
-            st.accepted += 1
         if self.recovery is not None:
             try:
                 self.recovery.append([(event, names)], fsync=True)
@@ -575,14 +522,14 @@ class AuditPipeline:
                 logger.error("audit recovery log unwritable (%s)", type(exc).__name__)
             else:
                 for st in self._sinks:
-                    st.recovered += 1
+                    st.buffer.recovered += 1
                 self.metrics.audit_recovered(1)
                 logger.warning(
                     "audit event emitted after the pipeline stopped: written to the recovery log"
                 )
                 return
         for st in self._sinks:
-            st.dropped += 1
+            st.buffer.dropped += 1
         self.metrics.audit_dropped(1)
         logger.error("audit event emitted after the pipeline stopped and could not be saved")
 
@@ -627,11 +574,7 @@ class AuditPipeline:
                 fallback,
             )
         for st in self._sinks:
-            events = per_sink[st.name]
-            st.buffer.extendleft(reversed(events))
-            st.accepted += len(events)
-            st.replay_left += len(events)
-            if events:
+            if st.buffer.prepend(per_sink[st.name]):
                 st.wake.set()
         self.replayed += len(result.entries)
         if result.entries:
@@ -643,33 +586,25 @@ class AuditPipeline:
         self._check_replay_done()
 
     def _check_replay_done(self) -> None:
-        if self.recovery is not None and not any(
-            st.replay_left or st.replay_inflight for st in self._sinks
-        ):
+        if self.recovery is not None and not any(st.buffer.replaying for st in self._sinks):
             if self.recovery.replaying.exists():
                 self.recovery.commit()
 
     async def _worker(self, st: _Sink) -> None:
+        buf = st.buffer
         while True:
-            if not st.buffer:
+            if not buf.events:
                 if self._stopping:
                     return
                 st.wake.clear()
                 await st.wake.wait()
                 continue
-            if len(st.buffer) < self.batch_size and not self._urgent:
+            if len(buf.events) < self.batch_size and not self._urgent:
                 await self._linger(st)
-                if not st.buffer:
+                if not buf.events:
                     continue
-            take = min(self.batch_size, len(st.buffer))
-            st.inflight = [st.buffer.popleft() for _ in range(take)]
-            st.replay_inflight = min(st.replay_left, take)
-            st.replay_left -= st.replay_inflight
-            await self._deliver(st)
-            st.inflight = []
-            st.delivered += take
-            if st.replay_inflight:
-                st.replay_inflight = 0
+            await self._deliver(st, buf.take())
+            if buf.delivered_batch():
                 self._check_replay_done()
             self._after_batch(st)
             if self._spilled and self.recovery is not None:
@@ -696,11 +631,11 @@ class AuditPipeline:
             timer.cancel()
             woken.cancel()
 
-    async def _deliver(self, st: _Sink) -> None:
-        """Write ``st.inflight`` until it succeeds (backoff between attempts)."""
+    async def _deliver(self, st: _Sink, batch: list[AuthEvent]) -> None:
+        """Write ``batch`` until it succeeds (backoff between attempts)."""
         while True:
             try:
-                await st.sink.write(tuple(st.inflight))
+                await st.sink.write(tuple(batch))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -714,7 +649,7 @@ class AuditPipeline:
                         "audit sink %r failed (%s); retrying the batch of %d with backoff",
                         st.name,
                         _describe(exc),
-                        len(st.inflight),
+                        len(batch),
                     )
                 else:
                     logger.debug("audit sink %r failed again (%s)", st.name, type(exc).__name__)
@@ -730,21 +665,20 @@ class AuditPipeline:
             return
 
     def _after_batch(self, st: _Sink) -> None:
-        depth = st.depth
+        buf = st.buffer
+        depth = buf.depth
         if depth < self.max_buffer:
             st.room.set()
-            if st.overflowing:
-                st.overflowing = False
+            if buf.room_again():
                 logger.info(
                     "audit buffer of sink %r has room again (%d dropped, %d sent to the "
                     "recovery log so far)",
                     st.name,
-                    st.dropped,
-                    st.recovered,
+                    buf.dropped,
+                    buf.recovered,
                 )
         if st.name in self._gated:
-            resume = st.policy.resume_at if isinstance(st.policy, ShutdownAuthn) else 0.5
-            if depth <= resume * self.max_buffer:
+            if depth <= buf.resume_depth:
                 self._gated.discard(st.name)
                 logger.warning(
                     "audit buffer of sink %r drained to %d events: logins resume", st.name, depth
@@ -835,7 +769,7 @@ class AuditPipeline:
         self.metrics.audit_buffer_depth(0)
         logger.info(
             "audit pipeline stopped; events delivered since start: %s",
-            ", ".join(f"{st.name}={st.delivered}" for st in self._sinks),
+            ", ".join(f"{st.name}={st.buffer.delivered}" for st in self._sinks),
         )
 
     def _leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
@@ -843,7 +777,7 @@ class AuditPipeline:
         the sinks that still need it; buffers are emptied."""
         found: dict[str, tuple[AuthEvent, list[str]]] = {}
         for st in self._sinks:
-            for event in [*st.inflight, *st.buffer]:
+            for event in st.buffer.pending():
                 entry = found.get(event.id)
                 if entry is None:
                     found[event.id] = (event, [st.name])
@@ -867,8 +801,8 @@ class AuditPipeline:
                 )
             else:
                 for st in self._sinks:
-                    st.recovered += counts[st.name]
-                    self._clear(st)
+                    st.buffer.recovered += counts[st.name]
+                    st.buffer.clear()
                 self.metrics.audit_recovered(len(leftovers))
                 logger.warning(
                     "audit drain %s: %d event(s) written to the recovery log %s (per sink: %s)",
@@ -885,16 +819,9 @@ class AuditPipeline:
                 len(leftovers),
             )
         for st in self._sinks:
-            st.dropped += counts[st.name]
-            self._clear(st)
+            st.buffer.dropped += counts[st.name]
+            st.buffer.clear()
         self.metrics.audit_dropped(len(leftovers))
-
-    @staticmethod
-    def _clear(st: _Sink) -> None:
-        st.buffer.clear()
-        st.inflight = []
-        st.replay_left = 0
-        st.replay_inflight = 0
 
     # -- observation --------------------------------------------------------------------------
     def stats(self) -> list[SinkStats]:
@@ -903,10 +830,10 @@ class AuditPipeline:
                 name=st.name,
                 regulatory=st.regulatory,
                 policy=type(st.policy).__name__,
-                accepted=st.accepted,
-                delivered=st.delivered,
-                dropped=st.dropped,
-                recovered=st.recovered,
+                accepted=st.buffer.accepted,
+                delivered=st.buffer.delivered,
+                dropped=st.buffer.dropped,
+                recovered=st.buffer.recovered,
                 depth=st.depth,
                 consecutive_failures=st.streak,
                 failures=st.failures,
@@ -946,7 +873,7 @@ class AuditPipeline:
             return (
                 HealthStatus.unhealthy(reason) if st.regulatory else HealthStatus.degraded(reason)
             )
-        if st.overflowing:
+        if st.buffer.overflowing:
             return HealthStatus.degraded(f"audit sink {st.name}: buffer full")
         return HealthStatus.healthy()
 
