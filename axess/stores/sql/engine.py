@@ -157,6 +157,14 @@ class Driver(abc.ABC):
     def errors(self) -> tuple[type[BaseException], ...]:
         """Exception classes the driver raises for backend failures."""
 
+    def acquire_read(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for one read-only point ``SELECT`` (a session load).
+
+        :meth:`acquire` unless the driver has a cheaper path for it (SQLite
+        reads on the event loop; book: Internals, "SQLite reads on the loop").
+        """
+        return self.acquire()
+
     def is_retryable(self, exc: BaseException) -> bool:
         """True for deadlocks / serialization failures the database rolled back."""
         return False
@@ -635,7 +643,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
             rows = (await conn.run(self._q.load, (key, ms(now)), fetch=True)).rows
             return _record(rows[0]) if rows else None
 
-        return await self._op("load_session", body)
+        return await self._op("load_session", body, read=True)
 
     async def create_session(self, record: SessionRecord) -> bool:
         """Insert if the key is absent; ``False`` (row untouched) otherwise."""
@@ -877,27 +885,37 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         *,
         log: bool = True,
         substore: str = SESSIONS,
+        read: bool = False,
     ) -> T:
         """Run ``body`` on an acquired connection, retrying deadlocks and
         serialization failures, and turning driver errors into StoreError.
-        Its duration (retries and failures included) goes to ``metrics``."""
+        Its duration (retries and failures included) goes to ``metrics``.
+        ``read``: ``body`` is one point SELECT (:meth:`Driver.acquire_read`)."""
         metrics = self.metrics
         if metrics is None:
-            return await self._attempts(what, body, log, substore)
+            return await self._attempts(what, body, log, substore, read)
         start = time.perf_counter()
         try:
-            return await self._attempts(what, body, log, substore)
+            return await self._attempts(what, body, log, substore, read)
         finally:
             metrics.store_latency(substore, what, time.perf_counter() - start)
 
     async def _attempts(
-        self, what: str, body: Callable[[Connection], Awaitable[T]], log: bool, substore: str
+        self,
+        what: str,
+        body: Callable[[Connection], Awaitable[T]],
+        log: bool,
+        substore: str,
+        read: bool = False,
     ) -> T:
-        errors = self._driver.errors()
+        driver = self._driver
+        errors = driver.errors()
+        acquire = driver.acquire_read if read else driver.acquire
         for attempt in itertools.count(1):
             try:
-                await self._connected(substore)
-                async with self._driver.acquire() as conn:
+                if self._closed or not driver.connected:
+                    await self._connected(substore)
+                async with acquire() as conn:
                     return await body(conn)
             except errors as exc:
                 if attempt < _RETRIES and self._driver.is_retryable(exc):

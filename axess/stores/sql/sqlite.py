@@ -1,17 +1,27 @@
-"""SQLite dialect (aiosqlite): the embedded default."""
+"""SQLite dialect (aiosqlite): the embedded default.
+
+Writes run on aiosqlite's thread; a session load runs synchronously on the
+event loop on a second, read-only connection and falls back to the thread
+when that cannot answer (book: Internals, "SQLite reads on the loop").
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
+from urllib.parse import quote
 
 import aiosqlite
 
 from axess.stores.sql.engine import Connection, Dialect, Driver, Result, SQLStore
+
+logger = logging.getLogger(__name__)
 
 SQLITE: Final = Dialect(
     name="sqlite",
@@ -28,28 +38,67 @@ SQLITE: Final = Dialect(
 
 
 class _SQLiteConnection:
-    __slots__ = ("_con",)
+    """An acquired connection: aiosqlite's, or the loop reader for one point read.
 
-    def __init__(self, con: aiosqlite.Connection) -> None:
+    Every statement goes through :meth:`run`, whichever path answers it.
+    """
+
+    __slots__ = ("_con", "_driver", "_reader")
+
+    def __init__(
+        self,
+        con: aiosqlite.Connection | None,
+        *,
+        reader: sqlite3.Connection | None = None,
+        driver: _SQLiteDriver | None = None,
+    ) -> None:
         self._con = con
+        self._reader = reader
+        self._driver = driver
 
     async def run(self, sql: str, args: Sequence[object] = (), *, fetch: bool = False) -> Result:
-        async with self._con.execute(sql, tuple(args)) as cur:
-            rows = list(await cur.fetchall()) if fetch else []
-            return Result(rows, cur.rowcount)
+        reader = self._reader
+        if reader is not None and self._driver is not None:
+            # One SELECT on the loop, no await: the read transaction begins
+            # and ends inside this call (book: Internals, "SQLite reads on the loop").
+            try:
+                return Result(reader.execute(sql, tuple(args)).fetchall(), -1)
+            except sqlite3.Error as exc:
+                return await self._driver.read_on_thread(sql, args, exc)
+        con = self._con
+        if con is None:  # pragma: no cover - only the driver builds these
+            raise sqlite3.OperationalError("the SQLite connection is closed")
+        return await _run_threaded(con, sql, args, fetch)
+
+
+async def _run_threaded(
+    con: aiosqlite.Connection, sql: str, args: Sequence[object], fetch: bool
+) -> Result:
+    async with con.execute(sql, tuple(args)) as cur:
+        rows = list(await cur.fetchall()) if fetch else []
+        return Result(rows, cur.rowcount)
 
 
 class _SQLiteDriver(Driver):
     """One aiosqlite connection. It runs statements on one thread, so access
     is serialized with an asyncio lock held for a whole operation (which also
-    makes every operation, transaction or not, atomic within the process)."""
+    makes every operation, transaction or not, atomic within the process).
+
+    Next to it, when the database is a file, a read-only ``sqlite3``
+    connection used only on the event loop for session loads (no lock: it
+    never awaits, and WAL lets it read while the thread writes).
+    """
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float) -> None:
         self._path = os.fspath(path)
         self._busy_ms = max(0, round(busy_timeout * 1000))
         self._con: aiosqlite.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_conn: _SQLiteConnection | None = None
         self._lock = asyncio.Lock()
         self.target = self._path
+        #: Loads the loop reader could not answer (answered on the thread).
+        self.thread_reads = 0
 
     @property
     def connected(self) -> bool:
@@ -66,10 +115,39 @@ class _SQLiteDriver(Driver):
                 async with con.execute(pragma):
                     pass
             await self._enable_wal(con)
+            file = await _main_file(con)
         except BaseException:
             await con.close()
             raise
         self._con = con
+        self._open_reader(file)
+
+    def _open_reader(self, file: str) -> None:
+        """Open the loop reader on ``file`` (the writer's main database file).
+
+        No reader (every load on the thread) for an in-memory or temporary
+        database, which a second connection would not see, or when the file
+        cannot be opened read-only in WAL mode.
+        """
+        if not file:
+            return
+        try:
+            reader = sqlite3.connect(f"file:{quote(file)}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            logger.debug("sqlite: no loop reader for %s: %s", self._path, exc)
+            return
+        try:
+            # Never wait on the loop: a busy database goes to the thread.
+            reader.execute("PRAGMA busy_timeout = 0")
+            mode = reader.execute("PRAGMA journal_mode").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise sqlite3.OperationalError(f"journal mode {mode!r}, not WAL")
+        except sqlite3.Error as exc:
+            logger.debug("sqlite: no loop reader for %s: %s", self._path, exc)
+            reader.close()
+            return
+        self._reader = reader
+        self._read_conn = _SQLiteConnection(None, reader=reader, driver=self)
 
     async def _enable_wal(self, con: aiosqlite.Connection) -> None:
         """Switch the file to WAL (a persistent setting: usually already done).
@@ -89,13 +167,16 @@ class _SQLiteDriver(Driver):
                 await asyncio.sleep(0.01)
 
     async def close(self) -> None:
+        reader, self._reader, self._read_conn = self._reader, None, None
+        if reader is not None:
+            reader.close()
         async with self._lock:  # let the operation in flight finish
             con, self._con = self._con, None
             if con is not None:
                 await con.close()
 
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Connection]:
+    async def _locked(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
             con = self._con
             if con is None:
@@ -104,10 +185,38 @@ class _SQLiteDriver(Driver):
                 # A cancelled operation could not roll back; never let its
                 # half-done transaction absorb the next operation's writes.
                 await con.rollback()
+            yield con
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        async with self._locked() as con:
             yield _SQLiteConnection(con)
+
+    def acquire_read(self) -> AbstractAsyncContextManager[Connection]:
+        read_conn = self._read_conn
+        if read_conn is None:
+            return self.acquire()
+        return contextlib.nullcontext(read_conn)
+
+    async def read_on_thread(self, sql: str, args: Sequence[object], exc: sqlite3.Error) -> Result:
+        """The fallback of a loop read that failed with ``exc`` (busy, locked,
+        closed, another thread…): the same SELECT on the writer's thread."""
+        self.thread_reads += 1
+        logger.debug("sqlite: loop read fell back to the thread: %s", exc)
+        async with self._locked() as con:
+            return await _run_threaded(con, sql, args, True)
 
     def errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error, OSError)
+
+
+async def _main_file(con: aiosqlite.Connection) -> str:
+    """The file of the ``main`` database ("" for an in-memory or temporary one)."""
+    async with con.execute("PRAGMA database_list") as cur:
+        for _seq, name, file in await cur.fetchall():
+            if name == "main":
+                return str(file or "")
+    return ""
 
 
 class SQLiteStore(SQLStore):
