@@ -21,9 +21,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import random as _random
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,6 +41,7 @@ from axess.audit.buffer import (
 from axess.audit.events import AuditQuery, AuthEvent
 from axess.audit.recovery import RecoveryLog
 from axess.audit.sinks import AuditSink
+from axess.audit.worker import DeliveryControl, SinkWorker, Sleep
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import AxessError, ConfigurationError
 from axess.observability.health import CompositeHealthCheck, HealthStatus
@@ -62,8 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Sleep = Callable[[float], Awaitable[None]]
 
 _SYSTEM_CLOCK: Final = SystemClock()
 _SYSTEM_RANDOM: Final = SystemRandom()
@@ -114,46 +112,10 @@ class SinkStats:
     last_error: str | None
 
 
-class _Sink:
-    __slots__ = (
-        "buffer",
-        "failures",
-        "last_error",
-        "name",
-        "regulatory",
-        "room",
-        "sink",
-        "streak",
-        "task",
-        "wake",
-    )
-
-    def __init__(self, sink: AuditSink, buffer: SinkBuffer) -> None:
-        self.sink = sink
-        self.name: str = sink.name
-        self.regulatory = bool(sink.regulatory)
-        self.buffer = buffer
-        self.failures = 0
-        self.streak = 0  # consecutive failures
-        self.last_error: str | None = None
-        self.wake = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def policy(self) -> OverflowPolicy:
-        return self.buffer.policy
-
-    @property
-    def depth(self) -> int:
-        return self.buffer.depth
-
-
 class _SinkHealth:
     """A :class:`~axess.observability.health.HealthCheck` for one sink."""
 
-    def __init__(self, pipeline: AuditPipeline, state: _Sink) -> None:
+    def __init__(self, pipeline: AuditPipeline, state: SinkWorker) -> None:
         self._pipeline = pipeline
         self._state = state
 
@@ -243,8 +205,9 @@ class AuditPipeline:
         self._random = random
         self._metrics = metrics
         self._sleep: Sleep = sleep or asyncio.sleep
+        self._control = DeliveryControl()
         self._sinks = tuple(
-            _Sink(
+            SinkWorker(
                 s,
                 SinkBuffer(
                     regulatory_policy if s.regulatory else analytics_policy,
@@ -252,6 +215,13 @@ class AuditPipeline:
                     batch_size=batch_size,
                     hard_limit=self.hard_limit,
                 ),
+                control=self._control,
+                flush_interval=flush_interval,
+                retry_initial=retry_initial,
+                retry_max=retry_max,
+                sleep=self._sleep,
+                on_batch=self._batch_written,
+                on_retry=self._report_depth,
             )
             for s in sinks
         )
@@ -265,9 +235,7 @@ class AuditPipeline:
         self.refused = 0
         self._gated: set[str] = set()
         self._started = False
-        self._stopping = False
         self._closed = False
-        self._urgent = 0
         self._progress = asyncio.Event()
         #: Events were appended to the recovery log without fsync (overflow).
         self._spilled = False
@@ -448,7 +416,7 @@ class AuditPipeline:
             raise AuditUnavailable("audit trail unavailable: logins are paused")
 
     # -- overflow ---------------------------------------------------------------------------
-    def _filled(self, st: _Sink) -> None:
+    def _filled(self, st: SinkWorker) -> None:
         """``st`` just reached ``max_buffer``."""
         st.room.clear()
         if isinstance(st.policy, ShutdownAuthn) and st.name not in self._gated:
@@ -461,7 +429,7 @@ class AuditPipeline:
             )
             self.metrics.audit_buffer_depth(self._max_depth())
 
-    def _react(self, st: _Sink, event: AuthEvent, signal: int) -> None:
+    def _react(self, st: SinkWorker, event: AuthEvent, signal: int) -> None:
         """Do what :meth:`SinkBuffer.put` asked for (see :mod:`axess.audit.buffer`)."""
         if signal & WAKE:
             st.wake.set()
@@ -478,7 +446,7 @@ class AuditPipeline:
         if signal & SPILL:
             self._spill(st, event)
 
-    def _spill(self, st: _Sink, event: AuthEvent) -> None:
+    def _spill(self, st: SinkWorker, event: AuthEvent) -> None:
         """Past the hard limit: straight to the recovery log (no memory growth)."""
         buf = st.buffer
         if self.recovery is None:
@@ -547,8 +515,7 @@ class AuditPipeline:
         if self.recovery is not None and self.recovery.pending():
             await self._replay()
         for st in self._sinks:
-            st.task = asyncio.create_task(self._worker(st), name=f"axess-audit-{st.name}")
-            st.task.add_done_callback(self._worker_done)
+            st.start()
         if self.retention is not None:
             self.retention.bind(clock=self.clock)
             await self.retention.start()
@@ -590,81 +557,18 @@ class AuditPipeline:
             if self.recovery.replaying.exists():
                 self.recovery.commit()
 
-    async def _worker(self, st: _Sink) -> None:
-        buf = st.buffer
-        while True:
-            if not buf.events:
-                if self._stopping:
-                    return
-                st.wake.clear()
-                await st.wake.wait()
-                continue
-            if len(buf.events) < self.batch_size and not self._urgent:
-                await self._linger(st)
-                if not buf.events:
-                    continue
-            await self._deliver(st, buf.take())
-            if buf.delivered_batch():
-                self._check_replay_done()
-            self._after_batch(st)
-            if self._spilled and self.recovery is not None:
-                self._spilled = False
-                await asyncio.to_thread(self.recovery.sync)
+    async def _batch_written(self, st: SinkWorker, replayed: int) -> None:
+        if replayed:
+            self._check_replay_done()
+        self._after_batch(st)
+        if self._spilled and self.recovery is not None:
+            self._spilled = False
+            await asyncio.to_thread(self.recovery.sync)
 
-    @staticmethod
-    def _worker_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "audit worker %s crashed: %r (its sink receives nothing until restart)",
-                task.get_name(),
-                task.exception(),
-            )
+    def _report_depth(self) -> None:
+        self.metrics.audit_buffer_depth(self._max_depth())
 
-    async def _linger(self, st: _Sink) -> None:
-        """Wait up to ``flush_interval`` for a full batch (or a flush/stop)."""
-        st.wake.clear()
-        timer = asyncio.ensure_future(self._sleep(self.flush_interval))
-        woken = asyncio.ensure_future(st.wake.wait())
-        try:
-            await asyncio.wait([timer, woken], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            woken.cancel()
-
-    async def _deliver(self, st: _Sink, batch: list[AuthEvent]) -> None:
-        """Write ``batch`` until it succeeds (backoff between attempts)."""
-        while True:
-            try:
-                await st.sink.write(tuple(batch))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                st.failures += 1
-                st.streak += 1
-                st.last_error = type(exc).__name__
-                delay = min(self.retry_max, self.retry_initial * 2 ** min(st.streak - 1, 30))
-                delay *= 0.5 + _random.random() / 2
-                if st.streak == 1:
-                    logger.warning(
-                        "audit sink %r failed (%s); retrying the batch of %d with backoff",
-                        st.name,
-                        _describe(exc),
-                        len(batch),
-                    )
-                else:
-                    logger.debug("audit sink %r failed again (%s)", st.name, type(exc).__name__)
-                # The buffer grows while the sink is down: report it per attempt.
-                self.metrics.audit_buffer_depth(self._max_depth())
-                await self._sleep(delay)
-                continue
-            if st.streak:
-                logger.info(
-                    "audit sink %r recovered after %d failed attempt(s)", st.name, st.streak
-                )
-                st.streak = 0
-            return
-
-    def _after_batch(self, st: _Sink) -> None:
+    def _after_batch(self, st: SinkWorker) -> None:
         buf = st.buffer
         depth = buf.depth
         if depth < self.max_buffer:
@@ -695,18 +599,18 @@ class AuditPipeline:
         for the bounded drain."""
         if not self._started or self._closed:
             raise RuntimeError("flush() needs a started, not stopped, pipeline")
-        self._urgent += 1
+        self._control.urgent += 1
         try:
             for st in self._sinks:
                 st.wake.set()
             while any(st.depth for st in self._sinks):
-                dead = [st.name for st in self._sinks if st.task is None or st.task.done()]
+                dead = [st.name for st in self._sinks if not st.running]
                 if dead:
                     raise RuntimeError(f"audit worker(s) of {dead} are not running")
                 self._progress.clear()
                 await self._progress.wait()
         finally:
-            self._urgent -= 1
+            self._control.urgent -= 1
 
     async def stop(self) -> None:
         """Drain for at most ``drain_timeout`` seconds, then write what is left
@@ -714,8 +618,8 @@ class AuditPipeline:
         sink's failure."""
         if self._closed:
             return
-        self._stopping = True
-        self._urgent += 1
+        self._control.stopping = True
+        self._control.urgent += 1
         if self.retention is not None:
             with contextlib.suppress(Exception):
                 await self.retention.stop()
@@ -859,7 +763,7 @@ class AuditPipeline:
         for st in self._sinks:
             composite.add(prefix + st.name, _SinkHealth(self, st), critical=st.regulatory)
 
-    def _sink_status(self, st: _Sink) -> HealthStatus:
+    def _sink_status(self, st: SinkWorker) -> HealthStatus:
         if self._closed:
             return HealthStatus.unhealthy(f"audit sink {st.name}: pipeline stopped")
         if st.task is not None and st.task.done():
@@ -905,11 +809,3 @@ class AuditPipeline:
 
     def __repr__(self) -> str:
         return f"AuditPipeline(sinks={[st.name for st in self._sinks]})"
-
-
-def _describe(exc: BaseException) -> str:
-    """Type and (for axess's own errors, which are scrubbed) message."""
-    if isinstance(exc, AxessError):
-        text = str(exc)
-        return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-    return type(exc).__name__
