@@ -39,7 +39,7 @@ from axess.audit.buffer import (
     SinkBuffer,
 )
 from axess.audit.events import AuditQuery, AuthEvent
-from axess.audit.recovery import RecoveryLog
+from axess.audit.recovery import RecoveryLog, RecoverySpill
 from axess.audit.sinks import AuditSink
 from axess.audit.worker import DeliveryControl, SinkWorker, Sleep
 from axess.clock import Clock, Random, SystemClock, SystemRandom
@@ -227,18 +227,17 @@ class AuditPipeline:
         )
         self._by_name = {st.name: st for st in self._sinks}
         self._puts = tuple((st, st.buffer.put) for st in self._sinks)
+        self._spill = RecoverySpill(
+            self.recovery, {st.name: st.buffer for st in self._sinks}, metrics=lambda: self.metrics
+        )
         #: Events handed to :meth:`emit` (and accepted by :meth:`emit_wait`).
         self.emitted = 0
-        #: Events read back from the recovery log by :meth:`start`.
-        self.replayed = 0
         #: Login attempts refused by :meth:`authn_gate`.
         self.refused = 0
         self._gated: set[str] = set()
         self._started = False
         self._closed = False
         self._progress = asyncio.Event()
-        #: Events were appended to the recovery log without fsync (overflow).
-        self._spilled = False
         #: The loop (and its thread) the workers run on, once started.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
@@ -295,6 +294,11 @@ class AuditPipeline:
     @property
     def metrics(self) -> AuthnMetrics:
         return self._metrics or _NO_METRICS
+
+    @property
+    def replayed(self) -> int:
+        """Events read back from the recovery log by :meth:`start`."""
+        return self._spill.replayed
 
     @property
     def sinks(self) -> list[AuditSink]:
@@ -444,62 +448,11 @@ class AuditPipeline:
         if signal & DROPPED:
             self.metrics.audit_dropped(1)
         if signal & SPILL:
-            self._spill(st, event)
-
-    def _spill(self, st: SinkWorker, event: AuthEvent) -> None:
-        """Past the hard limit: straight to the recovery log (no memory growth)."""
-        buf = st.buffer
-        if self.recovery is None:
-            buf.dropped += 1
-            self.metrics.audit_dropped(1)
-            logger.error(
-                "audit buffer of sink %r is over its hard limit (%d) and there is no "
-                "recovery_log: event dropped",
-                st.name,
-                self.hard_limit,
-            )
-            return
-        try:
-            self.recovery.append([(event, (st.name,))], fsync=False)
-        except OSError as exc:
-            buf.dropped += 1
-            self.metrics.audit_dropped(1)
-            logger.error("audit recovery log unwritable (%s): event dropped", type(exc).__name__)
-            return
-        buf.recovered += 1
-        self._spilled = True
-        self.metrics.audit_recovered(1)
-        if buf.recovered == 1 or buf.recovered % 1000 == 0:
-            logger.warning(
-                "audit buffer of sink %r is over its hard limit (%d): events go to the "
-                "recovery log %s until it drains (%d so far); they are delivered at the "
-                "next start",
-                st.name,
-                self.hard_limit,
-                self.recovery.path,
-                buf.recovered,
-            )
+            self._spill.overflow(st.name, event)
 
     def _emit_after_close(self, event: AuthEvent) -> None:
         self.emitted += 1
-        names = [st.name for st in self._sinks]
-        if self.recovery is not None:
-            try:
-                self.recovery.append([(event, names)], fsync=True)
-            except OSError as exc:
-                logger.error("audit recovery log unwritable (%s)", type(exc).__name__)
-            else:
-                for st in self._sinks:
-                    st.buffer.recovered += 1
-                self.metrics.audit_recovered(1)
-                logger.warning(
-                    "audit event emitted after the pipeline stopped: written to the recovery log"
-                )
-                return
-        for st in self._sinks:
-            st.buffer.dropped += 1
-        self.metrics.audit_dropped(1)
-        logger.error("audit event emitted after the pipeline stopped and could not be saved")
+        self._spill.after_close(event)
 
     # -- delivery ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -512,58 +465,20 @@ class AuditPipeline:
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        if self.recovery is not None and self.recovery.pending():
-            await self._replay()
+        fallback = [st.name for st in self._sinks if st.regulatory] or list(self._by_name)
+        for name in await self._spill.replay(fallback):
+            self._by_name[name].wake.set()
         for st in self._sinks:
             st.start()
         if self.retention is not None:
             self.retention.bind(clock=self.clock)
             await self.retention.start()
 
-    async def _replay(self) -> None:
-        assert self.recovery is not None
-        result = await asyncio.to_thread(self.recovery.take)
-        per_sink: dict[str, list[AuthEvent]] = {st.name: [] for st in self._sinks}
-        fallback = [st.name for st in self._sinks if st.regulatory] or list(per_sink)
-        unknown: set[str] = set()
-        for entry in result.entries:
-            targets = [n for n in entry.sinks if n in per_sink]
-            missing = [n for n in entry.sinks if n not in per_sink]
-            if missing:
-                unknown.update(missing)
-                targets = list(dict.fromkeys([*targets, *fallback]))
-            for name in targets:
-                per_sink[name].append(entry.event)
-        if unknown:
-            logger.warning(
-                "audit recovery log names unknown sink(s) %s; their events go to %s",
-                sorted(unknown),
-                fallback,
-            )
-        for st in self._sinks:
-            if st.buffer.prepend(per_sink[st.name]):
-                st.wake.set()
-        self.replayed += len(result.entries)
-        if result.entries:
-            logger.info(
-                "replaying %d audit event(s) from the recovery log %s",
-                len(result.entries),
-                self.recovery.replaying,
-            )
-        self._check_replay_done()
-
-    def _check_replay_done(self) -> None:
-        if self.recovery is not None and not any(st.buffer.replaying for st in self._sinks):
-            if self.recovery.replaying.exists():
-                self.recovery.commit()
-
     async def _batch_written(self, st: SinkWorker, replayed: int) -> None:
         if replayed:
-            self._check_replay_done()
+            self._spill.replay_done()
         self._after_batch(st)
-        if self._spilled and self.recovery is not None:
-            self._spilled = False
-            await asyncio.to_thread(self.recovery.sync)
+        await self._spill.sync_in_thread()
 
     def _report_depth(self) -> None:
         self.metrics.audit_buffer_depth(self._max_depth())
@@ -644,8 +559,7 @@ class AuditPipeline:
                 self._closed = True
                 for worker in workers:
                     worker.cancel()
-                if leftovers := self._leftovers():
-                    self._save_leftovers(leftovers, timed_out=True)
+                self._spill.save_leftovers(timed_out=True, drain_timeout=self.drain_timeout)
                 raise
             finally:
                 timer.cancel()
@@ -655,14 +569,9 @@ class AuditPipeline:
             if pending:
                 await asyncio.wait(pending, timeout=_CANCEL_GRACE)
         self._closed = True
-        leftovers = self._leftovers()
-        if leftovers:
-            self._save_leftovers(leftovers, timed_out)
-        elif self.recovery is not None:
-            self._check_replay_done()
-        if self._spilled and self.recovery is not None:
-            self._spilled = False
-            self.recovery.sync()
+        if not self._spill.save_leftovers(timed_out=timed_out, drain_timeout=self.drain_timeout):
+            self._spill.replay_done()
+        self._spill.sync()
         for st in self._sinks:
             close = getattr(st.sink, "close", None)
             if close is not None:
@@ -675,57 +584,6 @@ class AuditPipeline:
             "audit pipeline stopped; events delivered since start: %s",
             ", ".join(f"{st.name}={st.buffer.delivered}" for st in self._sinks),
         )
-
-    def _leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
-        """Every undelivered event (in-flight batch first, then the buffer), with
-        the sinks that still need it; buffers are emptied."""
-        found: dict[str, tuple[AuthEvent, list[str]]] = {}
-        for st in self._sinks:
-            for event in st.buffer.pending():
-                entry = found.get(event.id)
-                if entry is None:
-                    found[event.id] = (event, [st.name])
-                elif st.name not in entry[1]:
-                    entry[1].append(st.name)
-        return found
-
-    def _save_leftovers(
-        self, leftovers: dict[str, tuple[AuthEvent, list[str]]], timed_out: bool
-    ) -> None:
-        counts = {st.name: st.depth for st in self._sinks}
-        if self.recovery is not None:
-            try:
-                self.recovery.append(leftovers.values(), fsync=True)
-            except OSError as exc:
-                logger.error(
-                    "audit recovery log %s unwritable (%s): %d event(s) lost",
-                    self.recovery.path,
-                    type(exc).__name__,
-                    len(leftovers),
-                )
-            else:
-                for st in self._sinks:
-                    st.buffer.recovered += counts[st.name]
-                    st.buffer.clear()
-                self.metrics.audit_recovered(len(leftovers))
-                logger.warning(
-                    "audit drain %s: %d event(s) written to the recovery log %s (per sink: %s)",
-                    f"timed out after {self.drain_timeout:g}s" if timed_out else "incomplete",
-                    len(leftovers),
-                    self.recovery.path,
-                    ", ".join(f"{n}={c}" for n, c in counts.items() if c),
-                )
-                self.recovery.commit()  # the replayed file's remainder is in the log now
-                return
-        else:
-            logger.error(
-                "audit drain timed out: %d event(s) lost (no recovery_log configured)",
-                len(leftovers),
-            )
-        for st in self._sinks:
-            st.buffer.dropped += counts[st.name]
-            st.buffer.clear()
-        self.metrics.audit_dropped(len(leftovers))
 
     # -- observation --------------------------------------------------------------------------
     def stats(self) -> list[SinkStats]:

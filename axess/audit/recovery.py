@@ -20,20 +20,28 @@ Life cycle of the files (``path`` and ``path + ".replaying"``):
 
 Lines that do not parse are copied to ``path + ".rejected"`` before the
 replayed file is deleted, so nothing is silently destroyed.
+
+:class:`RecoverySpill` is the pipeline's side of it: events past a buffer's
+hard limit, events emitted after ``stop()``, the leftovers of the drain, and
+the replay at start, each counted in the sink buffers' ``recovered`` (or
+``dropped`` when there is no log or it cannot be written).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from axess.audit.buffer import SinkBuffer
 from axess.audit.events import AuthEvent
+from axess.observability.metrics import AuthnMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -226,3 +234,194 @@ class RecoveryLog:
             except FileNotFoundError:
                 return
             _fsync_dir(self.replaying.parent)
+
+
+class RecoverySpill:
+    """What the pipeline writes to and reads back from the recovery log.
+
+    ``buffers`` are the sink buffers by sink name (in pipeline order);
+    ``log`` is ``None`` without a ``recovery_log`` (every spill is then a
+    counted, logged drop). ``metrics`` is called for the current metrics
+    (the app binds them after construction).
+    """
+
+    def __init__(
+        self,
+        log: RecoveryLog | None,
+        buffers: Mapping[str, SinkBuffer],
+        *,
+        metrics: Callable[[], AuthnMetrics],
+    ) -> None:
+        self.log = log
+        self.buffers = buffers
+        self._metrics = metrics
+        #: Events were appended without fsync (overflow): :meth:`sync` is due.
+        self.unsynced = False
+        #: Events read back by :meth:`replay`.
+        self.replayed = 0
+
+    # -- while running ----------------------------------------------------------------------
+    def overflow(self, name: str, event: AuthEvent) -> None:
+        """Sink ``name``'s buffer is past its hard limit: write ``event`` to the
+        log (no fsync; :meth:`sync` after the next batch) instead of memory."""
+        buf = self.buffers[name]
+        metrics = self._metrics()
+        if self.log is None:
+            buf.dropped += 1
+            metrics.audit_dropped(1)
+            logger.error(
+                "audit buffer of sink %r is over its hard limit (%d) and there is no "
+                "recovery_log: event dropped",
+                name,
+                buf.hard_limit,
+            )
+            return
+        try:
+            self.log.append([(event, (name,))], fsync=False)
+        except OSError as exc:
+            buf.dropped += 1
+            metrics.audit_dropped(1)
+            logger.error("audit recovery log unwritable (%s): event dropped", type(exc).__name__)
+            return
+        buf.recovered += 1
+        self.unsynced = True
+        metrics.audit_recovered(1)
+        if buf.recovered == 1 or buf.recovered % 1000 == 0:
+            logger.warning(
+                "audit buffer of sink %r is over its hard limit (%d): events go to the "
+                "recovery log %s until it drains (%d so far); they are delivered at the "
+                "next start",
+                name,
+                buf.hard_limit,
+                self.log.path,
+                buf.recovered,
+            )
+
+    def sync(self) -> None:
+        """fsync what :meth:`overflow` appended, if anything."""
+        if self.unsynced and self.log is not None:
+            self.unsynced = False
+            self.log.sync()
+
+    async def sync_in_thread(self) -> None:
+        if self.unsynced and self.log is not None:
+            self.unsynced = False
+            await asyncio.to_thread(self.log.sync)
+
+    def after_close(self, event: AuthEvent) -> None:
+        """An event emitted after ``stop()``: to the log at once, for every sink."""
+        metrics = self._metrics()
+        if self.log is not None:
+            try:
+                self.log.append([(event, list(self.buffers))], fsync=True)
+            except OSError as exc:
+                logger.error("audit recovery log unwritable (%s)", type(exc).__name__)
+            else:
+                for buf in self.buffers.values():
+                    buf.recovered += 1
+                metrics.audit_recovered(1)
+                logger.warning(
+                    "audit event emitted after the pipeline stopped: written to the recovery log"
+                )
+                return
+        for buf in self.buffers.values():
+            buf.dropped += 1
+        metrics.audit_dropped(1)
+        logger.error("audit event emitted after the pipeline stopped and could not be saved")
+
+    # -- start ------------------------------------------------------------------------------
+    async def replay(self, fallback: Sequence[str]) -> list[str]:
+        """Put the log's events ahead of every buffer (events naming a sink
+        that no longer exists go to ``fallback``); the sinks that got some."""
+        if self.log is None or not self.log.pending():
+            return []
+        result = await asyncio.to_thread(self.log.take)
+        per_sink: dict[str, list[AuthEvent]] = {name: [] for name in self.buffers}
+        unknown: set[str] = set()
+        for entry in result.entries:
+            targets = [n for n in entry.sinks if n in per_sink]
+            missing = [n for n in entry.sinks if n not in per_sink]
+            if missing:
+                unknown.update(missing)
+                targets = list(dict.fromkeys([*targets, *fallback]))
+            for name in targets:
+                per_sink[name].append(entry.event)
+        if unknown:
+            logger.warning(
+                "audit recovery log names unknown sink(s) %s; their events go to %s",
+                sorted(unknown),
+                list(fallback),
+            )
+        woken = [name for name, buf in self.buffers.items() if buf.prepend(per_sink[name])]
+        if result.entries:
+            logger.info(
+                "replaying %d audit event(s) from the recovery log %s",
+                len(result.entries),
+                self.log.replaying,
+            )
+        self.replayed += len(result.entries)
+        self.replay_done()
+        return woken
+
+    def replay_done(self) -> None:
+        """Forget the replayed file once no buffer holds a replayed event."""
+        if self.log is not None and not any(buf.replaying for buf in self.buffers.values()):
+            if self.log.replaying.exists():
+                self.log.commit()
+
+    # -- stop -------------------------------------------------------------------------------
+    def leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
+        """Every undelivered event (in-flight batch first, then the buffer), with
+        the sinks that still need it."""
+        found: dict[str, tuple[AuthEvent, list[str]]] = {}
+        for name, buf in self.buffers.items():
+            for event in buf.pending():
+                entry = found.get(event.id)
+                if entry is None:
+                    found[event.id] = (event, [name])
+                elif name not in entry[1]:
+                    entry[1].append(name)
+        return found
+
+    def save_leftovers(self, *, timed_out: bool, drain_timeout: float) -> bool:
+        """Write every undelivered event to the log (fsync) and empty the
+        buffers; False if there was nothing to save."""
+        leftovers = self.leftovers()
+        if not leftovers:
+            return False
+        metrics = self._metrics()
+        counts = {name: buf.depth for name, buf in self.buffers.items()}
+        if self.log is not None:
+            try:
+                self.log.append(leftovers.values(), fsync=True)
+            except OSError as exc:
+                logger.error(
+                    "audit recovery log %s unwritable (%s): %d event(s) lost",
+                    self.log.path,
+                    type(exc).__name__,
+                    len(leftovers),
+                )
+            else:
+                for name, buf in self.buffers.items():
+                    buf.recovered += counts[name]
+                    buf.clear()
+                metrics.audit_recovered(len(leftovers))
+                logger.warning(
+                    "audit drain %s: %d event(s) written to the recovery log %s (per sink: %s)",
+                    f"timed out after {drain_timeout:g}s" if timed_out else "incomplete",
+                    len(leftovers),
+                    self.log.path,
+                    ", ".join(f"{n}={c}" for n, c in counts.items() if c),
+                )
+                self.log.commit()  # the replayed file's remainder is in the log now
+                return True
+        else:
+            logger.error(
+                "audit drain timed out: %d event(s) lost (no recovery_log configured)",
+                len(leftovers),
+            )
+        for name, buf in self.buffers.items():
+            buf.dropped += counts[name]
+            buf.clear()
+        metrics.audit_dropped(len(leftovers))
+        return True
