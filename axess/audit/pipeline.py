@@ -39,6 +39,7 @@ from axess.audit.buffer import (
     SinkBuffer,
 )
 from axess.audit.events import AuditQuery, AuthEvent
+from axess.audit.health import SinkHealth, sink_status, worst_status
 from axess.audit.recovery import RecoveryLog, RecoverySpill
 from axess.audit.sinks import AuditSink
 from axess.audit.worker import DeliveryControl, SinkWorker, Sleep
@@ -110,17 +111,6 @@ class SinkStats:
     consecutive_failures: int
     failures: int
     last_error: str | None
-
-
-class _SinkHealth:
-    """A :class:`~axess.observability.health.HealthCheck` for one sink."""
-
-    def __init__(self, pipeline: AuditPipeline, state: SinkWorker) -> None:
-        self._pipeline = pipeline
-        self._state = state
-
-    async def check_health(self) -> HealthStatus:
-        return self._pipeline._sink_status(self._state)
 
 
 class AuditPipeline:
@@ -610,48 +600,29 @@ class AuditPipeline:
                 return s
         raise KeyError(name)
 
-    def health_checks(self) -> dict[str, _SinkHealth]:
+    def health_checks(self) -> dict[str, SinkHealth]:
         """One health check per sink, by sink name (register them with
         ``critical=sink.regulatory``)."""
-        return {st.name: _SinkHealth(self, st) for st in self._sinks}
+        return {st.name: self._health_check(st) for st in self._sinks}
+
+    def _health_check(self, st: SinkWorker) -> SinkHealth:
+        return SinkHealth(lambda: self._sink_status(st))
 
     def register_health(self, composite: CompositeHealthCheck, *, prefix: str = "audit.") -> None:
         """Add one check per sink to ``composite`` (``audit.<sink>``), critical
         for regulatory sinks."""
         for st in self._sinks:
-            composite.add(prefix + st.name, _SinkHealth(self, st), critical=st.regulatory)
+            composite.add(prefix + st.name, self._health_check(st), critical=st.regulatory)
 
     def _sink_status(self, st: SinkWorker) -> HealthStatus:
-        if self._closed:
-            return HealthStatus.unhealthy(f"audit sink {st.name}: pipeline stopped")
-        if st.task is not None and st.task.done():
-            return HealthStatus.unhealthy(f"audit sink {st.name}: worker not running")
-        if st.name in self._gated:
-            return HealthStatus.unhealthy(
-                f"audit sink {st.name}: buffer full, logins paused ({st.depth} events)"
-            )
-        if st.streak:
-            reason = f"audit sink {st.name}: failing ({st.streak} attempts, {st.last_error})"
-            return (
-                HealthStatus.unhealthy(reason) if st.regulatory else HealthStatus.degraded(reason)
-            )
-        if st.buffer.overflowing:
-            return HealthStatus.degraded(f"audit sink {st.name}: buffer full")
-        return HealthStatus.healthy()
+        return sink_status(st, closed=self._closed, gated=st.name in self._gated)
 
     async def check_health(self) -> HealthStatus:
         """Unhealthy while logins are paused or a regulatory sink fails;
         degraded while an analytics sink fails or drops."""
         if not self._started and not self._closed:
             return HealthStatus.degraded("audit pipeline not started")
-        worst = HealthStatus.healthy()
-        for st in self._sinks:
-            status = self._sink_status(st)
-            if not status.ok:
-                return status
-            if worst.ok and worst.reason is None and status.reason is not None:
-                worst = status
-        return worst
+        return worst_status(self._sink_status(st) for st in self._sinks)
 
     async def query_events(
         self, tenant: str | None, filters: AuditQuery | None = None

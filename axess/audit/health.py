@@ -1,0 +1,56 @@
+"""Health of the audit pipeline, per sink and overall (book: Audit, "Delivery").
+
+A sink is unhealthy while its worker is not running, while its full buffer
+holds logins back, and while it fails if it is regulatory (degraded for an
+analytics sink); degraded while it overflows. The pipeline is as bad as its
+worst sink, and degraded until started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from axess.audit.worker import SinkWorker
+from axess.observability.health import HealthStatus
+
+
+def sink_status(worker: SinkWorker, *, closed: bool, gated: bool) -> HealthStatus:
+    """The status of one sink; ``gated``: its buffer holds logins back."""
+    name = worker.name
+    if closed:
+        return HealthStatus.unhealthy(f"audit sink {name}: pipeline stopped")
+    if worker.task is not None and worker.task.done():
+        return HealthStatus.unhealthy(f"audit sink {name}: worker not running")
+    if gated:
+        return HealthStatus.unhealthy(
+            f"audit sink {name}: buffer full, logins paused ({worker.depth} events)"
+        )
+    if worker.streak:
+        reason = f"audit sink {name}: failing ({worker.streak} attempts, {worker.last_error})"
+        return (
+            HealthStatus.unhealthy(reason) if worker.regulatory else HealthStatus.degraded(reason)
+        )
+    if worker.buffer.overflowing:
+        return HealthStatus.degraded(f"audit sink {name}: buffer full")
+    return HealthStatus.healthy()
+
+
+def worst_status(statuses: Iterable[HealthStatus]) -> HealthStatus:
+    """The first status that is not ok, else the first with a reason, else healthy."""
+    worst = HealthStatus.healthy()
+    for status in statuses:
+        if not status.ok:
+            return status
+        if worst.ok and worst.reason is None and status.reason is not None:
+            worst = status
+    return worst
+
+
+class SinkHealth:
+    """A :class:`~axess.observability.health.HealthCheck` for one sink."""
+
+    def __init__(self, status: Callable[[], HealthStatus]) -> None:
+        self._status = status
+
+    async def check_health(self) -> HealthStatus:
+        return self._status()
