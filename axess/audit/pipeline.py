@@ -13,6 +13,11 @@ Guarantee (counted per sink): every event a sink accepted is *delivered*,
 recovery log, counted in ``audit_recovered``, delivered by the next start).
 A regulatory sink never drops, so for it ``emitted = delivered +
 recovered``.
+
+The parts (book: Audit, "How the pipeline is built"): the buffer and the
+overflow policies (:mod:`axess.audit.buffer`), one sink's delivery loop
+(:mod:`axess.audit.worker`), the recovery spill (:mod:`axess.audit.recovery`),
+health (:mod:`axess.audit.health`) and the 503 (:mod:`axess.audit.http`).
 """
 
 from __future__ import annotations
