@@ -913,8 +913,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         acquire = driver.acquire_read if read else driver.acquire
         for attempt in itertools.count(1):
             try:
-                if self._closed or not driver.connected:
-                    await self._connected(substore)
+                await self._connected(substore)
                 async with acquire() as conn:
                     return await body(conn)
             except errors as exc:

@@ -49,7 +49,7 @@ class _SQLiteConnection:
         self,
         con: aiosqlite.Connection | None,
         *,
-        reader: sqlite3.Connection | None = None,
+        reader: sqlite3.Cursor | None = None,
         driver: _SQLiteDriver | None = None,
     ) -> None:
         self._con = con
@@ -147,7 +147,8 @@ class _SQLiteDriver(Driver):
             reader.close()
             return
         self._reader = reader
-        self._read_conn = _SQLiteConnection(None, reader=reader, driver=self)
+        # One cursor, reused: each execute resets the previous statement.
+        self._read_conn = _SQLiteConnection(None, reader=reader.cursor(), driver=self)
 
     async def _enable_wal(self, con: aiosqlite.Connection) -> None:
         """Switch the file to WAL (a persistent setting: usually already done).
