@@ -8,7 +8,7 @@ import bisect
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 #: Store latency bucket bounds (seconds): sub-millisecond for Valkey and SQLite, up
 #: to the 2-second socket and health-check timeouts and beyond.
@@ -164,3 +164,98 @@ class Labelled:
             ([key] if isinstance(key, str) else list(key), cell)
             for key, cell in list(self.cells.items())
         ]
+
+
+class CountingMetrics:
+    """The counter methods of :class:`~axess.observability.metrics.AuthnMetrics`
+    shared by the Prometheus and OpenTelemetry adapters: each calls an
+    increment the adapter set up in its ``__init__`` (``_auth_attempt`` and
+    so on; :class:`Labelled` cells for the labelled counters). An adapter
+    adds ``audit_buffer_depth`` and ``store_latency``, which differ."""
+
+    if TYPE_CHECKING:
+        _auth_attempt: Callable[..., object]
+        _auth_success: Callable[..., object]
+        _auth_failure: Callable[..., object]
+        _factor_attempt: Callable[..., object]
+        _factor_success: Callable[..., object]
+        _factor_failure: Callable[..., object]
+        _session_created: Callable[..., object]
+        _session_invalidated: Callable[..., object]
+        _session_binding_mismatch: Callable[..., object]
+        _session_previous_key: Callable[..., object]
+        _session_size_exceeded: Callable[..., object]
+        _audit_dropped: Callable[..., object]
+        _audit_recovered: Callable[..., object]
+        _authz_error: Callable[..., object]
+        _allowed: dict[str, Callable[..., object]]
+        _account_locked: Labelled
+        _previous_key_used: Labelled
+        _rate_limit_allowed: Labelled
+        _rate_limit_rejected: Labelled
+        _store_error: Labelled
+        _authz_decision: Labelled
+
+    def auth_attempt(self) -> None:
+        self._auth_attempt()
+
+    def auth_success(self) -> None:
+        self._auth_success()
+
+    def auth_failure(self) -> None:
+        self._auth_failure()
+
+    def factor_attempt(self) -> None:
+        self._factor_attempt()
+
+    def factor_success(self) -> None:
+        self._factor_success()
+
+    def factor_failure(self) -> None:
+        self._factor_failure()
+
+    def account_locked(self, lever: str) -> None:
+        (self._account_locked.fast.get(lever) or self._account_locked.add(lever))()
+
+    def session_created(self) -> None:
+        self._session_created()
+
+    def session_invalidated(self) -> None:
+        self._session_invalidated()
+
+    def session_binding_mismatch(self) -> None:
+        self._session_binding_mismatch()
+
+    def session_decrypted_with_previous_key(self) -> None:
+        self._session_previous_key()
+
+    def previous_key_used(self, use: str) -> None:
+        (self._previous_key_used.fast.get(use) or self._previous_key_used.add(use))()
+
+    def session_size_exceeded(self) -> None:
+        self._session_size_exceeded()
+
+    def rate_limit_allowed(self, policy: str) -> None:
+        # The one call on every request a rule matches: kept to one lookup.
+        inc = self._allowed.get(policy)
+        if inc is None:
+            inc = self._rate_limit_allowed.add(policy)
+        inc()
+
+    def rate_limit_rejected(self, policy: str) -> None:
+        (self._rate_limit_rejected.fast.get(policy) or self._rate_limit_rejected.add(policy))()
+
+    def audit_dropped(self, count: int = 1) -> None:
+        self._audit_dropped(count)
+
+    def audit_recovered(self, count: int = 1) -> None:
+        self._audit_recovered(count)
+
+    def store_error(self, substore: str) -> None:
+        (self._store_error.fast.get(substore) or self._store_error.add(substore))()
+
+    def authz_decision(self, outcome: str) -> None:
+        (self._authz_decision.fast.get(outcome) or self._authz_decision.add(outcome))()
+
+    def authz_error(self) -> None:
+        self._authz_error()

@@ -35,6 +35,7 @@ from axess.observability._cells import (
     LATENCY_BUCKETS,
     MAX_LABEL_VALUES,
     Count,
+    CountingMetrics,
     Histogram,
     Labelled,
 )
@@ -121,7 +122,7 @@ _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 _STATES_LOCK = threading.Lock()
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(CountingMetrics):
     """:class:`~axess.observability.metrics.AuthnMetrics` for Prometheus.
 
     ``registry``: the ``prometheus_client`` registry to expose the values on;
@@ -211,72 +212,8 @@ class PrometheusMetrics:
         )
 
     # -- AuthnMetrics ----------------------------------------------------------------
-    def auth_attempt(self) -> None:
-        self._auth_attempt()
-
-    def auth_success(self) -> None:
-        self._auth_success()
-
-    def auth_failure(self) -> None:
-        self._auth_failure()
-
-    def factor_attempt(self) -> None:
-        self._factor_attempt()
-
-    def factor_success(self) -> None:
-        self._factor_success()
-
-    def factor_failure(self) -> None:
-        self._factor_failure()
-
-    def account_locked(self, lever: str) -> None:
-        (self._account_locked.fast.get(lever) or self._account_locked.add(lever))()
-
-    def session_created(self) -> None:
-        self._session_created()
-
-    def session_invalidated(self) -> None:
-        self._session_invalidated()
-
-    def session_binding_mismatch(self) -> None:
-        self._session_binding_mismatch()
-
-    def session_decrypted_with_previous_key(self) -> None:
-        self._session_previous_key()
-
-    def previous_key_used(self, use: str) -> None:
-        (self._previous_key_used.fast.get(use) or self._previous_key_used.add(use))()
-
-    def session_size_exceeded(self) -> None:
-        self._session_size_exceeded()
-
-    def rate_limit_allowed(self, policy: str) -> None:
-        # The one call on every request a rule matches: kept to one lookup.
-        inc = self._allowed.get(policy)
-        if inc is None:
-            inc = self._rate_limit_allowed.add(policy)
-        inc()
-
-    def rate_limit_rejected(self, policy: str) -> None:
-        (self._rate_limit_rejected.fast.get(policy) or self._rate_limit_rejected.add(policy))()
-
-    def audit_dropped(self, count: int = 1) -> None:
-        self._audit_dropped(count)
-
-    def audit_recovered(self, count: int = 1) -> None:
-        self._audit_recovered(count)
-
     def audit_buffer_depth(self, depth: int) -> None:
         self._state.depth = float(depth)
-
-    def store_error(self, substore: str) -> None:
-        (self._store_error.fast.get(substore) or self._store_error.add(substore))()
-
-    def authz_decision(self, outcome: str) -> None:
-        (self._authz_decision.fast.get(outcome) or self._authz_decision.add(outcome))()
-
-    def authz_error(self) -> None:
-        self._authz_error()
 
     def store_latency(self, substore: str, operation: str, seconds: float) -> None:
         key = (substore, operation)
