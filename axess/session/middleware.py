@@ -49,7 +49,7 @@ MAX_TEMPLATE_JSON: Final = 512
 logger = logging.getLogger(__name__)
 
 #: Larger payloads are opened every time rather than memoized (an entry, with
-#: the data it opens to, then stays below about 10 KiB; see the book's
+#: the data it opens to, then stays below about 16 KiB; see the book's
 #: sessions chapter, "Memos").
 _MEMO_MAX_PAYLOAD: Final = 4096
 #: Key bound of the opened-payload memo: (storage key, payload).
