@@ -1,14 +1,16 @@
 """Bounded memos for pure, deterministic computations on the hot path.
 
-Every memo of the request path is a :class:`BoundedMemo`, which bounds both
-how many entries it holds and how large each key may be, so its memory has a
-worst case whatever clients send (the per-memo figures are in the book's
-"Memos" section of the sessions chapter).
+Every memo of the request path is a :class:`Memo`: one pure function whose
+results are remembered, with a bound on both how many entries it holds and
+how large each key may be, so its memory has a worst case whatever clients
+send (the per-memo figures are in the book's "Memos" section of the sessions
+chapter; why each one is safe is in the Internals chapter).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from axess.errors import ConfigurationError
@@ -44,21 +46,16 @@ def key_bytes(key: object) -> int:
     return 0
 
 
-class BoundedMemo(dict[K, V]):
-    """Maps inputs to results of a deterministic, side-effect-free computation
-    (e.g. "this exact cookie value verified to this id").
+class BoundedDict(dict[K, V]):
+    """A dict with a worst-case memory: at most ``capacity`` entries (evicted
+    first in, first out) and no key holding more than ``max_key_bytes`` of
+    text (:func:`key_bytes`; such keys are not stored at all). ``None`` lifts
+    the key bound, only for keys that are not client input.
 
-    Only ever store results that are a pure function of the key: a hit must
-    be indistinguishable from recomputing. Read with ``get`` (the plain dict
-    method, so a hit costs no Python call); write with :meth:`put`, which
-    enforces both bounds, so memory stays below about ``capacity`` x (the
-    largest key + the largest value):
-
-    - at most ``capacity`` entries, evicted first in, first out;
-    - keys holding more than ``max_key_bytes`` of text (:func:`key_bytes`)
-      are not stored at all: such inputs are recomputed on every request
-      instead of hashed, so no digest is ever trusted in place of the input.
-      ``None`` lifts the bound, only for keys that are not client input.
+    Read with the plain dict methods; write with :meth:`put` (or
+    ``d[key] = value``), which enforces both bounds. Used directly for
+    bounded *state* (e.g. per-key counters); a remembered computation is a
+    :class:`Memo`.
     """
 
     __slots__ = ("capacity", "max_key_bytes")
@@ -73,8 +70,8 @@ class BoundedMemo(dict[K, V]):
         self.max_key_bytes = max_key_bytes
 
     def put(self, key: K, value: V) -> V:
-        """Remember ``value`` for ``key`` unless the key is too large; returns
-        ``value`` (so ``return memo.put(key, compute())`` reads naturally)."""
+        """Store ``value`` for ``key`` unless the key is too large; returns
+        ``value`` (so ``return d.put(key, compute())`` reads naturally)."""
         limit = self.max_key_bytes
         if limit is not None:
             # key_bytes(key), inlined for the usual keys: every miss pays it.
@@ -100,5 +97,41 @@ class BoundedMemo(dict[K, V]):
         return value
 
     def __setitem__(self, key: K, value: V) -> None:
-        # ``memo[key] = value`` is held to the same bounds as put().
+        # ``d[key] = value`` is held to the same bounds as put().
         self.put(key, value)
+
+
+class Memo(BoundedDict[K, V]):
+    """``compute`` remembered: ``memo[key]`` is ``compute(key)``, computed on
+    the first lookup of ``key`` and answered from memory while it is held.
+
+    The key is the computation's whole input and the value its output, built
+    by one function, so no cache key is ever a hand copy of what it stands
+    for. ``compute`` must be pure: it may read only ``key`` and state fixed
+    for the memo's life (a keyring, a policy), so a hit is indistinguishable
+    from recomputing. An exception from ``compute`` propagates and nothing
+    is remembered. Both bounds of :class:`BoundedDict` apply: a key over the
+    key bound is computed on every lookup, never stored.
+
+    A hit costs one dict lookup (the subscript runs in C; only a miss calls
+    :meth:`__missing__`).
+    """
+
+    __slots__ = ("compute",)
+
+    def __init__(
+        self,
+        compute: Callable[[K], V],
+        capacity: int,
+        *,
+        max_key_bytes: int | None = DEFAULT_MAX_KEY_BYTES,
+    ) -> None:
+        super().__init__(capacity, max_key_bytes=max_key_bytes)
+        self.compute = compute
+
+    def __missing__(self, key: K) -> V:
+        return self.put(key, self.compute(key))
+
+
+# Transitional name while the memos move to Memo (removed when the last user moves).
+BoundedMemo = BoundedDict

@@ -19,7 +19,7 @@ from typing import Final
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from axess._cache import BoundedMemo
+from axess._cache import Memo
 from axess.errors import ConfigurationError
 from axess.stack import HEADERS_KEY, Stage, join_headers
 
@@ -149,8 +149,8 @@ class TrustedProxies:
         self.max_hops = max_hops
         # peer text -> (normalized address, trusted?): peers repeat a lot. Longer
         # text than an address is recomputed each time, never remembered.
-        self._peer_memo: BoundedMemo[str, tuple[str, bool]] = BoundedMemo(
-            4096, max_key_bytes=MAX_ADDRESS_CHARS
+        self._peers: Memo[str | None, tuple[str, bool]] = Memo(
+            self._peer, 4096, max_key_bytes=MAX_ADDRESS_CHARS
         )
         self._warned = False
 
@@ -158,14 +158,11 @@ class TrustedProxies:
         return any(addr in net for net in self.networks if net.version == addr.version)
 
     def _peer(self, peer: str | None) -> tuple[str, bool]:
+        """(normalized address, trusted?) of the TCP peer's address text."""
         if not peer:  # a Unix-domain socket: no address (None, or "" from some servers)
             return NO_PEER, self.unix
-        hit = self._peer_memo.get(peer)
-        if hit is None:
-            addr = parse_ip(peer)
-            hit = (NO_PEER, False) if addr is None else (str(addr), self.is_trusted(addr))
-            self._peer_memo.put(peer, hit)
-        return hit
+        addr = parse_ip(peer)
+        return (NO_PEER, False) if addr is None else (str(addr), self.is_trusted(addr))
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> str:
         """The client IP (normalized text) for a request. Never raises."""
@@ -173,8 +170,7 @@ class TrustedProxies:
 
     def resolve_headers(self, peer: str | None, headers: dict[bytes, bytes]) -> str:
         """:meth:`resolve` for headers already joined into a dict."""
-        hit = self._peer_memo.get(peer)  # type: ignore[arg-type]
-        address, trusted = hit if hit is not None else self._peer(peer)
+        address, trusted = self._peers[peer]
         if not self.networks and not self.unix:
             if not self._warned and not _FORWARDING_HEADERS.isdisjoint(headers):
                 self._warned = True

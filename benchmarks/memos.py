@@ -4,9 +4,9 @@ axess memoizes pure computations on the request path (cookie verification,
 opened envelopes, fingerprints, CSRF token checks, peer-address parsing).
 A *cold* request comes from a client the process has not seen recently, so
 every per-client memo misses. To measure that without paying for a
-``clear()`` inside the timed loop, every :class:`~axess._cache.BoundedMemo`
-reachable from the middleware stack is replaced by one holding a single
-entry, and the benchmark alternates between two clients (different session
+``clear()`` inside the timed loop, every :class:`~axess._cache.Memo` (and
+bounded dict) reachable from the middleware stack is replaced by one holding
+a single entry, and the benchmark alternates between two clients (different session
 cookie, User-Agent and /24): each lookup misses and each insert evicts the
 other client's entry, exactly the work a real miss does. Memos keyed by
 something both clients share (e.g. the tenant pepper) still hit, as they
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from axess._cache import BoundedMemo
+from axess._cache import BoundedDict, Memo
 
 _CONTAINERS = (list, tuple)
 
@@ -56,8 +56,12 @@ def starve_memos(stack: Any) -> list[str]:
             if name == "app":
                 continue  # the next layer: visited by the chain walk below
             where = f"{path}.{name}"
-            if isinstance(value, BoundedMemo):
-                starved = BoundedMemo[Any, Any](1, max_key_bytes=value.max_key_bytes)
+            if isinstance(value, BoundedDict):
+                starved: BoundedDict[Any, Any] = (
+                    Memo(value.compute, 1, max_key_bytes=value.max_key_bytes)
+                    if isinstance(value, Memo)
+                    else BoundedDict(1, max_key_bytes=value.max_key_bytes)
+                )
                 object.__setattr__(obj, name, starved)
                 replaced.append(where)
             elif _is_axess(value):

@@ -26,8 +26,9 @@ from axess import (
     SessionConfig,
     get_session,
 )
+from axess._cache import Memo
 from axess.session.binding import BindingPolicy
-from axess.session.cookie import CookieReader, find_cookie
+from axess.session.cookie import find_cookie
 from axess.stores.base import SessionRecord
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
@@ -197,10 +198,7 @@ async def test_tiny_memos_bound_memory_and_change_no_answer() -> None:
     while not hasattr(session_stage, "stages"):
         session_stage = session_stage.app
     memos = [
-        m
-        for stage in session_stage.stages
-        for m in vars(stage).values()
-        if isinstance(m, dict) and type(m).__name__ == "BoundedMemo"
+        m for stage in session_stage.stages for m in vars(stage).values() if isinstance(m, Memo)
     ]
     assert memos and all(len(m) <= 1 for m in memos)
     assert len(auth.binding._verdicts) <= 1
@@ -212,18 +210,28 @@ _pairs = st.lists(st.tuples(_names, _values), max_size=6)
 _separators = st.sampled_from(["; ", ";", " ; ", ";\t"])
 
 
-@given(pairs=_pairs, sep=_separators, pad=st.integers(0, 2000))
-def test_cookie_reader_answers_like_find_cookie(
-    pairs: list[tuple[str, str]], sep: str, pad: int
+@given(
+    headers=st.lists(st.tuples(_pairs, _separators, st.integers(0, 2000)), max_size=8),
+    capacity=st.integers(1, 4),
+)
+def test_memo_answers_like_its_function(
+    headers: list[tuple[list[tuple[str, str]], str, int]], capacity: int
 ) -> None:
-    header = sep.join(f"{k}={v}" for k, v in pairs).encode("latin-1")
-    if pad:  # beyond the memoized size too
-        header += f"{sep}filler={'f' * pad}".encode("latin-1")
-    reader = CookieReader(b"axess.sid")
-    expected = find_cookie(header, b"axess.sid")
-    assert reader.find(header) == expected
-    assert reader.find(header) == expected  # the memoized answer
-    assert reader.find(None) is None
+    """A memo hit is indistinguishable from recomputing, whatever the order
+    of inputs, evictions, and keys over the key bound (never stored)."""
+    memo: Memo[bytes | None, bytes | None] = Memo(
+        lambda h: find_cookie(h, b"axess.sid"), capacity, max_key_bytes=1024
+    )
+    seen: list[bytes | None] = [None]
+    for pairs, sep, pad in headers:
+        header = sep.join(f"{k}={v}" for k, v in pairs).encode("latin-1")
+        if pad:  # beyond the key bound too
+            header += f"{sep}filler={'f' * pad}".encode("latin-1")
+        seen.append(header)
+    for header in seen + seen[::-1]:
+        assert memo[header] == find_cookie(header, b"axess.sid")
+        assert len(memo) <= capacity
+        assert all(k is None or len(k) <= 1024 for k in memo)
 
 
 # -- custom data: shared parsed template, copy on write ----------------------------

@@ -23,7 +23,7 @@ import pytest
 from helpers import asgi_request, client, cookie_of, make_app, make_bound_auth
 
 from axess import Keyring, MockClock, SeededRandom
-from axess._cache import DEFAULT_MAX_KEY_BYTES, BoundedMemo, key_bytes
+from axess._cache import DEFAULT_MAX_KEY_BYTES, BoundedDict, Memo, key_bytes
 from axess.net import MAX_ADDRESS_CHARS, TrustedProxies
 from axess.observability.metrics import NoopMetrics
 from axess.ratelimit import RateLimit
@@ -31,15 +31,8 @@ from axess.ratelimit.keys import IPKey
 from axess.ratelimit.middleware import RateLimiter, Verdict, _EventGate
 from axess.session import data as d
 from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
-from axess.session.cookie import (
-    COOKIE_CHARS,
-    MAX_MEMO_HEADER_BYTES,
-    CookieReader,
-    SessionCookieSigner,
-    VerifiedCookie,
-    storage_key,
-)
-from axess.session.csrf import CSRFMiddleware, CSRFTokens
+from axess.session.cookie import MAX_MEMO_HEADER_BYTES, VerifiedCookie, storage_key
+from axess.session.csrf import CSRFMiddleware
 from axess.session.handle import Session
 from axess.session.middleware import MAX_TEMPLATE_JSON, SessionMiddleware
 from axess.stack import HEADERS_KEY
@@ -57,22 +50,17 @@ PER_ENTRY = {
     "rate-limit rules": int(1.5 * KiB),
     "rate-limit items": 512,
     "rate-limit events": int(1.5 * KiB),
-    "binding prefixes": 512,
-    "binding fingerprints": int(1.5 * KiB),
     "binding verdicts": int(1.5 * KiB),
     "session cookie": int(1.5 * KiB),
-    "verified cookies": 512,
     "opened payloads": 10 * KiB,
     "opened payloads, parsed": 16 * KiB,
-    "csrf cookie reader": int(2.5 * KiB),
     "csrf cookie fits": int(1.5 * KiB),
-    "csrf tokens": 512,
 }
 
 _SINGLETONS = (None, True, False)
 
 
-def retained(memo: BoundedMemo[Any, Any], shared: Iterable[object] = ()) -> int:
+def retained(memo: BoundedDict[Any, Any], shared: Iterable[object] = ()) -> int:
     """Bytes ``memo`` holds: its table and every object reachable from its
     keys and values, each counted once (``shared`` objects, such as the
     configuration's rules, not at all)."""
@@ -101,7 +89,7 @@ def retained(memo: BoundedMemo[Any, Any], shared: Iterable[object] = ()) -> int:
     return total
 
 
-def assert_bounded(memo: BoundedMemo[Any, Any], name: str, shared: Iterable[object] = ()) -> None:
+def assert_bounded(memo: BoundedDict[Any, Any], name: str, shared: Iterable[object] = ()) -> None:
     """Full, and within the documented bound per entry."""
     assert len(memo) == memo.capacity, "the largest remembered inputs must be remembered"
     used = retained(memo, shared)
@@ -144,31 +132,53 @@ class Text(str):
 def test_put_measures_keys_as_key_bytes_does(key: Any) -> None:
     size = key_bytes(key)
     assert size >= 20
-    at_bound: BoundedMemo[Any, int] = BoundedMemo(2, max_key_bytes=size)
+    at_bound: BoundedDict[Any, int] = BoundedDict(2, max_key_bytes=size)
     at_bound.put(key, 1)
     assert at_bound.get(key) == 1
-    over: BoundedMemo[Any, int] = BoundedMemo(2, max_key_bytes=size - 1)
+    over: BoundedDict[Any, int] = BoundedDict(2, max_key_bytes=size - 1)
     over.put(key, 1)
     assert key not in over
 
 
 def test_a_memo_never_remembers_a_key_over_its_bound() -> None:
-    memo: BoundedMemo[Any, int] = BoundedMemo(4, max_key_bytes=8)
+    memo: BoundedDict[Any, int] = BoundedDict(4, max_key_bytes=8)
     assert memo.put(b"x" * 9, 1) == 1  # answered, not remembered
     memo[("abcd", b"efgh!")] = 2  # item assignment is held to the bound too
     assert len(memo) == 0
     memo.put(("abcd", b"efgh"), 3)
     assert memo.get(("abcd", b"efgh")) == 3
-    unbounded: BoundedMemo[str, int] = BoundedMemo(2, max_key_bytes=None)
+    unbounded: BoundedDict[str, int] = BoundedDict(2, max_key_bytes=None)
     unbounded.put("x" * 100_000, 1)
     assert len(unbounded) == 1
     for i in range(5):
         unbounded.put(str(i), i)
     assert list(unbounded) == ["3", "4"]  # first in, first out
     with pytest.raises(ValueError):
-        BoundedMemo(0)
+        BoundedDict(0)
     with pytest.raises(ValueError):
-        BoundedMemo(1, max_key_bytes=-1)
+        BoundedDict(1, max_key_bytes=-1)
+
+
+def test_a_memo_computes_each_key_once_and_remembers_within_its_bounds() -> None:
+    calls: list[Any] = []
+
+    def compute(key: Any) -> Any:
+        calls.append(key)
+        if key == "boom":
+            raise RuntimeError(key)
+        return ("value", key)
+
+    memo: Memo[Any, Any] = Memo(compute, 2, max_key_bytes=8)
+    assert memo["a"] == ("value", "a") and memo["a"] == ("value", "a")
+    assert calls == ["a"]  # the second lookup was a hit
+    assert memo["x" * 9] == ("value", "x" * 9)  # over the key bound: answered...
+    assert memo["x" * 9] == ("value", "x" * 9) and calls.count("x" * 9) == 2  # ...every time
+    with pytest.raises(RuntimeError):
+        memo["boom"]
+    assert "boom" not in memo  # a failure is not remembered
+    memo["b"], memo["c"]
+    assert list(memo) == ["b", "c"]  # capacity 2, first in, first out
+    assert memo.get("zzz") is None and "zzz" not in calls  # .get never computes
 
 
 # -- client IP and rate limit (fixed capacities) -----------------------------------
@@ -176,15 +186,15 @@ def test_a_memo_never_remembers_a_key_over_its_bound() -> None:
 
 def test_peer_address_memo() -> None:
     proxies = TrustedProxies(["10.0.0.0/8"])
-    memo = proxies._peer_memo
+    memo = proxies._peers
     for i in range(memo.capacity + 10):
         # Padding is tolerated (stripped) up to the address size: the
         # longest text the memo takes, for the longest normalized address.
         addr = f"2001:db8:{i + 1:x}:aaaa:bbbb:cccc:dddd:eeee"
-        assert proxies._peer(addr.rjust(MAX_ADDRESS_CHARS))[0] == addr
+        assert memo[addr.rjust(MAX_ADDRESS_CHARS)][0] == addr
     for i in range(20):
         huge = f"2001:db8::{i + 1:x}".rjust(60 * KiB)
-        assert proxies._peer(huge)[0] == f"2001:db8::{i + 1:x}"  # still answered
+        assert memo[huge][0] == f"2001:db8::{i + 1:x}"  # still answered
         assert huge not in memo
     assert_bounded(memo, "peer address")
 
@@ -261,27 +271,6 @@ def _bound(binding: FingerprintBinding, scope: dict[str, Any]) -> d.SessionData:
     return d.SessionData(0.0, 0.0, state, fp, 1, tenant_id="acme")
 
 
-def test_binding_prefix_memo() -> None:
-    binding = _binding()
-    memo = binding._prefixes
-    for i in range(memo.capacity):
-        ip = f"fe80::{i:x}%" + pad(f"if{i}", MAX_ADDRESS_CHARS - 12)
-        binding.material(_scope(b"UA", ip))
-    assert_bounded(memo, "binding prefixes")
-
-
-def test_binding_fingerprint_memo() -> None:
-    binding = _binding()
-    memo = binding._memo
-    ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
-    for i in range(memo.capacity):
-        # A User-Agent is cut to 512 characters for the material; Latin-1
-        # text takes a byte a character, like ASCII.
-        ua = pad(f"\u00e9{i} ", 600).encode("latin-1")
-        assert len(_bound(binding, _scope(ua, ip)).fingerprint or "") == 64
-    assert_bounded(memo, "binding fingerprints")
-
-
 def test_binding_verdict_memo() -> None:
     binding = _binding()
     memo = binding._verdicts
@@ -307,10 +296,7 @@ def test_huge_user_agents_are_checked_but_never_remembered() -> None:
         assert binding.check(_scope(owner + b"%d" % i, ip), data) == 0
     assert len(binding._verdicts) == 0
     assert retained(binding._verdicts) < 4 * KiB
-    # Fingerprints are remembered by material, which holds at most the first
-    # 512 characters: one for the owner, one per thief.
-    assert len(binding._memo) == 201
-    assert retained(binding._memo) <= 201 * PER_ENTRY["binding fingerprints"]
+    assert len(binding.peppers._peppers) == 1  # the one tenant's pepper
 
 
 async def test_requests_with_huge_user_agents_leave_no_trace() -> None:
@@ -369,7 +355,7 @@ async def _enter(stage: SessionMiddleware, cookie_header: bytes) -> bool:
 
 async def test_session_cookie_memo() -> None:
     stage = _sessions()
-    memo = stage._verified
+    memo = stage._cookies
     for i in range(memo.capacity):
         value = stage.signer.sign(_sid(i))
         assert await _enter(
@@ -379,15 +365,6 @@ async def test_session_cookie_memo() -> None:
     huge = f"axess.sid={value}; other=".encode() + b"x" * (60 * KiB)
     assert await _enter(stage, huge)
     assert huge not in memo
-
-
-def test_verified_cookie_memo() -> None:
-    signer = SessionCookieSigner(Keyring.generate(), memo_size=SCALED)
-    memo = signer._memo
-    for i in range(memo.capacity):
-        raw = signer.sign(_sid(i)).encode()
-        assert len(raw) == COOKIE_CHARS and signer.verify(raw) is not None
-    assert_bounded(memo, "verified cookies")
 
 
 def test_opened_payload_memo() -> None:
@@ -448,20 +425,6 @@ def test_opened_payload_memo_with_parsed_custom_data() -> None:
 # -- CSRF ----------------------------------------------------------------------------------
 
 
-def test_csrf_cookie_reader_memo() -> None:
-    reader = CookieReader(b"axess.csrf", memo_size=SCALED)
-    memo = reader._memo
-    for i in range(memo.capacity):
-        # The value is a slice of the header: the largest value is almost all of it.
-        header = pad(f"axess.csrf={i}", MAX_MEMO_HEADER_BYTES).encode()
-        assert reader.find(header) == header[len("axess.csrf=") :]
-    for i in range(20):
-        huge = pad(f"axess.csrf={i};", 60 * KiB).encode()
-        reader.find(huge)
-        assert huge not in memo
-    assert_bounded(memo, "csrf cookie reader")
-
-
 def test_csrf_cookie_fits_memo() -> None:
     keys = Keyring.generate()
     stage = CSRFMiddleware(keys=keys, memo_size=SCALED)
@@ -476,12 +439,3 @@ def test_csrf_cookie_fits_memo() -> None:
         assert stage.on_response_start_now({"type": "http", "state": state}, message)
         assert message["headers"] == []  # the token fits: nothing to send
     assert_bounded(memo, "csrf cookie fits")
-
-
-def test_csrf_token_memo() -> None:
-    tokens = CSRFTokens(Keyring.generate(), SeededRandom(2), memo_size=SCALED)
-    memo = tokens._valid
-    for i in range(memo.capacity):
-        binding = storage_key(_sid(i))
-        assert tokens.valid(tokens.mint(binding), binding)
-    assert_bounded(memo, "csrf tokens")

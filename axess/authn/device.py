@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 DEVICE_COOKIE: Final = "axess.device"
 _HKDF_INFO: Final = "device-cookie-v1"
-#: A few returning browsers per process are enough: the device cookie is
-#: read on login attempts only, never on the request hot path.
-_MEMO_SIZE: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +52,8 @@ class DeviceCookie:
     ) -> None:
         self.config = config or DeviceCookieConfig()
         self._name = self.config.name.encode("latin-1")
-        self._signer = SessionCookieSigner(
-            keys, memo_size=_MEMO_SIZE, purpose="device", info=_HKDF_INFO
-        )
+        # Read on login attempts only, never on the request hot path: no memo.
+        self._signer = SessionCookieSigner(keys, purpose="device", info=_HKDF_INFO)
         self._random = random or SystemRandom()
 
     def read(self, conn: HTTPConnection) -> str | None:

@@ -37,7 +37,7 @@ from typing import Final, cast
 from starlette.requests import HTTPConnection, Request
 from starlette.types import Message, Receive, Scope
 
-from axess._cache import BoundedMemo
+from axess._cache import Memo
 from axess.errors import ConfigurationError
 from axess.login_fields import (
     DEFAULT_LOGIN_FIELDS,
@@ -197,7 +197,12 @@ class IPKey(Key):
         if not 1 <= v6_prefix <= 128:
             raise ConfigurationError("v6_prefix must be between 1 and 128")
         self.v6_prefix = v6_prefix
-        self._v6: BoundedMemo[str, str] = BoundedMemo(4096, max_key_bytes=MAX_ADDRESS_CHARS)
+        # IPv6 address -> its rate-limit key (the /v6_prefix network).
+        self._v6: Memo[str, str] = Memo(self._v6_key, 4096, max_key_bytes=MAX_ADDRESS_CHARS)
+
+    def _v6_key(self, ip: str) -> str:
+        prefix = ip_prefix(ip, v6=self.v6_prefix) if self.v6_prefix < 128 else ip
+        return "ip:" + (prefix or ip)
 
     def of(self, scope: Scope) -> str:
         ip = scope.get("state", {}).get("client_ip")
@@ -205,12 +210,7 @@ class IPKey(Key):
             ip = client_ip(HTTPConnection(scope))
         if ":" not in ip:
             return "ip:" + ip
-        hit = self._v6.get(ip)
-        if hit is None:
-            prefix = ip_prefix(ip, v6=self.v6_prefix) if self.v6_prefix < 128 else ip
-            hit = "ip:" + (prefix or ip)
-            self._v6.put(ip, hit)
-        return hit
+        return self._v6[ip]
 
     def value(self, ctx: KeyContext) -> str | None:
         return self.of(ctx.scope)

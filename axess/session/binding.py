@@ -24,11 +24,11 @@ from typing import Final, Literal
 
 from starlette.types import Scope
 
-from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, BoundedDict, Memo
 from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
-from axess.net import MAX_ADDRESS_CHARS, ip_prefix, scope_ip
+from axess.net import ip_prefix, scope_ip
 from axess.observability.metrics import AuthnMetrics
 from axess.session.data import Guest, SessionData
 from axess.stack import HEADERS_KEY, request_headers
@@ -108,10 +108,11 @@ class TenantPeppers:
         # store tenant id -> (state, refresh due at). Not a memo but state
         # (without a store, rotations live only here), so no key is ever
         # skipped: tenant ids come from the application, not from clients.
-        self._known: BoundedMemo[str, tuple[TenantPepper, float]] = BoundedMemo(
+        self._known: BoundedDict[str, tuple[TenantPepper, float]] = BoundedDict(
             8192, max_key_bytes=None
         )
-        self._memo: BoundedMemo[tuple[str, int, str, bytes | None], bytes] = BoundedMemo(1024)
+        # (tenant, version, fingerprint kid, tenant secret) -> pepper (an HKDF).
+        self._peppers: Memo[tuple[str, int, str, bytes | None], bytes] = Memo(self._derive, 1024)
 
     @property
     def shared(self) -> bool:
@@ -172,22 +173,22 @@ class TenantPeppers:
     ) -> bytes:
         """The pepper of ``tenant`` at ``version`` (with the tenant's ``secret``)
         under fingerprint key ``kid`` (default: the active key)."""
-        kid = kid or self.kids[0]
-        memo_key = (tenant or "", version, kid, secret)
-        pepper = self._memo.get(memo_key)
-        if pepper is None:
-            label = f"pepper/v{version}/{len(memo_key[0])}:{memo_key[0]}"
-            pepper = self._keys.derive("fingerprint", label, kid=kid, salt=secret)
-            self._memo.put(memo_key, pepper)
-        return pepper
+        return self._peppers[(tenant or "", version, kid or self.kids[0], secret)]
+
+    def _derive(self, key: tuple[str, int, str, bytes | None]) -> bytes:
+        tenant, version, kid, secret = key
+        label = f"pepper/v{version}/{len(tenant)}:{tenant}"
+        return self._keys.derive("fingerprint", label, kid=kid, salt=secret)
 
 
 _NEVER_ROTATED: Final = TenantPepper()
 
 
-#: (User-Agent or None, client-IP prefix, primary language tag); a plain
-#: tuple because it is built and hashed on every request.
+#: (User-Agent or None, client-IP prefix, primary language tag).
 Material = tuple[str | None, str, str]
+#: Every input of a fingerprint check: (stored fingerprint, raw User-Agent,
+#: raw Accept-Language or None, client IP, tenant, pepper version, tenant secret).
+_VerdictKey = tuple[str, bytes, bytes | None, str, str | None, int, bytes | None]
 
 
 def _lp(text: str) -> bytes:
@@ -211,46 +212,37 @@ class FingerprintBinding:
         self.peppers = peppers
         self.metrics = metrics
         self._on_mismatch_event = on_mismatch_event
-        # (tenant, version, material) -> fingerprint: HMAC is the costly part
-        # and the same client sends the same material on every request.
-        self._memo: BoundedMemo[tuple[str, int, Material, str, bytes | None], str] = BoundedMemo(
-            memo_size
-        )
-        self._prefixes: BoundedMemo[str, str] = BoundedMemo(
-            memo_size, max_key_bytes=MAX_ADDRESS_CHARS
-        )
         # Whole verdicts of :meth:`check`, keyed by every input they depend on
-        # (raw header bytes, not parsed material): a returning client's check
-        # is then one tuple hash and one lookup. A key over the memo's key
-        # bound (a User-Agent of more than about 800 bytes) is not remembered:
-        # such a check recomputes, and still hits the fingerprint memo above,
-        # whose material holds at most _MAX_UA characters of it.
-        self._verdicts: BoundedMemo[
-            tuple[str, bytes, bytes | None, str, str | None, int, bytes | None], int
-        ] = BoundedMemo(memo_size)
+        # (raw header bytes, client IP, stored fingerprint, tenant, versions,
+        # pepper secret) and computed from that key alone by _verdict: a
+        # returning client's check is one tuple hash and one lookup. A key
+        # over the memo's key bound (a User-Agent of more than about 800
+        # bytes) is not remembered: such a check recomputes.
+        self._verdicts: Memo[_VerdictKey, int] = Memo(self._verdict, memo_size)
 
     def material(self, scope: Scope) -> Material:
+        """What a fingerprint covers, for this request."""
         headers = request_headers(scope)
-        raw_ua = headers.get(b"user-agent")
+        lang = headers.get(b"accept-language") if self.policy.accept_language else None
+        return self._material(headers.get(b"user-agent"), lang, scope_ip(scope) or "")
+
+    def _material(self, raw_ua: bytes | None, raw_lang: bytes | None, ip: str) -> Material:
+        """(User-Agent, client-IP prefix, primary language tag) from the raw
+        header values and the client IP; ``raw_lang`` is ``None`` when the
+        policy ignores the language."""
         ua = raw_ua[:_MAX_UA].decode("latin-1") if raw_ua else None
         lang = ""
-        if self.policy.accept_language:
-            raw = headers.get(b"accept-language")
-            if raw is not None:
-                lang = (
-                    raw.split(b",")[0]
-                    .split(b";")[0]
-                    .split(b"-")[0]
-                    .strip()[:_MAX_LANG]
-                    .decode("latin-1")
-                    .lower()
-                )
-        ip = scope_ip(scope) or ""
-        prefix = self._prefixes.get(ip)
-        if prefix is None:
-            policy = self.policy
-            prefix = ip_prefix(ip, v4=policy.ipv4_prefix, v6=policy.ipv6_prefix) or ""
-            self._prefixes.put(ip, prefix)
+        if raw_lang is not None:
+            lang = (
+                raw_lang.split(b",")[0]
+                .split(b";")[0]
+                .split(b"-")[0]
+                .strip()[:_MAX_LANG]
+                .decode("latin-1")
+                .lower()
+            )
+        policy = self.policy
+        prefix = ip_prefix(ip, v4=policy.ipv4_prefix, v6=policy.ipv6_prefix) or ""
         return (ua, prefix, lang)
 
     def fingerprint(
@@ -262,15 +254,9 @@ class FingerprintBinding:
         kid: str | None = None,
     ) -> str:
         """HMAC of ``material`` under the tenant's pepper at ``version``."""
-        kid = kid or self.peppers.kids[0]
-        memo_key = (tenant or "", version, material, kid, pepper.secret)
-        fp = self._memo.get(memo_key)
-        if fp is None:
-            msg = _lp(material[0] or "") + _lp(material[1]) + _lp(material[2])
-            key = self.peppers.pepper(tenant, version, pepper.secret, kid)
-            fp = hmac.new(key, msg, hashlib.sha256).hexdigest()
-            self._memo.put(memo_key, fp)
-        return fp
+        msg = _lp(material[0] or "") + _lp(material[1]) + _lp(material[2])
+        key = self.peppers.pepper(tenant, version, pepper.secret, kid)
+        return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
     async def bind(self, scope: Scope, tenant: str | None) -> tuple[str, int]:
         """The fingerprint and pepper version to store on a session now.
@@ -294,8 +280,19 @@ class FingerprintBinding:
         mismatch.
         """
         material = self.material(scope)
+        return self._match(tenant, pepper, stored, version, material), material
+
+    def _match(
+        self,
+        tenant: str | None,
+        pepper: TenantPepper,
+        stored: str,
+        version: int,
+        material: Material,
+    ) -> int:
+        """The key index ``stored`` matches ``material`` under (see :meth:`verify`)."""
         if material[0] is None:
-            return -1, material
+            return -1
         raw = stored.encode()
         # The active key first; previous keys only when it does not match.
         for index, kid in enumerate(self.peppers.kids):
@@ -304,8 +301,8 @@ class FingerprintBinding:
                 if index:
                     logger.info("session fingerprint matched a previous (rotated) key; re-binding")
                     self.metrics.previous_key_used("fingerprint")
-                return index, material
-        return -1, material
+                return index
+        return -1
 
     def check(
         self, scope: Scope, data: SessionData, fresh: bool = True, now: float | None = None
@@ -338,14 +335,15 @@ class FingerprintBinding:
         ip = scope["state"].get("client_ip")  # scope_ip(scope), its usual case inline
         if not isinstance(ip, str):
             ip = scope_ip(scope) or ""
-        memo_key = (stored, ua, lang, ip, tenant, version, pepper.secret)
-        index = self._verdicts.get(memo_key)
-        if index is None:
-            index = self.verify(scope, tenant, pepper, stored, version)[0]
-            self._verdicts.put(memo_key, index)
+        index = self._verdicts[(stored, ua, lang, ip, tenant, version, pepper.secret)]
         if index < 0:
             return -1
         return 1 if index > 0 or pepper.version > version else 0
+
+    def _verdict(self, key: _VerdictKey) -> int:
+        stored, ua, lang, ip, tenant, version, secret = key
+        pepper = TenantPepper(secret, version)
+        return self._match(tenant, pepper, stored, version, self._material(ua, lang, ip))
 
     def rebind(self, scope: Scope, data: SessionData) -> None:
         """Re-compute ``data``'s fingerprint under the tenant's current pepper

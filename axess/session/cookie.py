@@ -17,7 +17,6 @@ from typing import Final
 
 from itsdangerous import Signer
 
-from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
 from axess.clock import Random
 from axess.keys import Keyring, Purpose
 from axess.stack import join_headers
@@ -63,13 +62,12 @@ class SessionCookieSigner:
     one keyring purpose: ``signing`` for the session cookie (the default),
     ``device`` for the device cookie (with its own HKDF ``info``)."""
 
-    __slots__ = ("_active", "_memo", "_signers")
+    __slots__ = ("_active", "_signers")
 
     def __init__(
         self,
         keys: Keyring,
         *,
-        memo_size: int = DEFAULT_MEMO_SIZE,
         purpose: Purpose = "signing",
         info: str = _HKDF_INFO,
     ) -> None:
@@ -84,22 +82,16 @@ class SessionCookieSigner:
             for k in keys.keys(purpose)
         ]
         self._active = self._signers[0]
-        # Verification is a pure function of the cookie bytes and the keyring
-        # (fixed for the process), so positive results can be memoized: a
-        # returning client skips the HMAC. Only verified values are stored
-        # (all of them COOKIE_CHARS long).
-        self._memo: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(
-            memo_size, max_key_bytes=COOKIE_CHARS
-        )
 
     def sign(self, session_id: str) -> str:
         return self._active.sign(session_id.encode("ascii")).decode("ascii")
 
     def verify(self, raw: bytes) -> VerifiedCookie | None:
-        """The id if ``raw`` is a canonical cookie value signed by a configured key."""
-        hit = self._memo.get(raw)
-        if hit is not None:
-            return hit
+        """The id if ``raw`` is a canonical cookie value signed by a configured key.
+
+        Not memoized here: the session middleware remembers the verdict per
+        Cookie header, which is what a returning browser repeats.
+        """
         if len(raw) != COOKIE_CHARS or raw[ID_CHARS] != 0x2E:  # "."
             return None
         sid, sig = raw[:ID_CHARS], raw[ID_CHARS + 1 :]
@@ -110,9 +102,7 @@ class SessionCookieSigner:
         for index, signer in enumerate(self._signers):
             if hmac.compare_digest(signer.get_signature(sid), sig):
                 text = sid.decode("ascii")
-                verified = VerifiedCookie(text, storage_key(text), needs_resign=index > 0)
-                self._memo.put(raw, verified)
-                return verified
+                return VerifiedCookie(text, storage_key(text), needs_resign=index > 0)
         return None
 
 
@@ -140,38 +130,13 @@ def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
     return None
 
 
-#: Cookie headers up to this size are memoized by header value; larger ones
+#: Cookie headers up to this size are remembered by header value (the
+#: session middleware's verdicts, CSRF's "token fits" answers); larger ones
 #: are searched every time (the memory bound of each memo is in the book's
 #: sessions chapter, "Memos").
 MAX_MEMO_HEADER_BYTES: Final = 1024
 #: Characters of a :func:`storage_key` (SHA-256 in hex).
 STORAGE_KEY_CHARS: Final = 64
-_MISSING: Final = object()
-
-
-class CookieReader:
-    """Finds the cookie called ``name`` in Cookie header values, like
-    :func:`find_cookie`, remembering the answer per header value: a returning
-    browser sends the same header on every request, and a dict hit is about
-    ten times cheaper than the search."""
-
-    __slots__ = ("_memo", "name")
-
-    def __init__(self, name: bytes, *, memo_size: int = DEFAULT_MEMO_SIZE) -> None:
-        self.name = name
-        # The value is a slice of the header, so no larger than the key.
-        self._memo: BoundedMemo[bytes, bytes | None] = BoundedMemo(
-            memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES
-        )
-
-    def find(self, header: bytes | None) -> bytes | None:
-        """The cookie's value in ``header`` (a Cookie header value), or None."""
-        if header is None:
-            return None
-        hit = self._memo.get(header, _MISSING)
-        if hit is not _MISSING:
-            return hit  # type: ignore[return-value]
-        return self._memo.put(header, find_cookie(header, self.name))
 
 
 def first_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

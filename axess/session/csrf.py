@@ -28,12 +28,13 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, Memo
 from axess.clock import Random, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
-from axess.session.cookie import MAX_MEMO_HEADER_BYTES, STORAGE_KEY_CHARS, CookieReader
+from axess.refusals import Refusal
+from axess.session.cookie import MAX_MEMO_HEADER_BYTES, STORAGE_KEY_CHARS, find_cookie
 from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.stack import (
@@ -42,11 +43,15 @@ from axess.stack import (
     mutable_headers,
     request_headers,
     request_with_body,
-    send_json,
     vary_cookie,
 )
 
 logger = logging.getLogger(__name__)
+
+#: The two refusals (403 ``csrf_failed``): a foreign ``Origin`` or ``Referer``,
+#: and a missing or wrong token.
+CROSS_ORIGIN: Final = Refusal(403, "csrf_failed", "cross-origin request refused")
+BAD_TOKEN: Final = Refusal(403, "csrf_failed", "missing or invalid CSRF token")
 
 UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NONCE: Final = 16
@@ -116,19 +121,12 @@ class CSRFTokens:
         keys: Keyring,
         random: Random | None = None,
         *,
-        memo_size: int = DEFAULT_MEMO_SIZE,
         metrics: AuthnMetrics | None = None,
     ) -> None:
         # Active key first; previous keys still verify tokens already in pages.
         self._keys = [keys.derive("csrf", "double-submit-v1", kid=k.kid) for k in keys.keys("csrf")]
         self._random = random or SystemRandom()
         self._metrics: AuthnMetrics = metrics or NoopMetrics()
-        # Validity is a pure function of (token, binding): remember positives
-        # (the index of the key that made them) so a returning page view costs
-        # no HMAC. Bindings are storage keys.
-        self._valid: BoundedMemo[tuple[bytes, str | None], int] = BoundedMemo(
-            memo_size, max_key_bytes=_TOKEN_CHARS + STORAGE_KEY_CHARS
-        )
 
     @staticmethod
     def _mac(key: bytes, nonce: bytes, binding: bytes) -> bytes:
@@ -151,18 +149,16 @@ class CSRFTokens:
 
     def key_index(self, token: str | bytes | None, binding: str | None) -> int:
         """The position in the key list of the key that minted ``token`` for
-        ``binding`` (0: the active key), or -1 when it is not valid."""
-        index = self._valid.get((token, binding))  # type: ignore[arg-type]
-        if index is not None:
-            return index  # a token (as bytes) that verified before
+        ``binding`` (0: the active key), or -1 when it is not valid.
+
+        Not memoized: the middleware remembers its usual question ("does the
+        browser's token still fit?") per Cookie header instead.
+        """
         if token is None:
             return -1
         raw_token = token.encode("latin-1") if isinstance(token, str) else token
         if len(raw_token) != _TOKEN_CHARS:
             return -1
-        index = self._valid.get((raw_token, binding))
-        if index is not None:
-            return index
         try:
             raw = base64.urlsafe_b64decode(raw_token + b"=")
         except ValueError:
@@ -176,7 +172,6 @@ class CSRFTokens:
                 if index:
                     logger.info("CSRF token verified with a previous (rotated) key")
                     self._metrics.previous_key_used("csrf")
-                self._valid.put((raw_token, binding), index)
                 return index
         return -1
 
@@ -246,11 +241,13 @@ class CSRFMiddleware(Stage):
     ) -> None:
         super().__init__(app)
         self.config = config or CSRFConfig()
-        self.tokens = CSRFTokens(keys, random, memo_size=memo_size, metrics=metrics)
-        self._cookie = CookieReader(self.config.cookie_name.encode("latin-1"), memo_size=memo_size)
-        # (Cookie header, binding) -> True when the header's token fits it.
-        self._fits: BoundedMemo[tuple[bytes | None, str | None], bool] = BoundedMemo(
-            memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES + STORAGE_KEY_CHARS
+        self.tokens = CSRFTokens(keys, random, metrics=metrics)
+        self._cookie_name = self.config.cookie_name.encode("latin-1")
+        # (Cookie header, binding) -> whether the header's token is current
+        # for it: the question every response asks, and a returning browser
+        # asks it with the same header.
+        self._fits: Memo[tuple[bytes | None, str | None], bool] = Memo(
+            self._token_fits, memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES + STORAGE_KEY_CHARS
         )
         self._header = self.config.header_name.lower().encode("latin-1")
         attrs = [f"Path={self.config.path}", "SameSite=" + self.config.same_site.capitalize()]
@@ -281,14 +278,12 @@ class CSRFMiddleware(Stage):
             return receive
         headers = request_headers(scope)
         if self._foreign(scope, headers):
-            await send_json(
-                send, 403, {"error": "csrf_failed", "detail": "cross-origin request refused"}
-            )
+            await self.refuse(scope, receive, send, CROSS_ORIGIN)
             return None
         cookie_header = headers.get(b"cookie")
         if cookie_header is None:
             return receive  # no ambient credentials: nothing to forge
-        cookie_token = self._cookie.find(cookie_header)
+        cookie_token = find_cookie(cookie_header, self._cookie_name)
         submitted = headers.get(self._header)
         if submitted is not None:
             submitted = submitted.strip()
@@ -300,11 +295,7 @@ class CSRFMiddleware(Stage):
             and self._accepts(submitted, cookie_token, self._session(scope["state"]).csrf_binding)
         ):
             logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
-            await send_json(
-                send,
-                403,
-                {"error": "csrf_failed", "detail": "missing or invalid CSRF token"},
-            )
+            await self.refuse(scope, receive, send, BAD_TOKEN)
             return None
         return receive
 
@@ -391,8 +382,14 @@ class CSRFMiddleware(Stage):
 
     def cookie_token(self, scope: Scope) -> str | None:
         """The token the browser sent in the CSRF cookie, if any."""
-        raw = self._cookie.find(request_headers(scope).get(b"cookie"))
+        raw = find_cookie(request_headers(scope).get(b"cookie"), self._cookie_name)
         return raw.decode("latin-1") if raw else None
+
+    def _token_fits(self, key: tuple[bytes | None, str | None]) -> bool:
+        """Whether the CSRF cookie in Cookie header ``key[0]`` is current for
+        binding ``key[1]``."""
+        header, binding = key
+        return self.tokens.current(find_cookie(header, self._cookie_name), binding)
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         return self.on_response_start_now(scope, message)
@@ -407,13 +404,9 @@ class CSRFMiddleware(Stage):
         header = state[HEADERS_KEY].get(b"cookie")
         asked = _STATE_KEY in state  # a page asked for a token
         # The usual answer: the browser's token still fits the session.
-        # Remembered per (Cookie header, binding), a pure function of both.
-        if not asked and self._fits.get((header, committed)):
+        if not asked and self._fits[(header, committed)]:
             return True
-        current = self._cookie.find(header)
-        if not asked and self.tokens.current(current, committed):
-            self._fits.put((header, committed), True)
-            return True
+        current = find_cookie(header, self._cookie_name)
         set_cookie = self._remint(
             state,
             current.decode("latin-1") if current else None,

@@ -10,13 +10,14 @@ from typing import Any, Final, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axess._cache import DEFAULT_MEMO_SIZE, BoundedMemo
+from axess._cache import DEFAULT_MEMO_SIZE, Memo
 from axess._throttle import ThrottledWarning
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import EnvelopeError, StoreError
 from axess.keys import Keyring
 from axess.net import ip_prefix, scope_ip
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
+from axess.refusals import Refusal, disconnected
 from axess.session import data as d
 from axess.session.binding import FingerprintBinding
 from axess.session.config import SessionConfig
@@ -36,7 +37,6 @@ from axess.stack import (
     Stage,
     mutable_headers,
     request_headers,
-    send_json,
     vary_cookie,
 )
 from axess.stores.base import SessionRecord, SessionStore
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 _MEMO_MAX_PAYLOAD: Final = 4096
 #: Key bound of the opened-payload memo: (storage key, payload).
 _OPENED_MAX_KEY: Final = STORAGE_KEY_CHARS + _MEMO_MAX_PAYLOAD
+#: An opened payload: its session data, custom-data JSON and, when at most
+#: MAX_TEMPLATE_JSON bytes, that JSON parsed (shared, copied on write).
+_Opened = tuple[d.SessionData, bytes, dict[str, Any] | None]
 
 
 class _Expired(NamedTuple):
@@ -94,7 +97,7 @@ class SessionMiddleware(Stage):
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.on_event = on_event
         self.binding = binding if binding is not None and binding.policy.enabled else None
-        self.signer = SessionCookieSigner(keys, memo_size=memo_size)
+        self.signer = SessionCookieSigner(keys)
         # ``crypto``: the facade's, shared with its session registry.
         self.crypto = crypto or SessionCrypto(
             keys,
@@ -102,9 +105,11 @@ class SessionMiddleware(Stage):
             on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
         self._cookie_name = self.config.cookie_name.encode("latin-1")
-        # Cookie header -> the session cookie in it, verified (successes only).
-        self._verified: BoundedMemo[bytes, VerifiedCookie] = BoundedMemo(
-            memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES
+        # Cookie header -> (the session cookie in it if verified, had one?):
+        # a returning browser sends the same header on every request, and
+        # the answer is a pure function of the header bytes and the keyring.
+        self._cookies: Memo[bytes | None, tuple[VerifiedCookie | None, bool]] = Memo(
+            self._read_cookie, memo_size, max_key_bytes=MAX_MEMO_HEADER_BYTES
         )
         self._cookie_attrs = self._attributes()
         self._envelope_warned: set[str] = set()
@@ -113,28 +118,16 @@ class SessionMiddleware(Stage):
         # keyring, so a payload that opened once maps to the same data again:
         # unchanged sessions skip AES-GCM and JSON on repeat requests. Entries
         # are immutable templates, shared until a request changes its copy.
-        self._opened: BoundedMemo[
-            tuple[str, bytes], tuple[d.SessionData, bytes, dict[str, Any] | None]
-        ] = BoundedMemo(memo_size, max_key_bytes=_OPENED_MAX_KEY)
+        self._opened: Memo[tuple[str, bytes], _Opened | None] = Memo(
+            self._open_payload, memo_size, max_key_bytes=_OPENED_MAX_KEY
+        )
 
     # -- stage ------------------------------------------------------------------
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         state = scope["state"]  # the stack made sure it exists, with the headers
         headers = state[HEADERS_KEY]
         header = headers.get(b"cookie")
-        # A returning browser sends the same Cookie header: what it verified
-        # to is remembered by header (a pure function of the header bytes).
-        verified = self._verified.get(header)
-        had_cookie = verified is not None
-        if not had_cookie and header is not None:
-            raw = find_cookie(header, self._cookie_name)
-            if raw is not None:
-                had_cookie = True
-                verified = self.signer.verify(raw)
-                if verified is None:
-                    logger.debug("session cookie rejected (format or signature)")
-                else:
-                    self._verified.put(header, verified)
+        verified, had_cookie = self._cookies[header]
         now = self.clock.time()
         session: Session | None = None
         # The steady-state path (valid cookie, live row, memoized payload) is
@@ -207,36 +200,51 @@ class SessionMiddleware(Stage):
             now = self.clock.time()
         return Session(self, d.SessionData(created_at=now, last_seen_at=now))
 
+    def _read_cookie(self, header: bytes | None) -> tuple[VerifiedCookie | None, bool]:
+        """(the session cookie in ``header`` if its signature verifies, whether
+        ``header`` holds a session cookie at all)."""
+        raw = find_cookie(header, self._cookie_name)
+        if raw is None:
+            return None, False
+        verified = self.signer.verify(raw)
+        if verified is None:
+            logger.debug("session cookie rejected (format or signature)")
+        return verified, True
+
+    def _open_payload(self, key: tuple[str, bytes]) -> _Opened | None:
+        """The session data sealed in ``key``'s payload, its custom-data JSON
+        and, when small, that JSON parsed; ``None`` when it cannot be opened
+        (a pure function of the storage key and the bytes, so a payload that
+        fails fails the same way again and is remembered as such)."""
+        storage_key, payload = key
+        try:
+            data, custom_json = d.decode(self.crypto.open(payload, storage_key))
+        except EnvelopeError as exc:
+            self._warn_envelope(str(exc))
+            return None
+        except ValueError:
+            self._warn_envelope("undecodable session data")
+            return None
+        template: dict[str, Any] | None = None
+        if len(custom_json) <= MAX_TEMPLATE_JSON:
+            try:
+                template = d.load_custom(custom_json)
+            except ValueError:
+                template = {}
+        return data, custom_json, template
+
     def _open(
         self, verified: VerifiedCookie, record: SessionRecord, now: float
     ) -> Session | _Expired | None:
         """The session stored in ``record``: ``None`` when it cannot be opened,
         :class:`_Expired` when it outlived its lifetime or idle timeout."""
         key = verified.storage_key
-        memo_key = (key, record.payload)
-        opened = self._opened.get(memo_key)
-        shared = opened is not None
+        opened = self._opened[(key, record.payload)]
         if opened is None:
-            try:
-                data, custom_json = d.decode(self.crypto.open(record.payload, key))
-            except EnvelopeError as exc:
-                self._warn_envelope(str(exc))
-                return None
-            except ValueError:
-                self._warn_envelope("undecodable session data")
-                return None
-            template: dict[str, Any] | None = None
-            if len(custom_json) <= MAX_TEMPLATE_JSON:
-                try:
-                    template = d.load_custom(custom_json)
-                except ValueError:
-                    template = {}
-            opened = (data, custom_json, template)
-            self._opened.put(memo_key, opened)
-            shared = memo_key in self._opened  # False when too large to remember
-        # The opened data and parsed custom data are immutable templates: the
-        # Session copies them before the first change (Session.own_data, and
-        # its custom-data access).
+            return None
+        # The opened data and parsed custom data are immutable templates,
+        # possibly shared with other requests: the Session copies them before
+        # the first change (Session.own_data, and its custom-data access).
         data, custom_json, template = opened
         cfg = self.config
         idle = cfg.idle_timeout
@@ -244,7 +252,7 @@ class SessionMiddleware(Stage):
             idle is not None and now >= data.last_seen_at + idle
         ):
             return _Expired(key, data.auth_state)
-        session = Session(self, data, custom_json, verified.session_id, key, shared, template)
+        session = Session(self, data, custom_json, verified.session_id, key, True, template)
         if verified.needs_resign:
             session.resign = True
         if idle is not None and now - data.last_seen_at >= cfg.touch_interval:
@@ -508,12 +516,10 @@ class SessionMiddleware(Stage):
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013})
             return
-        await send_json(
-            send,
-            503,
-            {"error": "service_unavailable", "detail": "session store unavailable"},
-            headers=[(b"retry-after", str(self.config.retry_after).encode())],
+        refusal = Refusal(
+            503, "service_unavailable", "session store unavailable", self.config.retry_after
         )
+        await self.refuse(scope, disconnected, send, refusal)
 
 
 _UA_SUMMARY_CHARS: Final = 120
