@@ -1,18 +1,40 @@
-"""The axess demo: a small Starlette app on the embedded SQLite store.
+"""The axess demo: a product tour on the embedded SQLite store.
 
-Run it with ``./scripts/demo`` and open http://127.0.0.1:8000. A demo user
-is created at start (``demo@example.com`` / ``demo-password``). Keys are
-generated at every start (debug mode), so a restart logs everyone out — a
-real deployment loads them with ``Keyring.from_env()``.
+Run it with ``./scripts/demo`` (or ``axess demo --port N``) and open
+http://127.0.0.1:8000. The demo user ``demo@example.com`` /
+``demo-password`` is created at the first start. The tour:
+
+1. **Sign in**, with a wrong password first: the answer never says whether
+   the account exists.
+2. **Two-factor sign-in**: the account page shows whether TOTP is on. Setting
+   it up shows a QR code (inline SVG) and the key as text; it becomes active
+   only once a first code is confirmed, and then shows ten recovery codes,
+   once. TOTP can be turned off and the recovery codes regenerated (both
+   need a sign-in from the last 10 minutes).
+3. **Sessions**: every session of the account with its creation time, last
+   activity, device and IP prefix; the current one is marked, the others can
+   be revoked.
+4. **Lockout and rate limits**: three wrong passwords for one address lock
+   it for a minute (a short lock so the tour can show it); the page explains
+   the levers, and why a browser that signed in to an account before is a
+   trusted origin for it (localhost is not special).
+5. **Restart**: keys live in a key file next to the database (``demo.keys``
+   for ``demo.db``), so sessions and TOTP secrets survive a restart.
+
+Settings (environment): ``AXESS_DEMO_DB`` (SQLite file, default ``demo.db``),
+``AXESS_DEMO_KEYS`` (key file, default the database path with ``.keys``).
+The key file is created with mode 0600 on first start and is for
+development only: production keys come from ``Keyring.from_env()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import logging
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,206 +44,419 @@ from starlette.routing import Route
 from axess import (
     Axess,
     CSRFConfig,
-    Keyring,
+    Lever,
+    LockoutPolicy,
     LoginFields,
     SessionConfig,
     TOTPCode,
-    csrf_input,
     get_session,
 )
-from axess.authn import Authenticated, FactorRequired, Locked, RecoveryCode, TOTPEnrolment
+from axess.authn import (
+    Authenticated,
+    FactorRequired,
+    Locked,
+    LoginOutcome,
+    RecoveryCode,
+    TOTPEnrolment,
+    TOTPSecretUnavailable,
+)
+from axess.authn.device import DEVICE_COOKIE
 from axess.ratelimit import auth_rules
+from axess.session import data as session_data
 from axess.stores import SQLiteStore
+from examples.demo_keys import load_or_create_keys
+from examples.demo_pages import (
+    TRUSTED_ORIGINS,
+    code_list,
+    device_summary,
+    esc,
+    form,
+    hidden,
+    lockout_rules,
+    moment,
+    notice,
+    qr_svg,
+)
+from examples.demo_pages import page as render
 
-logger = logging.getLogger("axess.demo")
+logger = logging.getLogger(__name__)
+
 DEMO_USER = "demo@example.com"
 DEMO_PASSWORD = "demo-password"
+DB_PATH = Path(os.environ.get("AXESS_DEMO_DB") or "demo.db")
+KEY_PATH = Path(os.environ.get("AXESS_DEMO_KEYS") or DB_PATH.with_suffix(".keys"))
 #: Session key of the TOTP enrolment waiting for its first code.
 TOTP_PENDING = "demo.totp_pending"
 #: Where the sign-in form carries the identifier. The rate limiter counts the
 #: very field /login reads, and a body naming it twice is refused (400).
 LOGIN_FIELDS = LoginFields("email")
+#: Two-factor settings change only within this many seconds of a sign-in.
+REAUTH_SECONDS = 10 * 60
+#: The account lever of the demo: it locks before the rate limiter's
+#: 5 attempts per minute per account answer, so the tour can show it.
+USER_LEVER = Lever(3, window=15 * 60, lock_for=60, backoff=2.0, max_lock=15 * 60)
+
+_db_existed = DB_PATH.exists()
+keys, keys_created = load_or_create_keys(KEY_PATH)
+logger.warning(
+    "DEVELOPMENT ONLY: demo keys %s %s (never use a key file like this in production)",
+    "created in" if keys_created else "loaded from",
+    KEY_PATH,
+)
+if keys_created and _db_existed:
+    logger.warning(
+        "%s was made with other keys: its sessions, TOTP secrets and recovery codes no "
+        "longer open; delete it to start afresh",
+        DB_PATH,
+    )
 
 auth = Axess(
-    store=SQLiteStore(os.environ.get("AXESS_DEMO_DB", "demo.db")),
-    keys=Keyring.generate(),
+    store=SQLiteStore(str(DB_PATH)),
+    keys=keys,
     # Plain http on 127.0.0.1: browsers would drop a Secure cookie. These are
     # named weakenings and are logged as WARNINGs at startup.
     session=SessionConfig(secure=False, idle_timeout=30 * 60),
     csrf=CSRFConfig(secure=False),
     rate_limits=[*auth_rules(login_paths=["/login", "/login/totp"], login_fields=LOGIN_FIELDS)],
+    lockout=LockoutPolicy(user=USER_LEVER),
     debug=True,
 )
 assert auth.authn is not None and auth.users is not None
 authn, users = auth.authn, auth.users
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>axess demo</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}
-code{{background:#eee;padding:0 .2rem}} form{{display:inline}} td{{padding:.2rem .6rem}}
-.msg{{color:#a00}}</style>
-</head><body><h1>axess demo</h1>
-<p><strong>Development keys:</strong> generated at start; restarting logs everyone out.
-Demo account: <code>{user}</code> / <code>{password}</code>.</p>
-{body}
-</body></html>"""
+#: The only texts ``/?msg=`` shows (anything else is ignored, so a link
+#: cannot put words on the page). Value: (text, is it good news).
+NOTICES: dict[str, tuple[str, bool]] = {
+    "Invalid credentials": (
+        "Invalid credentials. The answer is the same for an unknown address, a wrong "
+        "password and a suspended account.",
+        False,
+    ),
+    "Invalid code": (
+        "That code was not accepted. Each code works once: after using one, wait for the "
+        "next (every 30 seconds). Each recovery code works once too.",
+        False,
+    ),
+    "Signed out": ("Signed out.", True),
+    "Signed out everywhere": ("Every session of the account ended, this one too.", True),
+    "Session revoked": ("That session ended; its browser is signed out.", True),
+    "TOTP turned off": (
+        "Two-factor sign-in is off, and the recovery codes no longer work.",
+        True,
+    ),
+    "Start the TOTP setup again": ("Start the TOTP setup again.", False),
+    "Sign in again": (
+        "Two-factor settings change only within 10 minutes of a sign-in: log out and "
+        "sign in again first.",
+        False,
+    ),
+    "Browser forgotten": (
+        "This browser's device cookie is gone: for every account, its wrong passwords "
+        "count on the account lever again.",
+        True,
+    ),
+}
 
 
-def page(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        PAGE.format(body=body, user=DEMO_USER, password=DEMO_PASSWORD), status_code=status
-    )
+def page(
+    title: str, body: str, *, status: int = 200, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    return render(title, body, account=(DEMO_USER, DEMO_PASSWORD), status=status, headers=headers)
 
 
-def form(request: Request, action: str, inner: str, button: str) -> str:
-    return (
-        f'<form method="post" action="{action}">{csrf_input(request)}{inner}'
-        f"<button>{html.escape(button)}</button></form>"
-    )
+def redirect(msg: str | None = None) -> RedirectResponse:
+    assert msg is None or msg in NOTICES
+    return RedirectResponse("/" if msg is None else "/?msg=" + quote(msg), status_code=303)
 
 
+def shown_notice(request: Request) -> str:
+    found = NOTICES.get(request.query_params.get("msg", ""))
+    return "" if found is None else notice(found[0], ok=found[1])
+
+
+# -- pages -------------------------------------------------------------------------------
 async def home(request: Request) -> Response:
     s = get_session(request)
-    msg = request.query_params.get("msg", "")
-    body = f'<p class="msg">{html.escape(msg)}</p>' if msg else ""
     if s.is_authenticated and s.user_id:
-        user = await users.store.get_user(s.user_id)
-        name = user.identifier if user else s.user_id
-        body += f"<p>Signed in as <strong>{html.escape(name)}</strong>.</p>"
-        rows = "".join(
-            f"<tr><td>{html.escape(i.key_prefix)}</td><td>{html.escape(i.ip_prefix or '?')}</td>"
-            f"<td>{html.escape((i.user_agent or '?')[:40])}</td><td>"
-            + (
-                "this one"
-                if i.storage_key == s.storage_key
-                else form(
-                    request,
-                    "/sessions/revoke",
-                    f'<input type="hidden" name="key" value="{i.storage_key}">',
-                    "Revoke",
-                )
-            )
-            + "</td></tr>"
-            for i in await auth.list_sessions(s.user_id)
-        )
-        body += f"<h2>Your sessions</h2><table>{rows}</table><p>"
-        body += form(request, "/logout", "", "Log out") + " "
-        body += form(request, "/logout-everywhere", "", "Log out everywhere") + "</p>"
-        body += "<h2>Two-factor</h2><p>" + form(request, "/totp/enrol", "", "Enrol TOTP") + "</p>"
-    elif s.auth_state.kind == "authenticating":
+        return await account_page(request, s.user_id)
+    if s.auth_state.kind == "authenticating":
         inner = (
-            '<label>Code from your app <input name="code" autocomplete="one-time-code"></label> '
+            '<label>Code from your authenticator app, or a recovery code <input name="code" '
+            'required maxlength="32" autocomplete="one-time-code"></label>'
         )
-        body += "<p>Password accepted. Enter your TOTP code (or a recovery code).</p>"
-        body += form(request, "/login/totp", inner, "Verify")
+        body = (
+            shown_notice(request)
+            + "<p>Password accepted. This account has two-factor sign-in.</p>"
+            + form(request, "/login/totp", "Verify", inner)
+            + form(request, "/logout", "Cancel")
+        )
+        return page("Second step", body)
+    return page("Sign in", sign_in_body(request))
+
+
+def sign_in_body(request: Request) -> str:
+    inner = (
+        '<label>E-mail <input name="email" type="email" required maxlength="254" '
+        'autocomplete="username"></label>'
+        '<label>Password <input name="password" type="password" required maxlength="1024" '
+        'autocomplete="current-password"></label>'
+    )
+    trusted = DEVICE_COOKIE in request.cookies
+    forget = (
+        "<p>This browser holds a device cookie.</p>"
+        + form(request, "/device/forget", "Forget this browser")
+        if trusted
+        else "<p>This browser holds no device cookie yet.</p>"
+    )
+    return (
+        shown_notice(request)
+        + form(request, "/login", "Sign in", inner)
+        + '<div class="card"><h2>Things to try</h2><ol>'
+        "<li>A wrong password, then the right one.</li>"
+        "<li>Set up two-factor sign-in (TOTP) with the QR code; sign out and in again.</li>"
+        "<li>Sign in from a second browser or a private window, and revoke that session "
+        "from the first.</li>"
+        "<li>Three wrong passwords for one address: the fourth attempt shows the lockout. "
+        "Keep trying and the rate limiter answers instead.</li>"
+        "<li>Restart the demo: you stay signed in, and TOTP keeps working.</li></ol></div>"
+        '<div class="card" id="trusted-origins"><h2>Why localhost may never lock</h2>'
+        + TRUSTED_ORIGINS
+        + forget
+        + "</div>"
+    )
+
+
+async def account_page(request: Request, user_id: str) -> Response:
+    s = get_session(request)
+    user = await users.get_user(user_id)
+    factors = await users.store.get_factors(user_id)
+    now = auth.clock.time()
+    name = user.identifier if user else user_id
+    body = shown_notice(request) + f"<p>Signed in as <strong>{esc(name)}</strong>.</p>"
+    body += '<div class="card" id="two-factor"><h2>Two-factor sign-in</h2>'
+    if factors.totp_secret is None:
+        body += (
+            '<p id="totp-status">TOTP is <strong>off</strong>: signing in needs only the '
+            "password.</p>" + form(request, "/totp/enrol", "Set up TOTP")
+        )
     else:
-        inner = (
-            '<label>E-mail <input name="email" required maxlength="254"></label> '
-            '<label>Password <input name="password" type="password" required></label> '
+        body += (
+            '<p id="totp-status">TOTP is <strong>on</strong>: signing in asks for a code '
+            f"after the password. Recovery codes left: {factors.recovery_codes}.</p>"
+            + form(request, "/recovery-codes", "New recovery codes", inline=True)
+            + form(request, "/totp/enrol", "Replace authenticator", inline=True)
+            + form(request, "/totp/disable", "Turn off TOTP", inline=True)
         )
-        body += form(request, "/login", inner, "Sign in")
-    return page(body)
+    body += "</div><h2>Your sessions</h2>"
+    for info in await auth.list_sessions(user_id):
+        current = info.storage_key == s.storage_key
+        body += (
+            f'<div class="card session{" current" if current else ""}">'
+            f"<dl><dt>Device</dt><dd>{esc(device_summary(info.user_agent))}</dd>"
+            f"<dt>IP prefix</dt><dd>{esc(info.ip_prefix or 'unknown')}</dd>"
+            f"<dt>Signed in</dt><dd>{esc(moment(info.created_at, now))}</dd>"
+            f"<dt>Last seen</dt><dd>{esc(moment(info.last_seen_at, now))}</dd></dl>"
+        )
+        if current:
+            body += "<p><strong>This session</strong> (this browser).</p>"
+        else:
+            body += form(request, "/sessions/revoke", "Revoke", hidden("key", info.storage_key))
+        body += "</div>"
+    body += (
+        "<p>"
+        + form(request, "/logout", "Log out", inline=True)
+        + form(request, "/logout-everywhere", "Log out everywhere", inline=True)
+        + "</p>"
+    )
+    return page("Your account", body)
 
 
-def after_login(outcome: object) -> Response:
+def locked_page(locked: Locked) -> Response:
+    body = (
+        '<p class="notice" role="alert">Too many failed sign-ins. Try again in '
+        f'<strong id="retry-after">{locked.retry_after}</strong> seconds.</p>'
+        "<h2>What happened</h2>"
+        + lockout_rules(
+            user_threshold=USER_LEVER.threshold,
+            user_lock=int(USER_LEVER.lock_for),
+            user_max_lock=int(USER_LEVER.cap),
+        )
+        + '<h2 id="trusted-origins">Trusted origins</h2>'
+        + TRUSTED_ORIGINS
+        + '<p><a href="/">Back to sign-in</a></p>'
+    )
+    headers = {"Retry-After": str(locked.retry_after)}
+    return page("Sign-in locked for now", body, status=429, headers=headers)
+
+
+def after_login(outcome: LoginOutcome, *, second_step: bool) -> Response:
     if isinstance(outcome, Authenticated | FactorRequired):
-        return RedirectResponse("/", status_code=303)
+        return redirect()
     if isinstance(outcome, Locked):
-        return RedirectResponse(
-            f"/?msg=Too+many+attempts;+try+again+in+{outcome.retry_after}+s", status_code=303
-        )
-    return RedirectResponse("/?msg=Invalid+credentials", status_code=303)
+        return locked_page(outcome)
+    return redirect("Invalid code" if second_step else "Invalid credentials")
 
 
+# -- sign-in and out ---------------------------------------------------------------------
 async def login(request: Request) -> Response:
     email = (await LOGIN_FIELDS.read(request))[:254]  # raises AmbiguousIdentifier: a 400
     password = str((await request.form()).get("password", ""))[:1024]
     if not password:
-        return RedirectResponse("/?msg=Invalid+credentials", status_code=303)
-    return after_login(await authn.login_password(request, email, password))
+        return redirect("Invalid credentials")
+    return after_login(await authn.login_password(request, email, password), second_step=False)
 
 
 async def login_totp(request: Request) -> Response:
     code = str((await request.form()).get("code", "")).strip()[:32]
-    credential = TOTPCode(code) if code.isdigit() else RecoveryCode(code or "-")
-    return after_login(await authn.verify_factor(request, credential))
+    digits = code.replace(" ", "").replace("-", "")
+    # Six digits are a TOTP code; recovery codes are ten letters and digits.
+    credential = (
+        TOTPCode(code) if digits.isdigit() and len(digits) <= 8 else RecoveryCode(code or "-")
+    )
+    try:
+        outcome = await authn.verify_factor(request, credential)
+    except TOTPSecretUnavailable:
+        body = (
+            '<p class="notice" role="alert">This account\'s TOTP key was sealed with keys '
+            "this demo no longer has (the key file was replaced or deleted), so no code can "
+            "be checked. Recovery codes depend on the same keys.</p><p>To start afresh, stop "
+            f"the demo and delete <code>{esc(DB_PATH.name)}</code>.</p>"
+        )
+        return page("Second step unavailable", body, status=503)
+    return after_login(outcome, second_step=True)
 
 
 async def logout(request: Request) -> Response:
+    was_signed_in = get_session(request).is_authenticated
     await authn.logout(request)
-    return RedirectResponse("/", status_code=303)
+    return redirect("Signed out" if was_signed_in else None)
 
 
 async def logout_everywhere(request: Request) -> Response:
     s = get_session(request)
     if s.is_authenticated and s.user_id:
         await auth.invalidate_user(s.user_id)
-    return RedirectResponse("/", status_code=303)
+        return redirect("Signed out everywhere")
+    return redirect()
 
 
 async def revoke(request: Request) -> Response:
     s = get_session(request)
     key = str((await request.form()).get("key", ""))
-    if s.is_authenticated and s.user_id:
+    if s.is_authenticated and s.user_id and key != s.storage_key:
         # Only the user's own sessions can be revoked from here.
         mine = {i.storage_key for i in await auth.list_sessions(s.user_id)}
         if key in mine:
             await auth.invalidate_session(key)
-    return RedirectResponse("/", status_code=303)
+            return redirect("Session revoked")
+    return redirect()
 
 
-def enrolment_page(request: Request, enrolment: TOTPEnrolment, error: str = "") -> str:
-    body = f'<p class="msg">{html.escape(error)}</p>' if error else ""
+async def forget_device(request: Request) -> Response:
+    response = redirect("Browser forgotten")
+    response.delete_cookie(DEVICE_COOKIE, path="/", httponly=True, samesite="lax")
+    return response
+
+
+# -- two-factor settings -------------------------------------------------------------------
+def recently_signed_in(request: Request) -> str | None:
+    """The user id if this session signed in within ``REAUTH_SECONDS``."""
+    state = get_session(request).auth_state
+    if isinstance(state, session_data.Authenticated):
+        if auth.clock.time() - state.authn_time <= REAUTH_SECONDS:
+            return state.user
+    return None
+
+
+def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") -> str:
     inner = (
-        '<label>First code from your app <input name="code" required maxlength="32"'
-        ' autocomplete="one-time-code" inputmode="numeric"></label> '
+        '<label>The code your app shows <input name="code" required maxlength="32" '
+        'autocomplete="one-time-code" inputmode="numeric"></label>'
     )
-    return body + (
-        "<h2>Enrol TOTP</h2><p>Add this to your authenticator app (as a QR code, or type"
-        f" the key):</p><p><code>{html.escape(enrolment.uri)}</code></p>"
-        f"<p>Key: <code>{html.escape(enrolment.secret)}</code></p>"
-        "<p>Then enter the code it shows. Two-factor sign-in starts only once a code"
-        " is accepted.</p>"
-        + form(request, "/totp/confirm", inner, "Activate")
-        + ' <a href="/">Cancel</a>'
+    return (
+        (notice(error) if error else "")
+        + "<p>Scan this QR code with an authenticator app:</p>"
+        + qr_svg(enrolment.uri)
+        + '<p>Or type the key: <code id="totp-secret">'
+        + esc(enrolment.secret)
+        + "</code></p><p>Then enter the code the app shows. TOTP is switched on only once "
+        "a code is accepted; until then nothing changes.</p>"
+        + form(request, "/totp/confirm", "Activate", inner)
+        + '<p><a href="/">Cancel</a></p>'
     )
 
 
 async def totp_enrol(request: Request) -> Response:
     s = get_session(request)
     if not (s.is_authenticated and s.user_id):
-        return RedirectResponse("/", status_code=303)
-    enrolment = await users.begin_totp_enrolment(s.user_id)
+        return redirect()
+    user_id = recently_signed_in(request)
+    if user_id is None:
+        return redirect("Sign in again")
+    enrolment = await users.begin_totp_enrolment(user_id)
     # Only the sealed token is kept; nothing is stored until a code is accepted.
     s[TOTP_PENDING] = enrolment.pending
-    return page(enrolment_page(request, enrolment))
+    return page("Set up TOTP", enrolment_body(request, enrolment))
 
 
 async def totp_confirm(request: Request) -> Response:
     s = get_session(request)
     if not (s.is_authenticated and s.user_id):
-        return RedirectResponse("/", status_code=303)
+        return redirect()
     pending = s.get(TOTP_PENDING)
     code = str((await request.form()).get("code", ""))[:32]
     if not isinstance(pending, str):
-        return RedirectResponse("/?msg=Start+the+TOTP+enrolment+again", status_code=303)
+        return redirect("Start the TOTP setup again")
     if not await users.confirm_totp_enrolment(s.user_id, pending, code, actor=s.user_id):
         enrolment = await users.pending_totp_enrolment(s.user_id, pending)
         if enrolment is None:  # expired (or keys gone): start again
             del s[TOTP_PENDING]
-            body = '<p class="msg">The enrolment expired; start again.</p>' + form(
-                request, "/totp/enrol", "", "Enrol TOTP"
+            body = notice("The setup expired; start again.") + form(
+                request, "/totp/enrol", "Set up TOTP"
             )
-            return page(body, status=400)
-        return page(enrolment_page(request, enrolment, "Wrong code; try again."), status=400)
+            return page("Set up TOTP", body, status=400)
+        body = enrolment_body(request, enrolment, "Wrong code; try again.")
+        return page("Set up TOTP", body, status=400)
     del s[TOTP_PENDING]
     codes = await users.regenerate_recovery_codes(s.user_id)
+    return recovery_codes_page("TOTP is on", codes)
+
+
+def recovery_codes_page(title: str, codes: list[str]) -> Response:
     body = (
-        "<h2>TOTP enrolled</h2><p>Recovery codes (each works once; store them now):</p>"
-        f"<p><code>{'</code> <code>'.join(html.escape(c) for c in codes)}</code></p>"
-        '<p><a href="/">Back</a> — the next sign-in asks for a code.</p>'
+        notice("From now on, signing in asks for a code after the password.", ok=True)
+        + "<p>Recovery codes: each works once instead of a code, for when the phone is "
+        "lost. They are shown <strong>only now</strong>; store them somewhere safe. Any "
+        "earlier codes no longer work.</p>"
+        + code_list(codes)
+        + '<p><a href="/">Back to your account</a></p>'
     )
-    return page(body)
+    return page(title, body)
+
+
+async def totp_disable(request: Request) -> Response:
+    s = get_session(request)
+    if not (s.is_authenticated and s.user_id):
+        return redirect()
+    user_id = recently_signed_in(request)
+    if user_id is None:
+        return redirect("Sign in again")
+    await users.disable_totp(user_id, actor=user_id)
+    # Left in place, the old codes would come back with the next enrolment.
+    await users.store.replace_recovery_codes(user_id, [])
+    return redirect("TOTP turned off")
+
+
+async def new_recovery_codes(request: Request) -> Response:
+    s = get_session(request)
+    if not (s.is_authenticated and s.user_id):
+        return redirect()
+    user_id = recently_signed_in(request)
+    if user_id is None:
+        return redirect("Sign in again")
+    if (await users.store.get_factors(user_id)).totp_secret is None:
+        return redirect()
+    return recovery_codes_page("New recovery codes", await users.regenerate_recovery_codes(user_id))
 
 
 @contextlib.asynccontextmanager
@@ -241,8 +476,11 @@ app = Starlette(
         Route("/logout", logout, methods=["POST"]),
         Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
         Route("/sessions/revoke", revoke, methods=["POST"]),
+        Route("/device/forget", forget_device, methods=["POST"]),
         Route("/totp/enrol", totp_enrol, methods=["POST"]),
         Route("/totp/confirm", totp_confirm, methods=["POST"]),
+        Route("/totp/disable", totp_disable, methods=["POST"]),
+        Route("/recovery-codes", new_recovery_codes, methods=["POST"]),
         Route("/healthz", auth.healthz),
     ],
     lifespan=lifespan,

@@ -1,19 +1,28 @@
-"""The README's demo app: real sign-in, TOTP step, logout (SQLite file)."""
+"""The demo (examples/demo.py) over HTTP: every page and flow of the tour,
+and its key file (keys survive a restart, nothing else does the job)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
+import logging
+import os
 import re
+import stat
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
 
+from axess.authn import PasswordHasher
 from axess.authn.totp import hotp, time_step, totp
 from axess.clock import MockClock
+from axess.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,117 +33,431 @@ def _token(html: str) -> str:
     return found.group(1)
 
 
-async def test_demo_sign_in_and_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _secret(html: str) -> bytes:
+    found = re.search(r'<code id="totp-secret">([A-Z2-7]+)</code>', html)
+    assert found
+    text = found.group(1)
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def _codes(html: str) -> list[str]:
+    block = re.search(r'<ul class="codes" id="recovery-codes">(.*?)</ul>', html, re.S)
+    assert block
+    return re.findall(r"<code>([^<]+)</code>", block.group(1))
+
+
+def _wrong_code(secret: bytes) -> str:
+    step = time_step(time.time())
+    valid = {hotp(secret, step + d) for d in range(-2, 3)}
+    return next(x for x in ("000000", "111111", "222222", "333333") if x not in valid)
+
+
+@contextlib.contextmanager
+def _demo_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """examples.demo imported afresh on ``tmp_path``'s database and key file
+    (a new import is a new app build: a restart)."""
     monkeypatch.setenv("AXESS_DEMO_DB", str(tmp_path / "demo.db"))
+    monkeypatch.delenv("AXESS_DEMO_KEYS", raising=False)
     monkeypatch.syspath_prepend(str(ROOT))
     sys.modules.pop("examples.demo", None)
     demo = importlib.import_module("examples.demo")
-    transport = httpx.ASGITransport(app=demo.app)
+    # Argon2 at its real cost would dominate the run time.
+    demo.authn.hasher = demo.users.hasher = PasswordHasher(
+        time_cost=1, memory_cost=64, parallelism=1
+    )
+    try:
+        yield demo
+    finally:
+        sys.modules.pop("examples.demo", None)
+
+
+@pytest.fixture
+def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    with _demo_module(tmp_path, monkeypatch) as module:
+        yield module
+
+
+@contextlib.asynccontextmanager
+async def _running(demo: ModuleType) -> AsyncIterator[None]:
     async with demo.lifespan(demo.app):
-        async with httpx.AsyncClient(transport=transport, base_url="https://t") as c:
-            page = (await c.get("/")).text
-            assert "Sign in" in page
-            r = await c.post(
-                "/login",
-                data={"csrf_token": _token(page), "email": demo.DEMO_USER, "password": "nope"},
-            )
+        yield
+
+
+def _client(demo: ModuleType, ip: str = "203.0.113.7", ua: str = "test-agent") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=demo.app, client=(ip, 40000))
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1:8000", headers={"user-agent": ua}
+    )
+
+
+async def _sign_in(c: httpx.AsyncClient, email: str, password: str) -> tuple[httpx.Response, str]:
+    page = (await c.get("/")).text
+    r = await c.post(
+        "/login", data={"csrf_token": _token(page), "email": email, "password": password}
+    )
+    where = r.headers["location"] if r.status_code == 303 else "/"
+    return r, (await c.get(where)).text
+
+
+async def _post(c: httpx.AsyncClient, path: str, **data: str) -> httpx.Response:
+    page = (await c.get("/")).text
+    return await c.post(path, data={"csrf_token": _token(page), **data})
+
+
+async def _enrol(demo: ModuleType, c: httpx.AsyncClient) -> tuple[bytes, list[str]]:
+    r = await _post(c, "/totp/enrol")
+    assert r.status_code == 200
+    secret = _secret(r.text)
+    code = totp(secret, time.time())
+    r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
+    assert r.status_code == 200 and "TOTP is on" in r.text
+    return secret, _codes(r.text)
+
+
+async def _second_step(c: httpx.AsyncClient, code: str) -> httpx.Response:
+    page = (await c.get("/")).text
+    assert "Second step" in page
+    return await c.post("/login/totp", data={"csrf_token": _token(page), "code": code})
+
+
+def _next_code(secret: bytes) -> str:
+    """A code the server has not seen yet: the next step (±1 is accepted)."""
+    return hotp(secret, time_step(time.time()) + 1)
+
+
+# -- pages ---------------------------------------------------------------------------------
+async def test_every_page_is_a_phone_width_page_with_a_strict_policy(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        r = await c.get("/")
+        assert r.status_code == 200
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in r.text
+        assert "script-src" not in r.headers["content-security-policy"]
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+        assert r.headers["cache-control"] == "no-store"
+        assert "DEVELOPMENT ONLY" in r.text and "Sign in" in r.text
+        # every form carries the CSRF field
+        r, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        assert page.count("<form") == page.count('name="csrf_token"') > 0
+
+
+async def test_notices_come_from_a_fixed_list(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        r = await c.get("/", params={"msg": "Invalid credentials"})
+        assert "The answer is the same for an unknown address" in r.text
+        r = await c.get("/", params={"msg": "<script>Call 555-0100 now</script>"})
+        assert "555-0100" not in r.text and "<script>" not in r.text
+
+
+# -- sign-in and out ------------------------------------------------------------------------
+async def test_sign_in_and_out(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        r, page = await _sign_in(c, demo.DEMO_USER, "nope")
+        assert r.status_code == 303 and "Invalid" in r.headers["location"]
+        assert "Invalid credentials" in page and "Sign in" in page
+        r, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert "Signed in as <strong>demo@example.com</strong>" in page
+        assert "TOTP is <strong>off</strong>" in page
+        r = await c.post("/logout", data={"csrf_token": _token(page)})
+        assert r.status_code == 303
+        page = (await c.get(r.headers["location"])).text
+        assert "Signed out." in page and "Signed in as" not in page
+        # Without the CSRF token a state-changing POST is refused.
+        r = await c.post("/login", data={"email": "x@example.com", "password": "y"})
+        assert r.status_code == 403
+
+
+async def test_an_empty_password_is_invalid_credentials(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        r, _ = await _sign_in(c, demo.DEMO_USER, "")
+        assert r.status_code == 303 and "Invalid" in r.headers["location"]
+
+
+# -- two-factor -------------------------------------------------------------------------------
+async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code(
+    demo: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _running(demo), _client(demo) as c:
+        user = await demo.users.find_user(demo.DEMO_USER)
+        _, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        # confirming without a started enrolment is no error
+        r = await c.post("/totp/confirm", data={"csrf_token": _token(page), "code": "1"})
+        assert r.status_code == 303 and "again" in r.headers["location"]
+        r = await _post(c, "/totp/enrol")
+        assert r.status_code == 200
+        assert re.search(r'<div class="qr" role="img"[^>]*><svg [^>]*viewBox=', r.text)
+        assert "otpauth://" not in r.text  # the URI is in the QR code only
+        secret = _secret(r.text)
+        assert (await demo.users.store.get_factors(user.id)).totp_secret is None
+        # a wrong code shows the page again with an error, and enrols nothing
+        for bad in (_wrong_code(secret), "", "x" * 40):
+            r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": bad})
+            assert r.status_code == 400 and "Wrong code" in r.text
+            assert _secret(r.text) == secret
+        assert (await demo.users.store.get_factors(user.id)).totp_secret is None
+        code = totp(secret, time.time())
+        r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
+        assert r.status_code == 200 and "TOTP is on" in r.text
+        codes = _codes(r.text)
+        assert len(codes) == 10 and len(set(codes)) == 10
+        assert (await demo.users.store.get_factors(user.id)).totp_secret is not None
+        page = (await c.get("/")).text
+        assert "TOTP is <strong>on</strong>" in page and "Recovery codes left: 10" in page
+        r = await c.post("/logout", data={"csrf_token": _token(page)})
+        # the next sign-in asks for a code; the enrolment code is spent
+        r, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        assert "Second step" in page
+        r = await _second_step(c, code)
+        assert r.status_code == 303 and "Invalid" in r.headers["location"]
+        assert "Each code works once" in (await c.get(r.headers["location"])).text
+        r = await _second_step(c, _next_code(secret))
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        page = (await c.get("/")).text
+        assert "Signed in as" in page
+        # an expired enrolment asks to start again (400, not 500)
+        r = await _post(c, "/totp/enrol")
+        later = MockClock(time.time() + 601)  # the admin's clock only
+        monkeypatch.setattr(demo.users, "clock", later)
+        code = totp(_secret(r.text), later.time())
+        r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
+        assert r.status_code == 400 and "expired" in r.text
+        r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
+        assert r.status_code == 303  # the pending enrolment was dropped
+
+
+async def test_recovery_codes_work_once_and_regenerating_revokes_the_old_ones(
+    demo: ModuleType,
+) -> None:
+    async with _running(demo), _client(demo) as c:
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        _, codes = await _enrol(demo, c)
+        await _post(c, "/logout")
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        r = await _second_step(c, codes[0])
+        assert r.headers["location"] == "/"
+        page = (await c.get("/")).text
+        assert "Recovery codes left: 9" in page
+        r = await c.post("/recovery-codes", data={"csrf_token": _token(page)})
+        assert r.status_code == 200 and "only now" in r.text
+        fresh = _codes(r.text)
+        assert len(fresh) == 10 and not set(fresh) & set(codes)
+        await _post(c, "/logout")
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        for spent in (codes[0], codes[1]):  # used once; revoked by the regeneration
+            r = await _second_step(c, spent)
+            assert "Invalid" in r.headers["location"]
+        r = await _second_step(c, fresh[0].lower())
+        assert r.headers["location"] == "/"
+
+
+async def test_turning_totp_off_revokes_the_recovery_codes(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        user = await demo.users.find_user(demo.DEMO_USER)
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        await _enrol(demo, c)
+        r = await _post(c, "/totp/disable")
+        assert r.status_code == 303
+        page = (await c.get(r.headers["location"])).text
+        assert "recovery codes no longer work" in page and "TOTP is <strong>off</strong>" in page
+        factors = await demo.users.store.get_factors(user.id)
+        assert factors.totp_secret is None and factors.recovery_codes == 0
+        await _post(c, "/logout")
+        _, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        assert "Signed in as" in page  # no second step any more
+        # regenerating codes without TOTP does nothing
+        await _post(c, "/recovery-codes")
+        assert (await demo.users.store.get_factors(user.id)).recovery_codes == 0
+
+
+async def test_two_factor_settings_need_a_recent_sign_in(
+    demo: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _running(demo), _client(demo) as c:
+        user = await demo.users.find_user(demo.DEMO_USER)
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        await _enrol(demo, c)
+        # Only the check's clock moves: the session itself stays valid.
+        monkeypatch.setattr(demo.auth, "clock", MockClock(time.time() + demo.REAUTH_SECONDS + 5))
+        for path in ("/totp/enrol", "/totp/disable", "/recovery-codes"):
+            r = await _post(c, path)
+            assert r.status_code == 303 and "again" in r.headers["location"], path
+        assert "log out and sign in again" in (await c.get(r.headers["location"])).text
+        factors = await demo.users.store.get_factors(user.id)
+        assert factors.totp_secret is not None and factors.recovery_codes == 10
+
+
+async def test_signed_out_clients_change_nothing(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        for path in ("/totp/enrol", "/totp/confirm", "/totp/disable", "/recovery-codes"):
+            r = await _post(c, path, code="123456")
+            assert r.status_code == 303 and r.headers["location"] == "/", path
+        r = await _post(c, "/logout-everywhere")
+        assert r.headers["location"] == "/"
+
+
+# -- sessions ----------------------------------------------------------------------------------
+async def test_sessions_list_times_devices_and_revokes_another_session(
+    demo: ModuleType,
+) -> None:
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    phone = (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0 Mobile Safari/537.36"
+    )
+    async with (
+        _running(demo),
+        _client(demo, "203.0.113.7", firefox) as a,
+        _client(demo, "198.51.100.9", phone) as b,
+    ):
+        await _sign_in(a, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        await _sign_in(b, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        page = (await a.get("/")).text
+        cards = re.findall(r'<div class="card session( current)?">(.*?)</div>', page, re.S)
+        assert len(cards) == 2
+        current = [body for mark, body in cards if mark]
+        other = [body for mark, body in cards if not mark]
+        assert len(current) == 1 and "Firefox on Linux" in current[0]
+        assert "This session" in current[0] and "Revoke" not in current[0]
+        assert "Chrome on Android" in other[0] and "198.51.100.0/24" in other[0]
+        assert re.search(
+            r"Signed in</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(just now\)", other[0]
+        )
+        assert "Last seen</dt><dd>" in other[0]
+        key = re.search(r'name="key" value="([^"]+)"', other[0])
+        assert key
+        # B cannot revoke A's session by naming a key that is not its own...
+        mine = re.search(r'name="key" value="([^"]+)"', (await b.get("/")).text)
+        assert mine and mine.group(1) != key.group(1)
+        r = await _post(a, "/sessions/revoke", key="not-a-session")
+        assert r.headers["location"] == "/"
+        # ...A revokes B's
+        r = await _post(a, "/sessions/revoke", key=key.group(1))
+        assert r.headers["location"] == "/?msg=Session%20revoked"
+        assert "Signed in as" not in (await b.get("/")).text
+        page = (await a.get("/")).text
+        assert "Signed in as" in page and page.count('class="card session') == 1
+
+
+async def test_logout_everywhere_ends_every_session(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as a, _client(demo, "198.51.100.9") as b:
+        await _sign_in(a, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        await _sign_in(b, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        r = await _post(a, "/logout-everywhere")
+        assert "everywhere" in r.headers["location"]
+        for c in (a, b):
+            assert "Signed in as" not in (await c.get("/")).text
+
+
+# -- lockout and trusted origins ---------------------------------------------------------------
+async def test_the_fourth_wrong_password_shows_the_lockout_page(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        for _ in range(demo.USER_LEVER.threshold):
+            r, _ = await _sign_in(c, "nobody@example.com", "wrong")
+            assert "Invalid" in r.headers["location"]
+        r, _ = await _sign_in(c, "nobody@example.com", "wrong")
+        assert r.status_code == 429
+        assert 0 < int(r.headers["retry-after"]) <= 60
+        assert f'<strong id="retry-after">{r.headers["retry-after"]}</strong>' in r.text
+        assert "Sign-in locked for now" in r.text and "Localhost is not treated specially" in r.text
+        assert r.headers["content-type"].startswith("text/html")
+        # the lock is on that address only
+        r, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        assert "Signed in as" in page
+
+
+async def test_a_browser_that_signed_in_is_a_trusted_origin_until_it_is_forgotten(
+    demo: ModuleType,
+) -> None:
+    async with _running(demo), _client(demo) as c:
+        page = (await c.get("/")).text
+        assert "holds no device cookie" in page
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        await _post(c, "/logout")
+        assert "axess.device" in c.cookies
+        # Wrong passwords from the trusted browser do not count on the account lever.
+        for _ in range(demo.USER_LEVER.threshold + 1):
+            r, page = await _sign_in(c, demo.DEMO_USER, "wrong")
             assert r.status_code == 303 and "Invalid" in r.headers["location"]
-            page = (await c.get("/")).text
-            r = await c.post(
-                "/login",
-                data={
-                    "csrf_token": _token(page),
-                    "email": demo.DEMO_USER,
-                    "password": demo.DEMO_PASSWORD,
-                },
-            )
-            assert r.status_code == 303
-            page = (await c.get("/")).text
-            assert "Signed in as" in page and "Your sessions" in page
-            r = await c.post("/logout", data={"csrf_token": _token(page)})
-            assert r.status_code == 303
-            assert "Sign in" in (await c.get("/")).text
-            # Without the CSRF token a state-changing POST is refused.
-            r = await c.post("/login", data={"email": "x", "password": "y"})
-            assert r.status_code == 403
-    sys.modules.pop("examples.demo", None)
+        assert "holds a device cookie" in page
+        r = await c.post("/device/forget", data={"csrf_token": _token(page)})
+        assert r.status_code == 303 and "axess.device" not in c.cookies
+        assert "device cookie is gone" in (await c.get(r.headers["location"])).text
 
 
-async def test_demo_totp_enrolment_is_confirmed_with_a_first_code(
+async def test_the_rate_limiter_answers_before_any_password_is_checked(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        answers = [(await _sign_in(c, "someone@example.com", "wrong"))[0] for _ in range(6)]
+        assert [r.status_code for r in answers] == [303, 303, 303, 429, 429, 429]
+        assert all("Sign-in locked" in r.text for r in answers[3:5])
+        # the sixth attempt within a minute: the limiter's 5/minute per address
+        assert "Sign-in locked" not in answers[5].text and "retry-after" in answers[5].headers
+
+
+# -- keys ---------------------------------------------------------------------------------------
+async def test_keys_persist_across_two_builds_from_the_same_key_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AXESS_DEMO_DB", str(tmp_path / "demo.db"))
-    monkeypatch.syspath_prepend(str(ROOT))
-    sys.modules.pop("examples.demo", None)
-    demo = importlib.import_module("examples.demo")
-    transport = httpx.ASGITransport(app=demo.app)
-
-    async def sign_in(c: httpx.AsyncClient) -> str:
-        page = (await c.get("/")).text
-        r = await c.post(
-            "/login",
-            data={
-                "csrf_token": _token(page),
-                "email": demo.DEMO_USER,
-                "password": demo.DEMO_PASSWORD,
-            },
-        )
-        assert r.status_code == 303
-        return (await c.get("/")).text
-
-    def key_of(page: str) -> bytes:
-        found = re.search(r"Key: <code>([A-Z2-7]+)</code>", page)
-        assert found
-        text = found.group(1)
-        return base64.b32decode(text + "=" * (-len(text) % 8))
-
-    async with demo.lifespan(demo.app):
-        user = await demo.users.find_user(demo.DEMO_USER)
-        async with httpx.AsyncClient(transport=transport, base_url="https://t") as c:
-            page = await sign_in(c)
-            assert "Enrol TOTP" in page
-            # confirming without a started enrolment is no error
-            r = await c.post("/totp/confirm", data={"csrf_token": _token(page), "code": "1"})
-            assert r.status_code == 303 and "again" in r.headers["location"]
-            r = await c.post("/totp/enrol", data={"csrf_token": _token(page)})
-            assert r.status_code == 200 and "otpauth://totp/" in r.text
-            secret = key_of(r.text)
-            assert (await demo.users.store.get_factors(user.id)).totp_secret is None
-            # a wrong code shows the page again with an error, and enrols nothing
-            step = time_step(time.time())
-            valid = {hotp(secret, step + d) for d in (-2, -1, 0, 1, 2)}
-            wrong = next(x for x in ("000000", "111111", "222222", "333333") if x not in valid)
-            for bad in (wrong, "", "x" * 40):
-                r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": bad})
-                assert r.status_code == 400 and "Wrong code" in r.text
-                assert key_of(r.text) == secret
-            assert (await demo.users.store.get_factors(user.id)).totp_secret is None
-            code = totp(secret, time.time())
-            r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
-            assert r.status_code == 200 and "TOTP enrolled" in r.text
-            assert len(re.findall(r"<code>[^<]+</code>", r.text)) >= 10  # recovery codes
-            assert (await demo.users.store.get_factors(user.id)).totp_secret is not None
+    key_file = tmp_path / "demo.keys"
+    with _demo_module(tmp_path, monkeypatch) as demo:
+        assert demo.KEY_PATH == key_file and demo.keys_created
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert not demo.keys.ephemeral
+        async with _running(demo), _client(demo) as c:
+            await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+            secret, codes = await _enrol(demo, c)
+            jar = c.cookies.jar
+    text = key_file.read_text()
+    with _demo_module(tmp_path, monkeypatch) as demo:
+        assert not demo.keys_created and key_file.read_text() == text
+        async with _running(demo), _client(demo) as c:
+            for cookie in jar:  # the same browser
+                c.cookies.jar.set_cookie(cookie)
             page = (await c.get("/")).text
-            r = await c.post("/logout", data={"csrf_token": _token(page)})
-            assert r.status_code == 303
-            # the next sign-in asks for a code; the enrolment code is spent
-            page = await sign_in(c)
-            assert "Enter your TOTP code" in page
-            r = await c.post("/login/totp", data={"csrf_token": _token(page), "code": code})
-            assert r.status_code == 303 and "Invalid" in r.headers["location"]
-            page = (await c.get("/")).text
-            nxt = hotp(secret, time_step(time.time()) + 1)
-            r = await c.post("/login/totp", data={"csrf_token": _token(page), "code": nxt})
-            assert r.status_code == 303
-            page = (await c.get("/")).text
-            assert "Signed in as" in page
-            # an expired enrolment asks to start again (400, not 500)
-            r = await c.post("/totp/enrol", data={"csrf_token": _token(page)})
-            later = MockClock(time.time() + 601)  # the admin's clock only
-            monkeypatch.setattr(demo.users, "clock", later)
-            code = totp(key_of(r.text), later.time())
-            r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
-            assert r.status_code == 400 and "expired" in r.text
-            r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
-            assert r.status_code == 303  # the pending enrolment was dropped
-    sys.modules.pop("examples.demo", None)
+            assert "Signed in as" in page  # the session survived the restart
+            await _post(c, "/logout")
+            await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+            r = await _second_step(c, _next_code(secret))  # the TOTP secret still opens
+            assert r.headers["location"] == "/"
+            await _post(c, "/logout")
+            await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+            r = await _second_step(c, codes[0])  # and the recovery codes still match
+            assert r.headers["location"] == "/"
+
+
+async def test_new_keys_for_an_old_database_explain_why_totp_cannot_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _demo_module(tmp_path, monkeypatch) as demo:
+        async with _running(demo), _client(demo) as c:
+            await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+            secret, _ = await _enrol(demo, c)
+    (tmp_path / "demo.keys").unlink()
+    with caplog.at_level(logging.WARNING), _demo_module(tmp_path, monkeypatch) as demo:
+        assert demo.keys_created
+        assert any("was made with other keys" in r.getMessage() for r in caplog.records)
+        async with _running(demo), _client(demo) as c:
+            await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+            r = await _second_step(c, _next_code(secret))
+            assert r.status_code == 503 and "delete <code>demo.db</code>" in r.text
+
+
+def test_the_key_file_is_keygen_output_and_malformed_files_are_refused(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from examples.demo_keys import create_key_file, load_or_create_keys, read_key_file
+    finally:
+        sys.path.remove(str(ROOT))
+    path = tmp_path / "k.env"
+    assert create_key_file(path) and not create_key_file(path)  # never overwritten
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    ring = read_key_file(path)
+    assert ring.env_lines() == lines
+    os.chmod(path, 0o644)
+    again, created = load_or_create_keys(path)
+    assert not created and again.env_lines() == lines
+    path.write_text(lines[0] + "\n")
+    with pytest.raises(ConfigurationError, match=r"k\.env: AXESS_ENVELOPE_KEYS is not set"):
+        read_key_file(path)
+    path.write_text("AXESS_SIGNING_KEYS\n")
+    with pytest.raises(ConfigurationError, match="line 1 is not NAME=value"):
+        read_key_file(path)
