@@ -736,6 +736,16 @@ async def _check(spec: str, workers: int, strict: bool, out: TextIO) -> int:
 
 
 # -- demo -------------------------------------------------------------------------------
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+    return port
+
+
 def _demo(host: str, port: int) -> int:
     try:
         import uvicorn
@@ -911,9 +921,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prefix", default="axess:", help="Valkey only: the key prefix (default axess:)"
     )
-    p = command("demo", "run the demo app (examples/demo.py) under uvicorn")
+    p = sub.add_parser(
+        "demo",
+        help="run the demo app (examples/demo.py) under uvicorn",
+        formatter_class=fmt,
+        description="Run the demo app (examples/demo.py) under uvicorn, on the SQLite\n"
+        "file AXESS_DEMO_DB (default demo.db) with development keys in the file\n"
+        "AXESS_DEMO_KEYS (default: next to the database, created on first start).\n"
+        "The book's `mkdocs serve` defaults to port 8000 too: give it\n"
+        "-a 127.0.0.1:8001, or give the demo another --port.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=_port, default=8000, help="1-65535, default 8000")
     return parser
 
 
@@ -940,11 +959,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.store, target = None, args.paths[0]
     if cmd == "rotate-envelope" and args.batch < 1:
         parser.error("--batch must be >= 1")
+    if cmd == "demo":
+        # Not under _store_logs_quiet: the demo's warnings (development keys,
+        # weakened cookie settings) are meant to be read at start.
+        return _demo(args.host, args.port)
     out, err = sys.stdout, sys.stderr
     try:
         with _store_logs_quiet(args.verbose):
-            if cmd == "demo":
-                return _demo(args.host, args.port)
             if cmd == "check":
                 return asyncio.run(
                     _run_cancellable(_check(args.target, args.workers, args.strict, out))

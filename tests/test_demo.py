@@ -461,3 +461,29 @@ def test_the_key_file_is_keygen_output_and_malformed_files_are_refused(tmp_path:
     path.write_text("AXESS_SIGNING_KEYS\n")
     with pytest.raises(ConfigurationError, match="line 1 is not NAME=value"):
         read_key_file(path)
+
+
+# -- `axess demo` -----------------------------------------------------------------------------
+def test_axess_demo_serves_the_demo_on_the_port_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    from axess.cli import main
+
+    monkeypatch.setenv("AXESS_DEMO_DB", str(tmp_path / "demo.db"))
+    monkeypatch.delenv("AXESS_DEMO_KEYS", raising=False)
+    sys.modules.pop("examples.demo", None)
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    try:
+        assert main(["demo", "--port", "8123"]) == 0
+        assert seen["port"] == 8123 and seen["app"] is sys.modules["examples.demo"].app
+        assert (tmp_path / "demo.keys").is_file()
+        for bad in ("0", "65536", "http"):
+            with pytest.raises(SystemExit) as exit_info:
+                main(["demo", "--port", bad])
+            assert exit_info.value.code == 2
+        assert "--port" in capsys.readouterr().err
+    finally:
+        sys.modules.pop("examples.demo", None)
