@@ -32,12 +32,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from benchmarks.variants import (
     USER,
@@ -58,6 +60,7 @@ VARIANTS: dict[str, tuple[str, bytes]] = {
     "starsessions (memory)": ("starsessions", USER.encode()),
     "axess memory, session only": ("axess-session", USER.encode()),
     "axess memory (full stack)": ("axess", USER.encode()),
+    "axess SQLite (full stack)": ("axess-sqlite", USER.encode()),
 }
 ANCHOR = "bare Starlette"
 AXESS = "axess memory (full stack)"
@@ -98,6 +101,28 @@ def build(name: str) -> Starlette:
         return _axess_app(
             MemoryStore(), Keyring.generate(), session=SessionConfig(secure=False), **options
         )
+    if name == "axess-sqlite":  # the embedded default, in a throwaway file
+        from axess import Axess, Keyring, SessionConfig
+        from axess.session.csrf import CSRFConfig
+        from axess.stores import SQLiteStore
+        from benchmarks.variants import LOGIN_LIMIT, login_axess, read_axess
+
+        path = os.path.join(tempfile.mkdtemp(prefix="axess-bench-"), "bench.db")
+        auth = Axess(
+            store=SQLiteStore(path),
+            keys=Keyring.generate(),
+            session=SessionConfig(secure=False),
+            csrf=CSRFConfig(secure=False),
+            rate_limits=[LOGIN_LIMIT],
+            debug=True,
+            cleanup_interval=None,
+        )
+        app = Starlette(
+            routes=[Route("/", read_axess), Route("/login", login_axess, methods=["POST"])],
+            lifespan=auth.lifespan,  # opens (and migrates) the store
+        )
+        auth.install(app)
+        return app
     raise SystemExit(f"unknown app {name!r}")
 
 
@@ -112,7 +137,7 @@ def serve(name: str, port: int) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan="on" if name == "axess-sqlite" else "off",
     )
 
 
