@@ -27,7 +27,6 @@ from axess.authn.users import UserAdmin
 from axess.clock import Clock, Random, SystemClock, SystemRandom
 from axess.errors import ConfigurationError
 from axess.keys import Keyring
-from axess.login_fields import AmbiguousIdentifier, ambiguous_identifier_handler
 from axess.net import ClientIPMiddleware, TrustedProxies
 from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
@@ -41,6 +40,8 @@ from axess.ratelimit.middleware import (
     RateLimitMiddleware,
 )
 from axess.ratelimit.stores import BucketStore
+from axess.refusals import APP_STATE_ATTR as REFUSAL_PAGE_ATTR
+from axess.refusals import RefusalPage, Refused, refused_handler
 from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
 from axess.session.config import SessionConfig
 from axess.session.csrf import CSRFConfig, CSRFMiddleware
@@ -109,6 +110,7 @@ class Axess:
         cleanup_interval: float | None = 300.0,
         memo_size: int = DEFAULT_MEMO_SIZE,
         authz: CedarAuthorizer | None = None,
+        refusal_page: RefusalPage | None = None,
     ) -> None:
         if not isinstance(store, SessionStore):
             raise ConfigurationError(f"{type(store).__name__} does not implement the session store")
@@ -130,6 +132,9 @@ class Axess:
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.clock: Clock = clock or SystemClock()
         self.random: Random = random or SystemRandom()
+        #: Renders refusals the app's way (book: Errors and refusals); ``None``:
+        #: the default JSON body or HTML page.
+        self.refusal_page = refusal_page
         # One builder per area, in dependency order; each reads only what
         # the ones before it set.
         self._build_audit(audit, on_session_event)
@@ -394,10 +399,21 @@ class Axess:
 
     def stages(self) -> list[Stage]:
         """Fresh stage instances, outermost first."""
-        return [cls(None, **kwargs) for cls, kwargs in self._layers()]
+        stages: list[Stage] = [cls(None, **kwargs) for cls, kwargs in self._layers()]
+        for stage in stages:
+            stage.refusal_page = self.refusal_page
+        return stages
+
+    def _publish_refusal_page(self, app: object) -> None:
+        """Put the refusal page hook where guards and dependencies answering
+        from inside the app find it (``app.state``)."""
+        state = getattr(app, "state", None)
+        if state is not None and self.refusal_page is not None:
+            setattr(state, REFUSAL_PAGE_ATTR, self.refusal_page)
 
     def wrap(self, app: ASGIApp) -> Stack:
         """The full stack around a plain ASGI app: client IP → session → CSRF → app."""
+        self._publish_refusal_page(app)
         return Stack(app, self.stages())
 
     def install(self, app: _Installable) -> None:
@@ -405,13 +421,14 @@ class Axess:
         (client IP → rate limit → session → CSRF, outermost first), as one
         middleware."""
         app.add_middleware(Stack, stages=self.stages())
+        self._publish_refusal_page(app)
         # Starlette and FastAPI both accept exception handlers: a guard's
-        # redirect/401, a paused login (no audit trail) and an ambiguous login
-        # body become responses.
+        # redirect/401, a route's rate limit, a paused login (no audit trail)
+        # and an ambiguous login body become refusals.
         add_handler = getattr(app, "add_exception_handler", None)
         if add_handler is not None:
             add_handler(AuthnRequired, authn_exception_handler)
-            add_handler(AmbiguousIdentifier, ambiguous_identifier_handler)
+            add_handler(Refused, refused_handler)
             add_handler(AuditUnavailable, audit_unavailable_handler)
         if self.authz is not None:
             from axess.authz.guards import APP_STATE_ATTR, AuthzDenied, authz_exception_handler

@@ -24,10 +24,11 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Scope
 
 from axess.errors import AxessError, ConfigurationError
+from axess.refusals import Refusal, RefusalResponse, Refused, refusal_body
 from axess.stack import request_with_body
 
 #: The identifier fields when none are declared: ``username``, else ``email``.
@@ -41,32 +42,29 @@ _FORM: Final = b"application/x-www-form-urlencoded"
 _MULTIPART: Final = b"multipart/form-data"
 
 
-class AmbiguousIdentifier(AxessError, HTTPException):
+class AmbiguousIdentifier(AxessError, Refused):
     """A login body that does not name exactly one identifier (a 400).
 
     Also a Starlette ``HTTPException``, so it is a 400 even where no handler
-    for it is registered; ``Axess.install`` registers
-    :func:`ambiguous_identifier_handler`, which answers
+    for it is registered; with the handler ``Axess.install`` registers
+    (:func:`~axess.refusals.refused_handler`) it answers like every refusal,
     ``{"error": "ambiguous_identifier", "detail": …}``.
     """
 
     error: Final = "ambiguous_identifier"
 
     def __init__(self, detail: str) -> None:
-        HTTPException.__init__(self, 400, detail)
+        Refused.__init__(self, Refusal(400, self.error, detail))
 
     def body(self) -> dict[str, object]:
-        return {"error": self.error, "detail": self.detail}
+        return refusal_body(self.refusal)
 
 
 async def ambiguous_identifier_handler(request: Request, exc: Exception) -> Response:
-    """Exception handler: :class:`AmbiguousIdentifier` → 400 JSON, never cached."""
-    detail = exc.detail if isinstance(exc, AmbiguousIdentifier) else "ambiguous login identifier"
-    return JSONResponse(
-        {"error": AmbiguousIdentifier.error, "detail": detail},
-        status_code=400,
-        headers={"Cache-Control": "no-store"},
-    )
+    """Exception handler: :class:`AmbiguousIdentifier` → its 400 refusal."""
+    if not isinstance(exc, AmbiguousIdentifier):
+        exc = AmbiguousIdentifier("ambiguous login identifier")
+    return RefusalResponse(exc.refusal)
 
 
 def content_type(scope: Scope) -> bytes:

@@ -29,6 +29,8 @@ from typing import Final
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from axess.refusals import Refusal, RefusalPage, send_refusal
+
 #: ``scope["state"]`` entry: the request headers as a dict (see
 #: :func:`request_headers`). A :class:`Stack` sets it before any stage runs,
 #: so stage code may read ``scope["state"][HEADERS_KEY]`` directly.
@@ -145,10 +147,8 @@ async def send_json(
     *,
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Answer with a small JSON body (errors from stages: 403, 429, 503…).
-
-    The response is never cached; ``headers`` are added as given.
-    """
+    """Answer with a small JSON body, never cached; ``headers`` are added as
+    given. (Refusals go through :meth:`Stage.refuse`, which negotiates.)"""
     raw = json.dumps(body, separators=(",", ":")).encode()
     await send(
         {
@@ -182,7 +182,15 @@ class Stage:
     request, and the stack skips twins a stage does not override. Whether a
     stage has a response hook at all is read from the class (it overrides
     one of the two), not declared.
+
+    A stage refuses with :meth:`refuse` (JSON or the HTML page by
+    ``Accept``, or the app's ``refusal_page``; ``Axess`` sets it on the
+    stages it builds).
     """
+
+    #: The app's refusal page hook (see :mod:`axess.refusals`); ``None``:
+    #: the one the app carries in ``app.state``, else the default.
+    refusal_page: RefusalPage | None = None
 
     def __init__(self, app: ASGIApp | None = None) -> None:
         self.app = app
@@ -203,6 +211,11 @@ class Stage:
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         return True
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send, refusal: Refusal) -> None:
+        """Answer the request with ``refusal`` (an early answer: ``enter``
+        then returns ``None``)."""
+        await send_refusal(scope, receive, send, refusal, page=self.refusal_page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         solo = self._solo

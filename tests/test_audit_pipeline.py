@@ -525,6 +525,7 @@ async def test_shutdown_authn_refuses_logins_while_full_and_resumes_after_drain(
             assert refused.json() == {
                 "error": "service_unavailable",
                 "detail": "audit trail unavailable",
+                "retry_after": 5,
             }
             assert (await client.post("/login")).status_code == 503
             with pytest.raises(AuditUnavailable):

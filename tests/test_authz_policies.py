@@ -30,10 +30,10 @@ from axess.authz.model import (
     escape_cedar_string,
     principal_entity,
     tenant_of,
-    wants_html,
 )
 from axess.authz.policies import split_policies
 from axess.observability.metrics import NoopMetrics
+from axess.refusals import wants_html
 
 POLICIES = Path(__file__).parent / "policies"
 DOCS = POLICIES / "docs"

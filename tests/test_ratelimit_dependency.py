@@ -21,6 +21,7 @@ from axess.ratelimit import (
     RateLimitMiddleware,
     limit,
 )
+from axess.refusals import Refused, refused_handler
 from axess.stack import Stack
 
 
@@ -50,6 +51,7 @@ class Login(BaseModel):
 
 def make_app(limiter: RateLimiter) -> FastAPI:
     app = FastAPI()
+    app.add_exception_handler(Refused, refused_handler)  # (Axess.install does)
     per_ip = limiter.dependency("2/minute")
     per_user = limiter.dependency("3/hour", key="user", name="exports")
 
@@ -86,7 +88,13 @@ async def test_dependency_limits_per_route_and_sets_headers() -> None:
         await c.get("/items/2")
         refused = await c.get("/items/3")
         assert refused.status_code == 429
-        assert refused.json() == {"detail": "too many requests"}
+        # The middleware's refusal, body and headers.
+        assert refused.json() == {
+            "error": "rate_limited",
+            "detail": "too many requests",
+            "retry_after": 30,
+        }
+        assert refused.headers["cache-control"] == "no-store"
         assert refused.headers["retry-after"] == "30"
         assert refused.headers["ratelimit"] == '"items-item-id-ip";r=0;t=30'
         assert refused.headers["ratelimit-policy"] == '"items-item-id-ip";q=2;w=60'
@@ -176,7 +184,10 @@ async def test_store_down_closed_is_503_open_passes() -> None:
     async with client(app) as c:
         r = await c.get("/closed")
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        # No handler registered: the framework's own body, the same status
+        # and headers.
         assert r.json() == {"detail": "rate limit store unavailable"}
+        assert r.headers["cache-control"] == "no-store"
         r = await c.get("/open")
         assert r.status_code == 200 and "ratelimit" not in r.headers
 

@@ -388,6 +388,7 @@ async def test_fail_closed_answers_503_with_retry_after(failure: Exception) -> N
         assert r.json() == {
             "error": "service_unavailable",
             "detail": "rate limit store unavailable",
+            "retry_after": 7,
         }
         assert metrics.counts["store_error", "ratelimit"] == 1
         store.failure = None

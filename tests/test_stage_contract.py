@@ -206,6 +206,21 @@ async def rate_limited(b: Browser) -> list[Sent]:
     return out
 
 
+async def browser_refusals(b: Browser) -> list[Sent]:
+    """Early answers negotiated for a browser: the HTML page, through the
+    outer stages' hooks all the same."""
+    html = {"accept": "text/html,*/*;q=0.8"}
+    await b("GET", "/form")
+    forged = await b("POST", "/write", headers={**html, "x-csrf-token": "forged"})
+    assert forged[0]["status"] == 403
+    assert dict(forged[0]["headers"])[b"content-type"].startswith(b"text/html")
+    out = [forged]
+    for _ in range(3):
+        out.append(await b("POST", "/write", headers={**html, "x-csrf-token": b.token()}))
+    assert out[-1][0]["status"] == 429 and b"Try again in" in out[-1][1]["body"]
+    return out
+
+
 async def foreign_origin(b: Browser) -> list[Sent]:
     return [await b("POST", "/write", headers={"origin": "https://evil.example"})]
 
@@ -242,6 +257,7 @@ SCENARIOS: list[Scenario] = [
     write_then_read,
     csrf_refusal_keeps_outer_headers,
     rate_limited,
+    browser_refusals,
     foreign_origin,
     login_rotates_and_remints,
     binding_revocation,

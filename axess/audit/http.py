@@ -4,8 +4,9 @@ authentication gate").
 :class:`~axess.audit.pipeline.AuditUnavailable` (a login while the
 regulatory buffer is full, an ``emit_wait`` past its ``Block`` timeout, any
 login after ``stop()``) becomes one response: 503, body
-``{"error": "service_unavailable", "detail": "audit trail unavailable"}``,
-``Retry-After`` and ``Cache-Control: no-store``.
+``{"error": "service_unavailable", "detail": "audit trail unavailable",
+"retry_after": …}`` (or the HTML page for a browser), ``Retry-After`` and
+``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from axess.audit.pipeline import AuditUnavailable
+from axess.refusals import Refusal, RefusalResponse
 
-AUDIT_UNAVAILABLE_BODY: Final = {
-    "error": "service_unavailable",
-    "detail": "audit trail unavailable",
-}
+AUDIT_UNAVAILABLE_DETAIL: Final = "audit trail unavailable"
 
 
 def audit_unavailable_response(retry_after: int = 5) -> JSONResponse:
-    """503 JSON with ``Retry-After``, never cached."""
-    return JSONResponse(
-        dict(AUDIT_UNAVAILABLE_BODY),
-        status_code=503,
-        headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"},
+    """The 503 refusal with ``Retry-After``, never cached."""
+    return RefusalResponse(
+        Refusal(503, "service_unavailable", AUDIT_UNAVAILABLE_DETAIL, retry_after=retry_after)
     )
 
 

@@ -8,7 +8,8 @@ A guard is both a FastAPI dependency and a Starlette route decorator::
     @require_authn(login_url="/login")
     async def dashboard(request: Request) -> Response: ...
 
-Refusal: ``401`` JSON ``{"error": "unauthenticated", …}``; with ``login_url``,
+Refusal: ``401`` ``unauthenticated`` (JSON, or the HTML page for a browser:
+book, Errors and refusals); with ``login_url``,
 ``GET``/``HEAD`` requests are redirected (``303``) to
 ``login_url?next=<path>`` instead — ``next`` is only ever a same-origin
 relative path (:func:`safe_next`). As a dependency the guard raises
@@ -32,14 +33,15 @@ from urllib.parse import quote
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
+from axess.refusals import Refusal, RefusalResponse
 from axess.session import data as d
 from axess.session.handle import Session, get_session
 
 Endpoint = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response]
 
-UNAUTHENTICATED_BODY: Final = {"error": "unauthenticated", "detail": "authentication required"}
+UNAUTHENTICATED: Final = Refusal(401, "unauthenticated", "authentication required")
 _REDIRECT_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
@@ -108,9 +110,7 @@ class AuthnGuard:
             return RedirectResponse(
                 location, status_code=303, headers={"Cache-Control": "no-store"}
             )
-        return JSONResponse(
-            dict(UNAUTHENTICATED_BODY), status_code=401, headers={"Cache-Control": "no-store"}
-        )
+        return RefusalResponse(UNAUTHENTICATED)
 
     def check(self, conn: HTTPConnection) -> Session:
         """The session if the guard admits it; raises :class:`AuthnRequired` otherwise."""

@@ -11,8 +11,8 @@ A guard is both a FastAPI dependency and a Starlette route decorator::
 
 Answers (book: Authorization, "Guards"): an unauthenticated session gets
 the authentication guard's ``401`` (or its redirect with ``login_url``),
-never ``403``; a denial gets ``403``, JSON ``{"error": "forbidden"}`` or a
-small HTML page when the request's ``Accept`` prefers ``text/html``. The
+never ``403``; a denial gets ``403`` ``forbidden``, the JSON body or the
+HTML page by ``Accept`` like every refusal (book: Errors and refusals). The
 answer never names the policy that denied. As a dependency the guard raises
 :class:`AuthzDenied` (or :class:`~axess.authn.guards.AuthnRequired`);
 ``Axess.install`` registers the handlers that turn them into exactly these
@@ -31,32 +31,25 @@ import anyio.from_thread
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import Response
 
 from axess.authn.guards import AuthnGuard, AuthnRequired
 from axess.authz import model as m
+from axess.refusals import Refusal, RefusalResponse
 
 if TYPE_CHECKING:
     from axess.authz.authorizer import AuthzDecision, CedarAuthorizer, ResourceSpec
 
 Endpoint = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response]
 
-FORBIDDEN_BODY: Final = {"error": "forbidden", "detail": "not allowed"}
-FORBIDDEN_HTML: Final = (
-    "<!doctype html><html><head><meta charset=utf-8><title>403 Forbidden</title></head>"
-    "<body><h1>403 Forbidden</h1><p>You are not allowed to do this.</p></body></html>"
-)
+FORBIDDEN: Final = Refusal(403, "forbidden", "not allowed")
 #: ``app.state`` attribute where ``Axess.install`` publishes the authorizer.
 APP_STATE_ATTR: Final = "axess_authz"
 
 
 def forbidden_response(conn: HTTPConnection) -> Response:
-    """The 403: HTML when ``Accept`` prefers it, JSON otherwise; no detail
-    about which policy denied."""
-    headers = {"Cache-Control": "no-store", "Vary": "Accept"}
-    if m.wants_html(conn.headers.get("accept")):
-        return HTMLResponse(FORBIDDEN_HTML, status_code=403, headers=headers)
-    return JSONResponse(dict(FORBIDDEN_BODY), status_code=403, headers=headers)
+    """The 403 (negotiated when sent); no detail about which policy denied."""
+    return RefusalResponse(FORBIDDEN)
 
 
 class AuthzDenied(HTTPException):

@@ -311,26 +311,3 @@ def tenant_of(entity: Entity, tenant_type: str) -> str | None:
         if parent.type == tenant_type:
             return parent.id
     return None
-
-
-def wants_html(accept: str | None) -> bool:
-    """True when the ``Accept`` header prefers ``text/html`` to JSON (a browser
-    page load); JSON otherwise, including without a header."""
-    if not accept:
-        return False
-    best: dict[str, float] = {}
-    for part in accept.split(","):
-        media, _, params = part.strip().partition(";")
-        q = 1.0
-        for param in params.split(";"):
-            name, _, val = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(val)
-                except ValueError:
-                    q = 0.0
-        media = media.strip().lower()
-        best[media] = max(q, best.get(media, 0.0))
-    html = best.get("text/html", 0.0)
-    json_q = max(best.get("application/json", 0.0), best.get("*/*", 0.0) * 0.5)
-    return html > 0 and html >= json_q

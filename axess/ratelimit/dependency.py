@@ -6,10 +6,12 @@
 
 The dependency runs inside the app, after the session is loaded, so the
 ``user`` and ``tenant`` keys work here (in the middleware they fall back
-to the IP). A refused request raises ``HTTPException`` 429 (or 503 while
-a fail-closed store is down) carrying ``Retry-After`` and the RateLimit
-fields. On allowed requests the ``RateLimit`` field is added to the
-response: through ``RateLimitMiddleware`` when it runs outside (any
+to the IP). A refused request raises :class:`~axess.refusals.Refused`
+429 (or 503 while a fail-closed store is down) carrying ``Retry-After``
+and the RateLimit fields; with the handler ``Axess.install`` registers
+(:func:`~axess.refusals.refused_handler`) the answer is the middleware's,
+body and headers. On allowed requests the ``RateLimit`` field is added to
+the response: through ``RateLimitMiddleware`` when it runs outside (any
 response type), else through FastAPI's ``Response`` parameter (only
 responses FastAPI builds from a returned value get it).
 
@@ -25,7 +27,6 @@ import logging
 import re
 from typing import Final
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
@@ -36,6 +37,7 @@ from axess.ratelimit.keys import KeyContext, KeySpec
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.middleware import EventHook, RateLimiter, Verdict
 from axess.ratelimit.stores import BucketStore
+from axess.refusals import Refused
 from axess.stack import queue_response_headers
 
 logger = logging.getLogger(__name__)
@@ -121,25 +123,15 @@ class RateLimitDependency:
         return rule
 
     async def check(self, request: Request) -> Verdict:
-        """Check ``request``; raises ``HTTPException`` 429/503 when refused, and
-        :class:`~axess.login_fields.AmbiguousIdentifier` (400) for an
-        ambiguous login body (after counting it)."""
+        """Check ``request``; raises :class:`~axess.refusals.Refused` (429 or
+        503) when refused, and :class:`~axess.login_fields.AmbiguousIdentifier`
+        (400) for an ambiguous login body (after counting it)."""
         limiter = self.limiter
         rule = self.rule_for(request.scope)
         ctx = KeyContext(request.scope, request.receive, request=request)
         verdict = await limiter.check((rule,), ctx)
         if not verdict.allowed:
-            status, _ = limiter.refusal_body(verdict)
-            raise HTTPException(
-                status,
-                detail="rate limit store unavailable"
-                if verdict.unavailable
-                else "too many requests",
-                headers={
-                    k.decode("latin-1"): v.decode("latin-1")
-                    for k, v in limiter.refusal_headers(verdict)
-                },
-            )
+            raise Refused(limiter.refusal(verdict))
         if ctx.refusal is not None:
             raise ctx.refusal
         return verdict

@@ -16,14 +16,13 @@ field syntax is unchanged since -09/-10):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -37,7 +36,8 @@ from axess.ratelimit.gcra import LimitState
 from axess.ratelimit.keys import IPKey, KeyContext, KeySpec, loggable, resolve, resolve_now
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.stores import Bucket, BucketStore, MemoryBucketStore
-from axess.stack import Stage, queue_response_headers, send_json
+from axess.refusals import Refusal
+from axess.stack import Stage, queue_response_headers
 
 if TYPE_CHECKING:
     from axess.ratelimit.dependency import RateLimitDependency
@@ -444,43 +444,24 @@ class RateLimiter:
 
     def refusal_headers(self, verdict: Verdict) -> list[tuple[bytes, bytes]]:
         """``Retry-After`` and the RateLimit fields of a 429 or 503."""
-        out = [(b"retry-after", str(verdict.retry_after).encode("ascii"))]
-        if not verdict.unavailable:
-            out.append((b"ratelimit-policy", self.policy_field(verdict.rules)))
-            out.append((b"ratelimit", self.limit_field(verdict)))
-        return out
+        return [
+            (b"retry-after", str(verdict.retry_after).encode("ascii")),
+            *self.refusal(verdict).headers,
+        ]
 
-    def refusal_body(self, verdict: Verdict) -> tuple[int, bytes]:
+    def refusal(self, verdict: Verdict) -> Refusal:
+        """The 429 (``rate_limited``, with the violated limits' RateLimit
+        fields) or, while a fail-closed store is down, the 503; the same from
+        the middleware and the route dependency."""
         if verdict.unavailable:
-            return 503, json.dumps(
-                {"error": "service_unavailable", "detail": "rate limit store unavailable"}
-            ).encode()
-        return 429, json.dumps(
-            {
-                "error": "rate_limited",
-                "detail": "too many requests",
-                "retry_after": verdict.retry_after,
-            }
-        ).encode()
-
-    async def send_refusal(self, verdict: Verdict, scope: Scope, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1013 if verdict.unavailable else 1008})
-            return
-        status, body = self.refusal_body(verdict)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode("ascii")),
-                    (b"cache-control", b"no-store"),
-                    *self.refusal_headers(verdict),
-                ],
-            }
+            return Refusal(
+                503, "service_unavailable", "rate limit store unavailable", verdict.retry_after
+            )
+        headers = (
+            (b"ratelimit-policy", self.policy_field(verdict.rules)),
+            (b"ratelimit", self.limit_field(verdict)),
         )
-        await send({"type": "http.response.body", "body": body})
+        return Refusal(429, "rate_limited", "too many requests", verdict.retry_after, headers)
 
     # -- route dependencies ----------------------------------------------------------
     def dependency(
@@ -552,14 +533,17 @@ class RateLimitMiddleware(Stage):
             # Counted (an ambiguous login body), but not for the app: it
             # would read another identifier than the one just charged. (Only
             # an http request has a body to be ambiguous.)
-            await send_json(
-                send, 400, ctx.refusal.body(), headers=limiter.response_headers(verdict)
-            )
+            refusal = ctx.refusal.refusal
+            headers = (*refusal.headers, *limiter.response_headers(verdict))
+            await self.refuse(scope, receive, send, replace(refusal, headers=headers))
             return None
         if verdict.allowed:
             if verdict.states and limiter.headers:
                 # The stack adds them to whatever response goes out.
                 queue_response_headers(scope, limiter.response_headers(verdict))
             return ctx.receive
-        await limiter.send_refusal(verdict, scope, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013 if verdict.unavailable else 1008})
+        else:
+            await self.refuse(scope, receive, send, limiter.refusal(verdict))
         return None
