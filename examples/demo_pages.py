@@ -33,6 +33,7 @@ font-size:.9rem}
 .notice.ok{border-left-color:#1e7b34}
 .card{background:#fff;border:1px solid #ddd;border-radius:.5rem;padding:.75rem 1rem;
 margin:.75rem 0}
+.card>h2:first-child{margin-top:.25rem}
 .current{border-color:#1e7b34}
 code{background:#ecece8;padding:0 .25rem;border-radius:.2rem;overflow-wrap:anywhere}
 label{display:block;margin:.6rem 0}
@@ -193,7 +194,8 @@ factors (codes) always count.</p>
 /24 of an address is a separate, off-by-default setting:
 <code>LockoutPolicy(trust_ip_prefix=True)</code>). Every browser on this machine reaches the
 demo from 127.0.0.1, so all of them share one IP lever. So: after signing in here, wrong
-passwords for that same account from this browser never show the lockout; use another
-address, a private window, or &ldquo;Forget this browser&rdquo; below to see it.</p>
+passwords for that same account from this browser never show the lockout: to see it,
+use another address, a private window, or &ldquo;Forget this browser&rdquo; on the sign-in
+page.</p>
 <p>In production behind a reverse proxy, list the proxy in <code>TrustedProxies</code>:
 otherwise every client shares the proxy's address and one IP lever.</p>"""
