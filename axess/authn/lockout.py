@@ -608,6 +608,22 @@ class Lockout:
         except StoreError as exc:
             self._store_failed("record_success", exc)
 
+    async def refund(self, reservation: Reservation, now: float | None = None) -> None:
+        """Hand back every unit ``reservation`` took, the user lever's too:
+        the credential it was taken for was correct, so it was no guess.
+        Unlike :meth:`record_success` it resets no counter and trusts no
+        origin (earlier failures stay counted). A unit whose reservation
+        tripped a lock is not handed back: that lock stands. One round trip;
+        store errors as in :meth:`record_success`."""
+        units = [(s.key, s.window_start) for s in reservation.states.values() if not s.tripped]
+        if not units:
+            return
+        now = self._clock.time() if now is None else now
+        try:
+            await self.store.lockout_success([], None, now, now, units)
+        except StoreError as exc:
+            self._store_failed("refund", exc)
+
     async def unlock(self, keys: LockoutKeys, *, levers: tuple[LeverName, ...] = LEVERS) -> int:
         """Clear the given levers (default all three); how many counters existed.
 

@@ -370,6 +370,78 @@ class AuthnService:
                 ip=client_ip(request) or None,
             )
 
+    async def reverify(
+        self, request: HTTPConnection, credential: Credential
+    ) -> Authenticated | InvalidCredentials | Locked:
+        """Check one credential of the user signed in on this session again (a
+        step-up before a change to their factors): ``Authenticated`` (the
+        session's current login) when it is correct, else
+        ``InvalidCredentials`` or ``Locked``. A session that is not
+        authenticated gets ``InvalidCredentials``, with no lever touched.
+
+        The guess budget is the login's, on every lever, and the user lever is
+        charged even from a trusted origin: the exemption shields owners from
+        strangers, and whoever calls this already holds a session. A correct
+        credential hands back its own units and resets nothing, so failures
+        stay counted and a known password cannot buy more code guesses. A TOTP
+        code is used up as at login; a recovery code is consumed.
+        """
+        if self.gate is not None:
+            self.gate()
+        session = get_session(request)
+        state = session.auth_state
+        if not isinstance(state, d.Authenticated):
+            return InvalidCredentials()
+        user = await self.store.get_user(state.user)
+        if user is None or user.status != ACTIVE:
+            return InvalidCredentials()
+        ip = client_ip(request) or None
+        device = self.device_cookie.read(request)
+        keys = self._keys(user.tenant_id, user.identifier, ip, device)
+        record = await self.store.get_tenant(user.tenant_id)
+        overrides = None if record is None else record.lockout_overrides
+        policy = self.lockout.policy_for(user.tenant_id, overrides)
+        attempt = _Attempt(
+            request, session, user.tenant_id, user.identifier, keys, ip, policy, device=device
+        )
+        opened: _OpenedTOTP | None = None
+        if isinstance(credential, Password):
+            factor = "password"
+        elif isinstance(credential, RecoveryCode):
+            factor = "recovery_code"
+        else:
+            factor = "totp"
+            # Opened before the unit is taken, as in _second_factor.
+            opened = await self._open_totp(attempt, user.id)
+        reserved = await self._reserve(attempt, factor, trusted_exempt=False)
+        if isinstance(reserved, Locked):
+            return reserved
+        attempt = replace(attempt, reservation=reserved)
+        self.metrics.factor_attempt()
+        ok = False
+        if isinstance(credential, Password):
+            phc = (await self.store.get_factors(user.id)).password_hash
+            if phc is None:
+                await self.hasher.verify_dummy(credential)
+            else:
+                ok = await self.hasher.verify(phc, credential)
+        elif isinstance(credential, RecoveryCode):
+            candidates = self.recovery.candidates(credential)
+            ok = bool(candidates) and await self.store.consume_recovery_code(user.id, candidates)
+            if ok:
+                self._emit(attempt, "recovery_code_used", "success", user=user.id)
+        else:
+            ok = await self._check_totp(user.id, credential, opened)
+        if not ok:
+            reason = "wrong_password" if factor == "password" else "wrong_code"
+            return await self._failure(attempt, factor, reason, user.id)
+        self.metrics.factor_success()
+        self._emit(
+            attempt, "factor_verified", "success", factor=factor, user=user.id, reason="step_up"
+        )
+        await self.lockout.refund(reserved)
+        return Authenticated(state.user, state.tenant, state.factors)
+
     # -- steps --------------------------------------------------------------------
     async def _start(
         self,
@@ -436,11 +508,15 @@ class AuthnService:
         ip_origin = self.lockout.policy.trust_ip_prefix
         return lockout_keys(tenant, ident, ip, device=device, ip_origin=ip_origin)
 
-    async def _reserve(self, attempt: _Attempt, factor: str) -> Reservation | Locked:
+    async def _reserve(
+        self, attempt: _Attempt, factor: str, *, trusted_exempt: bool | None = None
+    ) -> Reservation | Locked:
         """One unit of the guess budget for ``attempt`` (``Locked`` when spent).
-        Second factors are charged to the user lever even from a trusted origin."""
+        Second factors are charged to the user lever even from a trusted
+        origin; ``trusted_exempt=False`` charges it for any factor."""
+        exempt = factor == "password" if trusted_exempt is None else trusted_exempt
         reserved = await self.lockout.reserve(
-            attempt.keys, policy=attempt.policy, trusted_exempt=factor == "password"
+            attempt.keys, policy=attempt.policy, trusted_exempt=exempt
         )
         if isinstance(reserved, Locked):
             return self._refused(attempt, factor, reserved)

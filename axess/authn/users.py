@@ -336,8 +336,11 @@ class UserAdmin:
         return True
 
     async def disable_totp(self, user_id: str, *, actor: str | None = None) -> None:
+        """Remove the TOTP secret and the recovery codes backing it up (were
+        they kept, enabling TOTP again would bring old codes back to life)."""
         user = await self._user(user_id)
         await self.store.set_totp_secret(user.id, None)
+        await self.store.replace_recovery_codes(user.id, [])
         self._emit("totp_disabled", user, actor)
 
     async def regenerate_recovery_codes(self, user_id: str, count: int = CODE_COUNT) -> list[str]:
