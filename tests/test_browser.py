@@ -153,6 +153,16 @@ class Tour:
             wide = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
             assert not wide, f"{name}: the page scrolls sideways at phone width"
 
+    def shot_both(self, page: Any, name: str) -> None:
+        """The page at its own width and at a phone's."""
+        self.shot(page, name)
+        size = page.viewport_size
+        page.set_viewport_size(PHONE)
+        try:
+            self.shot(page, name + "-phone")
+        finally:
+            page.set_viewport_size(size)
+
     def code(self, secret: bytes) -> str:
         """A code for the lowest step not submitted yet that the server's ±1
         step window accepts: the previous step first, so three codes fit in
@@ -216,19 +226,19 @@ def test_the_demo_tour_in_chromium(
     sign_in(a, url, DEMO_USER, DEMO_PASSWORD)
     assert "Signed in as demo@example.com" in a.inner_text("main")
     assert "TOTP is off" in a.inner_text("#totp-status")
-    tour.shot(a, "account")
+    tour.shot_both(a, "account")
 
     # TOTP set-up: the QR code is an inline SVG; the code comes from the key shown.
     a.click("button:has-text('Set up TOTP')")
     assert a.locator(".qr svg").is_visible()
     text = a.inner_text("#totp-secret")
     secret = base64.b32decode(text + "=" * (-len(text) % 8))
-    tour.shot(a, "totp-setup")
+    tour.shot_both(a, "totp-setup")
     tour.enter_code(a, secret, "Activate", "Wrong code")
     assert "TOTP is on" in a.inner_text("h1")
     codes = a.locator("#recovery-codes code").all_inner_texts()
     assert len(codes) == 10
-    tour.shot(a, "recovery-codes")
+    tour.shot_both(a, "recovery-codes")
     a.click("text=Back to your account")
     assert "TOTP is on" in a.inner_text("#totp-status")
     a.click("button:text-is('Log out')")
@@ -257,7 +267,7 @@ def test_the_demo_tour_in_chromium(
     other = a.locator(".session:not(.current)")
     assert "Chrome on Android" in other.inner_text()
     assert re.search(r"Signed in\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", other.inner_text())
-    tour.shot(a, "sessions")
+    tour.shot_both(a, "sessions")
     other.locator("button:has-text('Revoke')").click()
     assert "That session ended" in a.inner_text(".notice")
     assert a.locator(".session").count() == 1
@@ -312,4 +322,4 @@ def test_the_demo_tour_in_chromium(
 
     for context in (desk, phone, fresh):
         context.close()
-    assert tour.shots >= 15
+    assert tour.shots >= 19

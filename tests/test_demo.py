@@ -18,9 +18,10 @@ from types import ModuleType
 
 import httpx
 import pytest
+import segno
 
 from axess.authn import PasswordHasher
-from axess.authn.totp import hotp, time_step, totp
+from axess.authn.totp import hotp, provisioning_uri, time_step, totp
 from axess.clock import MockClock
 from axess.errors import ConfigurationError
 
@@ -188,6 +189,11 @@ async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code
         assert re.search(r'<div class="qr" role="img"[^>]*><svg [^>]*viewBox=', r.text)
         assert "otpauth://" not in r.text  # the URI is in the QR code only
         secret = _secret(r.text)
+        # the QR code is the provisioning URI of the key shown as text
+        uri = provisioning_uri(secret, demo.DEMO_USER, demo.users.issuer)
+        expected = segno.make(uri, error="m").svg_inline(scale=4, omitsize=True)
+        path = re.search(r' d="([^"]+)"', expected)
+        assert path and path.group(0) in r.text
         assert (await demo.users.store.get_factors(user.id)).totp_secret is None
         # a wrong code shows the page again with an error, and enrols nothing
         for bad in (_wrong_code(secret), "", "x" * 40):
