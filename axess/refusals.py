@@ -310,7 +310,8 @@ class RefusalResponse(JSONResponse):
             return
         own = [h for h in self.raw_headers if h[0] not in (b"content-type", b"content-length")]
         response = await refusal_response(scope, receive, self.refusal, page=page, headers=own)
-        response.background = self.background
+        if self.background is not None:
+            response.background = self.background
         await response(scope, receive, send)
 
 

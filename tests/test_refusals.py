@@ -19,8 +19,10 @@ from fastapi import Depends, FastAPI
 from helpers import CountingStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from axess import Axess, Keyring, LockoutPolicy, LoginFields, MockClock, SeededRandom, get_session
 from axess.audit.pipeline import AuditUnavailable
@@ -30,7 +32,14 @@ from axess.authn.lockout import Lever
 from axess.authn.password import PasswordHasher
 from axess.authz import CedarAuthorizer, Entity, EntityUid
 from axess.ratelimit import RateLimit
-from axess.refusals import Refusal, RefusalPage, html_page, retry_after_words, wants_html
+from axess.refusals import (
+    Refusal,
+    RefusalPage,
+    RefusalResponse,
+    html_page,
+    retry_after_words,
+    wants_html,
+)
 from axess.session.csrf import CSRFConfig
 
 POLICIES = Path(__file__).parent / "policies" / "docs"
@@ -484,3 +493,20 @@ def test_any_accept_header_gets_a_refusal_never_a_500(accept: bytes) -> None:
         got, ctype = asyncio.run(_asgi(method, path, accept))
         assert got in statuses
         assert ctype in (b"application/json", b"text/html; charset=utf-8")
+
+
+async def test_a_refusal_response_keeps_headers_added_to_it_in_either_form() -> None:
+    async def endpoint(request: Request) -> Response:
+        response = RefusalResponse(Refusal(503, "service_unavailable", "down", retry_after=7))
+        response.set_cookie("seen", "1")
+        return response
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+        for accept, ctype in ((BROWSER, "text/html; charset=utf-8"), ("*/*", "application/json")):
+            r = await c.get("/", headers={"accept": accept})
+            assert r.status_code == 503 and r.headers["content-type"] == ctype
+            assert r.headers["set-cookie"].startswith("seen=1")
+            assert r.headers["retry-after"] == "7" and r.headers["cache-control"] == "no-store"
+            assert int(r.headers["content-length"]) == len(r.content)

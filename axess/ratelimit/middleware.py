@@ -442,13 +442,6 @@ class RateLimiter:
             out.append((b"ratelimit-policy", self.policy_field(verdict.rules)))
         return out
 
-    def refusal_headers(self, verdict: Verdict) -> list[tuple[bytes, bytes]]:
-        """``Retry-After`` and the RateLimit fields of a 429 or 503."""
-        return [
-            (b"retry-after", str(verdict.retry_after).encode("ascii")),
-            *self.refusal(verdict).headers,
-        ]
-
     def refusal(self, verdict: Verdict) -> Refusal:
         """The 429 (``rate_limited``, with the violated limits' RateLimit
         fields) or, while a fail-closed store is down, the 503; the same from
