@@ -194,6 +194,20 @@ async def test_csrf_bootstrap_wrong_password_then_right(api: Api) -> None:
         assert (await c.get("/private")).status_code == 401
 
 
+async def test_a_tenant_login(api: Api) -> None:
+    assert api.auth.users is not None
+    await api.auth.users.create_tenant("acme")
+    await api.auth.users.create_user("alice@example.com", tenant="acme", password=PASSWORD)
+    async with api.client() as c:
+        await c.bootstrap()
+        r = await c.login("alice@example.com")  # not in the default tenant
+        assert r.status_code == 401
+        body = {"username": "alice@example.com", "password": PASSWORD, "tenant": "acme"}
+        r = await c.post("/auth/login", body)
+        assert r.status_code == 200 and r.json()["tenant_id"] == "acme"
+        assert (await c.get("/auth/me")).json()["tenant_id"] == "acme"
+
+
 async def test_guest_me_shows_nothing(api: Api) -> None:
     async with api.client() as c:
         r = await c.get("/auth/me")
@@ -563,7 +577,7 @@ async def test_rate_limit_answers_429() -> None:
             r = await c.login("alice@example.com")
             assert r.status_code == 429
             assert r.json()["error"] == "rate_limited"
-            assert int(r.headers["retry-after"]) > 0
+            assert r.json()["retry_after"] == int(r.headers["retry-after"]) > 0
             api.clock.advance(60)
             assert (await c.login("alice@example.com")).status_code == 200
 
