@@ -9,15 +9,18 @@ http://127.0.0.1:8000. The demo user ``demo@example.com`` /
 2. **Two-factor sign-in**: the account page shows whether TOTP is on. Setting
    it up shows a QR code (inline SVG) and the key as text; it becomes active
    only once a first code is confirmed, and then shows ten recovery codes,
-   once. TOTP can be turned off and the recovery codes regenerated (both
-   need a sign-in from the last 10 minutes).
+   once. TOTP can be turned off, the authenticator replaced and the recovery
+   codes regenerated; each change asks for the password again (a step-up
+   check that counts on the lockout like a sign-in).
 3. **Sessions**: every session of the account with its creation time, last
    activity, device and IP prefix; the current one is marked, the others can
    be revoked.
 4. **Lockout and rate limits**: three wrong passwords for one address lock
    it for a minute (a short lock so the tour can show it); the page explains
    the levers, and why a browser that signed in to an account before is a
-   trusted origin for it (localhost is not special).
+   trusted origin for it (localhost is not special). Refusals from the
+   stack (the rate limiter's 429, a CSRF 403) get the demo's own page through
+   ``Axess(refusal_page=...)``.
 5. **Restart**: keys live in a key file next to the database (``demo.keys``
    for ``demo.db``), so sessions and TOTP secrets survive a restart.
 
@@ -49,20 +52,23 @@ from axess import (
     LoginFields,
     SessionConfig,
     TOTPCode,
+    csrf_input,
     get_session,
 )
 from axess.authn import (
     Authenticated,
     FactorRequired,
+    InvalidCredentials,
     Locked,
     LoginOutcome,
+    Password,
     RecoveryCode,
     TOTPEnrolment,
     TOTPSecretUnavailable,
 )
 from axess.authn.device import DEVICE_COOKIE
 from axess.ratelimit import auth_rules
-from axess.session import data as session_data
+from axess.refusals import Refusal, retry_after_words, wants_html
 from axess.stores import SQLiteStore
 from examples.demo_keys import load_or_create_keys
 from examples.demo_pages import (
@@ -90,11 +96,49 @@ TOTP_PENDING = "demo.totp_pending"
 #: Where the sign-in form carries the identifier. The rate limiter counts the
 #: very field /login reads, and a body naming it twice is refused (400).
 LOGIN_FIELDS = LoginFields("email")
-#: Two-factor settings change only within this many seconds of a sign-in.
-REAUTH_SECONDS = 10 * 60
 #: The account lever of the demo: it locks before the rate limiter's
 #: 5 attempts per minute per account answer, so the tour can show it.
 USER_LEVER = Lever(3, window=15 * 60, lock_for=60, backoff=2.0, max_lock=15 * 60)
+
+
+def page(
+    title: str, body: str, *, status: int = 200, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    return render(title, body, account=(DEMO_USER, DEMO_PASSWORD), status=status, headers=headers)
+
+
+# -- refusals from the stack -----------------------------------------------------------------
+REFUSAL_TEXTS = {
+    "rate_limited": (
+        "Too many requests",
+        "<p>The rate limiter allows 5 sign-in attempts per minute for one address and 10 "
+        "per minute from one IP address. It answers before any password is checked, so "
+        "guessing costs time even before the lockout counts anything.</p>",
+    ),
+    "csrf_failed": (
+        "Request refused",
+        "<p>This form came without the CSRF token the demo's own pages carry, or from "
+        "another site. A page elsewhere cannot read that token, so it cannot send a form "
+        "here in your name. If you left a page open for long or cleared cookies, go back, "
+        "reload and try again.</p>",
+    ),
+}
+
+
+def refusal_page(request: Request, refusal: Refusal) -> Response | None:
+    """The demo's page for a refusal from the stack (``None``: the default,
+    e.g. JSON for API clients). Runs outside the session stage: no session."""
+    if not wants_html(request.headers.get("accept")):
+        return None
+    title, explanation = REFUSAL_TEXTS.get(refusal.error, ("Request refused", ""))
+    sentence = refusal.detail[:1].upper() + refusal.detail[1:].rstrip(".") + "."
+    body = f'<p class="notice" role="alert">{esc(sentence)}'
+    if refusal.retry_after is not None:
+        wait = retry_after_words(refusal.retry_after)
+        body += f' <strong id="retry-after">{esc(wait)}</strong>'
+    body += f'</p>{explanation}<p><a href="/">Back to the demo</a></p>'
+    return page(title, body, status=refusal.status)
+
 
 _db_existed = DB_PATH.exists()
 keys, keys_created = load_or_create_keys(KEY_PATH)
@@ -119,6 +163,7 @@ auth = Axess(
     csrf=CSRFConfig(secure=False),
     rate_limits=[*auth_rules(login_paths=["/login", "/login/totp"], login_fields=LOGIN_FIELDS)],
     lockout=LockoutPolicy(user=USER_LEVER),
+    refusal_page=refusal_page,
     debug=True,
 )
 assert auth.authn is not None and auth.users is not None
@@ -145,9 +190,9 @@ NOTICES: dict[str, tuple[str, bool]] = {
         True,
     ),
     "Start the TOTP setup again": ("Start the TOTP setup again.", False),
-    "Sign in again": (
-        "Two-factor settings change only within 10 minutes of a sign-in: log out and "
-        "sign in again first.",
+    "Password not accepted": (
+        "That password was not accepted, so nothing changed. Wrong passwords here count "
+        "on the account's lockout even from this browser.",
         False,
     ),
     "Browser forgotten": (
@@ -156,12 +201,6 @@ NOTICES: dict[str, tuple[str, bool]] = {
         True,
     ),
 }
-
-
-def page(
-    title: str, body: str, *, status: int = 200, headers: dict[str, str] | None = None
-) -> HTMLResponse:
-    return render(title, body, account=(DEMO_USER, DEMO_PASSWORD), status=status, headers=headers)
 
 
 def redirect(msg: str | None = None) -> RedirectResponse:
@@ -235,19 +274,29 @@ async def account_page(request: Request, user_id: str) -> Response:
     body = shown_notice(request) + f"<p>Signed in as <strong>{esc(name)}</strong>.</p>"
     body += '<div class="card" id="two-factor"><h2>Two-factor sign-in</h2>'
     if factors.totp_secret is None:
-        body += (
-            '<p id="totp-status">TOTP is <strong>off</strong>: signing in needs only the '
-            "password.</p>" + form(request, "/totp/enrol", "Set up TOTP")
-        )
+        status = "TOTP is <strong>off</strong>: signing in needs only the password."
+        actions = [("/totp/enrol", "Set up TOTP")]
     else:
-        body += (
-            '<p id="totp-status">TOTP is <strong>on</strong>: signing in asks for a code '
-            f"after the password. Recovery codes left: {factors.recovery_codes}.</p>"
-            + form(request, "/recovery-codes", "New recovery codes", inline=True)
-            + form(request, "/totp/enrol", "Replace authenticator", inline=True)
-            + form(request, "/totp/disable", "Turn off TOTP", inline=True)
+        status = (
+            "TOTP is <strong>on</strong>: signing in asks for a code after the password. "
+            f"Recovery codes left: {factors.recovery_codes}."
         )
-    body += "</div><h2>Your sessions</h2>"
+        actions = [
+            ("/recovery-codes", "New recovery codes"),
+            ("/totp/enrol", "Replace authenticator"),
+            ("/totp/disable", "Turn off TOTP"),
+        ]
+    # One form, one password field: each button posts it to its own action.
+    buttons = "".join(
+        f'<button formaction="{esc(path)}">{esc(label)}</button>' for path, label in actions
+    )
+    body += (
+        f'<p id="totp-status">{status}</p>'
+        f'<form method="post" action="{esc(actions[0][0])}">{csrf_input(request)}'
+        '<label>Your password, to confirm a change <input name="password" type="password" '
+        'required maxlength="1024" autocomplete="current-password"></label>'
+        f"{buttons}</form></div><h2>Your sessions</h2>"
+    )
     for info in await auth.list_sessions(user_id):
         current = info.storage_key == s.storage_key
         body += (
@@ -273,7 +322,7 @@ async def account_page(request: Request, user_id: str) -> Response:
 
 def locked_page(locked: Locked) -> Response:
     body = (
-        '<p class="notice" role="alert">Too many failed sign-ins. Try again in '
+        '<p class="notice" role="alert">Too many failed attempts. Try again in '
         f'<strong id="retry-after">{locked.retry_after}</strong> seconds.</p>'
         "<h2>What happened</h2>"
         + lockout_rules(
@@ -359,13 +408,21 @@ async def forget_device(request: Request) -> Response:
 
 
 # -- two-factor settings -------------------------------------------------------------------
-def recently_signed_in(request: Request) -> str | None:
-    """The user id if this session signed in within ``REAUTH_SECONDS``."""
-    state = get_session(request).auth_state
-    if isinstance(state, session_data.Authenticated):
-        if auth.clock.time() - state.authn_time <= REAUTH_SECONDS:
-            return state.user
-    return None
+async def step_up(request: Request) -> str | Response:
+    """The signed-in user's id once the password in the form is confirmed
+    (:meth:`AuthnService.reverify`), else the response to send."""
+    s = get_session(request)
+    if not (s.is_authenticated and s.user_id):
+        return redirect()
+    raw = str((await request.form()).get("password", ""))[:1024]
+    outcome: LoginOutcome = InvalidCredentials()
+    if raw:
+        outcome = await authn.reverify(request, Password(raw))
+    if isinstance(outcome, Authenticated):
+        return outcome.user_id
+    if isinstance(outcome, Locked):
+        return locked_page(outcome)
+    return redirect("Password not accepted")
 
 
 def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") -> str:
@@ -387,12 +444,10 @@ def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") 
 
 
 async def totp_enrol(request: Request) -> Response:
+    user_id = await step_up(request)
+    if isinstance(user_id, Response):
+        return user_id
     s = get_session(request)
-    if not (s.is_authenticated and s.user_id):
-        return redirect()
-    user_id = recently_signed_in(request)
-    if user_id is None:
-        return redirect("Sign in again")
     enrolment = await users.begin_totp_enrolment(user_id)
     # Only the sealed token is kept; nothing is stored until a code is accepted.
     s[TOTP_PENDING] = enrolment.pending
@@ -411,8 +466,8 @@ async def totp_confirm(request: Request) -> Response:
         enrolment = await users.pending_totp_enrolment(s.user_id, pending)
         if enrolment is None:  # expired (or keys gone): start again
             del s[TOTP_PENDING]
-            body = notice("The setup expired; start again.") + form(
-                request, "/totp/enrol", "Set up TOTP"
+            body = notice("The setup expired; nothing changed.") + (
+                '<p><a href="/">Start again from your account</a></p>'
             )
             return page("Set up TOTP", body, status=400)
         body = enrolment_body(request, enrolment, "Wrong code; try again.")
@@ -435,25 +490,17 @@ def recovery_codes_page(title: str, codes: list[str]) -> Response:
 
 
 async def totp_disable(request: Request) -> Response:
-    s = get_session(request)
-    if not (s.is_authenticated and s.user_id):
-        return redirect()
-    user_id = recently_signed_in(request)
-    if user_id is None:
-        return redirect("Sign in again")
-    await users.disable_totp(user_id, actor=user_id)
-    # Left in place, the old codes would come back with the next enrolment.
-    await users.store.replace_recovery_codes(user_id, [])
+    user_id = await step_up(request)
+    if isinstance(user_id, Response):
+        return user_id
+    await users.disable_totp(user_id, actor=user_id)  # the recovery codes go too
     return redirect("TOTP turned off")
 
 
 async def new_recovery_codes(request: Request) -> Response:
-    s = get_session(request)
-    if not (s.is_authenticated and s.user_id):
-        return redirect()
-    user_id = recently_signed_in(request)
-    if user_id is None:
-        return redirect("Sign in again")
+    user_id = await step_up(request)
+    if isinstance(user_id, Response):
+        return user_id
     if (await users.store.get_factors(user_id)).totp_secret is None:
         return redirect()
     return recovery_codes_page("New recovery codes", await users.regenerate_recovery_codes(user_id))

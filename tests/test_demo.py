@@ -106,7 +106,7 @@ async def _post(c: httpx.AsyncClient, path: str, **data: str) -> httpx.Response:
 
 
 async def _enrol(demo: ModuleType, c: httpx.AsyncClient) -> tuple[bytes, list[str]]:
-    r = await _post(c, "/totp/enrol")
+    r = await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)
     assert r.status_code == 200
     secret = _secret(r.text)
     code = totp(secret, time.time())
@@ -184,7 +184,7 @@ async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code
         # confirming without a started enrolment is no error
         r = await c.post("/totp/confirm", data={"csrf_token": _token(page), "code": "1"})
         assert r.status_code == 303 and "again" in r.headers["location"]
-        r = await _post(c, "/totp/enrol")
+        r = await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)
         assert r.status_code == 200
         assert re.search(r'<div class="qr" role="img"[^>]*><svg [^>]*viewBox=', r.text)
         assert "otpauth://" not in r.text  # the URI is in the QR code only
@@ -192,8 +192,9 @@ async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code
         # the QR code is the provisioning URI of the key shown as text
         uri = provisioning_uri(secret, demo.DEMO_USER, demo.users.issuer)
         expected = segno.make(uri, error="m").svg_inline(scale=4, omitsize=True)
-        path = re.search(r' d="([^"]+)"', expected)
-        assert path and path.group(0) in r.text
+        modules = re.compile(r'class="qrline"[^>]* d="([^"]+)"')
+        shown, wanted = modules.search(r.text), modules.search(expected)
+        assert shown and wanted and shown.group(1) == wanted.group(1)
         assert (await demo.users.store.get_factors(user.id)).totp_secret is None
         # a wrong code shows the page again with an error, and enrols nothing
         for bad in (_wrong_code(secret), "", "x" * 40):
@@ -221,14 +222,14 @@ async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code
         page = (await c.get("/")).text
         assert "Signed in as" in page
         # an expired enrolment asks to start again (400, not 500)
-        r = await _post(c, "/totp/enrol")
+        r = await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)
         later = MockClock(time.time() + 601)  # the admin's clock only
         monkeypatch.setattr(demo.users, "clock", later)
         code = totp(_secret(r.text), later.time())
         r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
         assert r.status_code == 400 and "expired" in r.text
-        r = await c.post("/totp/confirm", data={"csrf_token": _token(r.text), "code": code})
-        assert r.status_code == 303  # the pending enrolment was dropped
+        r = await _post(c, "/totp/confirm", code=code)
+        assert r.status_code == 303 and "again" in r.headers["location"]  # it was dropped
 
 
 async def test_recovery_codes_work_once_and_regenerating_revokes_the_old_ones(
@@ -243,7 +244,9 @@ async def test_recovery_codes_work_once_and_regenerating_revokes_the_old_ones(
         assert r.headers["location"] == "/"
         page = (await c.get("/")).text
         assert "Recovery codes left: 9" in page
-        r = await c.post("/recovery-codes", data={"csrf_token": _token(page)})
+        r = await c.post(
+            "/recovery-codes", data={"csrf_token": _token(page), "password": demo.DEMO_PASSWORD}
+        )
         assert r.status_code == 200 and "only now" in r.text
         fresh = _codes(r.text)
         assert len(fresh) == 10 and not set(fresh) & set(codes)
@@ -261,7 +264,7 @@ async def test_turning_totp_off_revokes_the_recovery_codes(demo: ModuleType) -> 
         user = await demo.users.find_user(demo.DEMO_USER)
         await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
         await _enrol(demo, c)
-        r = await _post(c, "/totp/disable")
+        r = await _post(c, "/totp/disable", password=demo.DEMO_PASSWORD)
         assert r.status_code == 303
         page = (await c.get(r.headers["location"])).text
         assert "recovery codes no longer work" in page and "TOTP is <strong>off</strong>" in page
@@ -271,25 +274,36 @@ async def test_turning_totp_off_revokes_the_recovery_codes(demo: ModuleType) -> 
         _, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
         assert "Signed in as" in page  # no second step any more
         # regenerating codes without TOTP does nothing
-        await _post(c, "/recovery-codes")
+        await _post(c, "/recovery-codes", password=demo.DEMO_PASSWORD)
         assert (await demo.users.store.get_factors(user.id)).recovery_codes == 0
 
 
-async def test_two_factor_settings_need_a_recent_sign_in(
-    demo: ModuleType, monkeypatch: pytest.MonkeyPatch
+async def test_two_factor_changes_ask_for_the_password_and_count_on_the_lockout(
+    demo: ModuleType,
 ) -> None:
     async with _running(demo), _client(demo) as c:
         user = await demo.users.find_user(demo.DEMO_USER)
-        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        _, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        assert 'formaction="/totp/enrol"' in page and 'name="password"' in page
         await _enrol(demo, c)
-        # Only the check's clock moves: the session itself stays valid.
-        monkeypatch.setattr(demo.auth, "clock", MockClock(time.time() + demo.REAUTH_SECONDS + 5))
-        for path in ("/totp/enrol", "/totp/disable", "/recovery-codes"):
-            r = await _post(c, path)
-            assert r.status_code == 303 and "again" in r.headers["location"], path
-        assert "log out and sign in again" in (await c.get(r.headers["location"])).text
+        page = (await c.get("/")).text
+        for path in ("/recovery-codes", "/totp/enrol", "/totp/disable"):
+            assert f'formaction="{path}"' in page
+        # No password, or a wrong one: nothing changes. A signed-in browser is
+        # a trusted origin, yet wrong passwords here count on the account lever.
+        attempts = [("/totp/disable", ""), ("/recovery-codes", "wrong"), ("/totp/enrol", "wrong")]
+        attempts += [("/totp/disable", "wrong")]  # the third failure: the lock trips
+        for path, password in attempts:
+            r = await _post(c, path, password=password)
+            assert r.status_code == 303 and "Password" in r.headers["location"], path
+        assert "nothing changed" in (await c.get(r.headers["location"])).text
+        r = await _post(c, "/totp/disable", password="wrong")
+        assert r.status_code == 429 and "Too many failed attempts" in r.text
+        r = await _post(c, "/totp/disable", password=demo.DEMO_PASSWORD)
+        assert r.status_code == 429  # locked: not even the right password now
         factors = await demo.users.store.get_factors(user.id)
         assert factors.totp_secret is not None and factors.recovery_codes == 10
+        assert "Signed in as" in (await c.get("/")).text  # the session itself stays
 
 
 async def test_signed_out_clients_change_nothing(demo: ModuleType) -> None:
@@ -397,6 +411,29 @@ async def test_the_rate_limiter_answers_before_any_password_is_checked(demo: Mod
         assert all("Sign-in locked" in r.text for r in answers[3:5])
         # the sixth attempt within a minute: the limiter's 5/minute per address
         assert "Sign-in locked" not in answers[5].text and "retry-after" in answers[5].headers
+
+
+async def test_refusals_from_the_stack_get_the_demo_page_in_a_browser(demo: ModuleType) -> None:
+    browser = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    async with _running(demo), _client(demo) as c:
+        page = (await c.get("/")).text
+        r = await c.post("/logout", data={"x": "1"}, headers=browser)
+        assert r.status_code == 403 and "Request refused" in r.text
+        assert "CSRF token" in r.text and 'name="viewport"' in r.text
+        r = await c.post("/logout", data={"x": "1"})  # an API client: the JSON shape
+        assert r.status_code == 403 and r.json()["error"] == "csrf_failed"
+        for _ in range(5):
+            await c.post(
+                "/login",
+                data={"csrf_token": _token(page), "email": "x@example.com", "password": "y"},
+            )
+        form = {"csrf_token": _token(page), "email": "x@example.com", "password": "y"}
+        r = await c.post("/login", data=form, headers=browser)
+        assert r.status_code == 429 and "Too many requests" in r.text
+        assert "5 sign-in attempts per minute" in r.text
+        assert int(r.headers["retry-after"]) > 0 and "Try again in" in r.text
+        r = await c.post("/login", data=form)
+        assert r.status_code == 429 and r.json()["error"] == "rate_limited"
 
 
 # -- keys ---------------------------------------------------------------------------------------
