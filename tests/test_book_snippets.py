@@ -30,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 
 import httpx
 import pytest
@@ -112,8 +113,11 @@ def test_the_book_has_snippets_and_few_fragments() -> None:
     assert len(fragments) <= len(SNIPPETS) // 5, fragments
 
 
-def compiled(snippet: Snippet) -> object:
-    return compile(snippet.code, snippet.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+def compiled(snippet: Snippet) -> CodeType:
+    code: CodeType = compile(
+        snippet.code, snippet.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    )
+    return code
 
 
 async def drive(app: Starlette) -> None:

@@ -3,9 +3,14 @@ would run it and driven over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import re
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -204,3 +209,111 @@ async def test_multitenant_example_locks_per_tenant_with_the_tenant_levers(
         for _ in range(3):
             assert (await sign_in(c, "acme", "bob@example.com", "wrong")).status_code == 401
         assert (await sign_in(c, "acme", "bob@example.com", "bob at acme")).status_code == 303
+
+
+# -- examples/fastapi_app.py and examples/api_client.py ---------------------------------
+@pytest.fixture
+async def fastapi_example(load: Loader, tmp_path: Path) -> AsyncIterator[ModuleType]:
+    module = load("fastapi_app", f"sqlite:///{tmp_path / 'app.db'}")
+    async with module.lifespan(module.app):
+        yield module
+
+
+def metric(exposition: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", exposition, re.MULTILINE)
+    assert found, name
+    return float(found.group(1))
+
+
+async def test_fastapi_example_serves_the_auth_routes_health_and_metrics(
+    fastapi_example: ModuleType,
+) -> None:
+    async with client(fastapi_example) as c:
+        assert (await c.get("/greeting")).json()["error"] == "unauthenticated"
+        health = await c.get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "healthy"
+        before = metric((await c.get("/metrics")).text, "axess_auth_success_total")
+
+        token = (await c.get("/auth/csrf")).json()["csrf_token"]
+        credentials = {"email": fastapi_example.USER, "password": fastapi_example.PASSWORD}
+        assert (await c.post("/auth/login", json=credentials)).status_code == 403  # no token
+        r = await c.post("/auth/login", json=credentials, headers={"X-CSRF-Token": token})
+        assert r.status_code == 200 and r.json()["factors"] == ["password"]
+        greeting = await c.get("/greeting")
+        assert greeting.json() == {"greeting": "Hello, alice@example.com!"}
+
+        exposition = await c.get("/metrics")
+        assert exposition.headers["content-type"].startswith("text/plain")
+        assert metric(exposition.text, "axess_auth_success_total") == before + 1
+
+
+async def test_api_client_signs_in_and_out_through_the_fastapi_example(
+    fastapi_example: ModuleType, load: Loader
+) -> None:
+    api_client = load("api_client")
+    transport = httpx.ASGITransport(app=fastapi_example.app)
+    me = await api_client.main("http://testserver", transport=transport)
+    assert me["auth_state"] == "authenticated" and me["factors"] == ["password"]
+    user = await fastapi_example.users.find_user(fastapi_example.USER)
+    assert me["user_id"] == user.id
+    assert await fastapi_example.auth.list_sessions(user.id) == []  # signed out
+
+    with pytest.raises(api_client.ApiError) as refused:
+        await api_client.main("http://testserver", password="wrong", transport=transport)
+    assert (refused.value.status, refused.value.error) == (401, "invalid_credentials")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def fastapi_server(tmp_path: Path) -> Iterator[str]:
+    """``uvicorn examples.fastapi_app:app`` in a subprocess, as its docstring says."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
+    env["AXESS_STORE_URL"] = f"sqlite:///{tmp_path / 'app.db'}"
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a real server takes real time to start
+            if server.poll() is not None:
+                pytest.fail(f"uvicorn exited ({server.returncode}):\n{log.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"uvicorn did not answer within 30 s:\n{log.read_text()}")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_api_client_command_against_a_real_server(fastapi_server: str) -> None:
+    command = [sys.executable, "-m", "examples.api_client", fastapi_server]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "signed out again" in done.stdout
+
+    wrong = subprocess.run(
+        [*command, "--password", "wrong"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode == 1 and "invalid_credentials" in wrong.stderr
