@@ -129,16 +129,12 @@ def member(request: Request) -> Session | None:
     return None
 
 
-def not_a_member(request: Request) -> Response:
-    session = get_session(request)
-    tenant = request.path_params["tenant"]
-    if session.is_authenticated:  # signed in, but to another tenant
-        return page(
-            f"<h1>{html.escape(tenant)}</h1><p>You are signed in to "
-            f"{html.escape(session.tenant_id or '?')}, not to this tenant.</p>",
-            403,
-        )
-    return RedirectResponse(f"/t/{tenant}/", status_code=303)
+async def not_a_member(request: Request) -> Response:
+    """Signed in to another tenant: 403 (and this tenant's sign-in form).
+    A guest is sent to the sign-in form."""
+    if get_session(request).is_authenticated:
+        return await tenant_page(request)
+    return RedirectResponse(f"/t/{request.path_params['tenant']}/", status_code=303)
 
 
 async def tenants(request: Request) -> Response:
@@ -151,14 +147,19 @@ async def tenant_home(request: Request) -> Response:
 
 
 async def tenant_page(request: Request, message: str = "", status_code: int = 200) -> Response:
-    """The tenant's notes for its members, its sign-in form for guests."""
+    """The tenant's notes for its members; its sign-in form for everyone else
+    (403 for a session signed in to another tenant)."""
     tenant = request.path_params["tenant"]
     if tenant not in TENANTS:
         return page("<h1>No such tenant</h1>", 404)
     session = get_session(request)
     if member(request) is None:
-        if session.is_authenticated:
-            return not_a_member(request)
+        if session.is_authenticated and not message:  # signed in to another tenant
+            elsewhere = session.tenant_id or "another tenant"
+            message = (
+                f"You are signed in to {elsewhere}, not to {tenant}. Signing in here ends that."
+            )
+            status_code = 403
         error = f"<p><strong>{html.escape(message)}</strong></p>" if message else ""
         fields = (
             '<label>E-mail <input name="email" type="email" required></label> '
@@ -198,7 +199,7 @@ async def login(request: Request) -> Response:
 
 async def add_note(request: Request) -> Response:
     if member(request) is None:
-        return not_a_member(request)
+        return await not_a_member(request)
     tenant = request.path_params["tenant"]
     text = str((await request.form()).get("text", "")).strip()[:200]
     if text:

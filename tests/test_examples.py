@@ -179,7 +179,14 @@ async def test_multitenant_example_keeps_a_session_inside_its_tenant(
         r = await c.post("/t/globex/logout", data={"csrf_token": token})
         assert (await c.get("/t/acme/")).status_code == 200  # still signed in to acme
 
-        r = await c.post("/t/acme/logout", data={"csrf_token": token})
+        # Signing in to globex replaces the acme sign-in (one session per browser).
+        r = await sign_in(c, "globex", "alice@example.com", "alice at globex")
+        assert r.status_code == 303
+        assert (await c.get("/t/acme/")).status_code == 403
+        page = (await c.get("/t/globex/")).text
+        assert "session tenant: <code>globex</code>" in page
+
+        r = await c.post("/t/globex/logout", data={"csrf_token": csrf_field(page)})
         assert r.status_code == 303
         assert "Sign in to acme" in (await c.get("/t/acme/")).text
 
