@@ -1,4 +1,4 @@
-"""Authorization with Cedar (needs the ``cedar`` extra: ``pip install 'axess[cedar]'``).
+"""Authorization with Cedar (needs the ``cedar`` extra, which installs cedarpy).
 
 ``CedarAuthorizer`` (alias ``AuthzStore``) loads a Cedar policy set and
 schema, validates them at startup and decides requests from the session

@@ -1,5 +1,5 @@
 """``OTelMetrics``: :class:`~axess.observability.metrics.AuthnMetrics` on the
-OpenTelemetry metrics API (``pip install 'axess[otel]'``).
+OpenTelemetry metrics API (the ``otel`` extra).
 
 Only ``opentelemetry-api`` is needed: the application configures a
 ``MeterProvider`` (the SDK, its readers and exporters) and passes it in, or

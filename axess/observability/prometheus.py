@@ -1,5 +1,5 @@
 """``PrometheusMetrics``: :class:`~axess.observability.metrics.AuthnMetrics`
-for Prometheus (``pip install 'axess[prometheus]'``).
+for Prometheus (the ``prometheus`` extra).
 
 Every counter is ``axess_<method>_total``; ``store_latency`` is the histogram
 ``axess_store_latency_seconds`` and ``audit_buffer_depth`` the gauge

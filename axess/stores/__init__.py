@@ -1,7 +1,7 @@
 """Storage backends.
 
 ``MemoryStore`` is always available; the SQL and Valkey stores import their
-drivers only when first used, so ``pip install axess`` stays small.
+drivers only when first used, so the install without extras stays small.
 """
 
 from __future__ import annotations
