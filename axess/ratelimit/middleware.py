@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from axess._cache import BoundedMemo
+from axess._cache import BoundedDict, Memo
 from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
@@ -171,13 +171,20 @@ def _seconds(us: int) -> int:
     return -(-us // gcra.US)
 
 
+def _limit_item(key: tuple[str, int, int]) -> bytes:
+    """One ``RateLimit`` field item: (name, remaining, seconds to reset)."""
+    name, remaining, reset = key
+    return f'"{name}";r={remaining};t={reset}'.encode("ascii")
+
+
 class _EventGate:
     """At most one event per (policy, key) per window, and a global rate."""
 
     def __init__(self, clock: Clock, interval: float | None, per_second: int) -> None:
         self._clock = clock
         self._interval = interval
-        self._seen: BoundedMemo[tuple[str, str], list[float]] = BoundedMemo(10_000)
+        # (policy, key) -> [quiet until, suppressed]: bounded state, not a memo.
+        self._seen: BoundedDict[tuple[str, str], list[float]] = BoundedDict(10_000)
         self._per_second = per_second
         self._emission = gcra.emission_us(per_second, 1) if per_second > 0 else 0
         self._tat = 0
@@ -286,10 +293,10 @@ class RateLimiter:
             else None
         )
         # (item name, remaining, t) -> RateLimit item of single-limit checks.
-        self._items: BoundedMemo[tuple[str, int, int], bytes] = BoundedMemo(4096)
+        self._items: Memo[tuple[str, int, int], bytes] = Memo(_limit_item, 4096)
         # (method, path) -> rules; a path over the default key bound (1 KiB) is
         # matched every time instead of remembered.
-        self._matches: BoundedMemo[tuple[str, str], tuple[RateLimit, ...]] = BoundedMemo(4096)
+        self._matches: Memo[tuple[str, str], tuple[RateLimit, ...]] = Memo(self._match, 4096)
         self._errors = 0
         self._last_error_log = -math.inf
         for what in self.weakenings():
@@ -311,15 +318,13 @@ class RateLimiter:
     # -- matching ------------------------------------------------------------------
     def match(self, method: str, path: str) -> tuple[RateLimit, ...]:
         """The middleware rules that apply to a request (memoized)."""
-        hit = self._matches.get((method, path))
-        if hit is None:
-            bare = path.rstrip("/") or "/"
-            if bare in self.exempt_paths:
-                hit = ()
-            else:
-                hit = tuple(r for r in self.rules if r.matches(method, path))
-            self._matches.put((method, path), hit)
-        return hit
+        return self._matches[(method, path)]
+
+    def _match(self, key: tuple[str, str]) -> tuple[RateLimit, ...]:
+        method, path = key
+        if (path.rstrip("/") or "/") in self.exempt_paths:
+            return ()
+        return tuple(r for r in self.rules if r.matches(method, path))
 
     # -- checking ------------------------------------------------------------------
     async def check(self, rules: Sequence[RateLimit], ctx: KeyContext) -> Verdict:
@@ -415,12 +420,7 @@ class RateLimiter:
         if verdict.allowed and len(states) == 1:
             name = verdict.rules[0].item_names[0]
             remaining, reset_us, _ = states[0]
-            memo_key = (name, remaining, _seconds(reset_us))
-            item = self._items.get(memo_key)
-            if item is None:
-                item = f'"{name}";r={remaining};t={memo_key[2]}'.encode("ascii")
-                self._items.put(memo_key, item)
-            return item
+            return self._items[(name, remaining, _seconds(reset_us))]
         items: list[str] = []
         i = 0
         for rule in verdict.rules:
