@@ -131,7 +131,3 @@ class Memo(BoundedDict[K, V]):
 
     def __missing__(self, key: K) -> V:
         return self.put(key, self.compute(key))
-
-
-# Transitional name while the memos move to Memo (removed when the last user moves).
-BoundedMemo = BoundedDict

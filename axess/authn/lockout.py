@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
+from axess._cache import Memo
 from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
@@ -424,9 +425,28 @@ class Lockout:
         self.policy = policy or LockoutPolicy()
         self._clock = clock or SystemClock()
         self._metrics = metrics or NoopMetrics()
-        # (tenant, overrides content) -> effective policy, for self._memo_of.
-        self._memo: dict[tuple[str, str], LockoutPolicy] = {}
-        self._memo_of: LockoutPolicy = self.policy
+        # (tenant, overrides as canonical JSON) -> effective policy, under
+        # self._policies_of (rebuilt when the policy is replaced). Tenant
+        # records are operator data, not client input: no key bound.
+        self._policies: Memo[tuple[str, str], LockoutPolicy] = self._policy_memo()
+        self._policies_of: LockoutPolicy = self.policy
+
+    def _policy_memo(self) -> Memo[tuple[str, str], LockoutPolicy]:
+        return Memo(self._policy_with, _POLICY_MEMO_MAX, max_key_bytes=None)
+
+    def _policy_with(self, key: tuple[str, str]) -> LockoutPolicy:
+        """The policy of tenant ``key[0]`` with record overrides ``key[1]``
+        (JSON); invalid overrides are ignored with one WARNING."""
+        tenant, content = key
+        try:
+            return self.policy.with_record_overrides(tenant, json.loads(content))
+        except ValueError as exc:
+            logger.warning(
+                "ignoring invalid lockout_overrides of tenant %s (using the policy's levers): %s",
+                tenant,
+                exc,
+            )
+            return self.policy.for_tenant(tenant)
 
     def policy_for(self, tenant: str, record_overrides: object = None) -> LockoutPolicy:
         """The effective policy of ``tenant``: ``policy.overrides`` for the
@@ -440,30 +460,14 @@ class Lockout:
         """
         if not record_overrides:
             return self.policy.for_tenant(tenant)
-        if self._memo_of is not self.policy:  # the policy was replaced: start over
-            self._memo.clear()
-            self._memo_of = self.policy
+        if self._policies_of is not self.policy:  # the policy was replaced: start over
+            self._policies = self._policy_memo()
+            self._policies_of = self.policy
         try:
-            content = json.dumps(record_overrides, sort_keys=True, default=repr)
-        except (TypeError, ValueError):
-            content = repr(record_overrides)
-        memo_key = (tenant, content)
-        policy = self._memo.get(memo_key)
-        if policy is not None:
-            return policy
-        try:
-            policy = self.policy.with_record_overrides(tenant, record_overrides)
-        except ValueError as exc:
-            logger.warning(
-                "ignoring invalid lockout_overrides of tenant %s (using the policy's levers): %s",
-                tenant,
-                exc,
-            )
-            policy = self.policy.for_tenant(tenant)
-        if len(self._memo) >= _POLICY_MEMO_MAX:
-            self._memo.clear()
-        self._memo[memo_key] = policy
-        return policy
+            content = json.dumps(record_overrides, sort_keys=True)
+        except (TypeError, ValueError):  # not JSON: refused (and reported) as a string
+            content = json.dumps(repr(record_overrides))
+        return self._policies[(tenant, content)]
 
     def _levers(self, keys: LockoutKeys, policy: LockoutPolicy | None = None) -> list[_LeverRow]:
         if policy is None:
