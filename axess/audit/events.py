@@ -18,7 +18,6 @@ secret (``password``, ``code``, ``token``, ``key``…) are replaced by
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import math
 import re
@@ -26,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
+from axess._cache import Memo
 from axess.clock import Clock, Random
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent
 
@@ -148,10 +148,17 @@ _SECRET_WORDS: Final = frozenset(
 _WORD_SPLIT: Final = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
-@functools.lru_cache(maxsize=1024)
 def is_secret_name(name: str) -> bool:
     """True if an ``extras`` key names something secret (``otp_code``, ``apiKey``…)."""
+    return _SECRET_NAMES[name]
+
+
+def _names_a_secret(name: str) -> bool:
     return any(w.lower() in _SECRET_WORDS for w in _WORD_SPLIT.split(name) if w)
+
+
+# Extras keys repeat (they are field names in the application's code).
+_SECRET_NAMES: Final[Memo[str, bool]] = Memo(_names_a_secret, 1024)
 
 
 def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
@@ -177,7 +184,7 @@ def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
         for k, v in value.items():
             key = str(k)
             size[0] += 6 * len(key) + 4
-            out[key] = REDACTED if is_secret_name(key) else _clean(v, depth + 1, size)
+            out[key] = REDACTED if _SECRET_NAMES[key] else _clean(v, depth + 1, size)
         size[0] += 2
         return out
     if isinstance(value, list | tuple | set | frozenset):
