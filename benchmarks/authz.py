@@ -35,10 +35,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SeededRandom, get_session
+from axess import Axess, Keyring, MockClock, get_session
 from axess.authz import CedarAuthorizer, Entity, EntityUid, Principal
 from axess.authz.model import context_record, principal_entity
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 from benchmarks.asgi import Client, call, make_scope, time_requests
 
 DOCS = Path(__file__).resolve().parent.parent / "tests" / "policies" / "docs"

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig, StoreError, get_session
+from axess import Axess, Keyring, MockClock, SessionConfig, StoreError, get_session
 from axess.authn import Password, PasswordHasher, RecoveryCode, TOTPCode
 from axess.authn.http import outcome_response, unavailable_response
 from axess.authn.lockout import normalize_identifier
@@ -20,6 +20,7 @@ from axess.authn.service import AuthnEvent, AuthnService
 from axess.observability.metrics import NoopMetrics
 from axess.stores import MemoryStore
 from axess.stores.base import DEFAULT_TENANT, UserRecord
+from axess.testing import SeededRandom
 
 
 class CountingMetrics(NoopMetrics):

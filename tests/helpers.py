@@ -11,10 +11,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SeededRandom, SessionConfig, StoreError, get_session
+from axess import Axess, Keyring, MockClock, SessionConfig, StoreError, get_session
 from axess.net import TrustedProxies
 from axess.stores import MemoryStore
 from axess.stores.base import SessionRecord
+from axess.testing import SeededRandom
 
 
 class CountingStore(MemoryStore):

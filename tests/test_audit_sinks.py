@@ -16,10 +16,11 @@ from helpers import ROUTES
 from starlette.applications import Starlette
 from test_audit_support import VirtualTime
 
-from axess import Axess, Keyring, MockClock, SeededRandom
+from axess import Axess, Keyring, MockClock
 from axess.audit import AuditPipeline, AuditQuery, AuthEvent, CallableSink, JSONLSink
 from axess.audit.sinks import LoggingSink, OTelLogsSink, StoreSink, query_events
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 from axess.testing.contract import make_event
 
 

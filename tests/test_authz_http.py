@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from axess import AuditPipeline, AuthEvent, Axess, Keyring, MockClock, SeededRandom, get_session
+from axess import AuditPipeline, AuthEvent, Axess, Keyring, MockClock, get_session
 from axess.audit.sinks import CallableSink
 from axess.authz import (
     AuthzDecision,
@@ -30,6 +30,7 @@ from axess.authz import (
 )
 from axess.observability.metrics import NoopMetrics
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 
 POLICIES = Path(__file__).parent / "policies" / "docs"
 #: doc id -> (tenant, owner, classification)

@@ -10,11 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axess import AuditPipeline, Axess, Keyring, MockClock, RateLimit, SeededRandom, get_session
+from axess import AuditPipeline, Axess, Keyring, MockClock, RateLimit, get_session
 from axess.audit import StoreSink
 from axess.authn.http import outcome_response
 from axess.authn.password import PasswordHasher
 from axess.stores.sql import SQLiteStore
+from axess.testing import SeededRandom
 
 
 def build(tmp_path: Path) -> tuple[Axess, Starlette]:

@@ -22,12 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SeededRandom, csrf_token
+from axess import Axess, Keyring, MockClock, csrf_token
 from axess.authn.http import outcome_response
 from axess.authn.lockout import normalize_identifier
 from axess.authn.password import PasswordHasher
 from axess.session.csrf import CSRFConfig
 from axess.stores import MemoryStore, SQLiteStore
+from axess.testing import SeededRandom
 
 ROOT = Path(__file__).resolve().parent.parent
 FORM = {"content-type": "application/x-www-form-urlencoded"}

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SeededRandom, get_session
+from axess import Axess, Keyring, MockClock, get_session
 from axess.authn.http import outcome_response
 from axess.authn.lockout import lockout_keys
 from axess.authn.password import PasswordHasher
@@ -32,6 +32,7 @@ from axess.stores.base import (
 )
 from axess.stores.composite import CompositeStore
 from axess.stores.memory import MemoryStore
+from axess.testing import SeededRandom
 from axess.testing.contract import (
     NOW,
     IdentityStoreContract,

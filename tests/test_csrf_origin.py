@@ -13,11 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, ConfigurationError, Keyring, MockClock, SeededRandom
+from axess import Axess, ConfigurationError, Keyring, MockClock
 from axess.authn import PasswordHasher
 from axess.authn.http import outcome_response
 from axess.session.csrf import CSRFConfig
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 
 EVIL = "https://evil.example"
 REFUSED = {"error": "csrf_failed", "detail": "cross-origin request refused"}

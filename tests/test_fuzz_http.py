@@ -65,7 +65,6 @@ from axess import (
     Keyring,
     MockClock,
     RateLimit,
-    SeededRandom,
     SessionConfig,
     StoreError,
     TrustedProxies,
@@ -81,6 +80,7 @@ from axess.authn.totp import generate_secret
 from axess.ratelimit import auth_rules
 from axess.ratelimit.keys import composite
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 
 # A client may name the unicode_escape charset for its multipart body; the
 # decoder then warns about the escapes it was sent. That is the point here.

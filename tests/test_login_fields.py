@@ -14,19 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axess import (
-    AmbiguousIdentifier,
-    Axess,
-    ConfigurationError,
-    Keyring,
-    LoginFields,
-    MockClock,
-    SeededRandom,
-)
+from axess import AmbiguousIdentifier, Axess, ConfigurationError, Keyring, LoginFields, MockClock
 from axess.authn import PasswordHasher
 from axess.authn.http import outcome_response
 from axess.ratelimit import auth_rules, keys
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 
 FORM = "application/x-www-form-urlencoded"
 AMBIGUOUS = "ambiguous_identifier"

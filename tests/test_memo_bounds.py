@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from helpers import asgi_request, client, cookie_of, make_app, make_bound_auth
 
-from axess import Keyring, MockClock, SeededRandom
+from axess import Keyring, MockClock
 from axess._cache import DEFAULT_MAX_KEY_BYTES, BoundedDict, Memo, key_bytes
 from axess.net import MAX_ADDRESS_CHARS, TrustedProxies
 from axess.observability.metrics import NoopMetrics
@@ -38,6 +38,7 @@ from axess.session.middleware import MAX_TEMPLATE_JSON, SessionMiddleware
 from axess.stack import HEADERS_KEY
 from axess.stores import MemoryStore
 from axess.stores.base import SessionRecord
+from axess.testing import SeededRandom
 
 KiB = 1024
 #: Entries of the memos sized by ``memo_size`` in these tests.

@@ -24,7 +24,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, LockoutPolicy, LoginFields, MockClock, SeededRandom, get_session
+from axess import Axess, Keyring, LockoutPolicy, LoginFields, MockClock, get_session
 from axess.audit.pipeline import AuditUnavailable
 from axess.authn.guards import require_authn
 from axess.authn.http import outcome_response
@@ -41,6 +41,7 @@ from axess.refusals import (
     wants_html,
 )
 from axess.session.csrf import CSRFConfig
+from axess.testing import SeededRandom
 
 POLICIES = Path(__file__).parent / "policies" / "docs"
 DOCUMENTS = {"d1": "acme", "g1": "globex"}

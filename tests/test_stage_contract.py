@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, RateLimit, SeededRandom, TrustedProxies, get_session
+from axess import Axess, Keyring, MockClock, RateLimit, TrustedProxies, get_session
 from axess.keys import Key
 from axess.session.csrf import CSRFConfig, csrf_token
 from axess.stack import Stack, queue_response_headers
 from axess.stores import MemoryStore
+from axess.testing import SeededRandom
 
 KEYS = Keyring(
     signing=[Key("s1", b"\x01" * 32)],
