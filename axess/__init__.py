@@ -1,4 +1,12 @@
-"""axess: sessions and authentication for ASGI apps (Starlette, FastAPI)."""
+"""axess: sessions and authentication for ASGI apps (Starlette, FastAPI).
+
+The top level holds what an application writes: the facade (:class:`Axess`),
+its configuration, the request helpers (``get_session``, ``csrf_input``,
+``client_ip``), the building blocks named in the book, and the errors.
+Stores are in :mod:`axess.stores`, test doubles in :mod:`axess.testing`
+(``MockClock`` is here too), the clock and randomness protocols in
+:mod:`axess.clock`, and each subsystem's details in its own package.
+"""
 
 from axess.app import Axess
 from axess.audit import AuditPipeline, AuthEvent
@@ -13,7 +21,7 @@ from axess.authn import (
     require_authn,
     require_partial_authn,
 )
-from axess.clock import Clock, MockClock, Random, SeededRandom, SystemClock, SystemRandom
+from axess.clock import MockClock
 from axess.errors import (
     AxessError,
     ConfigurationError,
@@ -23,7 +31,7 @@ from axess.errors import (
 )
 from axess.keys import Key, Keyring
 from axess.login_fields import AmbiguousIdentifier, LoginFields
-from axess.net import ClientIPMiddleware, TrustedProxies, client_ip
+from axess.net import TrustedProxies, client_ip
 from axess.observability.health import (
     CompositeHealthCheck,
     HealthCheck,
@@ -39,7 +47,6 @@ from axess.session.data import AuthState
 from axess.session.envelope import SessionCrypto
 from axess.session.handle import Session, get_session
 from axess.session.middleware import SessionMiddleware
-from axess.session.registry import SessionInfo
 
 __all__ = [
     "AmbiguousIdentifier",
@@ -53,8 +60,6 @@ __all__ = [
     "BindingPolicy",
     "CSRFConfig",
     "CSRFMiddleware",
-    "ClientIPMiddleware",
-    "Clock",
     "CompositeHealthCheck",
     "ConfigurationError",
     "EnvelopeError",
@@ -69,20 +74,15 @@ __all__ = [
     "MockClock",
     "NoopMetrics",
     "Password",
-    "Random",
     "RateLimit",
     "RateLimitMiddleware",
     "RecoveryCode",
     "SchemaVersionError",
-    "SeededRandom",
     "Session",
     "SessionConfig",
     "SessionCrypto",
-    "SessionInfo",
     "SessionMiddleware",
     "StoreError",
-    "SystemClock",
-    "SystemRandom",
     "TOTPCode",
     "TrustedProxies",
     "client_ip",
