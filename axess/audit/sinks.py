@@ -220,7 +220,8 @@ class OTelLogsSink:
             from opentelemetry import _logs
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ImportError(
-                "OTelLogsSink needs opentelemetry-api: pip install 'axess[otel]'"
+                "OTelLogsSink needs opentelemetry-api: install axess with the 'otel' extra "
+                "(pip install '/path/to/axess[otel]') or pip install opentelemetry-api"
             ) from exc
         self._api = _logs
         provider = logger_provider or _logs.get_logger_provider()

@@ -48,7 +48,8 @@ def _otel_metrics() -> Any:
         from opentelemetry import metrics
     except ImportError as exc:
         raise ConfigurationError(
-            "OTelMetrics needs opentelemetry-api: pip install 'axess[otel]'"
+            "OTelMetrics needs opentelemetry-api: install axess with the 'otel' extra "
+            "(pip install '/path/to/axess[otel]') or pip install opentelemetry-api"
         ) from exc
     return metrics
 

@@ -55,7 +55,8 @@ def _prometheus() -> Any:
         import prometheus_client.exposition
     except ImportError as exc:
         raise ConfigurationError(
-            "PrometheusMetrics needs prometheus-client: pip install 'axess[prometheus]'"
+            "PrometheusMetrics needs prometheus-client: install axess with the 'prometheus' "
+            "extra (pip install '/path/to/axess[prometheus]') or pip install prometheus-client"
         ) from exc
     return prometheus_client
 

@@ -63,7 +63,10 @@ try:
     from valkey.asyncio.connection import SSLConnection, UnixDomainSocketConnection
     from valkey.exceptions import NoScriptError, ValkeyError
 except ImportError as _exc:  # pragma: no cover - depends on the install
-    raise ImportError("ValkeyStore needs the valkey client: pip install 'axess[valkey]'") from _exc
+    raise ImportError(
+        "ValkeyStore needs the valkey client: install axess with the 'valkey' extra "
+        "(pip install '/path/to/axess[valkey]') or pip install valkey"
+    ) from _exc
 
 logger = logging.getLogger(__name__)
 

@@ -198,7 +198,8 @@ class PooledDriver(Driver):
     def __init__(self, dsn: str, driver_module: str, extra: str, settings: PoolSettings) -> None:
         if importlib.util.find_spec(driver_module) is None:
             raise ConfigurationError(
-                f"{driver_module} is not installed: pip install 'axess[{extra}]'"
+                f"{driver_module} is not installed: install axess with the '{extra}' extra "
+                f"(pip install '/path/to/axess[{extra}]') or pip install {driver_module}"
             )
         self.settings = settings
         self.target = redact_dsn(dsn)
