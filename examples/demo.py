@@ -9,9 +9,12 @@ http://127.0.0.1:8000. The demo user ``demo@example.com`` /
 2. **Two-factor sign-in**: the account page shows whether TOTP is on. Setting
    it up shows a QR code (inline SVG) and the key as text; it becomes active
    only once a first code is confirmed, and then shows ten recovery codes,
-   once. TOTP can be turned off, the authenticator replaced and the recovery
-   codes regenerated; each change asks for the password again (a step-up
-   check that counts on the lockout like a sign-in).
+   once. Each change asks for a fresh proof, as the JSON router does:
+   setting TOTP up asks for the password; turning it off and new recovery
+   codes ask for a code of the factor itself (from the app, or a recovery
+   code), since the password is what leaks most. Replacing the authenticator
+   is turning TOTP off and setting it up again. These step-up checks count
+   on the lockout like a sign-in.
 3. **Sessions**: every session of the account with its creation time, last
    activity, device and IP prefix; the current one is marked, the others can
    be revoked.
@@ -195,6 +198,17 @@ NOTICES: dict[str, tuple[str, bool]] = {
         "on the account's lockout even from this browser.",
         False,
     ),
+    "Code not accepted": (
+        "That code was not accepted, so nothing changed. Each code works once: if you "
+        "just signed in with the one the app shows, wait for the next. Wrong codes here "
+        "count on the account's lockout.",
+        False,
+    ),
+    "TOTP is already on": (
+        "TOTP is already on. To move to another authenticator app, turn TOTP off (with "
+        "a code) and set it up again.",
+        False,
+    ),
     "Browser forgotten": (
         "This browser's device cookie is gone: for every account, its wrong passwords "
         "count on the account lever again.",
@@ -272,30 +286,13 @@ async def account_page(request: Request, user_id: str) -> Response:
     now = auth.clock.time()
     name = user.identifier if user else user_id
     body = shown_notice(request) + f"<p>Signed in as <strong>{esc(name)}</strong>.</p>"
-    body += '<div class="card" id="two-factor"><h2>Two-factor sign-in</h2>'
     if factors.totp_secret is None:
-        status = "TOTP is <strong>off</strong>: signing in needs only the password."
-        actions = [("/totp/enrol", "Set up TOTP")]
+        two_factor = totp_off_card(request)
     else:
-        status = (
-            "TOTP is <strong>on</strong>: signing in asks for a code after the password. "
-            f"Recovery codes left: {factors.recovery_codes}."
-        )
-        actions = [
-            ("/recovery-codes", "New recovery codes"),
-            ("/totp/enrol", "Replace authenticator"),
-            ("/totp/disable", "Turn off TOTP"),
-        ]
-    # One form, one password field: each button posts it to its own action.
-    buttons = "".join(
-        f'<button formaction="{esc(path)}">{esc(label)}</button>' for path, label in actions
-    )
+        two_factor = totp_on_card(request, factors.recovery_codes)
     body += (
-        f'<p id="totp-status">{status}</p>'
-        f'<form method="post" action="{esc(actions[0][0])}">{csrf_input(request)}'
-        '<label>Your password, to confirm a change <input name="password" type="password" '
-        'required maxlength="1024" autocomplete="current-password"></label>'
-        f"{buttons}</form></div><h2>Your sessions</h2>"
+        f'<div class="card" id="two-factor"><h2>Two-factor sign-in</h2>{two_factor}</div>'
+        "<h2>Your sessions</h2>"
     )
     for info in await auth.list_sessions(user_id):
         current = info.storage_key == s.storage_key
@@ -318,6 +315,39 @@ async def account_page(request: Request, user_id: str) -> Response:
         + "</p>"
     )
     return page("Your account", body)
+
+
+def totp_off_card(request: Request) -> str:
+    inner = (
+        '<label>Your password, to confirm <input name="password" type="password" '
+        'required maxlength="1024" autocomplete="current-password"></label>'
+    )
+    return (
+        '<p id="totp-status">TOTP is <strong>off</strong>: signing in needs only the '
+        "password.</p>"
+        + form(request, "/totp/enrol", "Set up TOTP", inner)
+        + '<p class="muted">Setting up asks for your password again: whoever has only this '
+        "session (a copied cookie, a laptop left unlocked) must not be able to tie your "
+        "account to an authenticator of their own.</p>"
+    )
+
+
+def totp_on_card(request: Request, recovery_codes: int) -> str:
+    # One form, one code field: each button posts it to its own action.
+    return (
+        '<p id="totp-status">TOTP is <strong>on</strong>: signing in asks for a code after '
+        f"the password. Recovery codes left: {recovery_codes}.</p>"
+        f'<form method="post" action="/recovery-codes">{csrf_input(request)}'
+        '<label>A code from your authenticator app, or a recovery code <input name="code" '
+        'required maxlength="32" autocomplete="one-time-code"></label>'
+        '<button formaction="/recovery-codes">New recovery codes</button>'
+        '<button formaction="/totp/disable">Turn off TOTP</button></form>'
+        '<p class="muted">These ask for a code, not your password. The password is the '
+        "factor most likely to have leaked (a phishing page, a reused password), so it "
+        "alone must not be able to remove or reissue the second factor. A recovery code "
+        "used here is spent. To move to another authenticator app, turn TOTP off and set "
+        "it up again.</p>"
+    )
 
 
 def locked_page(locked: Locked) -> Response:
@@ -355,23 +385,33 @@ async def login(request: Request) -> Response:
     return after_login(await authn.login_password(request, email, password), second_step=False)
 
 
-async def login_totp(request: Request) -> Response:
-    code = str((await request.form()).get("code", "")).strip()[:32]
+def one_time_code(text: str) -> TOTPCode | RecoveryCode:
+    """What the one code field holds: a TOTP code when it is digits, else a
+    recovery code (an empty field is a recovery code that never matches)."""
+    code = text.strip()[:32]
     digits = code.replace(" ", "").replace("-", "")
     # Six digits are a TOTP code; recovery codes are ten letters and digits.
-    credential = (
-        TOTPCode(code) if digits.isdigit() and len(digits) <= 8 else RecoveryCode(code or "-")
+    if digits.isdigit() and len(digits) <= 8:
+        return TOTPCode(code)
+    return RecoveryCode(code or "-")
+
+
+def totp_unavailable_page() -> Response:
+    body = (
+        '<p class="notice" role="alert">This account\'s TOTP key was sealed with keys '
+        "this demo no longer has (the key file was replaced or deleted), so no code can "
+        "be checked. Recovery codes depend on the same keys.</p><p>To start afresh, stop "
+        f"the demo and delete <code>{esc(DB_PATH.name)}</code>.</p>"
     )
+    return page("Code check unavailable", body, status=503)
+
+
+async def login_totp(request: Request) -> Response:
+    credential = one_time_code(str((await request.form()).get("code", "")))
     try:
         outcome = await authn.verify_factor(request, credential)
     except TOTPSecretUnavailable:
-        body = (
-            '<p class="notice" role="alert">This account\'s TOTP key was sealed with keys '
-            "this demo no longer has (the key file was replaced or deleted), so no code can "
-            "be checked. Recovery codes depend on the same keys.</p><p>To start afresh, stop "
-            f"the demo and delete <code>{esc(DB_PATH.name)}</code>.</p>"
-        )
-        return page("Second step unavailable", body, status=503)
+        return totp_unavailable_page()
     return after_login(outcome, second_step=True)
 
 
@@ -408,21 +448,46 @@ async def forget_device(request: Request) -> Response:
 
 
 # -- two-factor settings -------------------------------------------------------------------
-async def step_up(request: Request) -> str | Response:
-    """The signed-in user's id once the password in the form is confirmed
-    (:meth:`AuthnService.reverify`), else the response to send."""
+# The policy of the JSON router (book: FastAPI auth routes, "a fresh proof"):
+# setting TOTP up asks for the password; turning it off and new recovery codes
+# ask for a code of the factor being changed, as the password is what leaks.
+async def signed_in_user(request: Request, *, totp: bool) -> str | Response:
+    """The signed-in user's id when their TOTP is on (``totp``) or off (not
+    ``totp``), else the response to send. Checked before any proof is read,
+    so a change that cannot happen counts on no lever."""
     s = get_session(request)
     if not (s.is_authenticated and s.user_id):
         return redirect()
-    raw = str((await request.form()).get("password", ""))[:1024]
-    outcome: LoginOutcome = InvalidCredentials()
-    if raw:
-        outcome = await authn.reverify(request, Password(raw))
+    totp_on = (await users.store.get_factors(s.user_id)).totp_secret is not None
+    if totp_on and not totp:
+        return redirect("TOTP is already on")
+    if totp and not totp_on:
+        return redirect()
+    return s.user_id
+
+
+async def step_up(request: Request, *, field: str) -> Response | None:
+    """``None`` once the form's ``field`` (``password``, or ``code``: a TOTP
+    or recovery code) proves the signed-in user again
+    (:meth:`AuthnService.reverify`: counted on the lockout), else the
+    response to send. An empty field, or a password no one can have, is
+    refused without counting."""
+    raw = str((await request.form()).get(field, ""))
+    proof: Password | TOTPCode | RecoveryCode | None = None
+    if field == "password":
+        with contextlib.suppress(ValueError):  # empty, too long, not Unicode
+            proof = Password(raw)
+    elif raw.strip():
+        proof = one_time_code(raw)
+    try:
+        outcome = InvalidCredentials() if proof is None else await authn.reverify(request, proof)
+    except TOTPSecretUnavailable:
+        return totp_unavailable_page()
     if isinstance(outcome, Authenticated):
-        return outcome.user_id
+        return None
     if isinstance(outcome, Locked):
         return locked_page(outcome)
-    return redirect("Password not accepted")
+    return redirect("Password not accepted" if field == "password" else "Code not accepted")
 
 
 def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") -> str:
@@ -444,9 +509,12 @@ def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") 
 
 
 async def totp_enrol(request: Request) -> Response:
-    user_id = await step_up(request)
+    user_id = await signed_in_user(request, totp=False)
     if isinstance(user_id, Response):
         return user_id
+    refused = await step_up(request, field="password")
+    if refused is not None:
+        return refused
     s = get_session(request)
     enrolment = await users.begin_totp_enrolment(user_id)
     # Only the sealed token is kept; nothing is stored until a code is accepted.
@@ -462,6 +530,10 @@ async def totp_confirm(request: Request) -> Response:
     code = str((await request.form()).get("code", ""))[:32]
     if not isinstance(pending, str):
         return redirect("Start the TOTP setup again")
+    if (await users.store.get_factors(s.user_id)).totp_secret is not None:
+        # Turned on meanwhile (another tab): replacing it takes a code first.
+        del s[TOTP_PENDING]
+        return redirect("TOTP is already on")
     if not await users.confirm_totp_enrolment(s.user_id, pending, code, actor=s.user_id):
         enrolment = await users.pending_totp_enrolment(s.user_id, pending)
         if enrolment is None:  # expired (or keys gone): start again
@@ -474,12 +546,13 @@ async def totp_confirm(request: Request) -> Response:
         return page("Set up TOTP", body, status=400)
     del s[TOTP_PENDING]
     codes = await users.regenerate_recovery_codes(s.user_id)
-    return recovery_codes_page("TOTP is on", codes)
+    lead = "From now on, signing in asks for a code after the password."
+    return recovery_codes_page("TOTP is on", lead, codes)
 
 
-def recovery_codes_page(title: str, codes: list[str]) -> Response:
+def recovery_codes_page(title: str, lead: str, codes: list[str]) -> Response:
     body = (
-        notice("From now on, signing in asks for a code after the password.", ok=True)
+        notice(lead, ok=True)
         + "<p>Recovery codes: each works once instead of a code, for when the phone is "
         "lost. They are shown <strong>only now</strong>; store them somewhere safe. Any "
         "earlier codes no longer work.</p>"
@@ -490,20 +563,25 @@ def recovery_codes_page(title: str, codes: list[str]) -> Response:
 
 
 async def totp_disable(request: Request) -> Response:
-    user_id = await step_up(request)
+    user_id = await signed_in_user(request, totp=True)
     if isinstance(user_id, Response):
         return user_id
+    refused = await step_up(request, field="code")
+    if refused is not None:
+        return refused
     await users.disable_totp(user_id, actor=user_id)  # the recovery codes go too
     return redirect("TOTP turned off")
 
 
 async def new_recovery_codes(request: Request) -> Response:
-    user_id = await step_up(request)
+    user_id = await signed_in_user(request, totp=True)
     if isinstance(user_id, Response):
         return user_id
-    if (await users.store.get_factors(user_id)).totp_secret is None:
-        return redirect()
-    return recovery_codes_page("New recovery codes", await users.regenerate_recovery_codes(user_id))
+    refused = await step_up(request, field="code")
+    if refused is not None:
+        return refused
+    codes = await users.regenerate_recovery_codes(user_id)
+    return recovery_codes_page("New recovery codes", "Your code was accepted.", codes)
 
 
 @contextlib.asynccontextmanager

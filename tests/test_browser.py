@@ -1,11 +1,13 @@
 """The demo in a real browser: Chromium driven by Playwright against the demo
 served by uvicorn in a subprocess (temporary database and key file).
 
-One tour, in order: a wrong password, sign-in, TOTP set-up from the key the
-page shows, sign-out, TOTP sign-in, a recovery code accepted once and refused
-the second time, revoking another browser's session, a CSRF refusal, a
-restart of the server process (the session and the TOTP secret survive it),
-the lockout page and the rate limiter's answer. Every page is captured as a
+One tour, in order: a wrong password, sign-in, TOTP set-up (after the
+password) from the key the page shows, sign-out, TOTP sign-in, a recovery
+code accepted once and refused at the next sign-in and as the proof for new
+recovery codes, new codes after an unused recovery code, revoking another
+browser's session, a CSRF refusal, a restart of the server process (the
+session and the TOTP secret survive it), turning TOTP off with a code, the
+lockout page and the rate limiter's answer. Every page is captured as a
 screenshot (some at a phone's 390 px width, where no page may scroll
 sideways) into ``AXESS_ARTIFACTS_DIR`` (default ``tests/artifacts/browser``).
 
@@ -229,7 +231,8 @@ def test_the_demo_tour_in_chromium(
     tour.shot_both(a, "account")
 
     # TOTP set-up: the QR code is an inline SVG; the code comes from the key shown.
-    a.fill("#two-factor input[name=password]", DEMO_PASSWORD)  # changes ask for it again
+    assert "asks for your password again" in a.inner_text("#two-factor")
+    a.fill("#two-factor input[name=password]", DEMO_PASSWORD)
     a.click("button:has-text('Set up TOTP')")
     assert a.locator(".qr svg").is_visible()
     text = a.inner_text("#totp-secret")
@@ -282,6 +285,24 @@ def test_the_demo_tour_in_chromium(
     second_step(b, codes[1])
     assert "Recovery codes left: 8" in b.inner_text("#totp-status")
 
+    # Changing an active second factor takes a code of it, not the password;
+    # the spent recovery code is refused here too, an unused one is accepted.
+    assert "most likely to have leaked" in b.inner_text("#two-factor")
+    assert b.locator("#two-factor input[name=password]").count() == 0
+    b.fill("#two-factor input[name=code]", codes[0])
+    b.click("button:has-text('New recovery codes')")
+    assert "That code was not accepted, so nothing changed" in b.inner_text(".notice")
+    assert "Recovery codes left: 8" in b.inner_text("#totp-status")
+    tour.shot(b, "change-refused-phone")
+    b.fill("#two-factor input[name=code]", codes[2])
+    b.click("button:has-text('New recovery codes')")
+    assert "New recovery codes" in b.inner_text("h1")
+    fresh = b.locator("#recovery-codes code").all_inner_texts()
+    assert len(fresh) == 10 and not set(fresh) & set(codes)
+    tour.shot(b, "new-recovery-codes-phone")
+    b.click("text=Back to your account")
+    assert "Recovery codes left: 10" in b.inner_text("#totp-status")
+
     # CSRF: a POST without the token, and a form on another site, are refused.
     refused = a.request.post(url + "/logout", form={"x": "1"})
     assert refused.status == 403
@@ -306,6 +327,12 @@ def test_the_demo_tour_in_chromium(
     assert "Signed in as" in a.inner_text("main")
     tour.shot(a, "after-restart")
 
+    # Turning TOTP off with a code from the app; the recovery codes go with it.
+    tour.enter_code(a, secret, "Turn off TOTP", "That code was not accepted")
+    assert "Two-factor sign-in is off" in a.inner_text(".notice")
+    assert "TOTP is off" in a.inner_text("#totp-status")
+    tour.shot(a, "totp-off")
+
     # The lockout, seen from a browser that never signed in to that address.
     fresh = browser.new_context(viewport=PHONE, user_agent=PHONE_UA, is_mobile=True)
     c = fresh.new_page()
@@ -325,4 +352,4 @@ def test_the_demo_tour_in_chromium(
 
     for context in (desk, phone, fresh):
         context.close()
-    assert tour.shots >= 19
+    assert tour.shots >= 22

@@ -121,6 +121,12 @@ async def _second_step(c: httpx.AsyncClient, code: str) -> httpx.Response:
     return await c.post("/login/totp", data={"csrf_token": _token(page), "code": code})
 
 
+def _two_factor_card(page: str) -> str:
+    found = re.search(r'<div class="card" id="two-factor">(.*?)</div>', page, re.S)
+    assert found
+    return found.group(1)
+
+
 def _next_code(secret: bytes) -> str:
     """A code the server has not seen yet: the next step (±1 is accepted)."""
     return hotp(secret, time_step(time.time()) + 1)
@@ -222,6 +228,8 @@ async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code
         page = (await c.get("/")).text
         assert "Signed in as" in page
         # an expired enrolment asks to start again (400, not 500)
+        r = await _post(c, "/totp/disable", code=codes[0])  # a recovery code as the proof
+        assert "turned%20off" in r.headers["location"]
         r = await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)
         later = MockClock(time.time() + 601)  # the admin's clock only
         monkeypatch.setattr(demo.users, "clock", later)
@@ -244,15 +252,14 @@ async def test_recovery_codes_work_once_and_regenerating_revokes_the_old_ones(
         assert r.headers["location"] == "/"
         page = (await c.get("/")).text
         assert "Recovery codes left: 9" in page
-        r = await c.post(
-            "/recovery-codes", data={"csrf_token": _token(page), "password": demo.DEMO_PASSWORD}
-        )
+        # a recovery code proves the factor for new codes (and is spent)
+        r = await c.post("/recovery-codes", data={"csrf_token": _token(page), "code": codes[1]})
         assert r.status_code == 200 and "only now" in r.text
         fresh = _codes(r.text)
         assert len(fresh) == 10 and not set(fresh) & set(codes)
         await _post(c, "/logout")
         await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
-        for spent in (codes[0], codes[1]):  # used once; revoked by the regeneration
+        for spent in (codes[1], codes[2]):  # used as the proof; revoked by the regeneration
             r = await _second_step(c, spent)
             assert "Invalid" in r.headers["location"]
         r = await _second_step(c, fresh[0].lower())
@@ -263,9 +270,9 @@ async def test_turning_totp_off_revokes_the_recovery_codes(demo: ModuleType) -> 
     async with _running(demo), _client(demo) as c:
         user = await demo.users.find_user(demo.DEMO_USER)
         await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
-        await _enrol(demo, c)
-        r = await _post(c, "/totp/disable", password=demo.DEMO_PASSWORD)
-        assert r.status_code == 303
+        secret, _ = await _enrol(demo, c)
+        r = await _post(c, "/totp/disable", code=_next_code(secret))
+        assert r.status_code == 303 and "turned%20off" in r.headers["location"]
         page = (await c.get(r.headers["location"])).text
         assert "recovery codes no longer work" in page and "TOTP is <strong>off</strong>" in page
         factors = await demo.users.store.get_factors(user.id)
@@ -273,37 +280,91 @@ async def test_turning_totp_off_revokes_the_recovery_codes(demo: ModuleType) -> 
         await _post(c, "/logout")
         _, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
         assert "Signed in as" in page  # no second step any more
-        # regenerating codes without TOTP does nothing
-        await _post(c, "/recovery-codes", password=demo.DEMO_PASSWORD)
+        # regenerating codes, or turning off, without TOTP does nothing
+        for path in ("/recovery-codes", "/totp/disable"):
+            r = await _post(c, path, code=_next_code(secret))
+            assert r.status_code == 303 and r.headers["location"] == "/"
         assert (await demo.users.store.get_factors(user.id)).recovery_codes == 0
 
 
-async def test_two_factor_changes_ask_for_the_password_and_count_on_the_lockout(
+async def test_setting_totp_up_asks_for_the_password_and_counts_on_the_lockout(
     demo: ModuleType,
 ) -> None:
     async with _running(demo), _client(demo) as c:
         user = await demo.users.find_user(demo.DEMO_USER)
         _, page = await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
-        assert 'formaction="/totp/enrol"' in page and 'name="password"' in page
-        await _enrol(demo, c)
-        page = (await c.get("/")).text
-        for path in ("/recovery-codes", "/totp/enrol", "/totp/disable"):
-            assert f'formaction="{path}"' in page
-        # No password, or a wrong one: nothing changes. A signed-in browser is
-        # a trusted origin, yet wrong passwords here count on the account lever.
-        attempts = [("/totp/disable", ""), ("/recovery-codes", "wrong"), ("/totp/enrol", "wrong")]
-        attempts += [("/totp/disable", "wrong")]  # the third failure: the lock trips
-        for path, password in attempts:
-            r = await _post(c, path, password=password)
-            assert r.status_code == 303 and "Password" in r.headers["location"], path
+        card = _two_factor_card(page)
+        assert 'action="/totp/enrol"' in card and 'name="password"' in card
+        assert 'name="code"' not in card and "your password again" in card
+        # Empty and impossible passwords are refused without counting; a
+        # signed-in browser is a trusted origin, yet wrong passwords here count
+        # on the account lever: the third one trips the lock.
+        for password in ("", "\u00e9" * 600, "wrong", "wrong", "wrong"):
+            r = await _post(c, "/totp/enrol", password=password)
+            assert r.status_code == 303 and "Password" in r.headers["location"]
         assert "nothing changed" in (await c.get(r.headers["location"])).text
-        r = await _post(c, "/totp/disable", password="wrong")
+        r = await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)
         assert r.status_code == 429 and "Too many failed attempts" in r.text
-        r = await _post(c, "/totp/disable", password=demo.DEMO_PASSWORD)
-        assert r.status_code == 429  # locked: not even the right password now
+        assert (await demo.users.store.get_factors(user.id)).totp_secret is None
+        assert "Signed in as" in (await c.get("/")).text  # the session itself stays
+
+
+async def test_changing_an_active_second_factor_asks_for_a_code_not_the_password(
+    demo: ModuleType,
+) -> None:
+    async with _running(demo), _client(demo) as c:
+        user = await demo.users.find_user(demo.DEMO_USER)
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        secret, codes = await _enrol(demo, c)
+        card = _two_factor_card((await c.get("/")).text)
+        assert 'formaction="/recovery-codes"' in card and 'formaction="/totp/disable"' in card
+        assert 'name="code"' in card and 'name="password"' not in card
+        assert "most likely to have leaked" in card
+        # Replacing the authenticator is turning TOTP off first: enrolling
+        # while it is on is refused before any password is read or counted.
+        r = await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)
+        assert r.status_code == 303 and "already" in r.headers["location"]
+        assert "turn TOTP off" in (await c.get(r.headers["location"])).text
+        # The password is no proof here: the code field is empty (refused, not counted).
+        for path in ("/totp/disable", "/recovery-codes"):
+            r = await _post(c, path, password=demo.DEMO_PASSWORD)
+            assert r.status_code == 303 and "Code" in r.headers["location"], path
+        assert "nothing changed" in (await c.get(r.headers["location"])).text
+        # Wrong codes count on the account lever like a sign-in's, even from
+        # this trusted browser: the third failure trips the lock, and then
+        # not even a right recovery code is checked (nor spent).
+        wrong = _wrong_code(secret)
+        attempts = [("/totp/disable", wrong), ("/recovery-codes", "ZZZZZ-ZZZZZ")]
+        attempts += [("/recovery-codes", wrong)]
+        for path, code in attempts:
+            r = await _post(c, path, code=code)
+            assert r.status_code == 303 and "Code" in r.headers["location"], path
+        r = await _post(c, "/totp/disable", code=codes[0])
+        assert r.status_code == 429 and "Too many failed attempts" in r.text
         factors = await demo.users.store.get_factors(user.id)
         assert factors.totp_secret is not None and factors.recovery_codes == 10
         assert "Signed in as" in (await c.get("/")).text  # the session itself stays
+
+
+async def test_a_setup_begun_before_totp_went_on_elsewhere_cannot_replace_it(
+    demo: ModuleType,
+) -> None:
+    async with _running(demo), _client(demo) as a, _client(demo, "198.51.100.9") as b:
+        user = await demo.users.find_user(demo.DEMO_USER)
+        await _sign_in(a, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        await _sign_in(b, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        r = await _post(a, "/totp/enrol", password=demo.DEMO_PASSWORD)
+        stale = _secret(r.text)
+        secret, _ = await _enrol(demo, b)  # the other browser turns TOTP on
+        # A's setup would swap B's authenticator on a password alone: refused.
+        r = await a.post(
+            "/totp/confirm", data={"csrf_token": _token(r.text), "code": totp(stale, time.time())}
+        )
+        assert r.status_code == 303 and "already" in r.headers["location"]
+        r = await _post(a, "/totp/confirm", code=totp(stale, time.time()))
+        assert r.status_code == 303 and "again" in r.headers["location"]  # it was dropped
+        sealed = (await demo.users.store.get_factors(user.id)).totp_secret
+        assert sealed is not None and demo.users.sealer.open(sealed, user.id) == secret
 
 
 async def test_signed_out_clients_change_nothing(demo: ModuleType) -> None:
