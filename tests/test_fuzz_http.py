@@ -20,6 +20,11 @@ from the client the session is bound to — so the fuzz reaches the routes
 behind the stages; a request that ends such a session (logout, a binding
 mismatch…) is followed by a fresh sign-in under a new user and address.
 
+The demo's step-up routes (setting TOTP up, turning it off, new recovery
+codes) get a focused run besides: only well-formed requests of the live
+session each route serves, so every one reaches it, with anything in the
+password or code field.
+
 Every answer must be below 500 with no exception escaping the app and no
 ERROR logged; a request refused before the app (CSRF, rate limit) must leave
 no session row, lockout counter or login audit event behind.
@@ -742,14 +747,24 @@ def csrf_of(html: bytes) -> str:
 
 
 class Demo(Surface):
-    slots = ("guest", "signed-in")
+    """The demo's route table; a signed-in user with TOTP off (it may set TOTP
+    up) and one with TOTP on (it may turn it off or get new recovery codes),
+    so the step-up checks read the password and code fields they are sent."""
+
+    slots = ("guest", "signed-in", "two-factor")
     paths = (
         "/", "/login", "/login/totp", "/logout", "/logout-everywhere", "/sessions/revoke",
-        "/totp/enrol", "/totp/confirm", "/healthz",
+        "/device/forget", "/totp/enrol", "/totp/confirm", "/totp/disable", "/recovery-codes",
+        "/healthz",
     )  # fmt: skip
     fields = ("email", "password", "code", "key", "username")
-    login_paths = ("/login", "/login", "/login/totp", "/totp/confirm")
-    login_fields = (("email", "password"), ("email", "password"), ("code", "code"))
+    login_paths = (
+        "/login", "/login", "/login/totp", "/totp/confirm", "/totp/enrol", "/totp/disable",
+        "/recovery-codes",
+    )  # fmt: skip
+    login_fields = (
+        ("email", "password"), ("email", "password"), ("code", "code"), ("password", "code"),
+    )  # fmt: skip
 
     def __init__(self, demo: Any) -> None:
         super().__init__(demo.app)
@@ -759,9 +774,9 @@ class Demo(Surface):
         ip = self.fresh_ip()
         page = await self.get("/", ip, {})
         jar = page.cookies()
-        if self.slots[i] == "signed-in":
+        if self.slots[i] != "guest":
             ident = f"primer{self.signed_in}@example.com"
-            await self.users.create_user(ident, password=PRIMER_PASSWORD)
+            user = await self.users.create_user(ident, password=PRIMER_PASSWORD)
             form = [("csrf_token", csrf_of(page.body)), ("email", ident)]
             body = urlencoded([*form, ("password", PRIMER_PASSWORD)])
             r = await self.post("/login", ip, jar, FORM, body)
@@ -770,6 +785,11 @@ class Demo(Surface):
             page = await self.get("/", ip, jar)
             assert b"Signed in as" in page.body
             jar.update(page.cookies())
+            if self.slots[i] == "two-factor":  # on after the login: the session stays
+                await self.users.enrol_totp(user.id)
+                await self.users.regenerate_recovery_codes(user.id)
+                page = await self.get("/", ip, jar)
+                assert b'formaction="/totp/disable"' in page.body
         self.remember(i, jar, csrf_of(page.body), ip)
 
     async def alive(self, i: int) -> bool:
@@ -795,36 +815,103 @@ class SQLiteRows:
         return sessions, levers
 
 
-def test_demo_answers_every_request_below_500(
+@contextlib.contextmanager
+def primed_demo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[tuple[asyncio.Runner, Demo, ErrorLog]]:
+    """The demo started (lifespan) with its live sessions signed in."""
     demo = load_demo(tmp_path, monkeypatch)
     surface = Demo(demo)
-    rows = SQLiteRows(tmp_path / "demo.db")
     with asyncio.Runner() as runner, error_log() as errors:
         lifespan = demo.lifespan(demo.app)
         runner.run(lifespan.__aenter__())
         try:
             runner.run(surface.prime())
-
-            @FUZZ
-            @given(req=requests(surface))
-            def check(req: Req) -> None:
-                before = rows.snapshot()
-                answer = runner.run(call(surface.app, surface.hits, surface.resolve(req)))
-                assert answer.status < 500, (answer.status, answer.body[:300])
-                after = rows.snapshot()
-                assert after[0] <= before[0] + 1  # one request: at most one new session
-                if not answer.reached:
-                    assert after[0] <= before[0], "a refused request left a session row"
-                    assert after[1] == before[1], "a refused request touched a lockout counter"
-                assert not errors.records, [r.getMessage() for r in errors.records]
-                runner.run(surface.refresh())
-
-            check()
+            yield runner, surface, errors
         finally:
             runner.run(lifespan.__aexit__(None, None, None))
             sys.modules.pop("examples.demo", None)
+
+
+def test_demo_answers_every_request_below_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = SQLiteRows(tmp_path / "demo.db")
+    with primed_demo(tmp_path, monkeypatch) as (runner, surface, errors):
+
+        @FUZZ
+        @given(req=requests(surface))
+        def check(req: Req) -> None:
+            before = rows.snapshot()
+            answer = runner.run(call(surface.app, surface.hits, surface.resolve(req)))
+            assert answer.status < 500, (answer.status, answer.body[:300])
+            after = rows.snapshot()
+            assert after[0] <= before[0] + 1  # one request: at most one new session
+            if not answer.reached:
+                assert after[0] <= before[0], "a refused request left a session row"
+                assert after[1] == before[1], "a refused request touched a lockout counter"
+            assert not errors.records, [r.getMessage() for r in errors.records]
+            runner.run(surface.refresh())
+
+        check()
+
+
+#: The demo's step-up routes: the session that may use each, the proof field it reads.
+STEP_UPS = {
+    "/totp/enrol": ("signed-in", "password"),
+    "/totp/disable": ("two-factor", "code"),
+    "/recovery-codes": ("two-factor", "code"),
+}
+
+
+@st.composite
+def step_up_requests(draw: st.DrawFn, s: Demo) -> Req:
+    """A live session's POST to a step-up route, with its CSRF token and from
+    its home client, whose proof field is missing, repeated or holds hostile
+    text (lone surrogates, NUL, over the length limits) in any encoding."""
+    path = draw(st.sampled_from(sorted(STEP_UPS)))
+    kind, proof = STEP_UPS[path]
+    i = s.slots.index(kind)
+    other = "code" if proof == "password" else "password"
+    fields = [(proof, v) for v in draw(st.lists(hostile_values(s), max_size=3))]
+    fields += [(other, v) for v in draw(st.lists(hostile_values(s), max_size=1))]
+    fields = draw(st.permutations(fields))
+    headers = [(b"user-agent", UA), (b"cookie", wire(s.cookie(i)))]
+    how = draw(st.sampled_from(["form", "form", "json", "unicode_escape", "utf-7"]))
+    if how == "json":  # the demo reads forms only: a JSON body is no proof at all
+        headers += [(b"x-csrf-token", s.token(i).encode()), (b"content-type", JSON.encode())]
+        body = json.dumps(dict(fields)).encode()
+    else:
+        fields.insert(draw(st.integers(0, len(fields))), ("csrf_token", s.token(i)))
+        if how == "form":
+            headers.append((b"content-type", FORM.encode()))
+            body = urlencoded(fields)
+        else:  # a charset that decodes to whatever the client likes
+            fields = [(k, smuggle(v, how)) for k, v in fields]
+            ctype = f"multipart/form-data; boundary=b0undary; charset={how}"
+            headers.append((b"content-type", ctype.encode()))
+            body = multipart(fields, "b0undary", False)
+    headers.append((b"content-length", str(len(body)).encode()))
+    return Req("POST", path, b"", headers, body, 1, (f"home{draw(st.integers(1, 254))}", i))
+
+
+def test_demo_step_up_routes_answer_any_proof_below_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request reaches the route (none refused by CSRF or the session
+    binding), and the route's answer is a page or a redirect, never a 5xx."""
+    with primed_demo(tmp_path, monkeypatch) as (runner, surface, errors):
+
+        @FUZZ
+        @given(req=step_up_requests(surface))
+        def check(req: Req) -> None:
+            answer = runner.run(call(surface.app, surface.hits, surface.resolve(req)))
+            assert answer.reached, (req.path, answer.status, answer.body[:300])
+            assert answer.status in (200, 303, 429), (answer.status, answer.body[:300])
+            assert not errors.records, [r.getMessage() for r in errors.records]
+            runner.run(surface.refresh())
+
+        check()
 
 
 # -- app (b): every stage on, memory store --------------------------------------------------
