@@ -680,6 +680,11 @@ def auth_router(
         pending = session.get(TOTP_PENDING_KEY)
         if not isinstance(pending, str):
             return _refusal(409, "conflict", "no TOTP enrolment in progress; start one")
+        if await totp_enabled(user_id):
+            # TOTP went on elsewhere since this enrolment began: confirming it
+            # would replace that factor on the strength of a password alone.
+            del session[TOTP_PENDING_KEY]
+            return _refusal(409, "conflict", "TOTP is already enabled; disable it first")
         if not await users.confirm_totp_enrolment(user_id, pending, body.code, actor=user_id):
             if await users.pending_totp_enrolment(user_id, pending) is None:
                 del session[TOTP_PENDING_KEY]

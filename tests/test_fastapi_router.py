@@ -344,6 +344,26 @@ async def test_totp_enrolment(api: Api) -> None:
         assert r.status_code == 200
 
 
+async def test_an_enrolment_begun_before_totp_went_on_elsewhere_cannot_replace_it(
+    api: Api,
+) -> None:
+    await api.add_user("alice@example.com")
+    async with api.client() as stale, api.client() as owner:
+        await stale.signed_in("alice@example.com")
+        r = await stale.post("/auth/totp/enrol", {"password": PASSWORD})
+        stale_secret = secret_of(r.json())
+        await owner.signed_in("alice@example.com")
+        owner_secret, _ = await enable_totp(api, owner)
+        r = await stale.post("/auth/totp/confirm", {"code": totp(stale_secret, api.clock.time())})
+        assert r.status_code == 409 and r.json()["error"] == "conflict"
+        r = await stale.post("/auth/totp/confirm", {"code": totp(stale_secret, api.clock.time())})
+        assert "no TOTP enrolment" in r.json()["detail"]  # the stale one is gone
+    async with api.client() as c:
+        await c.login("alice@example.com")
+        r = await c.post("/auth/login/factor", {"code": totp(owner_secret, api.clock.time())})
+        assert r.status_code == 200  # the owner's authenticator still signs in
+
+
 async def test_an_expired_enrolment_starts_again(api: Api) -> None:
     await api.add_user("alice@example.com")
     async with api.client() as c:
