@@ -33,7 +33,6 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive
 
 from axess import refusals
 from axess.app import Axess
@@ -52,6 +51,7 @@ from axess.session import data as d
 from axess.session.csrf import csrf_token
 from axess.session.events import KEY_PREFIX_CHARS
 from axess.session.handle import Session, get_session
+from axess.stack import replay_body
 
 __all__ = [
     "CSRFTokenResponse",
@@ -313,7 +313,7 @@ class _AuthRoute(APIRoute):
                 body = await _bounded_body(request)
                 if body is None:
                     return _too_large()
-                request = Request(request.scope, _replay(body, request.receive))
+                request = Request(request.scope, replay_body(body, request.receive))
             try:
                 response = await handler(request)
             except RequestValidationError as exc:
@@ -362,20 +362,6 @@ async def _bounded_body(request: Request) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands out ``body`` (already read) once, then defers."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 # -- the login identifier -----------------------------------------------------------

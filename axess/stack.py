@@ -124,6 +124,21 @@ def vary_cookie(message: Message) -> None:
         headers[headers.index(item)] = (b"vary", value + b", Cookie")
 
 
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` for the rest of the app after a stage read the whole
+    body: it hands out ``body`` once, then defers to ``receive``."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def request_with_body(scope: Scope, body: bytes) -> Request:
     """A one-off ``Request`` whose body is ``body`` (bytes a stage already read
     from the client), e.g. to parse a multipart form; the app's own request

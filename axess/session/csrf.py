@@ -41,6 +41,7 @@ from axess.stack import (
     HEADERS_KEY,
     Stage,
     mutable_headers,
+    replay_body,
     request_headers,
     request_with_body,
     vary_cookie,
@@ -476,21 +477,12 @@ class CSRFMiddleware(Stage):
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         field = self.config.form_field
         if ctype == b"application/x-www-form-urlencoded":
             token = _urlencoded_field(body, field.encode("utf-8"))
         else:
             token = await _multipart_field(scope, body, field)
-        return token, replay
+        return token, replay_body(body, receive)
 
 
 #: Form fields looked at for the token (Starlette's own ``request.form()``
