@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from helpers import CountingStore
+from helpers import CountingStore, asgi_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -450,34 +450,11 @@ def _raw_app() -> Any:
 
 
 async def _asgi(method: str, path: str, accept: bytes) -> tuple[int, bytes]:
-    headers = [(b"host", b"testserver"), (b"accept", accept)]
+    headers = [(b"accept", accept)]
     if method == "POST":
         headers.append((b"origin", b"https://evil.example"))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "https",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 443),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await _raw_app()(scope, receive, send)
-    ctype = dict(sent[0]["headers"])[b"content-type"]
-    return sent[0]["status"], ctype
+    status, sent, _ = await asgi_request(_raw_app(), path, headers, method)
+    return status, dict(sent)[b"content-type"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
