@@ -8,9 +8,14 @@ stack) runs in its own uvicorn process (one worker, httptools, no access
 log) on 127.0.0.1. The benchmark logs in once per variant, checks that the
 read-only ``GET /`` answers the user id, then drives it with ``wrk`` (one
 thread, ``--connections`` keep-alive connections, the cookies and
-User-Agent of that login). Rounds are interleaved across variants so drift
-hits all rows alike; the best round is reported. On a 2-core machine the
-server and wrk each get a core.
+User-Agent of that login; bare Starlette is sent the full axess row's, so
+the anchor parses the same request bytes). Rounds are interleaved across
+variants so drift hits all rows alike; the best round is reported.
+
+The servers are pinned to one CPU and wrk to the others (Linux, two or
+more CPUs), so the load generator never runs on the server's core. Left
+to the scheduler on a 2-core machine, the two were placed differently from
+run to run and the same build measured anywhere from 0.66 to 0.83 of bare.
 
 Target: axess at least 0.85 of bare Starlette's requests/s (anchors at the
 reference: SessionMiddleware 0.79, starsessions 0.60). Also reported: the
@@ -126,8 +131,11 @@ def build(name: str) -> Starlette:
     raise SystemExit(f"unknown app {name!r}")
 
 
-def serve(name: str, port: int) -> None:
+def serve(name: str, port: int, cpu: int | None = None) -> None:
     import logging
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
     logging.getLogger("axess").setLevel(logging.ERROR)  # dev-key and plain-HTTP warnings
     uvicorn.run(
@@ -160,10 +168,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(name: str) -> Row:
+def cpu_split() -> tuple[int | None, set[int] | None]:
+    """(the CPU for the servers, the CPUs for wrk); ``(None, None)`` when
+    the process cannot be pinned (not Linux, or a single CPU)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], set(cpus[1:])
+
+
+def start(name: str, cpu: int | None) -> Row:
     port = free_port()
     app_name = VARIANTS[name][0]
     cmd = [sys.executable, "-m", "benchmarks.server", "--serve", app_name, "--port", str(port)]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
     process = subprocess.Popen(cmd)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # a child process: polling is the only way
@@ -231,8 +252,13 @@ def report(rows: list[Row], args: argparse.Namespace) -> list[str]:
         "",
         f"Python {platform.python_version()}, uvicorn {uvicorn.__version__} (httptools, "
         f"1 worker), wrk -t1 -c{args.connections}, best of {args.rounds} {X} {args.seconds:g} s; "
-        f"{os.cpu_count()} CPU cores (server and wrk compete for them: the server's own CPU "
-        "time per request is the steadier figure).",
+        f"{os.cpu_count()} CPU cores; "
+        + (
+            "servers pinned to one, wrk to the others"
+            if args.pinned
+            else "not pinned (server and wrk compete for the cores)"
+        )
+        + ". The server's own CPU time per request is the steadier figure.",
         "",
         "| variant | requests/s | ratio to bare | server CPU µs/request | µs over bare | notes |",
         "|---|---:|---:|---:|---:|---|",
@@ -257,21 +283,29 @@ def report(rows: list[Row], args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.serve, args.port, args.cpu)
         return 0
     if shutil.which("wrk") is None:
         print("wrk not found: install it (Debian: apt install wrk) to run this benchmark")
         return 2
-    rows = [start(name) for name in VARIANTS]
+    server_cpu, client_cpus = cpu_split()
+    args.pinned = server_cpu is not None
+    rows = [start(name, server_cpu) for name in VARIANTS]
+    if client_cpus is not None:
+        os.sched_setaffinity(0, client_cpus)  # wrk inherits it
     try:
         for row in rows:
             asyncio.run(login(row))
+        anchor = next(r for r in rows if r.name == ANCHOR)
+        anchor.headers = next(r for r in rows if r.name == AXESS).headers
+        for row in rows:
             wrk(row, 1, args.connections)  # warm-up
         for _ in range(args.rounds):
             for row in rows:
