@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
+from axess.stores.base import NOT_NOW
+
 #: Store methods that write (axess session substore).
 AXESS_WRITES = ("create_session", "save_session", "cycle_session", "delete_session")
 
@@ -26,9 +28,19 @@ class CallCounter:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
+        calls = self.calls
+        if name == "load_session_now":  # the immediate read: a load when it answers
+
+            @functools.wraps(attr)
+            def counted_now(*args: Any, **kwargs: Any) -> Any:
+                found = attr(*args, **kwargs)
+                if found is not NOT_NOW:
+                    calls["load_session"] += 1
+                return found
+
+            return counted_now
         if name.startswith("_") or not inspect.iscoroutinefunction(attr):
             return attr
-        calls = self.calls
 
         @functools.wraps(attr)
         async def counted(*args: Any, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from axess import Axess, Keyring, MockClock, SessionConfig, StoreError, get_session
 from axess.net import TrustedProxies
 from axess.stores import MemoryStore
-from axess.stores.base import SessionRecord
+from axess.stores.base import NOT_NOW, NotNow, SessionRecord
 from axess.testing import SeededRandom
 
 
@@ -38,9 +38,20 @@ class CountingStore(MemoryStore):
             for n in ("create_session", "save_session", "cycle_session", "delete_session")
         )
 
+    # Both reads count as one "load_session" (the session stage reads with
+    # load_session_now when the store can answer at once, as this one can).
+    def load_session_now(self, key: str, now: float) -> SessionRecord | NotNow | None:
+        if self.down:
+            return NOT_NOW  # the awaited load_session then raises the outage
+        self.calls["load_session"] += 1
+        return self._load(key, now)
+
     async def load_session(self, key: str, now: float) -> SessionRecord | None:
         self._enter("load_session")
-        return await super().load_session(key, now)
+        return self._load(key, now)
+
+    def _load(self, key: str, now: float) -> SessionRecord | None:
+        return MemoryStore.load_session_now(self, key, now)
 
     async def create_session(self, record: SessionRecord) -> bool:
         self._enter("create_session")

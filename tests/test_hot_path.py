@@ -44,8 +44,8 @@ class StaleReadStore(CountingStore):
         self.first: dict[str, SessionRecord] = {}
         self.stale = False
 
-    async def load_session(self, key: str, now: float) -> SessionRecord | None:
-        record = await super().load_session(key, now)
+    def _load(self, key: str, now: float) -> SessionRecord | None:
+        record = super()._load(key, now)
         if record is not None and self.stale:
             return self.first.setdefault(key, record)
         return record

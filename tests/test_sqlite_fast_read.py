@@ -17,6 +17,7 @@ import pytest
 
 from axess.errors import StoreError
 from axess.observability.metrics import NoopMetrics
+from axess.stores.base import NOT_NOW
 from axess.stores.sql import SQLiteStore
 from axess.stores.sql import sqlite as sqlite_module
 from axess.stores.sql.engine import Result
@@ -253,3 +254,59 @@ async def test_databases_a_second_connection_cannot_see_use_the_thread(path: str
         assert await store.load_session(rec.key, NOW) is None
     finally:
         await store.close()
+
+
+# -- load_session_now: the session stage's read without an await -----------------------
+async def test_load_session_now_answers_like_load_session_on_the_loop(
+    sqlite_store: SQLiteStore,
+) -> None:
+    metrics = Latencies()
+    sqlite_store.metrics = metrics
+    rec = make_record("now", user="u")
+    missing = make_key("missing")
+    assert sqlite_store.load_session_now(rec.key, NOW) is None
+    await sqlite_store.create_session(rec)
+    assert sqlite_store.load_session_now(rec.key, NOW) == rec
+    assert sqlite_store.load_session_now(missing, NOW) is None
+    # An expired row is never returned, as with load_session.
+    assert sqlite_store.load_session_now(rec.key, rec.expires_at) is None
+    assert await sqlite_store.load_session(rec.key, rec.expires_at) is None
+    assert metrics.seen.count(("sessions", "load_session")) == 5
+    assert driver(sqlite_store).thread_reads == 0
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [sqlite3.OperationalError("database is locked"), sqlite3.DatabaseError("malformed")],
+    ids=["busy", "any-error"],
+)
+async def test_load_session_now_is_not_now_when_the_loop_read_fails(
+    sqlite_store: SQLiteStore, exc: sqlite3.Error
+) -> None:
+    rec = make_record("busy-now", user="u")
+    await sqlite_store.create_session(rec)
+    fake = break_reader(sqlite_store, exc)
+    assert sqlite_store.load_session_now(rec.key, NOW) is NOT_NOW
+    # The awaited read the caller falls back to still answers (on the thread).
+    assert await sqlite_store.load_session(rec.key, NOW) == rec
+    assert fake.calls == 2 and driver(sqlite_store).thread_reads == 1
+
+
+async def test_load_session_now_is_not_now_without_a_loop_reader_or_when_closed(
+    sqlite_path: Path,
+) -> None:
+    memory_db = SQLiteStore(":memory:")
+    await memory_db.open()
+    try:
+        rec = make_record("in-memory", user="u")
+        await memory_db.create_session(rec)
+        assert memory_db.load_session_now(rec.key, NOW) is NOT_NOW
+        assert await memory_db.load_session(rec.key, NOW) == rec
+    finally:
+        await memory_db.close()
+    store = SQLiteStore(sqlite_path)
+    await store.open()
+    await store.close()
+    assert store.load_session_now(make_key("x"), NOW) is NOT_NOW
+    with pytest.raises(StoreError):
+        await store.load_session(make_key("x"), NOW)

@@ -39,7 +39,7 @@ from axess.stack import (
     request_headers,
     vary_cookie,
 )
-from axess.stores.base import SessionRecord, SessionStore
+from axess.stores.base import ImmediateSessionRead, NotNow, SessionRecord, SessionStore
 
 #: Custom data up to this many bytes of JSON is kept parsed with the opened
 #: payload, so reading it parses nothing; larger custom data is parsed on
@@ -97,6 +97,8 @@ class SessionMiddleware(Stage):
         self.metrics: AuthnMetrics = metrics or NoopMetrics()
         self.on_event = on_event
         self.binding = binding if binding is not None and binding.policy.enabled else None
+        # The store's immediate read, if it has one (see enter_now).
+        self._load_now = store.load_session_now if isinstance(store, ImmediateSessionRead) else None
         self.signer = SessionCookieSigner(keys)
         # ``crypto``: the facade's, shared with its session registry.
         self.crypto = crypto or SessionCrypto(
@@ -123,36 +125,64 @@ class SessionMiddleware(Stage):
         )
 
     # -- stage ------------------------------------------------------------------
-    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+    def enter_now(self, scope: Scope) -> bool:
+        """The returning browser's request, answered without an ``await``: the
+        store read it now (``ImmediateSessionRead``), the session is live and
+        the binding matches. False, with nothing changed, for everything else
+        (a store that must wait, an expiry to delete, a binding to settle, a
+        store error): :meth:`enter` then does the whole work."""
+        load_now = self._load_now
+        if load_now is None:
+            return False
         state = scope["state"]  # the stack made sure it exists, with the headers
-        headers = state[HEADERS_KEY]
-        header = headers.get(b"cookie")
-        verified, had_cookie = self._cookies[header]
+        verified, had_cookie = self._cookies[state[HEADERS_KEY].get(b"cookie")]
         now = self.clock.time()
-        session: Session | None = None
-        # The steady-state path (valid cookie, live row, memoized payload) is
-        # written inline: every extra coroutine here is paid on every request.
-        if had_cookie:
-            if verified is not None:
-                try:
-                    record = await self.store.load_session(verified.storage_key, now)
-                    if record is not None:
-                        opened = self._open(verified, record, now)
-                        if type(opened) is _Expired:
-                            await self._expire(opened, scope)
-                        else:
-                            session = opened  # type: ignore[assignment]
-                except StoreError:
-                    if self.config.on_store_error != "guest":
-                        await self._unavailable(scope, send)
-                        return None
-                    session = None
-            if session is None:
-                session = self._new_guest(now)
-            session.had_cookie = True
-        else:
-            session = self._new_guest(now)
+        record = None
+        if verified is not None:
+            try:
+                found = load_now(verified.storage_key, now)
+            except StoreError:
+                return False
+            if isinstance(found, NotNow):
+                return False
+            record = found
+        session = self._session_for(verified, had_cookie, record, now)
+        if isinstance(session, _Expired):
+            return False
+        binding = self.binding
+        if (
+            binding is not None
+            and session.persisted_sid is not None
+            and binding.check(scope, session._data, True, now) != 0
+        ):
+            return False
         # Also where Starlette's ``request.session`` looks (book: Sessions).
+        state["session"] = scope["session"] = session
+        return True
+
+    async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        state = scope["state"]
+        verified, had_cookie = self._cookies[state[HEADERS_KEY].get(b"cookie")]
+        now = self.clock.time()
+        record = None
+        if verified is not None:
+            try:
+                record = await self.store.load_session(verified.storage_key, now)
+            except StoreError:
+                if self.config.on_store_error != "guest":
+                    await self._unavailable(scope, send)
+                    return None
+                verified = None  # (a guest: as if the cookie named no live row)
+        session = self._session_for(verified, had_cookie, record, now)
+        if isinstance(session, _Expired):  # delete the row, start a guest
+            try:
+                await self._expire(session, scope)
+            except StoreError:
+                if self.config.on_store_error != "guest":
+                    await self._unavailable(scope, send)
+                    return None
+            session = self._new_guest(now)
+            session.had_cookie = True
         state["session"] = scope["session"] = session
         binding = self.binding
         if (
@@ -168,6 +198,27 @@ class SessionMiddleware(Stage):
                 return None
         # A websocket cannot set cookies: its session is read-only (no commit).
         return receive
+
+    def _session_for(
+        self,
+        verified: VerifiedCookie | None,
+        had_cookie: bool,
+        record: SessionRecord | None,
+        now: float,
+    ) -> Session | _Expired:
+        """The request's session, given its cookie and the row the cookie
+        names (``None``: no live row): the stored session, or a new guest
+        when there is none or it cannot be opened; :class:`_Expired` when the
+        row outlived its lifetime (the caller deletes it)."""
+        if record is not None and verified is not None:
+            opened = self._open(verified, record, now)
+            if opened is not None:
+                if type(opened) is Session:
+                    opened.had_cookie = True
+                return opened
+        session = self._new_guest(now)
+        session.had_cookie = had_cookie
+        return session
 
     def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         """The common read-only request: nothing to write, nothing to tell."""

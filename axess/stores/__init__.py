@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from axess.stores.base import Backend, SessionRecord, SessionStore
+from axess.stores.base import (
+    NOT_NOW,
+    Backend,
+    ImmediateSessionRead,
+    NotNow,
+    SessionRecord,
+    SessionStore,
+)
 from axess.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -35,10 +42,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "NOT_NOW",
     "Backend",
     "CompositeStore",
+    "ImmediateSessionRead",
     "MemoryStore",
     "MySQLStore",
+    "NotNow",
     "PostgresStore",
     "SQLiteStore",
     "SessionRecord",

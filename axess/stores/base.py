@@ -10,6 +10,7 @@ not the backend's, decides what has expired.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Sequence
 from dataclasses import astuple, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
@@ -83,6 +84,33 @@ class SessionStore(Protocol):
     ) -> list[SessionRecord]: ...
 
     async def purge_expired_sessions(self, now: float) -> int: ...
+
+
+class NotNow(enum.Enum):
+    """The answer of :meth:`ImmediateSessionRead.load_session_now` when it
+    cannot answer without waiting."""
+
+    NOT_NOW = "not now"
+
+
+#: See :class:`NotNow`.
+NOT_NOW: Final = NotNow.NOT_NOW
+
+
+@runtime_checkable
+class ImmediateSessionRead(Protocol):
+    """A session store that can often answer ``load_session`` on the spot.
+
+    ``load_session_now`` returns what ``load_session`` would (the live
+    record or ``None``) when it can do so without waiting on I/O — the
+    memory store always, SQLite's read on the event loop unless the file is
+    busy — and :data:`NOT_NOW` otherwise; the caller then awaits
+    ``load_session``. It raises what ``load_session`` raises. The session
+    stage uses it to answer a returning browser without an ``await``
+    (book: Internals, "The stage contract").
+    """
+
+    def load_session_now(self, key: str, now: float) -> SessionRecord | NotNow | None: ...
 
 
 @runtime_checkable

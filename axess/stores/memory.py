@@ -92,9 +92,13 @@ class MemoryStore(MemoryIdentityMixin):
         return [k for (t, u), keys in self._by_user.items() if u == user_id for k in keys]
 
     # -- session substore ---------------------------------------------------
-    async def load_session(self, key: str, now: float) -> SessionRecord | None:
+    def load_session_now(self, key: str, now: float) -> SessionRecord | None:
+        """:meth:`load_session`, which never waits here (see ``ImmediateSessionRead``)."""
         rec = self._sessions.get(key)  # _live, inlined: this runs on every request
         return None if rec is None or rec.expires_at <= now else rec
+
+    async def load_session(self, key: str, now: float) -> SessionRecord | None:
+        return self.load_session_now(key, now)
 
     async def create_session(self, record: SessionRecord) -> bool:
         if record.key in self._sessions:

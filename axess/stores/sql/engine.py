@@ -41,7 +41,9 @@ from axess.stores.base import (
     FACTORS,
     IDENTITY,
     LOCKOUT,
+    NOT_NOW,
     SESSIONS,
+    NotNow,
     SessionRecord,
     purge_targets,
 )
@@ -164,6 +166,12 @@ class Driver(abc.ABC):
         reads on the event loop; book: Internals, "SQLite reads on the loop").
         """
         return self.acquire()
+
+    def read_now(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]] | None:
+        """The rows of one read-only point ``SELECT`` if the driver can run it
+        without waiting, else ``None`` (the caller then goes through
+        :meth:`acquire_read`). Never raises: a failure is also ``None``."""
+        return None
 
     def is_retryable(self, exc: BaseException) -> bool:
         """True for deadlocks / serialization failures the database rolled back."""
@@ -637,6 +645,21 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
             )
 
     # -- session substore -------------------------------------------------------
+    def load_session_now(self, key: str, now: float) -> SessionRecord | NotNow | None:
+        """:meth:`load_session` answered without waiting when the driver can
+        (SQLite's read on the loop); :data:`NOT_NOW` otherwise, and for every
+        failure, which the awaited path then meets and reports."""
+        if self._closed:
+            return NOT_NOW
+        metrics = self.metrics
+        start = time.perf_counter() if metrics is not None else 0.0
+        rows = self._driver.read_now(self._q.load, (key, ms(now)))
+        if rows is None:
+            return NOT_NOW
+        if metrics is not None:
+            metrics.store_latency(SESSIONS, "load_session", time.perf_counter() - start)
+        return _record(rows[0]) if rows else None
+
     async def load_session(self, key: str, now: float) -> SessionRecord | None:
         """The live row for ``key``: exactly one ``SELECT`` by primary key."""
 

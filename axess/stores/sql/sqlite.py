@@ -14,7 +14,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import aiosqlite
@@ -56,13 +56,19 @@ class _SQLiteConnection:
         self._reader = reader
         self._driver = driver
 
-    async def run(self, sql: str, args: Sequence[object] = (), *, fetch: bool = False) -> Result:
+    def fetch_now(self, sql: str, args: Sequence[object]) -> list[Any]:
+        """One SELECT on the loop reader, no await: the read transaction
+        begins and ends inside this call (book: Internals, "SQLite reads on
+        the loop"). Raises ``sqlite3.Error``."""
         reader = self._reader
-        if reader is not None and self._driver is not None:
-            # One SELECT on the loop, no await: the read transaction begins
-            # and ends inside this call (book: Internals, "SQLite reads on the loop").
+        if reader is None:  # pragma: no cover - only the driver calls this
+            raise sqlite3.OperationalError("not the loop reader")
+        return reader.execute(sql, tuple(args)).fetchall()
+
+    async def run(self, sql: str, args: Sequence[object] = (), *, fetch: bool = False) -> Result:
+        if self._reader is not None and self._driver is not None:
             try:
-                return Result(reader.execute(sql, tuple(args)).fetchall(), -1)
+                return Result(self.fetch_now(sql, args), -1)
             except sqlite3.Error as exc:
                 return await self._driver.read_on_thread(sql, args, exc)
         con = self._con
@@ -192,6 +198,19 @@ class _SQLiteDriver(Driver):
     async def acquire(self) -> AsyncIterator[Connection]:
         async with self._locked() as con:
             yield _SQLiteConnection(con)
+
+    def read_now(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]] | None:
+        """One point ``SELECT`` on the loop reader (book: Internals, "SQLite
+        reads on the loop"); ``None`` without a reader or when it fails (busy,
+        locked, closed): the awaited path then retries it and falls back to
+        the writer's thread."""
+        read_conn = self._read_conn
+        if read_conn is None:
+            return None
+        try:
+            return read_conn.fetch_now(sql, args)
+        except sqlite3.Error:
+            return None
 
     def acquire_read(self) -> AbstractAsyncContextManager[Connection]:
         read_conn = self._read_conn
