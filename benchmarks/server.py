@@ -4,8 +4,9 @@
 
 Each variant of the in-process benchmark (bare Starlette, Starlette's
 ``SessionMiddleware``, starsessions, axess with the memory store and the full
-stack) runs in its own uvicorn process (one worker, httptools, no access
-log) on 127.0.0.1. The benchmark logs in once per variant, checks that the
+stack) runs in its own uvicorn process (one worker) on 127.0.0.1, under
+each server configuration of :data:`SERVERS` in turn (``--server`` picks
+some). The benchmark logs in once per variant, checks that the
 read-only ``GET /`` answers the user id, then drives it with ``wrk`` (one
 thread, ``--connections`` keep-alive connections, the cookies and
 User-Agent of that login; bare Starlette is sent the full axess row's, so
@@ -18,7 +19,13 @@ to the scheduler on a 2-core machine, the two were placed differently from
 run to run and the same build measured anywhere from 0.66 to 0.83 of bare.
 
 Target: axess at least 0.85 of bare Starlette's requests/s (anchors at the
-reference: SessionMiddleware 0.79, starsessions 0.60). Also reported: the
+reference: SessionMiddleware 0.79, starsessions 0.60). The ratio depends
+on what the server itself costs per request: the leaner the server, the
+larger any middleware looms. So the run covers three configurations, from
+the leanest (httptools, no access log) to what ``pip install uvicorn``
+runs by default (h11, access log on), and prints each one's anchors beside
+the reference's, to show which configuration the target is comparable
+with. Also reported: the
 server's own CPU time per request, steadier than requests/s when server
 and wrk share two cores. Needs ``wrk``
 (Debian: ``apt install wrk``); without it the run says so and exits 2.
@@ -39,6 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -69,6 +78,23 @@ VARIANTS: dict[str, tuple[str, bytes]] = {
 }
 ANCHOR = "bare Starlette"
 AXESS = "axess memory (full stack)"
+
+
+@dataclass(frozen=True)
+class Server:
+    """One uvicorn configuration: its HTTP parser and whether it logs each request."""
+
+    http: str
+    access_log: bool
+    about: str
+
+
+#: ``--server`` name -> configuration, leanest first.
+SERVERS: dict[str, Server] = {
+    "lean": Server("httptools", False, "httptools, no access log"),
+    "standard": Server("httptools", True, "httptools, access log (uvicorn[standard]'s default)"),
+    "plain": Server("h11", True, "h11, access log (`pip install uvicorn`'s default)"),
+}
 
 
 # -- child: one app under uvicorn -------------------------------------------------------
@@ -131,21 +157,33 @@ def build(name: str) -> Starlette:
     raise SystemExit(f"unknown app {name!r}")
 
 
-def serve(name: str, port: int, cpu: int | None = None) -> None:
+def serve(
+    name: str, port: int, server: Server, cpu: int | None = None, limit: int | None = None
+) -> None:
+    import copy
     import logging
+
+    from uvicorn.config import LOGGING_CONFIG
 
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
 
     logging.getLogger("axess").setLevel(logging.ERROR)  # dev-key and plain-HTTP warnings
+    # uvicorn's own logging set-up, as a deployment has it, but quiet apart
+    # from the access log (which goes to stdout: the parent discards it).
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["uvicorn.error"]["level"] = "WARNING"
+    log_config["loggers"]["uvicorn.access"]["level"] = "INFO"
     uvicorn.run(
         build(name),
         host="127.0.0.1",
         port=port,
-        http="httptools",
-        log_level="warning",
-        access_log=False,
+        http=server.http,
+        log_config=log_config,
+        log_level=None,
+        access_log=server.access_log,
         lifespan="on" if name == "axess-sqlite" else "off",
+        limit_max_requests=limit,  # (--instructions: exit after that many)
     )
 
 
@@ -179,14 +217,28 @@ def cpu_split() -> tuple[int | None, set[int] | None]:
     return cpus[0], set(cpus[1:])
 
 
-def start(name: str, cpu: int | None) -> Row:
+def start(
+    name: str,
+    server: str,
+    cpu: int | None,
+    *,
+    limit: int | None = None,
+    under: Sequence[str] = (),
+    stderr: int | None = None,
+) -> Row:
+    """Start ``name``'s server (under the ``under`` command, if any) and wait
+    until it listens."""
     port = free_port()
     app_name = VARIANTS[name][0]
-    cmd = [sys.executable, "-m", "benchmarks.server", "--serve", app_name, "--port", str(port)]
+    cmd = [*under, sys.executable, "-m", "benchmarks.server", "--serve", app_name]
+    cmd += ["--port", str(port), "--server", server]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
-    process = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 20
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    # stdout: the access log, discarded.
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + (300 if under else 20)
     while time.monotonic() < deadline:  # a child process: polling is the only way
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -243,22 +295,13 @@ def wrk(row: Row, seconds: float, connections: int) -> tuple[float, float]:
     return float(rate.group(1)), used / max(int(total.group(1)), 1)
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> list[str]:
+def report(server: str, rows: list[Row]) -> tuple[list[str], str]:
+    """The configuration's table, and its line of the summary."""
     best = {r.name: max(r.rates) for r in rows}
     cpu = {r.name: min(r.cpu) * 1e6 for r in rows}
     anchor, anchor_cpu = best[ANCHOR], cpu[ANCHOR]
     out = [
-        "## Read-only request with a session cookie under uvicorn + wrk",
-        "",
-        f"Python {platform.python_version()}, uvicorn {uvicorn.__version__} (httptools, "
-        f"1 worker), wrk -t1 -c{args.connections}, best of {args.rounds} {X} {args.seconds:g} s; "
-        f"{os.cpu_count()} CPU cores; "
-        + (
-            "servers pinned to one, wrk to the others"
-            if args.pinned
-            else "not pinned (server and wrk compete for the cores)"
-        )
-        + ". The server's own CPU time per request is the steadier figure.",
+        f"### {server}: {SERVERS[server].about}",
         "",
         "| variant | requests/s | ratio to bare | server CPU µs/request | µs over bare | notes |",
         "|---|---:|---:|---:|---:|---|",
@@ -271,13 +314,11 @@ def report(rows: list[Row], args: argparse.Namespace) -> list[str]:
         )
     ratio = best[AXESS] / anchor
     by_cpu = anchor_cpu / cpu[AXESS]
-    out += [
-        "",
-        f"axess: {ratio:.2f}{X} bare Starlette's requests/s, {by_cpu:.2f}{X} by server CPU "
-        f"(target ≥ {TARGET}{X}: {'met' if max(ratio, by_cpu) >= TARGET else 'MISSED'}); "
-        "at the reference " + ", ".join(f"{k} {v}{X}" for k, v in REFERENCE.items()) + ".",
-    ]
-    return out
+    verdict = "met" if max(ratio, by_cpu) >= TARGET else "MISSED"
+    anchors = " | ".join(f"{best[k] / anchor:.2f}{X}" for k in REFERENCE)
+    axess = f"{ratio:.2f}{X} ({by_cpu:.2f}{X})"
+    line = f"| {server} | {anchor_cpu:.0f} | {anchors} | {axess} | {verdict} |"
+    return [*out, ""], line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,22 +326,72 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument(
+        "--server",
+        default=",".join(SERVERS),
+        help=f"server configurations, comma-separated (default: all of {', '.join(SERVERS)})",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request in the server under callgrind (needs valgrind)",
+    )
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    servers = [name.strip() for name in args.server.split(",") if name.strip()]
+    unknown = [name for name in servers if name not in SERVERS]
+    if unknown or not servers:
+        parser.error(f"--server: choose from {', '.join(SERVERS)} (got {args.server!r})")
     if args.serve:
-        serve(args.serve, args.port, args.cpu)
+        serve(args.serve, args.port, SERVERS[servers[0]], args.cpu, args.limit)
         return 0
+    if args.instructions:
+        return count_instructions(servers)
     if shutil.which("wrk") is None:
         print("wrk not found: install it (Debian: apt install wrk) to run this benchmark")
         return 2
     server_cpu, client_cpus = cpu_split()
     args.pinned = server_cpu is not None
-    rows = [start(name, server_cpu) for name in VARIANTS]
     if client_cpus is not None:
-        os.sched_setaffinity(0, client_cpus)  # wrk inherits it
+        os.sched_setaffinity(0, client_cpus)  # wrk inherits it; the servers re-pin
+    out = [
+        "## Read-only request with a session cookie under uvicorn + wrk",
+        "",
+        f"Python {platform.python_version()}, uvicorn {uvicorn.__version__} (1 worker), "
+        f"wrk -t1 -c{args.connections}, best of {args.rounds} {X} {args.seconds:g} s; "
+        f"{os.cpu_count()} CPU cores; "
+        + (
+            "servers pinned to one, wrk to the others"
+            if args.pinned
+            else "not pinned (server and wrk compete for the cores)"
+        )
+        + ". The server's own CPU time per request is the steadier figure.",
+        "",
+    ]
+    summary = [
+        "| server | bare: server CPU µs/request | "
+        + " | ".join(REFERENCE)
+        + f" | axess full stack (by server CPU) | target ≥ {TARGET}{X} |",
+        "|---|---:|" + "---:|" * len(REFERENCE) + "---:|---|",
+        "| reference | | " + " | ".join(f"{v:.2f}{X}" for v in REFERENCE.values()) + " | | |",
+    ]
+    for server in servers:
+        table, line = report(server, measure(server, server_cpu, args))
+        out += table
+        summary.append(line)
+    print("\n".join(out + summary))
+    return 0
+
+
+def measure(server: str, server_cpu: int | None, args: argparse.Namespace) -> list[Row]:
+    """Every variant under one server configuration, ``args.rounds`` interleaved rounds."""
+    rows: list[Row] = []
     try:
+        for name in VARIANTS:
+            rows.append(start(name, server, server_cpu))
         for row in rows:
             asyncio.run(login(row))
         anchor = next(r for r in rows if r.name == ANCHOR)
@@ -317,7 +408,93 @@ def main(argv: list[str] | None = None) -> int:
             row.process.terminate()
         for row in rows:
             row.process.wait(timeout=10)
-    print("\n".join(report(rows, args)))
+    return rows
+
+
+# -- --instructions: the same requests, counted under callgrind ------------------------------
+#: Requests per server under callgrind: the small run and how many more the large one has.
+SMALL, DELTA = 200, 2000
+
+
+def drive(row: Row, n: int) -> None:
+    """Send ``n`` keep-alive requests, one at a time, on one connection, as
+    wrk sends them; each must answer the variant's body."""
+    lines = ["GET / HTTP/1.1", f"Host: 127.0.0.1:{row.port}", *row.headers, "", ""]
+    request = "\r\n".join(lines).encode("latin-1")
+    expected = VARIANTS[row.name][1]
+    with socket.create_connection(("127.0.0.1", row.port), timeout=120) as sock:
+        pending = b""
+        for _ in range(n):
+            sock.sendall(request)
+            while b"\r\n\r\n" not in pending:
+                pending += sock.recv(65536) or b"!"  # (closed: fails the check below)
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(pending) < length:
+                pending += sock.recv(65536) or b"!"
+            body, pending = pending[:length], pending[length:]
+            if not head.startswith(b"HTTP/1.1 200") or body != expected:
+                raise SystemExit(f"{row.name}: unexpected answer {head[:40]!r} {body[:40]!r}")
+
+
+def collected(name: str, server: str, n: int) -> int:
+    """Instructions the server process ran, from start to exit, serving the
+    login and ``n`` read-only requests."""
+    logins = 1 if name == ANCHOR else 2  # login(): [POST /login,] GET /
+    under = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    row = start(name, server, None, limit=logins + n, under=under, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(login(row))
+        if name == ANCHOR:  # the same request bytes as the axess row (see main)
+            row.headers = [f"User-Agent: {UA}", "Cookie: " + axess_cookies()]
+        drive(row, n)
+        _, err = row.process.communicate(timeout=300)  # it exits at the limit
+    finally:
+        row.process.kill()
+    match = re.search(rb"Collected : (\d+)", err or b"")
+    if match is None:
+        raise SystemExit(f"{name}: no callgrind total:\n{(err or b'')[-800:].decode()}")
+    return int(match.group(1))
+
+
+def axess_cookies() -> str:
+    """Cookies of the full axess row's login (from an in-process twin: the
+    same format and length, signed with another key), for bare Starlette."""
+    from benchmarks.asgi import Client
+    from benchmarks.variants import _login
+
+    scope = asyncio.run(_login(build("axess"), Client(user_agent=UA), "axess.sid"))
+    return dict(scope["headers"])[b"cookie"].decode("latin-1")
+
+
+def count_instructions(servers: list[str]) -> int:
+    """Print instructions per read-only request in the server process, per
+    configuration and variant: ``(large - small) / DELTA``, so start-up,
+    the login and shutdown cancel out. Deterministic, unlike requests/s."""
+    if shutil.which("valgrind") is None:
+        print("valgrind not found: install it to count instructions")
+        return 2
+    names = [n for n in VARIANTS if n != "axess SQLite (full stack)"]  # (its thread: noisy)
+    jobs = [(server, name, n) for server in servers for name in names for n in (0, DELTA)]
+    with ThreadPoolExecutor(max(1, (os.cpu_count() or 2))) as pool:
+        totals = dict(
+            zip(
+                jobs,
+                pool.map(lambda job: collected(job[1], job[0], SMALL + job[2]), jobs),
+                strict=True,
+            )
+        )
+    print("## Instructions per read-only request in the uvicorn process (callgrind)")
+    print()
+    print("| server | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for server in servers:
+        per = {n: (totals[(server, n, DELTA)] - totals[(server, n, 0)]) / DELTA for n in names}
+        cells = [f"{per[n] / 1000:.1f}k ({per[ANCHOR] / per[n]:.2f}{X})" for n in names]
+        print(f"| {server} | " + " | ".join(cells) + " |")
+    print()
+    print("(in brackets: bare Starlette's count over the row's, the requests/s ratio if")
+    print("every instruction cost the same; the kernel's share of a request is not counted)")
     return 0
 
 
