@@ -94,7 +94,7 @@ class Env:
 
 
 def make_env(store: MemoryStore | None = None, **authn: Any) -> Env:
-    store = store or MemoryStore()
+    store = store if store is not None else MemoryStore()
     keys = Keyring.generate()
     clock = MockClock()
     metrics = CountingMetrics()

@@ -282,7 +282,14 @@ class MemoryStore(MemoryIdentityMixin):
         return len(dead)
 
     def __len__(self) -> int:
+        """How many sessions the store holds."""
         return len(self._sessions)
+
+    def __bool__(self) -> bool:
+        # A store is a store even with no session in it: without this,
+        # ``__len__`` would make an empty one falsy, and ``store or default``
+        # would silently swap it for another.
+        return True
 
 
 @dataclass(slots=True)
