@@ -140,16 +140,18 @@ def make_env(store: MemoryStore | None = None, **authn: Any) -> Env:
             service.begin_login(request, body.get("identifier", ""), body.get("tenant"))
         )
 
-    async def factor(request: Request) -> Response:
-        body = await request.json()
-        credential: Password | TOTPCode | RecoveryCode
+    def credential(body: dict[str, str]) -> Password | TOTPCode | RecoveryCode:
         if "password" in body:
-            credential = Password(body["password"])
-        elif "totp" in body:
-            credential = TOTPCode(body["totp"])
-        else:
-            credential = RecoveryCode(body["recovery"])
-        return await guarded(service.verify_factor(request, credential))
+            return Password(body["password"])
+        if "totp" in body:
+            return TOTPCode(body["totp"])
+        return RecoveryCode(body["recovery"])
+
+    async def factor(request: Request) -> Response:
+        return await guarded(service.verify_factor(request, credential(await request.json())))
+
+    async def reverify(request: Request) -> Response:
+        return await guarded(service.reverify(request, credential(await request.json())))
 
     async def logout(request: Request) -> Response:
         await service.logout(request)
@@ -167,6 +169,7 @@ def make_env(store: MemoryStore | None = None, **authn: Any) -> Env:
             Route("/login", login, methods=["POST"]),
             Route("/begin", begin, methods=["POST"]),
             Route("/factor", factor, methods=["POST"]),
+            Route("/reverify", reverify, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
             Route("/me", me),
         ]

@@ -21,23 +21,10 @@ from authn_app import Env, make_env
 from axess.authn import Lever, Lockout, LockoutPolicy
 from axess.authn.lockout import lockout_keys
 from axess.authn.totp import generate_secret, totp
-from axess.stores import CompositeStore, MemoryStore
 from axess.stores.base import DEFAULT_TENANT
 
 THRESHOLD = 5  # the default user lever
 BURST = 200
-
-
-@pytest.fixture(params=("memory", "sqlite", "postgres", "mysql", "valkey"))
-def store(request: pytest.FixtureRequest) -> Any:
-    """An empty store serving logins: each backend for the lockout counters
-    (Valkey holds no users, so its composite keeps those in memory)."""
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "valkey":
-        valkey = request.getfixturevalue("valkey_store")
-        return CompositeStore(default=MemoryStore(), sessions=valkey, lockout=valkey)
-    return request.getfixturevalue(f"{request.param}_store")
 
 
 async def _login(env: Env, password: str, identifier: str = "victim") -> httpx.Response:
@@ -56,8 +43,8 @@ async def _after_budget_spent(env: Env, before: int, spent: int) -> None:
     pytest.fail("the burst never checked a credential")
 
 
-async def test_burst_with_the_correct_password_inside(store: Any) -> None:
-    env = make_env(store)
+async def test_burst_with_the_correct_password_inside(login_store: Any) -> None:
+    env = make_env(login_store)
     await env.add_user("victim")
     before = env.authn.hasher.hash_calls
 
@@ -92,13 +79,13 @@ async def test_burst_with_the_correct_password_inside(store: Any) -> None:
     assert (await _login(env, "correct horse")).status_code == 200
 
 
-async def test_counters_are_exact_under_a_burst(store: Any) -> None:
+async def test_counters_are_exact_under_a_burst(login_store: Any) -> None:
     """With a budget larger than the burst, every one of 200 concurrent
     failures is counted (no lost update) and every one was checked."""
     generous = LockoutPolicy(
         user=Lever(1000, 900, 900), ip=Lever(1000, 900, 900), tenant=Lever(1000, 300, 300)
     )
-    env = make_env(store, lockout=Lockout(store, generous))
+    env = make_env(login_store, lockout=Lockout(login_store, generous))
     env.authn.lockout._clock = env.clock
     await env.add_user("victim")
     before = env.authn.hasher.hash_calls
@@ -108,14 +95,14 @@ async def test_counters_are_exact_under_a_burst(store: Any) -> None:
     keys = lockout_keys(DEFAULT_TENANT, "victim", "127.0.0.1")
     now = env.clock.time()
     for key in (keys.user, keys.ip, keys.tenant):
-        state = await store.lockout_state(key, now)
+        state = await login_store.lockout_state(key, now)
         assert state is not None and state.failures == BURST
 
 
-async def test_second_factor_burst_is_bounded(store: Any) -> None:
+async def test_second_factor_burst_is_bounded(login_store: Any) -> None:
     """TOTP and recovery-code guesses for one pending login, sent at once on
     the same session, get at most the budget left after the password."""
-    env = make_env(store)
+    env = make_env(login_store)
     uid = await env.add_user("victim")
     secret = generate_secret()
     await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
