@@ -677,7 +677,8 @@ def auth_router(
                 return _refusal(409, "conflict", "the TOTP enrolment expired; start again")
             return _refusal(400, "invalid_code", "wrong code; enter the one the app shows now")
         del session[TOTP_PENDING_KEY]
-        return TOTPEnabled(recovery_codes=await users.regenerate_recovery_codes(user_id))
+        codes = await users.regenerate_recovery_codes(user_id, actor=user_id)
+        return TOTPEnabled(recovery_codes=codes)
 
     @router.post(
         "/totp/disable",
@@ -719,6 +720,7 @@ def auth_router(
         refused = await step_up(request, code_credential(body))
         if refused is not None:
             return refused
-        return RecoveryCodesResponse(recovery_codes=await users.regenerate_recovery_codes(user_id))
+        codes = await users.regenerate_recovery_codes(user_id, actor=user_id)
+        return RecoveryCodesResponse(recovery_codes=codes)
 
     return router

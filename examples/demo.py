@@ -545,7 +545,7 @@ async def totp_confirm(request: Request) -> Response:
         body = enrolment_body(request, enrolment, "Wrong code; try again.")
         return page("Set up TOTP", body, status=400)
     del s[TOTP_PENDING]
-    codes = await users.regenerate_recovery_codes(s.user_id)
+    codes = await users.regenerate_recovery_codes(s.user_id, actor=s.user_id)
     lead = "From now on, signing in asks for a code after the password."
     return recovery_codes_page("TOTP is on", lead, codes)
 
@@ -580,7 +580,7 @@ async def new_recovery_codes(request: Request) -> Response:
     refused = await step_up(request, field="code")
     if refused is not None:
         return refused
-    codes = await users.regenerate_recovery_codes(user_id)
+    codes = await users.regenerate_recovery_codes(user_id, actor=user_id)
     return recovery_codes_page("New recovery codes", "Your code was accepted.", codes)
 
 

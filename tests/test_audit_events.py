@@ -45,6 +45,7 @@ WIRE = {
     "totp_enrolled",
     "totp_disabled",
     "recovery_code_used",
+    "recovery_codes_regenerated",
     "account_suspended",
     "account_activated",
     "authz_denied",

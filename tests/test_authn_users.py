@@ -96,8 +96,15 @@ async def test_regenerate_recovery_codes() -> None:
     await admin.enrol_totp(u.id)
     first = await admin.regenerate_recovery_codes(u.id)
     assert len(first) == 10 and len(set(first)) == 10
-    codes = await admin.regenerate_recovery_codes(u.id, count=3)
+    codes = await admin.regenerate_recovery_codes(u.id, count=3, actor="admin-7")
     assert (await env.store.get_factors(u.id)).recovery_codes == 3
+    events = [e for e in env.events if e.type == "recovery_codes_regenerated"]
+    assert [(e.user, e.actor, e.status) for e in events] == [
+        (u.id, None, "success"),
+        (u.id, "admin-7", "success"),
+    ]
+    shown = set(first) | set(codes)  # an event never carries a code
+    assert not any(v in shown for e in events for v in e.as_kwargs().values())
     async with env.client() as c:
         await c.post("/login", json={"identifier": "alice", "password": "pw"})
         assert (await c.post("/factor", json={"recovery": first[0]})).status_code == 401

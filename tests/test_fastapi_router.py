@@ -667,6 +667,7 @@ async def test_routes_are_audited() -> None:
         "factor_verified",
         "authenticated",
         "totp_enrolled",
+        "recovery_codes_regenerated",
         "totp_disabled",
         "logout",
     ):

@@ -58,6 +58,7 @@ class EventType(enum.StrEnum):
     TOTP_ENROLLED = "totp_enrolled"
     TOTP_DISABLED = "totp_disabled"
     RECOVERY_CODE_USED = "recovery_code_used"
+    RECOVERY_CODES_REGENERATED = "recovery_codes_regenerated"
     ACCOUNT_SUSPENDED = "account_suspended"
     ACCOUNT_ACTIVATED = "account_activated"
     AUTHZ_DENIED = "authz_denied"
@@ -90,6 +91,7 @@ DEFAULT_STATUS: Final[Mapping[str, EventStatus]] = {
     EventType.TOTP_ENROLLED: EventStatus.SUCCESS,
     EventType.TOTP_DISABLED: EventStatus.INFO,
     EventType.RECOVERY_CODE_USED: EventStatus.SUCCESS,
+    EventType.RECOVERY_CODES_REGENERATED: EventStatus.SUCCESS,
     EventType.ACCOUNT_SUSPENDED: EventStatus.INFO,
     EventType.ACCOUNT_ACTIVATED: EventStatus.INFO,
     EventType.AUTHZ_DENIED: EventStatus.FAILURE,

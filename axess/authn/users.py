@@ -14,7 +14,8 @@
 
 Every change emits an :class:`~axess.authn.service.AuthnEvent` through
 ``on_event`` (``password_changed``, ``totp_enrolled``/``totp_disabled``,
-``account_suspended``/``account_activated``, ``lockout_cleared``) with the
+``recovery_codes_regenerated``, ``account_suspended``/``account_activated``,
+``lockout_cleared``) with the
 ``actor`` passed to the method.
 """
 
@@ -343,11 +344,16 @@ class UserAdmin:
         await self.store.replace_recovery_codes(user.id, [])
         self._emit("totp_disabled", user, actor)
 
-    async def regenerate_recovery_codes(self, user_id: str, count: int = CODE_COUNT) -> list[str]:
-        """New single-use codes (show them once); every previous code stops working."""
+    async def regenerate_recovery_codes(
+        self, user_id: str, count: int = CODE_COUNT, *, actor: str | None = None
+    ) -> list[str]:
+        """New single-use codes (show them once); every previous code stops
+        working. Emits ``recovery_codes_regenerated`` (the codes themselves
+        are never in an event)."""
         user = await self._user(user_id)
         codes = self.recovery.generate(count)
         await self.store.replace_recovery_codes(user.id, [self.recovery.hash(c) for c in codes])
+        self._emit("recovery_codes_regenerated", user, actor)
         return codes
 
     # -- status / lockout ---------------------------------------------------------
