@@ -82,6 +82,26 @@ async def test_wrong_password_and_unknown_user_fail_the_same_way() -> None:
     assert env.metrics.counts["factor_failure"] == 2
 
 
+async def test_a_failed_login_without_a_cookie_stores_no_session(login_store: Any) -> None:
+    """A client that keeps no cookies (a script, a botnet) gets no session
+    row and no cookie per failed attempt, for a known or unknown identifier:
+    failures cannot fill the session store."""
+    env = make_env(login_store)
+    await env.add_user("alice")
+    for identifier in ("alice", "mallory", "alice"):
+        async with env.client() as c:
+            r = await login(c, identifier, "nope")
+            assert r.status_code == 401
+            assert "set-cookie" not in r.headers
+            assert (await c.get("/me")).json()["kind"] == "guest"
+    if isinstance(login_store, MemoryStore):
+        assert len(login_store) == 0
+    async with env.client() as c:  # a success still stores its session
+        r = await login(c, "alice", "correct horse")
+        assert r.status_code == 200 and "axess.sid" in c.cookies
+        assert (await c.get("/me")).json()["user"] == "u-alice"
+
+
 def _shape(r: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
     headers = sorted(
         (k, "<cookie>" if k == "set-cookie" else v)

@@ -265,16 +265,20 @@ async def test_a_json_client_can_retry_a_failed_first_login_without_a_bootstrap_
         # No cookies and no browser headers: not checked (nothing to forge).
         r = await c.post("/login", json={"email": "ann@example.com", "password": "wrong"})
         assert r.status_code == 401
-        # The failed login stored the session (the login in progress), so the
-        # client now holds a session cookie: the same response hands it a token.
-        assert cookie_of(r) and cookie_of(r, "axess.csrf")
-        token = c.cookies["axess.csrf"]
+        # A failed login stores nothing: no session, so no cookie of any kind,
+        # and the retry carries no ambient credential either.
+        assert "set-cookie" not in r.headers and not c.cookies
         body = {"email": "ann@example.com", "password": "right password"}
         r = await c.post("/login", json=body)
-        assert r.status_code == 403  # with a cookie, the token is required
-        r = await c.post("/login", json=body, headers={"x-csrf-token": token})
         assert r.status_code == 200 and r.json()["authenticated"] is True
+        assert cookie_of(r) and cookie_of(r, "axess.csrf")  # signed in: a token with it
         assert (await c.get("/me")).json() == {"user": r.json()["user_id"]}
+        # From now on the client holds a session cookie: the token is required.
+        r = await c.post("/login", json=body)
+        assert r.status_code == 403
+        token = c.cookies["axess.csrf"]
+        r = await c.post("/login", json=body, headers={"x-csrf-token": token})
+        assert r.status_code == 200
 
 
 async def test_a_stored_session_without_a_csrf_cookie_gets_one_but_then_none() -> None:

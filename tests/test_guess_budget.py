@@ -24,6 +24,7 @@ from axess.authn.totp import generate_secret, totp
 from axess.stores.base import DEFAULT_TENANT
 
 THRESHOLD = 5  # the default user lever
+PASSWORD = "correct horse"
 BURST = 200
 
 
@@ -97,6 +98,58 @@ async def test_counters_are_exact_under_a_burst(login_store: Any) -> None:
     for key in (keys.user, keys.ip, keys.tenant):
         state = await login_store.lockout_state(key, now)
         assert state is not None and state.failures == BURST
+
+
+async def test_another_login_on_the_session_buys_no_code_guesses(login_store: Any) -> None:
+    """Half-way through a login (password done, TOTP due), starting logins for
+    other identifiers on the same session must not reset the code budget: a
+    failed one-shot login leaves the half-way login (and its lockout keys)
+    alone, and a login begun for someone else leaves no code checked at all.
+    Otherwise every decoy identifier would buy fresh guesses at this user's
+    codes."""
+    env = make_env(login_store)
+    uid = await env.add_user("victim")
+    secret = generate_secret()
+    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    now = env.clock.time()
+    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
+    wrong = iter(c for c in (f"{i:06d}" for i in range(1000)) if c not in valid)
+
+    def codes_checked() -> int:
+        return sum(e.type == "factor_failed" and e.reason == "wrong_code" for e in env.events)
+
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        statuses = []
+        for i in range(6):
+            r = await c.post("/login", json={"identifier": f"decoy-{i}", "password": "x"})
+            assert r.status_code in (401, 429)
+            for _ in range(THRESHOLD):
+                statuses.append((await c.post("/factor", json={"totp": next(wrong)})).status_code)
+        assert codes_checked() == THRESHOLD - 1  # the password step took the first unit
+        assert statuses.count(401) == THRESHOLD - 1
+        assert statuses.count(429) == len(statuses) - (THRESHOLD - 1)
+        # The lock is the victim's: the right code is refused too.
+        r = await c.post("/factor", json={"totp": totp(secret, now)})
+        assert r.status_code == 429
+
+    env.clock.advance(15 * 60)  # a new window, a new session
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        r = await c.post("/begin", json={"identifier": "decoy"})
+        assert r.json() == {"factor_required": "password"}
+        before = codes_checked()
+        hashes = env.authn.hasher.hash_calls
+        for _ in range(2 * THRESHOLD):
+            assert (await c.post("/factor", json={"totp": next(wrong)})).status_code == 401
+        # Even the right code: the session's pending login is the decoy's now.
+        code = totp(secret, env.clock.time())
+        assert (await c.post("/factor", json={"totp": code})).status_code == 401
+        assert codes_checked() == before
+        assert env.authn.hasher.hash_calls == hashes
+        assert not [e for e in env.events if e.type == "factor_verified" and e.factor == "totp"]
 
 
 async def test_second_factor_burst_is_bounded(login_store: Any) -> None:

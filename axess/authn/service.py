@@ -36,10 +36,12 @@ Failures count with the tenant's effective lever parameters
 (:meth:`~axess.authn.lockout.Lockout.policy_for`: the static
 ``LockoutPolicy.overrides`` and the tenant record's ``lockout_overrides``),
 taken from the tenant record that step 3 loads.
-Between the steps the pending login (tenant, normalized identifier and,
-when the tenant record overrides the lockout, the effective levers, so a
-second factor needs no extra store round trip) lives in the session's
-custom data under :data:`PENDING_KEY`; the auth state
+Between the steps the pending login (tenant, normalized identifier, the
+user id once the password passed and, when the tenant record overrides the
+lockout, the effective levers, so a second factor needs no extra store
+round trip) lives in the session's custom data under :data:`PENDING_KEY`;
+a second factor is checked only while that record names the user the
+session is half-way signed in as. The auth state
 moves ``Guest → Authenticating → Authenticated`` (entering Authenticated
 rotates the session id; the middleware binds the fingerprint at commit).
 
@@ -155,9 +157,14 @@ class _Attempt:
     #: The device id of the client's valid device cookie.
     device: str | None = None
 
-    def pending(self) -> dict[str, Any]:
-        """The session's record of this login in progress."""
+    def pending(self, user: str | None = None) -> dict[str, Any]:
+        """The session's record of this login in progress; ``user``: the user
+        id, once the password step has passed (a second factor is checked
+        only while the record names the user the session is half-way
+        signed in as)."""
         data: dict[str, Any] = {"t": self.tenant, "i": self.identifier}
+        if user is not None:
+            data["u"] = user
         if self.levers is not None:
             data["o"] = self.levers
         units = [*self.reservations_json()]
@@ -329,6 +336,12 @@ class AuthnService:
         state = session.auth_state
         if not isinstance(state, d.Authenticating) or "totp" not in state.remaining:
             return InvalidCredentials()
+        if pending.get("u") != state.user:
+            # Another login was begun on this session after this one's
+            # password step: its record (and lockout keys) name someone else.
+            # Checking this user's codes against those keys would let every
+            # new identifier buy fresh guesses, so no code is checked.
+            return InvalidCredentials()
         return await self._second_factor(attempt, state, credential)
 
     async def login_password(
@@ -352,7 +365,9 @@ class AuthnService:
         attempt = await self._start(request, identifier, tenant, password=password)
         if not isinstance(attempt, _Attempt):
             return attempt
-        attempt.session[PENDING_KEY] = attempt.pending()
+        # No pending record before the password passes: a failed attempt
+        # leaves the session as it was (a client without a cookie gets no
+        # session row, and a login half-way through on it stays intact).
         return await self._password(attempt, password)
 
     async def logout(self, request: HTTPConnection) -> None:
@@ -672,7 +687,7 @@ class AuthnService:
         session.set_auth_state(state)
         if isinstance(state, d.Authenticating):
             # Keep the units this step holds: a complete login hands them back.
-            session[PENDING_KEY] = attempt.pending()
+            session[PENDING_KEY] = attempt.pending(user.id)
             return FactorRequired(state.remaining[0])
         session.pop(PENDING_KEY, None)
         # Only a complete login resets the user lever and trusts the origin:

@@ -436,7 +436,8 @@ class CSRFMiddleware(Stage):
         just created or rotated, or when the browser holds none but a stored
         session (``stored``): its next unsafe request carries the session
         cookie, so it is checked and needs a token — e.g. a JSON client
-        retrying after a failed login, with no separate call to fetch one.
+        sending its password after ``begin_login`` stored the login in
+        progress, with no separate call to fetch one.
         Otherwise nothing is sent, so plain page
         views carry no Set-Cookie.
         """
