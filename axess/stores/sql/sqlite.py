@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
@@ -111,7 +112,7 @@ class _SQLiteDriver(Driver):
         return self._con is not None
 
     async def connect(self) -> None:
-        con = await aiosqlite.connect(self._path, isolation_level=None)
+        con = await _daemonic(aiosqlite.connect(self._path, isolation_level=None))
         try:
             for pragma in (
                 f"PRAGMA busy_timeout = {self._busy_ms}",
@@ -228,6 +229,24 @@ class _SQLiteDriver(Driver):
 
     def errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error, OSError)
+
+
+def _daemonic(con: aiosqlite.Connection) -> aiosqlite.Connection:
+    """``con`` (not yet started) with its worker thread made a daemon.
+
+    aiosqlite runs each connection in a thread that, from 0.22 on, is not a
+    daemon: a process that ends without closing the store (a crash, an
+    unhandled error in a script, a lifespan that never ran its shutdown)
+    would then wait for it forever and never exit. As a daemon it does not
+    hold the process; SQLite's journal keeps the file consistent whatever
+    the thread was doing when the process ended, as after a power cut.
+    Closing the store normally still waits for every write.
+    """
+    # 0.22 keeps the thread in ``_thread``; earlier versions are the thread.
+    thread = getattr(con, "_thread", con)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True
+    return con
 
 
 async def _main_file(con: aiosqlite.Connection) -> str:
