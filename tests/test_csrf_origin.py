@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from axess import Axess, ConfigurationError, Keyring, MockClock
-from axess.authn import PasswordHasher
+from axess.authn import Password, PasswordHasher
 from axess.authn.http import outcome_response
 from axess.session.csrf import CSRFConfig
 from axess.stores import MemoryStore
@@ -247,12 +247,29 @@ def login_app() -> tuple[Axess, Starlette]:
         outcome = await auth.authn.login_password(request, body["email"], body["password"])
         return outcome_response(outcome)
 
+    async def begin(request: Request) -> Response:
+        assert auth.authn is not None
+        email = (await request.json())["email"]
+        return outcome_response(await auth.authn.begin_login(request, email))
+
+    async def password(request: Request) -> Response:
+        assert auth.authn is not None
+        secret = Password((await request.json())["password"])
+        return outcome_response(await auth.authn.verify_factor(request, secret))
+
     async def me(request: Request) -> Response:
         from axess import get_session
 
         return JSONResponse({"user": get_session(request).user_id})
 
-    app = Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/me", me)])
+    app = Starlette(
+        routes=[
+            Route("/login", login, methods=["POST"]),
+            Route("/begin", begin, methods=["POST"]),
+            Route("/password", password, methods=["POST"]),
+            Route("/me", me),
+        ]
+    )
     auth.install(app)
     return auth, app
 
@@ -279,6 +296,21 @@ async def test_a_json_client_can_retry_a_failed_first_login_without_a_bootstrap_
         token = c.cookies["axess.csrf"]
         r = await c.post("/login", json=body, headers={"x-csrf-token": token})
         assert r.status_code == 200
+
+
+async def test_a_two_step_login_hands_out_the_token_with_the_login_in_progress() -> None:
+    auth, app = login_app()
+    assert auth.users is not None
+    await auth.users.create_user("ann@example.com", password="right password")
+    async with client(app) as c:
+        r = await c.post("/begin", json={"email": "ann@example.com"})  # no cookies: unchecked
+        assert r.json() == {"factor_required": "password"}
+        # begin_login stored the login in progress: session cookie and token together.
+        assert cookie_of(r) and cookie_of(r, "axess.csrf")
+        body = {"password": "right password"}
+        assert (await c.post("/password", json=body)).status_code == 403
+        r = await c.post("/password", json=body, headers={"x-csrf-token": c.cookies["axess.csrf"]})
+        assert r.status_code == 200 and r.json()["authenticated"] is True
 
 
 async def test_a_stored_session_without_a_csrf_cookie_gets_one_but_then_none() -> None:
