@@ -2,11 +2,14 @@
 
 Wall-clock timings on a shared machine drift; instruction counts do not.
 This runs the warm read-only request of ``python -m benchmarks`` (bare
-Starlette and the full axess stack on the memory store) twice under
+Starlette, Starlette's ``SessionMiddleware``, starsessions and the full axess
+stack on the memory store) twice under
 ``valgrind --tool=callgrind`` with a fixed hash seed, once with ``--small``
 requests and once with ``--small + --delta`` requests, and reports
 ``(large - small) / delta``: the instructions one more request costs, with
-start-up and warm-up cancelled out. Needs valgrind.
+start-up and warm-up cancelled out; and axess's overhead over bare as a
+fraction of each baseline's (the in-process target: at most 0.35 of
+``SessionMiddleware``'s). Needs valgrind.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import sys
 from benchmarks.asgi import run_requests
 from benchmarks.variants import VARIANTS
 
-_ROWS = ("bare Starlette", "axess memory (warm)")
+_ROWS = (
+    "bare Starlette",
+    "Starlette SessionMiddleware",
+    "starsessions (memory)",
+    "axess memory (warm)",
+)
+_AXESS = "axess memory (warm)"
 
 
 async def _serve(name: str, n: int) -> None:
@@ -70,6 +79,11 @@ def main() -> None:
         large = _collected(name, args.small + args.delta)
         per[name] = (large - small) / args.delta
         print(f"| {name} | {per[name] / 1000:.1f}k | {per[name] / per[_ROWS[0]]:.2f}x |")
+    bare = per[_ROWS[0]]
+    print()
+    for baseline in _ROWS[1:3]:
+        share = (per[_AXESS] - bare) / (per[baseline] - bare)
+        print(f"axess's overhead = {share:.2f} of {baseline}'s (by instructions)")
 
 
 if __name__ == "__main__":
