@@ -103,6 +103,12 @@ async def test_contract_concurrent_checks_are_atomic(bucket_store: BucketStore) 
 
 
 # -- memory ---------------------------------------------------------------------------------
+def test_an_empty_memory_bucket_store_is_still_truthy() -> None:
+    store = MemoryBucketStore()
+    assert len(store) == 0
+    assert store and (store or MemoryBucketStore()) is store
+
+
 async def test_memory_uses_monotonic_clock_and_evicts_idle_keys() -> None:
     clock = MockClock()
     store = MemoryBucketStore(clock=clock, max_keys=3)

@@ -94,7 +94,13 @@ class MemoryBucketStore:
         self._warned_full = False
 
     def __len__(self) -> int:
+        """How many keys the store holds."""
         return len(self._data)
+
+    def __bool__(self) -> bool:
+        # Truthy even when empty, like MemoryStore: ``store or default``
+        # must never swap an empty store for another.
+        return True
 
     async def open(self) -> None:
         pass
