@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from axess.stores.base import (
     FACTORS,
@@ -28,14 +28,12 @@ from axess.stores.base import (
     TenantRecord,
     UserRecord,
 )
-from axess.stores.sql.params import ms, placeholders
+from axess.stores.sql.params import ms
+from axess.stores.sql.part import SQLStorePart
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from axess.stores.sql.engine import Connection
 
-    from axess.stores.sql.engine import Connection, Dialect, Driver
-
-T = TypeVar("T")
 
 _TENANT_COLS: Final = (
     "tenant_id, slug, status, pepper, ip_allow, ip_deny, lockout_overrides, created_at"
@@ -84,32 +82,11 @@ def _user(row: Sequence[Any]) -> UserRecord:
     )
 
 
-class SQLIdentityMixin:
+class SQLIdentityMixin(SQLStorePart):
     """Identity and factor methods of :class:`SQLStore` (see the module docstring)."""
 
-    if TYPE_CHECKING:
-        name: str
-        _dialect: Dialect
-        _driver: Driver
-
-        async def _op(
-            self,
-            what: str,
-            body: Callable[[Connection], Awaitable[T]],
-            *,
-            log: bool = True,
-            substore: str = ...,
-        ) -> T: ...
-
-        async def _transaction(
-            self, conn: Connection, begin: str, body: Callable[[], Awaitable[T]]
-        ) -> T: ...
-
-    def _iq(self, sql: str) -> str:
-        return placeholders(sql, self._dialect.paramstyle)
-
     async def _insert_absent(self, what: str, sql: str, args: Sequence[object]) -> bool:
-        stmt = self._iq(sql + self._dialect.insert_suffix)
+        stmt = self._sql(sql + self._dialect.insert_suffix)
 
         async def body(conn: Connection) -> bool:
             try:
@@ -124,7 +101,7 @@ class SQLIdentityMixin:
     async def _fetch(
         self, what: str, sql: str, args: Sequence[object], substore: str = IDENTITY
     ) -> Sequence[Sequence[Any]]:
-        stmt = self._iq(sql)
+        stmt = self._sql(sql)
 
         async def body(conn: Connection) -> Sequence[Sequence[Any]]:
             return (await conn.run(stmt, args, fetch=True)).rows
@@ -134,7 +111,7 @@ class SQLIdentityMixin:
     async def _execute(
         self, what: str, sql: str, args: Sequence[object], substore: str = IDENTITY
     ) -> int:
-        stmt = self._iq(sql)
+        stmt = self._sql(sql)
 
         async def body(conn: Connection) -> int:
             return (await conn.run(stmt, args)).rowcount
@@ -159,8 +136,8 @@ class SQLIdentityMixin:
     async def update_tenant(self, tenant: TenantRecord) -> bool:
         """Rewrite the tenant's row; ``False`` if it does not exist or the slug
         belongs to another tenant."""
-        taken = self._iq("SELECT 1 FROM axess_tenants WHERE slug = ? AND tenant_id <> ?")
-        update = self._iq(
+        taken = self._sql("SELECT 1 FROM axess_tenants WHERE slug = ? AND tenant_id <> ?")
+        update = self._sql(
             "UPDATE axess_tenants SET slug = ?, status = ?, pepper = ?, ip_allow = ?, "
             "ip_deny = ?, lockout_overrides = ? WHERE tenant_id = ?"
         )
@@ -265,7 +242,7 @@ class SQLIdentityMixin:
         table, columns, values = ensure
         marks = ", ".join("?" * len(values))
         first = columns.split(",")[0]
-        insert = self._iq(
+        insert = self._sql(
             f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
             + (
                 f" ON DUPLICATE KEY UPDATE {first} = {first}"
@@ -273,7 +250,7 @@ class SQLIdentityMixin:
                 else " ON CONFLICT DO NOTHING"
             )
         )
-        statements = [(self._iq(sql), args) for sql, args in steps]
+        statements = [(self._sql(sql), args) for sql, args in steps]
 
         async def run(conn: Connection) -> Sequence[Sequence[Any]]:
             await conn.run(insert, values)
@@ -318,8 +295,8 @@ class SQLIdentityMixin:
 
     async def replace_recovery_codes(self, user: str, hashes: Sequence[str]) -> None:
         unique = sorted(set(hashes))
-        delete = self._iq("DELETE FROM axess_recovery_codes WHERE user_id = ?")
-        insert = self._iq(
+        delete = self._sql("DELETE FROM axess_recovery_codes WHERE user_id = ?")
+        insert = self._sql(
             "INSERT INTO axess_recovery_codes (user_id, code_hash) VALUES "  # noqa: S608
             + ", ".join(["(?, ?)"] * len(unique))
         )

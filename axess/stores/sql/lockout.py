@@ -33,12 +33,13 @@ from axess.stores.base import (
     LockoutStatus,
     reserve_levers,
 )
-from axess.stores.sql.params import ms, placeholders
+from axess.stores.sql.params import ms
+from axess.stores.sql.part import SQLStorePart
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from axess.stores.sql.engine import Connection, Dialect
+    from axess.stores.sql.engine import Connection
 
 T = TypeVar("T")
 
@@ -85,28 +86,8 @@ def _state(row: Sequence[Any]) -> LeverState:
     )
 
 
-class SQLLockoutMixin:
+class SQLLockoutMixin(SQLStorePart):
     """Lockout methods of :class:`SQLStore` (see the module docstring)."""
-
-    if TYPE_CHECKING:
-        name: str
-        _dialect: Dialect
-
-        async def _op(
-            self,
-            what: str,
-            body: Callable[[Connection], Awaitable[T]],
-            *,
-            log: bool = True,
-            substore: str = ...,
-        ) -> T: ...
-
-        async def _transaction(
-            self, conn: Connection, begin: str, body: Callable[[], Awaitable[T]]
-        ) -> T: ...
-
-    def _lq(self, sql: str) -> str:
-        return placeholders(sql, self._dialect.paramstyle)
 
     def _fragments(self) -> tuple[str, str, str, str, str]:
         return _FRAGMENTS.get(self._dialect.name, _FRAGMENTS["postgres"])
@@ -121,7 +102,7 @@ class SQLLockoutMixin:
     def _select(self, n: int, *, lock: bool) -> str:
         marks = ", ".join("?" * n)
         suffix = self._fragments()[2] if lock else ""
-        return self._lq(
+        return self._sql(
             f"SELECT {_COLS} FROM axess_lockouts WHERE lkey IN ({marks}) "  # noqa: S608
             f"ORDER BY lkey{suffix}"
         )
@@ -152,7 +133,7 @@ class SQLLockoutMixin:
         if not specs:
             return LockoutReservation({}, [])
         ignore = self._fragments()[0]
-        insert = self._lq(
+        insert = self._sql(
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES "  # noqa: S608
             + ", ".join(["(?, 0, 0, 0, 0, 0)"] * len(specs))
             + ignore
@@ -200,7 +181,7 @@ class SQLLockoutMixin:
         marks = ", ".join("?" * len(states))
         args += [st.key for st in states]
         sql = f"UPDATE axess_lockouts SET {', '.join(columns)} WHERE lkey IN ({marks})"  # noqa: S608
-        return self._lq(sql), args
+        return self._sql(sql), args
 
     async def lockout_failure(
         self, levers: Sequence[LeverSpec], origin: str | None, now: float
@@ -226,17 +207,17 @@ class SQLLockoutMixin:
         ``release`` units (:func:`~axess.stores.base.release_unit`), in one
         transaction."""
         keys = sorted(set(reset))
-        delete = self._lq(
+        delete = self._sql(
             f"DELETE FROM axess_lockouts WHERE lkey IN ({', '.join('?' * len(keys))})"  # noqa: S608
         )
-        upsert = self._lq(
+        upsert = self._sql(
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES (?, 0, 0, 0, 0, ?)"  # noqa: S608
             + self._fragments()[1]
         )
         units = sorted(release)
         # release_unit as one statement: same window, not locked, still alive.
         matches = " OR ".join(["(lkey = ? AND window_start = ?)"] * len(units))
-        give_back = self._lq(
+        give_back = self._sql(
             "UPDATE axess_lockouts SET failures = failures - 1 "  # noqa: S608
             f"WHERE failures > 0 AND locked_until <= ? AND expires_at > ? AND ({matches})"
         )
@@ -270,7 +251,7 @@ class SQLLockoutMixin:
         wanted = sorted(set(keys))
         if not wanted:
             return 0
-        sql = self._lq(
+        sql = self._sql(
             f"DELETE FROM axess_lockouts WHERE lkey IN ({', '.join('?' * len(wanted))})"  # noqa: S608
         )
 
@@ -280,7 +261,7 @@ class SQLLockoutMixin:
         return await self._lockout_op("lockout_clear", body)
 
     async def lockout_state(self, key: str, now: float) -> LeverState | None:
-        sql = self._lq(f"SELECT {_COLS} FROM axess_lockouts WHERE lkey = ? AND expires_at > ?")  # noqa: S608
+        sql = self._sql(f"SELECT {_COLS} FROM axess_lockouts WHERE lkey = ? AND expires_at > ?")  # noqa: S608
 
         async def body(conn: Connection) -> LeverState | None:
             rows = (await conn.run(sql, (key, ms(now)), fetch=True)).rows
@@ -290,7 +271,7 @@ class SQLLockoutMixin:
 
     async def purge_expired_lockouts(self, now: float) -> int:
         """Delete dead counters and expired trusted origins, in batches; the count."""
-        sql = self._lq(self._fragments()[3])
+        sql = self._sql(self._fragments()[3])
 
         async def batch(conn: Connection) -> int:
             return (await conn.run(sql, (ms(now), _PURGE_BATCH))).rowcount
