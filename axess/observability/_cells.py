@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 #: Store latency bucket bounds (seconds): sub-millisecond for Valkey and SQLite, up
@@ -195,6 +195,33 @@ class CountingMetrics:
         _rate_limit_rejected: Labelled
         _store_error: Labelled
         _authz_decision: Labelled
+
+    def _bind(self, counters: Mapping[str, Any], labelled: Mapping[str, Labelled]) -> None:
+        """Point the counter methods at an adapter's cells: ``counters`` by
+        metric name (each with ``inc()`` and ``add(n)``), ``labelled`` the
+        :class:`Labelled` cells. Called once, from the adapter's ``__init__``."""
+        inc = {name: count.inc for name, count in counters.items()}
+        self._auth_attempt = inc["auth_attempt"]
+        self._auth_success = inc["auth_success"]
+        self._auth_failure = inc["auth_failure"]
+        self._factor_attempt = inc["factor_attempt"]
+        self._factor_success = inc["factor_success"]
+        self._factor_failure = inc["factor_failure"]
+        self._session_created = inc["session_created"]
+        self._session_invalidated = inc["session_invalidated"]
+        self._session_binding_mismatch = inc["session_binding_mismatch"]
+        self._session_previous_key = inc["session_decrypted_with_previous_key"]
+        self._session_size_exceeded = inc["session_size_exceeded"]
+        self._authz_error = inc["authz_error"]
+        self._audit_dropped = counters["audit_dropped"].add
+        self._audit_recovered = counters["audit_recovered"].add
+        self._account_locked = labelled["account_locked"]
+        self._rate_limit_allowed = labelled["rate_limit_allowed"]
+        self._rate_limit_rejected = labelled["rate_limit_rejected"]
+        self._store_error = labelled["store_error"]
+        self._previous_key_used = labelled["previous_key_used"]
+        self._authz_decision = labelled["authz_decision"]
+        self._allowed = self._rate_limit_allowed.fast
 
     def auth_attempt(self) -> None:
         self._auth_attempt()

@@ -159,29 +159,7 @@ class OTelMetrics(CountingMetrics):
                 _STATES[provider] = state
         self._state = state
         self.meter = state.meter
-        inc = {name: count.inc for name, count in state.counters.items()}
-        self._auth_attempt = inc["auth_attempt"]
-        self._auth_success = inc["auth_success"]
-        self._auth_failure = inc["auth_failure"]
-        self._factor_attempt = inc["factor_attempt"]
-        self._factor_success = inc["factor_success"]
-        self._factor_failure = inc["factor_failure"]
-        self._session_created = inc["session_created"]
-        self._session_invalidated = inc["session_invalidated"]
-        self._session_binding_mismatch = inc["session_binding_mismatch"]
-        self._session_previous_key = inc["session_decrypted_with_previous_key"]
-        self._session_size_exceeded = inc["session_size_exceeded"]
-        self._audit_dropped = state.counters["audit_dropped"].add
-        self._audit_recovered = state.counters["audit_recovered"].add
-        labelled = state.labelled
-        self._account_locked = labelled["account_locked"]
-        self._rate_limit_allowed = labelled["rate_limit_allowed"]
-        self._rate_limit_rejected = labelled["rate_limit_rejected"]
-        self._store_error = labelled["store_error"]
-        self._previous_key_used = labelled["previous_key_used"]
-        self._authz_decision = labelled["authz_decision"]
-        self._authz_error = inc["authz_error"]
-        self._allowed = labelled["rate_limit_allowed"].fast
+        self._bind(state.counters, state.labelled)
         self._latency = state.latency
         self._latency_attributes = state.latency_attributes
 
