@@ -490,6 +490,16 @@ async def step_up(request: Request, *, field: str) -> Response | None:
     return redirect("Password not accepted" if field == "password" else "Code not accepted")
 
 
+async def stepped_up_user(request: Request, *, totp: bool, field: str) -> str | Response:
+    """The signed-in user's id (see :func:`signed_in_user`) once ``field``
+    proves them again (see :func:`step_up`), else the response to send."""
+    user_id = await signed_in_user(request, totp=totp)
+    if isinstance(user_id, Response):
+        return user_id
+    refused = await step_up(request, field=field)
+    return user_id if refused is None else refused
+
+
 def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") -> str:
     inner = (
         '<label>The code your app shows <input name="code" required maxlength="32" '
@@ -509,12 +519,9 @@ def enrolment_body(request: Request, enrolment: TOTPEnrolment, error: str = "") 
 
 
 async def totp_enrol(request: Request) -> Response:
-    user_id = await signed_in_user(request, totp=False)
+    user_id = await stepped_up_user(request, totp=False, field="password")
     if isinstance(user_id, Response):
         return user_id
-    refused = await step_up(request, field="password")
-    if refused is not None:
-        return refused
     s = get_session(request)
     enrolment = await users.begin_totp_enrolment(user_id)
     # Only the sealed token is kept; nothing is stored until a code is accepted.
@@ -563,23 +570,17 @@ def recovery_codes_page(title: str, lead: str, codes: list[str]) -> Response:
 
 
 async def totp_disable(request: Request) -> Response:
-    user_id = await signed_in_user(request, totp=True)
+    user_id = await stepped_up_user(request, totp=True, field="code")
     if isinstance(user_id, Response):
         return user_id
-    refused = await step_up(request, field="code")
-    if refused is not None:
-        return refused
     await users.disable_totp(user_id, actor=user_id)  # the recovery codes go too
     return redirect("TOTP turned off")
 
 
 async def new_recovery_codes(request: Request) -> Response:
-    user_id = await signed_in_user(request, totp=True)
+    user_id = await stepped_up_user(request, totp=True, field="code")
     if isinstance(user_id, Response):
         return user_id
-    refused = await step_up(request, field="code")
-    if refused is not None:
-        return refused
     codes = await users.regenerate_recovery_codes(user_id, actor=user_id)
     return recovery_codes_page("New recovery codes", "Your code was accepted.", codes)
 
