@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import platform
+import statistics
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -226,6 +227,32 @@ def _summary(rows: list[Row]) -> list[str]:
             f"its overhead = {other / axess:.1f}{X} axess's, target ≥ {wanted:.1f}{X}: "
             f"{_verdict(axess, other / wanted)}"
         )
+    out += _paired(rows)
+    return out
+
+
+def _paired(rows: list[Row]) -> list[str]:
+    """axess's overhead as a fraction of each baseline's, within each
+    repetition: the rows of one repetition are timed back to back, so drift
+    between repetitions (which the best-of figures above mix) cancels out."""
+    by_name = {r.name: r.samples for r in rows}
+    bare, axess = by_name.get(ANCHOR), by_name.get(AXESS_WARM)
+    if not bare or not axess:
+        return []
+    out = []
+    for name in (STARLETTE, STARSESSIONS):
+        other = by_name.get(name)
+        if not other or len(other) != len(bare) or len(axess) != len(bare):
+            continue
+        shares = sorted(
+            (a - b) / (o - b) for a, o, b in zip(axess, other, bare, strict=True) if o > b
+        )
+        if shares:
+            out.append(
+                f"- per repetition, axess's overhead / {name}'s: median "
+                f"{statistics.median(shares):.2f} (range {shares[0]:.2f} to {shares[-1]:.2f}, "
+                f"{len(shares)} repetitions)"
+            )
     return out
 
 
