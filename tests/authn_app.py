@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from axess.authn import Password, PasswordHasher, RecoveryCode, TOTPCode
 from axess.authn.http import outcome_response, unavailable_response
 from axess.authn.lockout import normalize_identifier
 from axess.authn.service import AuthnEvent, AuthnService
+from axess.authn.totp import generate_secret, totp
 from axess.observability.metrics import NoopMetrics
 from axess.stores import MemoryStore
 from axess.stores.base import DEFAULT_TENANT, UserRecord
@@ -47,6 +49,20 @@ class CountingMetrics(NoopMetrics):
 
     def account_locked(self, lever: str) -> None:
         self.counts[f"account_locked:{lever}"] += 1
+
+
+async def enrol_totp(env: Env, uid: str) -> bytes:
+    """Turn TOTP on for ``uid`` (stored at once, as an admin import would);
+    returns the secret."""
+    secret = generate_secret()
+    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    return secret
+
+
+def wrong_codes(secret: bytes, now: float) -> Iterator[str]:
+    """Six-digit codes in order, none of them accepted at ``now`` (±1 step)."""
+    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
+    return (c for c in (f"{i:06d}" for i in range(1_000_000)) if c not in valid)
 
 
 def fast_hasher() -> PasswordHasher:

@@ -7,14 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
-from authn_app import Env, fast_hasher, make_env
+from authn_app import Env, enrol_totp, fast_hasher, make_env
 
 from axess.audit.events import EventType
 from axess.authn import PasswordHasher
 from axess.authn.lockout import Lever, Lockout, LockoutPolicy, lockout_keys
 from axess.authn.recovery import RecoveryCodeHasher
 from axess.authn.service import AuthnService, ip_allowed
-from axess.authn.totp import generate_secret, totp
+from axess.authn.totp import totp
 from axess.keys import Keyring
 from axess.session.cookie import storage_key
 from axess.stores import MemoryStore
@@ -25,12 +25,6 @@ COOKIE = "axess.sid"
 
 async def login(c: httpx.AsyncClient, ident: str, pw: str, **kw: str) -> httpx.Response:
     return await c.post("/login", json={"identifier": ident, "password": pw, **kw})
-
-
-async def enrol_totp(env: Env, uid: str) -> bytes:
-    secret = generate_secret()
-    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
-    return secret
 
 
 async def test_password_login_authenticates_and_counts() -> None:

@@ -12,15 +12,16 @@ version (two uvicorn workers on the shared stores) is in
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import httpx
 import pytest
-from authn_app import Env, make_env
+from authn_app import Env, enrol_totp, make_env, wrong_codes
 
 from axess.authn import Lever, Lockout, LockoutPolicy
 from axess.authn.lockout import lockout_keys
-from axess.authn.totp import generate_secret, totp
+from axess.authn.totp import totp
 from axess.stores.base import DEFAULT_TENANT
 
 THRESHOLD = 5  # the default user lever
@@ -109,11 +110,9 @@ async def test_another_login_on_the_session_buys_no_code_guesses(login_store: An
     codes."""
     env = make_env(login_store)
     uid = await env.add_user("victim")
-    secret = generate_secret()
-    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    secret = await enrol_totp(env, uid)
     now = env.clock.time()
-    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
-    wrong = iter(c for c in (f"{i:06d}" for i in range(1000)) if c not in valid)
+    wrong = wrong_codes(secret, now)
 
     def codes_checked() -> int:
         return sum(e.type == "factor_failed" and e.reason == "wrong_code" for e in env.events)
@@ -157,11 +156,9 @@ async def test_second_factor_burst_is_bounded(login_store: Any) -> None:
     the same session, get at most the budget left after the password."""
     env = make_env(login_store)
     uid = await env.add_user("victim")
-    secret = generate_secret()
-    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    secret = await enrol_totp(env, uid)
     now = env.clock.time()
-    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
-    wrong = [c for c in (f"{i:06d}" for i in range(1000)) if c not in valid]
+    wrong = list(itertools.islice(wrong_codes(secret, now), BURST))
     async with env.client() as c:
         r = await c.post("/login", json={"identifier": "victim", "password": "correct horse"})
         assert r.json() == {"factor_required": "totp"}  # the password took one unit

@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from authn_app import Env, make_env
+from authn_app import Env, enrol_totp, make_env, wrong_codes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from axess.authn import Lever, Lockout, LockoutPolicy
-from axess.authn.totp import generate_secret, totp
 from axess.stores import MemoryStore
 
 THRESHOLD = 5
@@ -63,11 +62,7 @@ async def _run(steps: list[Step]) -> None:
     env = make_env(store, lockout=Lockout(store, policy))
     env.authn.lockout._clock = env.clock
     uid = await env.add_user("victim")
-    secret = generate_secret()
-    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
-    now = env.clock.time()
-    valid = {totp(secret, now + d * 30) for d in (-1, 0, 1)}
-    wrong = iter(c for c in (f"{i:06d}" for i in range(10_000)) if c not in valid)
+    wrong = wrong_codes(await enrol_totp(env, uid), env.clock.time())
     client: httpx.AsyncClient | None = None
     try:
         for route, body in steps:

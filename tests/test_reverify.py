@@ -16,11 +16,11 @@ import asyncio
 from typing import Any
 
 import httpx
-from authn_app import Env, make_env
+from authn_app import Env, enrol_totp, make_env
 
 from axess.authn.lockout import lockout_keys
 from axess.authn.recovery import RecoveryCodeHasher
-from axess.authn.totp import generate_secret, totp
+from axess.authn.totp import totp
 from axess.stores.base import DEFAULT_TENANT
 
 THRESHOLD = 5  # the default user lever
@@ -125,9 +125,7 @@ async def test_a_session_not_signed_in_touches_no_lever(login_store: Any) -> Non
         assert env.authn.hasher.hash_calls == before
         assert await levers() == [None, None, None]
         # Half-way through a login (password done, TOTP due) is not signed in.
-        await env.store.set_totp_secret(
-            "u-victim", env.authn.sealer.seal(generate_secret(), "u-victim")
-        )
+        await enrol_totp(env, "u-victim")
         r = await c.post("/login", json={"identifier": "victim", "password": PASSWORD})
         assert r.json() == {"factor_required": "totp"}
         held = await levers()  # the password step's units, held until the login completes
@@ -141,8 +139,7 @@ async def test_a_session_not_signed_in_touches_no_lever(login_store: Any) -> Non
 async def test_a_totp_code_is_used_up_and_a_recovery_code_consumed(login_store: Any) -> None:
     env = make_env(login_store)
     uid = await env.add_user("victim")
-    secret = generate_secret()
-    await env.store.set_totp_secret(uid, env.authn.sealer.seal(secret, uid))
+    secret = await enrol_totp(env, uid)
     codes = RecoveryCodeHasher(env.keys).generate(2)
     await env.store.replace_recovery_codes(uid, [env.authn.recovery.hash(c) for c in codes])
     async with env.client() as c:
