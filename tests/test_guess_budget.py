@@ -151,6 +151,37 @@ async def test_another_login_on_the_session_buys_no_code_guesses(login_store: An
         assert not [e for e in env.events if e.type == "factor_verified" and e.factor == "totp"]
 
 
+async def test_a_burst_of_decoy_logins_and_code_guesses_is_bounded(login_store: Any) -> None:
+    """The same, sent at once: decoy logins (one-call and begun) racing code
+    guesses on the session half-way through the victim's login. Each request
+    reads the pending login and the auth state from one snapshot, so no
+    interleaving charges a victim's code to a decoy's levers."""
+    env = make_env(login_store)
+    uid = await env.add_user("victim")
+    secret = await enrol_totp(env, uid)
+    wrong = wrong_codes(secret, env.clock.time())
+
+    def codes_checked() -> int:
+        return sum(
+            e.type == "factor_failed" and e.reason == "wrong_code" and e.user == uid
+            for e in env.events
+        )
+
+    async with env.client() as c:
+        r = await c.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        requests = []
+        for i in range(BURST // 4):
+            if i % 2:
+                requests.append(("/login", {"identifier": f"decoy-{i}", "password": "x"}))
+            else:
+                requests.append(("/begin", {"identifier": f"decoy-{i}"}))
+            requests += [("/factor", {"totp": next(wrong)}) for _ in range(3)]
+        answers = await asyncio.gather(*(c.post(path, json=body) for path, body in requests))
+    assert all(r.status_code in (200, 401, 429) for r in answers)
+    assert codes_checked() <= THRESHOLD - 1  # the password step took the first unit
+
+
 async def test_second_factor_burst_is_bounded(login_store: Any) -> None:
     """TOTP and recovery-code guesses for one pending login, sent at once on
     the same session, get at most the budget left after the password."""
