@@ -84,7 +84,8 @@ async def test_dependency_limits_per_route_and_sets_headers() -> None:
     app = FakeSessionMiddleware(make_app(limiter))
     async with client(app) as c:
         r = await c.get("/items/1")
-        assert r.status_code == 200 and r.headers["ratelimit"] == '"items-item-id-ip";r=1;t=30'
+        assert r.status_code == 200
+        assert r.headers["ratelimit"] == '"route:items-item-id-ip";r=1;t=30'
         await c.get("/items/2")
         refused = await c.get("/items/3")
         assert refused.status_code == 429
@@ -96,8 +97,8 @@ async def test_dependency_limits_per_route_and_sets_headers() -> None:
         }
         assert refused.headers["cache-control"] == "no-store"
         assert refused.headers["retry-after"] == "30"
-        assert refused.headers["ratelimit"] == '"items-item-id-ip";r=0;t=30'
-        assert refused.headers["ratelimit-policy"] == '"items-item-id-ip";q=2;w=60'
+        assert refused.headers["ratelimit"] == '"route:items-item-id-ip";r=0;t=30'
+        assert refused.headers["ratelimit-policy"] == '"route:items-item-id-ip";q=2;w=60'
         # Another route using the same dependency has its own policy.
         assert (await c.get("/other")).status_code == 200
         # A Response returned directly gets no header without the middleware…
@@ -153,11 +154,11 @@ async def test_with_the_middleware_headers_reach_any_response() -> None:
         item = await c.get("/items/1")
     assert raw.headers.get_list("ratelimit") == [
         '"global";r=99;t=1',
-        '"raw-ip";r=1;t=30',
+        '"route:raw-ip";r=1;t=30',
     ]
     assert item.headers.get_list("ratelimit") == [
         '"global";r=98;t=2',
-        '"items-item-id-ip";r=1;t=30',
+        '"route:items-item-id-ip";r=1;t=30',
     ]
 
 
@@ -219,3 +220,67 @@ def test_fail_open_dependency_on_a_shared_store_is_a_logged_weakening(
         assert "weakened" not in caplog.text  # a memory store cannot be down
         limit("1/minute", store=DownStore(), on_store_error="open", name="quota")
     assert "rate limit 'quota' lets requests through while its store is down" in caplog.text
+
+
+async def test_a_route_limit_beside_the_middleware_rule_on_the_same_path() -> None:
+    # auth_rules() limits POST /login as "login-ip"; an unnamed auth.limit()
+    # on the same route used to get that very name, and on the memory store
+    # the two rules reset each other's bucket: nothing was ever refused.
+    from axess import Axess, Keyring
+    from axess.ratelimit import auth_rules
+    from axess.stores import MemoryStore
+
+    auth = Axess(
+        store=MemoryStore(),
+        keys=Keyring.generate(),
+        clock=MockClock(),
+        rate_limits=auth_rules(),
+        csrf=False,
+        debug=True,
+        cleanup_interval=None,
+    )
+    app = FastAPI()
+
+    @app.post("/login", dependencies=[Depends(auth.limit("20/minute"))])
+    async def login() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    auth.install(app)
+    async with client(app) as c:
+        codes = [
+            (await c.post("/login", data={"username": f"u{i}", "password": "x"})).status_code
+            for i in range(40)
+        ]
+    # The tighter of the two (auth_rules' 10 a minute per IP) holds.
+    assert codes == [200] * 10 + [429] * 30
+
+
+async def test_a_composite_or_custom_key_gets_a_valid_default_name() -> None:
+    from axess.ratelimit import keys
+
+    limiter = RateLimiter(clock=MockClock())
+    both = limiter.dependency("2/minute", key=keys.composite("ip", "header:x-org"))
+    custom = limiter.dependency(
+        "2/minute", key=keys.custom(lambda conn: conn.headers.get("x-org"), kind="org id")
+    )
+    app = FastAPI()
+    app.add_exception_handler(Refused, refused_handler)
+
+    @app.get("/both", dependencies=[Depends(both)])
+    async def get_both() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.get("/custom", dependencies=[Depends(custom)])
+    async def get_custom() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    async with client(app) as c:
+        for path in ("/both", "/custom"):
+            codes = [(await c.get(path, headers={"x-org": "acme"})).status_code for _ in range(3)]
+            assert codes == [200, 200, 429], path
+            name = (await c.get(path, headers={"x-org": "acme"})).headers["ratelimit-policy"]
+            assert name.startswith('"route:') and " " not in name and "+" not in name
+    # The same keys on a middleware rule: a valid default name, not an error.
+    assert RateLimit("1/s", key=keys.composite("ip", "login"), paths=["/login"]).name == (
+        "login-ip-login"
+    )

@@ -102,6 +102,22 @@ async def test_contract_concurrent_checks_are_atomic(bucket_store: BucketStore) 
     assert sum(1 for allowed, _ in results if allowed) == 10
 
 
+async def test_contract_one_key_under_two_limits_keeps_two_buckets(
+    bucket_store: BucketStore,
+) -> None:
+    # Two rules under one name (a middleware rule and a route dependency
+    # both called login-ip) charge one key: each limit keeps its own bucket
+    # instead of each rule resetting the other's (which let every request in).
+    five = RateLimit("5/hour", name="login-ip")
+    ten = RateLimit("10/hour", "100/day", name="login-ip")
+    allowed = []
+    for _ in range(12):
+        allowed.append((await bucket_store.check([("login-ip:k", five)]))[0])
+        allowed.append((await bucket_store.check([("login-ip:k", ten)]))[0])
+    assert allowed[0::2] == [True] * 5 + [False] * 7
+    assert allowed[1::2] == [True] * 10 + [False] * 2
+
+
 # -- memory ---------------------------------------------------------------------------------
 def test_an_empty_memory_bucket_store_is_still_truthy() -> None:
     store = MemoryBucketStore()

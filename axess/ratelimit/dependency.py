@@ -16,8 +16,9 @@ response type), else through FastAPI's ``Response`` parameter (only
 responses FastAPI builds from a returned value get it).
 
 Without ``name=``, each route gets its own policy, named after its path
-template and key (``items-id-ip``); with ``name=``, every route using the
-dependency shares one bucket per key.
+template and key (``route:items-id-ip``; the ``route:`` prefix keeps it apart
+from middleware rules); with ``name=``, every route using the dependency
+shares one bucket per key.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from starlette.types import Scope
 
 from axess.clock import Clock
 from axess.observability.metrics import AuthnMetrics
-from axess.ratelimit.keys import KeyContext, KeySpec
-from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
+from axess.ratelimit.keys import KeyContext, KeySpec, as_key
+from axess.ratelimit.limits import Limit, OnStoreError, RateLimit, default_name
 from axess.ratelimit.middleware import EventHook, RateLimiter, Verdict
 from axess.ratelimit.stores import BucketStore
 from axess.refusals import Refused
@@ -42,6 +43,9 @@ from axess.stack import queue_response_headers
 
 logger = logging.getLogger(__name__)
 _MAX_ROUTES: Final = 1024
+#: Default policy names of route dependencies start with it: a middleware
+#: rule's default name never does, so the two never share buckets unasked.
+_ROUTE: Final = "route:"
 
 
 def _route_slug(scope: Scope) -> str:
@@ -86,7 +90,7 @@ class RateLimitDependency:
         self._template = RateLimit(
             *limits,
             key=key,
-            name=name or "route",
+            name=name if name is not None else default_name(_ROUTE, as_key(key).kind),
             on_store_error=on_store_error,
             cost=cost,
         )
@@ -116,7 +120,7 @@ class RateLimitDependency:
                 key=t.key,
                 on_store_error=t.on_store_error,
                 cost=t.cost,
-                name=f"{slug}-{t.key.kind}"[:64],
+                name=default_name(_ROUTE + slug, t.key.kind),
             )
             if len(self._rules) < _MAX_ROUTES:
                 self._rules[slug] = rule

@@ -219,6 +219,13 @@ def _slug(paths: tuple[str, ...]) -> str:
     return "-".join(words[-2:]).lower() or "all"
 
 
+def default_name(base: str, kind: str) -> str:
+    """The policy name ``<base>-<key kind>`` a rule gets without ``name=``,
+    made valid: characters a name cannot hold (a composite key's ``+``, a
+    custom kind's spaces) become ``-``, and it is cut to 64."""
+    return re.sub(r"[^A-Za-z0-9_.:-]+", "-", f"{base}-{kind}")[:64]
+
+
 class RateLimit:
     """A rate-limit rule.
 
@@ -297,7 +304,7 @@ class RateLimit:
         if any(cost > limit.burst for limit in self.limits):
             raise ConfigurationError(f"cost {cost} exceeds a burst: no request could ever pass")
         self.cost = cost
-        self.name = name if name is not None else f"{_slug(self.paths)}-{self.key.kind}"
+        self.name = name if name is not None else default_name(_slug(self.paths), self.key.kind)
         if not _NAME_RE.fullmatch(self.name):
             raise ConfigurationError(
                 f"invalid rate-limit name {self.name!r}: 1-64 of A-Z a-z 0-9 _ . : -"

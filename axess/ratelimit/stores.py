@@ -74,9 +74,10 @@ class BucketStore(Protocol):
 class MemoryBucketStore:
     """Buckets in this process's memory.
 
-    At most ``max_keys`` keys are kept. Keys are ordered by last admission;
-    each new key first drops up to two of the oldest if their buckets are
-    full again (idle: forgetting them changes nothing). When the store is
+    At most ``max_keys`` buckets are kept (one per key and limit: a rule
+    with two limits takes two). They are ordered by last admission;
+    each new one first drops up to two of the oldest if they are full
+    again (idle: forgetting them changes nothing). When the store is
     still full, the least recently admitted key is forgotten anyway (that
     client gets a fresh bucket) and a WARNING is logged once: raise
     ``max_keys``. Safe under asyncio and threads (one short lock).
@@ -89,7 +90,7 @@ class MemoryBucketStore:
             raise ConfigurationError("max_keys must be >= 1")
         self._clock = clock or SystemClock()
         self.max_keys = max_keys
-        self._data: OrderedDict[str, list[int]] = OrderedDict()
+        self._data: OrderedDict[str, int] = OrderedDict()  # bucket|limit -> TAT
         self._lock = threading.Lock()
         self._warned_full = False
 
@@ -117,64 +118,40 @@ class MemoryBucketStore:
     def check_sync(self, buckets: Sequence[Bucket]) -> CheckResult:
         """:meth:`check` without the coroutine (never blocks)."""
         now = round(self._clock.monotonic() * 1_000_000)
+        # One TAT per limit, keyed by the bucket key and the limit's
+        # signature (as in Valkey): two rules sharing a name keep apart
+        # buckets for different limits instead of resetting each other's.
         data = self._data
-        lock = self._lock
-        lock.acquire()
-        try:
-            if len(buckets) == 1:
+        with self._lock:
+            if len(buckets) == 1 and len(buckets[0][1].params) == 1:  # the common case
                 key, spec = buckets[0]
-                params = spec.params
-                tats = data.get(key)
-                if len(params) == 1:  # the common case, without lists
-                    emission, capacity, cost = params[0]
-                    if tats is not None and len(tats) != 1:
-                        tats = None  # written by a rule with other limits: start afresh
-                    tat = tats[0] if tats is not None else 0
-                    allowed, new_tat, state = gcra.check_one(tat, now, emission, capacity, cost)
-                    if allowed:
-                        if tats is not None:
-                            tats[0] = new_tat
-                            data.move_to_end(key)
-                        else:
-                            self._put(key, [new_tat], now)
-                    return allowed, [state]
-                if tats is None or len(tats) != len(params):
-                    tats = [0] * len(params)
-                allowed, new_tats, states = gcra.check(tats, now, params)
+                key = f"{key}|{spec.signatures[0]}"
+                emission, capacity, cost = spec.params[0]
+                allowed, new_tat, state = gcra.check_one(
+                    data.get(key, 0), now, emission, capacity, cost
+                )
                 if allowed:
-                    self._put(key, new_tats, now)
-                return allowed, states
-            flat_tats: list[int] = []
-            flat_params: list[tuple[int, int, int]] = []
-            for key, spec in buckets:
-                params = spec.params
-                tats = data.get(key)
-                if tats is None or len(tats) != len(params):
-                    tats = [0] * len(params)
-                flat_tats.extend(tats)
-                flat_params.extend(params)
-            allowed, new_tats, states = gcra.check(flat_tats, now, flat_params)
+                    self._put(key, new_tat, now)
+                return allowed, [state]
+            keys = [f"{key}|{sig}" for key, spec in buckets for sig in spec.signatures]
+            params = [p for _, spec in buckets for p in spec.params]
+            allowed, new_tats, states = gcra.check([data.get(k, 0) for k in keys], now, params)
             if allowed:
-                i = 0
-                for key, spec in buckets:
-                    n = len(spec.params)
-                    self._put(key, new_tats[i : i + n], now)
-                    i += n
+                for key, tat in zip(keys, new_tats, strict=True):
+                    self._put(key, tat, now)
             return allowed, states
-        finally:
-            lock.release()
 
-    def _put(self, key: str, tats: list[int], now: int) -> None:
+    def _put(self, key: str, tat: int, now: int) -> None:
         data = self._data
         if key in data:
-            data[key] = tats
+            data[key] = tat
             data.move_to_end(key)
             return
         for _ in range(2):  # amortized sweep of idle keys, oldest first
             if not data:
                 break
             oldest = next(iter(data))
-            if max(data[oldest]) > now:
+            if data[oldest] > now:
                 break
             del data[oldest]
         if len(data) >= self.max_keys:
@@ -186,7 +163,7 @@ class MemoryBucketStore:
                     "least recently seen clients; raise max_keys or use ValkeyBucketStore",
                     self.max_keys,
                 )
-        data[key] = tats
+        data[key] = tat
 
     def clear(self) -> None:
         with self._lock:
