@@ -75,6 +75,24 @@ def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return found if len(found) == len(raw) else join_headers(raw)
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path as the app's router matches it, for rules that
+    name paths (rate limits, exempt paths).
+
+    That is the path without the ``root_path`` the app runs under (a
+    Starlette ``Mount``, uvicorn's ``--root-path``), as Starlette routes it,
+    and without one trailing newline: a route pattern's ``$`` matches before
+    it, so ``/login%0A`` reaches the ``/login`` handler and must meet its rules.
+    """
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        path = path[len(root) :] or "/"
+    if path.endswith("\n"):
+        path = path[:-1]
+    return path
+
+
 def queue_response_headers(scope: Scope, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """Have the axess stack running this request add ``headers`` to its
     response when it starts (whatever the app answers).

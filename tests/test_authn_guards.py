@@ -95,6 +95,18 @@ def test_redirect_never_points_elsewhere() -> None:
         assert r.headers["location"] == "/login?x=1&next=/"
 
 
+def test_redirect_names_the_path_the_browser_asked_for_under_a_root_path() -> None:
+    guard = require_authn(login_url="/app/login")
+    base = {"type": "http", "method": "GET", "query_string": b"q=1", "headers": []}
+    # ASGI today: path already starts with root_path (uvicorn --root-path, Mount).
+    current = {**base, "path": "/app/secret", "root_path": "/app"}
+    # An older server: path relative to root_path.
+    older = {**base, "path": "/secret", "root_path": "/app"}
+    for scope in (current, older):
+        r = guard.refusal(Request(scope))
+        assert r.headers["location"] == "/app/login?next=/app/secret%3Fq%3D1"
+
+
 async def test_starlette_decorator_admits_authenticated() -> None:
     env = _env()
     await env.add_user("alice")

@@ -147,6 +147,19 @@ async def test_exempt_paths() -> None:
         assert r.status_code in (403, 404)
 
 
+async def test_exempt_paths_under_a_mount() -> None:
+    # The app mounted at /shop sees /shop/hooks/in with root_path /shop;
+    # its exempt paths name its own routes, as its router does.
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/shop", app=app_for(csrf_auth()))])
+    async with client(outer) as c:
+        r = await c.post("/shop/hooks/in", data={"name": "x"}, headers={"cookie": "a=b"})
+        assert r.status_code == 200
+        r = await c.post("/shop/echo", data={"name": "x"}, headers={"cookie": "a=b"})
+        assert r.status_code == 403
+
+
 async def test_oversized_form_must_use_header() -> None:
     auth = make_auth(csrf=CSRFConfig(max_form_bytes=100))
     async with client(app_for(auth)) as c:

@@ -215,6 +215,51 @@ async def test_paths_methods_and_exemptions() -> None:
         assert (await c.put("/echo/")).status_code == 429  # trailing slash does not evade
 
 
+async def test_a_path_the_router_takes_for_a_limited_one_is_limited() -> None:
+    # A route pattern's ``$`` matches before a final newline, so the
+    # server-decoded ``/login%0A`` runs the /login handler; a path
+    # parameter takes a newline too. The rules must see them the same way.
+    rules = [
+        RateLimit("2/hour", paths=["/login"], methods=["POST"], name="login"),
+        RateLimit("2/hour", paths=["/items/**"], name="items"),
+    ]
+    app = build(rules)
+    async with client(app) as c:
+        codes = [(await c.post(p)).status_code for p in ("/login", "/login%0A", "/login%0A")]
+        assert codes == [200, 200, 429]
+        codes = [(await c.get(p)).status_code for p in ("/items/1", "/items/1%0Ax", "/items/%0A")]
+        assert codes == [200, 200, 429]
+
+
+async def test_rules_match_the_path_under_the_root_path() -> None:
+    # Mounted (or served with uvicorn --root-path), the app's path still
+    # carries the prefix; its router strips root_path, and so do the rules
+    # and the exempt paths.
+    from starlette.routing import Mount
+
+    inner = build([RateLimit("2/hour", paths=["/login"], methods=["POST"], name="login")])
+    outer = Starlette(routes=[Mount("/accounts", app=inner)])
+    async with client(outer) as c:
+        codes = [(await c.post("/accounts/login")).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+    everything = build([RateLimit("1/hour", name="all")])
+    outer = Starlette(routes=[Mount("/accounts", app=everything)])
+    async with client(outer) as c:
+        for _ in range(3):  # /healthz stays exempt below the mount
+            r = await c.get("/accounts/healthz")
+            assert r.status_code == 200 and "ratelimit" not in r.headers
+
+
+async def test_a_get_rule_covers_head() -> None:
+    app = build([RateLimit("2/hour", paths=["/items/*"], methods=["GET"], name="items")])
+    async with client(app) as c:
+        codes = [(await c.head("/items/1")).status_code for _ in range(2)]
+        codes.append((await c.get("/items/1")).status_code)
+        assert codes == [200, 200, 429]
+    assert RateLimit("1/s", methods=["get"]).methods == frozenset({"GET", "HEAD"})
+    assert RateLimit("1/s", methods="POST").methods == frozenset({"POST"})
+
+
 def test_methods_no_rule_covers_are_not_looked_up() -> None:
     assert RateLimiter([]).methods == frozenset()
     post = RateLimiter([RateLimit("5/minute", paths=["/login"], methods=["post"], name="a")])

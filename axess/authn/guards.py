@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
+from starlette.types import Scope
 
 from axess.refusals import Refusal, RefusalResponse
 from axess.session import data as d
@@ -59,6 +60,15 @@ def safe_next(target: str | None) -> str | None:
     if "://" in target.split("?", 1)[0]:
         return None
     return target
+
+
+def _full_path(scope: Scope) -> str:
+    """The path the browser asked for. Servers and Starlette's ``Mount`` put
+    the ``root_path`` at the start of ``path`` already (ASGI's current
+    rule); an older server leaves it out, and it is added back."""
+    path: str = scope.get("path", "/")
+    root: str = scope.get("root_path", "")
+    return path if path.startswith(root) else root + path
 
 
 class AuthnRequired(HTTPException):
@@ -101,7 +111,7 @@ class AuthnGuard:
     def refusal(self, conn: HTTPConnection) -> Response:
         method = conn.scope.get("method", "GET")
         if self.login_url is not None and method in _REDIRECT_METHODS:
-            path = conn.scope.get("root_path", "") + conn.scope.get("path", "/")
+            path = _full_path(conn.scope)
             query = conn.scope.get("query_string", b"").decode("latin-1")
             path += f"?{query}" if query else ""
             target = safe_next(path) or "/"

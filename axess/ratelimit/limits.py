@@ -204,7 +204,18 @@ def _path_regex(pattern: str) -> re.Pattern[str] | str:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out))
+    # DOTALL: a path segment may hold any character, a newline included
+    # (``/items/1%0Ax`` reaches a ``/items/{id}`` route).
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _methods(methods: str | Iterable[str] | None) -> frozenset[str] | None:
+    if methods is None:
+        return None
+    names = {m.strip().upper() for m in ([methods] if isinstance(methods, str) else methods)}
+    if "GET" in names:
+        names.add("HEAD")  # Starlette answers HEAD with the GET handler
+    return frozenset(names)
 
 
 def _policy_item(name: str, limit: Limit) -> str:
@@ -239,9 +250,12 @@ class RateLimit:
       ``(conn) -> str | None``. A missing value falls back to the IP.
     * ``paths``: exact paths, prefixes ending in ``/``, or patterns with
       ``*`` (one segment) and ``**`` (any depth); empty = every path.
-      A trailing slash on the request path is ignored.
+      Matched against the path as the app's router sees it
+      (:func:`~axess.stack.route_path`: without the ``root_path``); a
+      trailing slash on the request path is ignored.
     * ``methods``: e.g. ``["POST"]``; ``None`` = every method (websocket
-      handshakes count as method ``WEBSOCKET``).
+      handshakes count as method ``WEBSOCKET``). ``GET`` includes ``HEAD``,
+      which Starlette serves with the ``GET`` handler.
     * ``on_store_error``: ``"closed"`` (default) answers 503 with
       ``Retry-After`` while the bucket store is unreachable; ``"open"``
       lets the request through, logs and counts ``store_error``.
@@ -293,9 +307,7 @@ class RateLimit:
                 patterns.append(compiled)
         self._exact = frozenset(exact)
         self._patterns = tuple(patterns)
-        if isinstance(methods, str):
-            methods = [methods]
-        self.methods = None if methods is None else frozenset(m.strip().upper() for m in methods)
+        self.methods = _methods(methods)
         if on_store_error not in ("open", "closed"):
             raise ConfigurationError("on_store_error must be 'open' or 'closed'")
         self.on_store_error: OnStoreError = on_store_error

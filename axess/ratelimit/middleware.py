@@ -37,7 +37,7 @@ from axess.ratelimit.keys import IPKey, KeyContext, KeySpec, loggable, resolve, 
 from axess.ratelimit.limits import Limit, OnStoreError, RateLimit
 from axess.ratelimit.stores import Bucket, BucketStore, MemoryBucketStore
 from axess.refusals import Refusal
-from axess.stack import Stage, queue_response_headers
+from axess.stack import Stage, queue_response_headers, route_path
 
 if TYPE_CHECKING:
     from axess.ratelimit.dependency import RateLimitDependency
@@ -512,12 +512,12 @@ class RateLimitMiddleware(Stage):
         methods = limiter.methods
         if methods is not None and method not in methods:
             return True
-        return not limiter.match(method, scope["path"])
+        return not limiter.match(method, route_path(scope))
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         limiter = self.limiter
         method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
-        rules = limiter.match(method, scope["path"])
+        rules = limiter.match(method, route_path(scope))
         if not rules:
             return receive
         ctx = KeyContext(scope, receive)

@@ -44,6 +44,7 @@ from axess.stack import (
     replay_body,
     request_headers,
     request_with_body,
+    route_path,
     vary_cookie,
 )
 
@@ -64,7 +65,9 @@ _STATE_KEY: Final = "csrf_token"
 
 @dataclass(frozen=True, slots=True)
 class CSRFConfig:
-    """CSRF settings. ``exempt_paths``: exact paths, or prefixes ending in ``/``."""
+    """CSRF settings. ``exempt_paths``: exact paths, or prefixes ending in
+    ``/``, matched against the path the app's router sees (without the
+    ``root_path``)."""
 
     cookie_name: str = "axess.csrf"
     header_name: str = "x-csrf-token"
@@ -272,7 +275,7 @@ class CSRFMiddleware(Stage):
         state = scope["state"]
         state["csrf"] = self
         # (A websocket scope has no method: nothing to check.)
-        return scope.get("method") not in UNSAFE_METHODS or self.config.is_exempt(scope["path"])
+        return scope.get("method") not in UNSAFE_METHODS or self.config.is_exempt(route_path(scope))
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         if self.enter_now(scope):
