@@ -127,6 +127,8 @@ class TrustedProxies:
     ) -> None:
         networks: list[IPNetwork] = []
         self.unix = False
+        if isinstance(cidrs, str):  # one network (iterating would go by character)
+            cidrs = [cidrs]
         for cidr in cidrs:
             if cidr.strip().lower() == "unix":
                 self.unix = True
@@ -161,7 +163,10 @@ class TrustedProxies:
         """(normalized address, trusted?) of the TCP peer's address text."""
         if not peer:  # a Unix-domain socket: no address (None, or "" from some servers)
             return NO_PEER, self.unix
-        addr = parse_ip(peer)
+        # A link-local peer comes with its zone (``fe80::1%eth0``), which
+        # names our interface, not the client: dropped, so such clients get
+        # their own address rather than one shared placeholder bucket.
+        addr = parse_ip(peer.partition("%")[0])
         return (NO_PEER, False) if addr is None else (str(addr), self.is_trusted(addr))
 
     def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> str:

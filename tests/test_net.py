@@ -94,6 +94,17 @@ def test_caps_walk_only_the_rightmost_hops() -> None:
     assert TrustedProxies(PROXIES).resolve("10.0.0.1", xff(big)) == "198.51.100.7"
 
 
+def test_a_link_local_peer_is_its_own_address_not_the_placeholder() -> None:
+    p = TrustedProxies(["fe80::/10"])
+    assert p.resolve("fe80::1%eth0", []) == "fe80::1"
+    assert p.resolve("fe80::1%eth0", [(b"x-forwarded-for", b"203.0.113.9")]) == "203.0.113.9"
+    assert TrustedProxies().resolve("fe80::2%3", []) == "fe80::2"
+
+
+def test_one_network_may_be_given_as_a_string() -> None:
+    assert TrustedProxies("10.0.0.0/8").resolve("10.1.2.3", xff(b"1.2.3.4")) == "1.2.3.4"
+
+
 def test_no_peer_and_bad_config() -> None:
     assert TrustedProxies(PROXIES).resolve(None, xff(b"1.2.3.4")) == NO_PEER
     with pytest.raises(ConfigurationError):
