@@ -198,6 +198,25 @@ async def test_totp_flow_and_replay_refused() -> None:
     assert "factor_failed" in env.event_types
 
 
+async def test_complete_totp_logins_leave_no_ip_or_tenant_unit_spent(login_store: Any) -> None:
+    """Each step of a password + TOTP login reserves an IP and a tenant unit
+    (in the same window); the complete login hands all of them back, so
+    legitimate logins from one address never fill those levers."""
+    env = make_env(login_store)
+    keys = lockout_keys(DEFAULT_TENANT, "anyone", "127.0.0.1")  # the test client's address
+    for i in range(3):
+        uid = await env.add_user(f"user{i}")
+        secret = await enrol_totp(env, uid)
+        async with env.client() as c:
+            assert (await login(c, f"user{i}", "correct horse")).status_code == 200
+            r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+            assert r.status_code == 200 and r.json()["user_id"] == uid
+        for key in (keys.ip, keys.tenant):
+            assert key is not None
+            state = await login_store.lockout_state(key, env.clock.time())
+            assert state is None or state.failures == 0, (i, key[:1], state)
+
+
 async def test_totp_without_password_step_is_refused() -> None:
     env = make_env()
     uid = await env.add_user("alice")

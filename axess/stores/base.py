@@ -426,7 +426,9 @@ class LockoutStore(Protocol):
     ) -> None:
         """Delete the ``reset`` counters, trust ``origin`` until ``trusted_until``
         and hand back one unit of each ``(key, window_start)`` in ``release``
-        (:func:`release_unit`), atomically."""
+        (:func:`release_unit`), atomically. A unit listed ``k`` times is
+        ``k`` units (two steps of one login in one window), never taking a
+        counter below zero."""
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:
         """Delete these counters (and trusted origins); how many existed."""

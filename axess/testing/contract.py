@@ -433,6 +433,27 @@ class LockoutStoreContract:
         await store.lockout_success([], None, NOW, NOW + 1, [("t:l", locked.window_start)])
         assert (await store.lockout_status(["t:l"], None, NOW + 1)).locked_until
 
+    async def test_success_hands_back_the_same_unit_once_per_listing(
+        self, store: LockoutStore
+    ) -> None:
+        # Two steps of one login (password, then code) reserve a unit each in
+        # the same window: both are listed with the same (key, window_start)
+        # and both must go back.
+        levers = [make_lever("i:d", threshold=10), make_lever("t:d", threshold=10)]
+        for t in (NOW, NOW + 1, NOW + 2):
+            assert (await store.lockout_reserve(levers, None, t)).reserved
+        window = NOW  # the window the first reservation opened
+        twice = [("i:d", window), ("i:d", window), ("t:d", window), ("t:d", window)]
+        await store.lockout_success([], None, NOW, NOW + 3, twice)
+        for key in ("i:d", "t:d"):
+            state = await store.lockout_state(key, NOW + 3)
+            assert state is not None and state.failures == 1
+        # more listings than units spent: the count stops at zero
+        thrice = [("i:d", window)] * 3
+        await store.lockout_success([], None, NOW, NOW + 4, thrice)
+        state = await store.lockout_state("i:d", NOW + 4)
+        assert state is not None and state.failures == 0
+
 
 # -- audit ----------------------------------------------------------------------
 #: ``NOW`` in epoch microseconds (audit event times).

@@ -21,6 +21,7 @@ more than ``threshold`` units of a lever are handed out in one window.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -214,21 +215,34 @@ class SQLLockoutMixin(SQLStorePart):
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES (?, 0, 0, 0, 0, ?)"  # noqa: S608
             + self._fragments()[1]
         )
-        units = sorted(release)
+        # A unit listed k times is k units handed back (the password and the
+        # code step of one login reserve one each, in the same window): one
+        # UPDATE would match its row once, so each row drops by its count,
+        # never below zero (release_unit applied k times).
+        units = sorted(Counter((k, ms(w)) for k, w in release).items())
+        cast = self._fragments()[4]
+        match = "lkey = ? AND window_start = ?"
+        drops = " ".join(
+            f"WHEN {match} THEN CASE WHEN failures > {cast} THEN failures - {cast} ELSE 0 END"
+            for _ in units
+        )
+        matches = " OR ".join([f"({match})"] * len(units))
         # release_unit as one statement: same window, not locked, still alive.
-        matches = " OR ".join(["(lkey = ? AND window_start = ?)"] * len(units))
         give_back = self._sql(
-            "UPDATE axess_lockouts SET failures = failures - 1 "  # noqa: S608
+            f"UPDATE axess_lockouts SET failures = CASE {drops} ELSE failures END "  # noqa: S608
             f"WHERE failures > 0 AND locked_until <= ? AND expires_at > ? AND ({matches})"
         )
         n = ms(now)
-        unit_args: list[object] = [n, n]
-        for key, window_start in units:
-            unit_args += [key, ms(window_start)]
+        unit_args: list[object] = []
+        for (key, window_ms), count in units:
+            unit_args += [key, window_ms, count, count]
+        unit_args += [n, n]
+        for (key, window_ms), _ in units:
+            unit_args += [key, window_ms]
 
         # Lock the rows in key order first, the order a reservation takes
         # them in, so the two never deadlock.
-        locked = sorted({*keys, *(k for k, _ in units), *([origin] if origin else [])})
+        locked = sorted({*keys, *(k for (k, _), _ in units), *([origin] if origin else [])})
         lock = self._select(len(locked), lock=True)
 
         async def steps(conn: Connection) -> None:
