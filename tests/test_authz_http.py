@@ -360,3 +360,26 @@ def test_require_without_an_authorizer_is_a_clear_error() -> None:
 
 def test_forbidden_body_is_json() -> None:
     assert json.loads(json.dumps(FORBIDDEN)) == FORBIDDEN
+
+
+async def test_context_path_is_the_path_the_router_matches() -> None:
+    # Mounted under /app (or served with --root-path), the app's routes and
+    # its rate-limit rules say /check/d1; a policy on context.path must see
+    # the same, not /app/check/d1 (a forbid on the path would never apply).
+    from starlette.routing import Mount
+
+    env = Env("starlette")
+    seen: list[str] = []
+    evaluate = env.authz.evaluate
+
+    def spy(*args: Any, **kwargs: Any) -> AuthzDecision:
+        seen.append(kwargs["path"])
+        return evaluate(*args, **kwargs)
+
+    env.authz.evaluate = spy  # type: ignore[method-assign]
+    env.app = Starlette(routes=[Mount("/app", app=env.app)])
+    async with env.auth.lifespan(), env.client() as c:
+        r = await c.post("/app/login", json={"user": "bob", "tenant": "acme", "factors": []})
+        assert r.status_code == 200
+        assert (await c.get("/app/check/d1")).json()["allowed"] is True
+    assert seen == ["/check/d1"]

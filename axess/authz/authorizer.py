@@ -53,6 +53,7 @@ from axess.net import client_ip
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.session import data as d
 from axess.session.handle import get_session
+from axess.stack import route_path
 
 if TYPE_CHECKING:
     from axess.audit.pipeline import AuditPipeline
@@ -439,7 +440,7 @@ class CedarAuthorizer:
                 res,
                 ip=client_ip(conn),
                 method=conn.scope.get("method", "GET"),
-                path=conn.scope.get("path", "/"),
+                path=route_path(conn.scope),  # as the router and the rate limits see it
                 extra_context=extra,
             )
         if not decision.allowed:
