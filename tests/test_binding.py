@@ -66,6 +66,20 @@ async def test_stolen_cookie_revoked_by_default(caplog: pytest.LogCaptureFixture
     assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] is None
 
 
+async def test_a_revoked_replay_reads_none_of_the_victims_data() -> None:
+    # The request goes on as a fresh guest: nothing of the revoked session,
+    # not even the parsed data the load shared with earlier requests.
+    auth = make()
+    cookie = await login(auth, env("198.51.100.10"))
+    async with client(make_app(auth)) as c:
+        c.cookies.set("axess.sid", cookie)
+        r = await c.post("/write?secret=s3", headers=env("198.51.100.10"))
+        assert r.json() == {"n": 1}
+        assert (await c.get("/read", headers=env("198.51.100.10"))).json()["n"] == 1
+    body, _ = await whoami(auth, cookie, env("198.51.100.10", ua="curl/8.0"))
+    assert body == {"user": None, "n": None, "auth": "guest"}
+
+
 async def test_the_mismatch_event_names_the_replaying_client() -> None:
     events: list[Any] = []
     auth = make(events=events)

@@ -108,6 +108,26 @@ async def test_logout_deletes_row_and_clears_cookie() -> None:
         assert (await c.get("/read")).json()["user"] is None
 
 
+async def test_after_logout_the_handle_is_an_empty_guest() -> None:
+    async def logout_and_read(request: Request) -> JSONResponse:
+        session = get_session(request)
+        await session.invalidate()
+        return JSONResponse(
+            {"len": len(session), "keys": list(session), "n": session.get("n"), **dict(session)}
+        )
+
+    auth = make_auth()
+    app = make_app(auth)
+    app.add_route("/logout-and-read", logout_and_read, methods=["POST"])
+    async with client(app) as c:
+        await c.post("/login?user=alice")
+        await c.post("/write?email=a@example.com")
+        assert (await c.get("/read")).json()["n"] == 1
+        r = await c.post("/logout-and-read")
+        assert r.status_code == 200
+        assert r.json() == {"len": 0, "keys": [], "n": None}
+
+
 async def test_regenerate_rotates_and_keeps_data() -> None:
     auth = make_auth()
     async with client(make_app(auth)) as c:

@@ -315,6 +315,7 @@ class Session(MutableMapping[str, Any]):
         self._shared = False
         self._custom_json = _EMPTY_JSON
         self._custom = None
+        self._shared_custom = None  # the old session's parsed data: never read again
         self._invalidated = True
         self._rotate = False
         self._meta_dirty = False
