@@ -156,6 +156,22 @@ def test_first_cookie_parsing_rules() -> None:
     assert first_cookie([(b"cookie", b"a=1"), (b"cookie", b"axess.sid=3")], name) == b"3"
     assert first_cookie([(b"cookie", b"axess.sidx=1")], name) is None
     assert first_cookie([(b"x-cookie", b"axess.sid=1")], name) is None
+    assert first_cookie([(b"cookie", b"a=1; \t axess.sid=2")], name) == b"2"
+    # Text inside another cookie's value is not a cookie.
+    assert first_cookie([(b"cookie", b"q=shoes axess.sid=X; axess.sid=2")], name) == b"2"
+    assert first_cookie([(b"cookie", b"q=\taxess.sid=X")], name) is None
+
+
+async def test_a_session_id_inside_another_cookies_value_is_not_the_session_cookie() -> None:
+    # A cookie a page script writes from user text (q=...) cannot plant a
+    # session id ahead of the real HttpOnly cookie.
+    app, victim = await logged_in(make_auth())
+    async with client(app) as c:
+        planted = cookie_of(await c.post("/login?user=mallory"))
+    r = await whoami(app, f"q=shoes axess.sid={planted}; axess.sid={victim}")
+    assert r.json()["user"] == "alice"
+    r = await whoami(app, f"q=shoes axess.sid={planted}")
+    assert r.json()["user"] is None
 
 
 @settings(max_examples=300)
@@ -163,7 +179,13 @@ def test_first_cookie_parsing_rules() -> None:
     st.lists(
         st.tuples(
             st.sampled_from([b"a", b"axess.sid", b"b"]),
-            st.binary(max_size=20).filter(lambda v: b";" not in v),
+            st.one_of(
+                st.binary(max_size=20),
+                # values holding what looks like another pair
+                st.tuples(st.binary(max_size=4), st.sampled_from([b" ", b"\t", b""])).map(
+                    lambda t: t[0] + t[1] + b"axess.sid=" + t[0]
+                ),
+            ).filter(lambda v: b";" not in v),
         ),
         max_size=6,
     )

@@ -117,8 +117,13 @@ def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
     needle = name + b"="
     start = header.find(needle)
     while start != -1:
-        # Only a match at the start of a cookie pair counts ("xaxess.sid=" does not).
-        if start == 0 or header[start - 1] in b"; \t":
+        # Only a match at the start of a cookie pair counts: "xaxess.sid="
+        # does not, nor "q=a axess.sid=" (a value may hold spaces, and a
+        # script-written cookie could plant a session id ahead of ours).
+        before = start
+        while before and header[before - 1] in b" \t":
+            before -= 1
+        if before == 0 or header[before - 1] == 0x3B:  # ';'
             end = header.find(b";", start)
             v = header[start + len(needle) : end if end != -1 else len(header)].strip()
             if len(v) > MAX_COOKIE_BYTES:
