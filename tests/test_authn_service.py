@@ -345,6 +345,57 @@ async def test_store_outage_is_503_not_500() -> None:
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
 
 
+def _fail_once(env: Env, method: str) -> list[str]:
+    """Make ``env.store.<method>`` raise a StoreError while the returned list
+    holds "down"."""
+    from axess.errors import StoreError
+
+    switch = ["down"]
+    real = getattr(env.store, method)
+
+    async def flaky(*a: object, **k: object) -> object:
+        if switch:
+            raise StoreError("down", backend="memory", substore="lockout")
+        return await real(*a, **k)
+
+    setattr(env.store, method, flaky)
+    return switch
+
+
+@pytest.mark.parametrize("method", ["lockout_success", "record_login"])
+async def test_a_store_error_at_the_last_step_signs_nobody_in(method: str) -> None:
+    """The store work of a complete login (lockout success, last login time)
+    fails: the answer is 503 and the session is as before the step, for the
+    one-call login (a guest) and for the code step (still half-way); the
+    step succeeds once the store is back."""
+    env = make_env()
+    await env.add_user("alice")
+    async with env.client() as c:
+        switch = _fail_once(env, method)
+        assert (await login(c, "alice", "correct horse")).status_code == 503
+        assert (await c.get("/me")).json()["kind"] == "guest"
+        switch.clear()
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+        assert (await c.get("/me")).json()["kind"] == "authenticated"
+
+    env = make_env()
+    uid = await env.add_user("bob")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as c:
+        assert (await login(c, "bob", "correct horse")).json() == {"factor_required": "totp"}
+        switch = _fail_once(env, method)
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 503
+        me = (await c.get("/me")).json()
+        assert me["kind"] == "authenticating" and me["user"] == uid
+        assert "authenticated" not in env.event_types
+        switch.clear()
+        env.clock.advance(30)  # the code was used up; the next one completes the login
+        r = await c.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+        assert (await c.get("/me")).json()["kind"] == "authenticated"
+
+
 async def test_a_failing_event_hook_does_not_fail_the_login() -> None:
     def boom(event: object) -> None:
         raise RuntimeError("hook")

@@ -683,13 +683,16 @@ class AuthnService:
     async def _advance(
         self, attempt: _Attempt, user: UserRecord, state: d.Authenticating | d.Authenticated
     ) -> LoginOutcome:
+        """Move the session to ``state``. A complete login first does its store
+        work (lockout success, ``record_login``); a :class:`StoreError` there
+        propagates with the session as it was (not signed in), so a 503 never
+        comes with a signed-in session."""
         session = attempt.session
-        session.set_auth_state(state)
         if isinstance(state, d.Authenticating):
+            session.set_auth_state(state)
             # Keep the units this step holds: a complete login hands them back.
             session[PENDING_KEY] = attempt.pending(user.id)
             return FactorRequired(state.remaining[0])
-        session.pop(PENDING_KEY, None)
         # Only a complete login resets the user lever and trusts the origin:
         # a correct password alone must not let its holder guess codes freely.
         keys = attempt.keys
@@ -704,9 +707,13 @@ class AuthnService:
         await self.lockout.record_success(
             keys, policy=attempt.policy, reservations=attempt.reservations()
         )
+        await self.store.record_login(user.id, state.authn_time)
+        # The session changes only now: the middleware commits whatever state
+        # the session is in, even when the answer is a 503.
+        session.set_auth_state(state)
+        session.pop(PENDING_KEY, None)
         if device is not None and self.device_cookie.config.max_age > 0:
             self.device_cookie.issue(attempt.request, device)
-        await self.store.record_login(user.id, state.authn_time)
         self.metrics.auth_success()
         self._emit(
             attempt, "authenticated", "success", user=user.id, reason=",".join(state.factors)
