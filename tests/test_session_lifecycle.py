@@ -251,6 +251,29 @@ async def test_store_outage_guest_mode() -> None:
         store.down = True
         r = await c.get("/read")
         assert r.status_code == 200 and r.json()["user"] is None
+        # The cookie is left alone: once the store is back, so is the user.
+        assert "set-cookie" not in r.headers and "Cookie" in r.headers["vary"]
+        assert (await c.get("/noop")).headers.get("set-cookie") is None
+        # A write would replace the cookie of the session nobody could read.
+        assert (await c.post("/write")).status_code == 503
+        store.down = False
+        assert (await c.get("/read")).json()["user"] == "alice"
+
+
+async def test_store_outage_guest_mode_leaves_the_csrf_cookie_alone() -> None:
+    from axess import CSRFConfig
+
+    auth = make_auth(on_store_error="guest", csrf=CSRFConfig())
+    store: CountingStore = auth.store  # type: ignore[assignment]
+    async with client(make_app(auth)) as c:
+        r = await c.post("/login?user=alice")
+        token = c.cookies["axess.csrf"]
+        store.down = True
+        r = await c.get("/read")
+        assert r.status_code == 200 and "set-cookie" not in r.headers
+        store.down = False
+        r = await c.post("/write", headers={"x-csrf-token": token})
+        assert r.status_code == 200
 
 
 async def test_max_sessions_per_user_evicts_oldest() -> None:

@@ -403,6 +403,8 @@ class CSRFMiddleware(Stage):
         session = state.get("session")
         if type(session) is not Session:
             session = self._session(state)  # raises: SessionMiddleware is missing
+        if session.stand_in:
+            return True  # the session is unknown: its token may still fit it
         # The binding after the commit: the stored key of a signed-in session.
         committed = None if isinstance(session._data.auth_state, Guest) else session.committed_key
         header = state[HEADERS_KEY].get(b"cookie")

@@ -62,6 +62,7 @@ class Session(MutableMapping[str, Any]):
         "loaded_key",
         "persisted_sid",
         "resign",
+        "stand_in",
     )
 
     def __init__(
@@ -100,6 +101,9 @@ class Session(MutableMapping[str, Any]):
         self.committed_key: str | None = None
         #: Whether the request carried a session cookie (set by the middleware).
         self.had_cookie = False
+        #: True for the guest standing in for a session the store could not
+        #: read (``on_store_error="guest"``): its cookies are left as they are.
+        self.stand_in = False
         #: Id the session will get when it is next created or rotated, chosen
         #: early so a CSRF token rendered during this request already fits it.
         self._next_sid: str | None = None

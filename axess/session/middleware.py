@@ -172,7 +172,12 @@ class SessionMiddleware(Stage):
                 if self.config.on_store_error != "guest":
                     await self._unavailable(scope, send)
                     return None
-                verified = None  # (a guest: as if the cookie named no live row)
+                # A guest stands in; the cookie still names a session that
+                # may be fine once the store is back: it is not cleared.
+                stand_in = self._new_guest(now)
+                stand_in.stand_in = stand_in.had_cookie = True
+                state["session"] = scope["session"] = stand_in
+                return receive
         session = self._session_for(verified, had_cookie, record, now)
         if isinstance(session, _Expired):  # delete the row, start a guest
             try:
@@ -379,7 +384,11 @@ class SessionMiddleware(Stage):
         if session.persisted_sid is None:
             if is_guest and custom_json == b"{}" and not session.rotate_pending:
                 # Nothing worth storing: never persist an empty guest.
-                return self._clear_cookie() if had_cookie else None
+                return self._clear_cookie() if had_cookie and not session.stand_in else None
+            if session.stand_in:
+                # Storing it would replace the cookie of the session the
+                # store could not read (signing that client out): refused.
+                raise StoreError("session store unavailable", substore="sessions")
             sid = session.take_next_session_id()
             key = storage_key(sid)
             _describe_client(scope, data)
