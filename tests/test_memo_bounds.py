@@ -391,20 +391,37 @@ def test_opened_payload_memo() -> None:
     assert opened is not None and (verified.storage_key, large) not in memo
 
 
-def test_opened_payload_memo_with_parsed_custom_data() -> None:
+def _tiny_keys(i: int) -> bytes:
+    pairs: list[bytes] = []
+    while len(b"{" + b",".join(pairs) + b"}") < MAX_TEMPLATE_JSON - 12:
+        pairs.append(b'"%d":%d' % (len(pairs) + 1000 * i, len(pairs)))
+    return b"{" + b",".join(pairs) + b"}"
+
+
+def _nested(i: int) -> bytes:
+    """Containers packed as tightly as JSON allows: each ``[`` is a list."""
+    depth = (MAX_TEMPLATE_JSON - 20) // 2
+    return b'{"%d":' % i + b"[" * depth + b"]" * depth + b"}"
+
+
+def _empty_objects(i: int) -> bytes:
+    n = (MAX_TEMPLATE_JSON - 20) // 3
+    return b'{"%d":[' % i + b",".join([b"{}"] * n) + b"]}"
+
+
+@pytest.mark.parametrize("shape", [_tiny_keys, _nested, _empty_objects])
+def test_opened_payload_memo_with_parsed_custom_data(shape: Any) -> None:
     """Custom data small enough to be kept parsed (MAX_TEMPLATE_JSON), in the
-    costliest shape: as many distinct tiny keys as fit, in a payload that
-    metadata fills up to the largest size remembered."""
+    costliest shapes: as many distinct tiny keys as fit, or as many nested
+    or empty containers (which parse to 20 times their bytes when kept), in
+    a payload that metadata fills up to the largest size remembered."""
     stage = _sessions()
     memo = stage._opened
     for i in range(memo.capacity):
         verified = VerifiedCookie(_sid(i), storage_key(_sid(i)), needs_resign=False)
         state = d.Authenticated(pad("user", 64), pad("tenant", 64), 0.0, ("password", "totp"))
-        pairs, n = [], 0
-        while len(b"{" + b",".join(pairs) + b"}") < MAX_TEMPLATE_JSON - 12:
-            pairs.append(b'"%d":%d' % (n + 1000 * i, n))
-            n += 1
-        custom = b"{" + b",".join(pairs) + b"}"
+        custom = shape(i)
+        n = len(json.loads(custom))
         assert len(custom) <= MAX_TEMPLATE_JSON
 
         def meta(ua: int) -> d.SessionData:

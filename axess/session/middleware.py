@@ -46,6 +46,12 @@ from axess.stores.base import ImmediateSessionRead, NotNow, SessionRecord, Sessi
 #: the request that reads it (this bounds the memo's memory: book, Sessions,
 #: "Memos").
 MAX_TEMPLATE_JSON: Final = 512
+#: ... and holding at most this many objects and arrays (the outer one
+#: included; brackets inside strings count too): a container costs 56 bytes
+#: and more for the 2 bytes of "[]", so 512 bytes of nested empty arrays
+#: would parse to 22 KiB. Ordinary session data (a few scalars, a cart list,
+#: a preferences object) stays well under it.
+MAX_TEMPLATE_CONTAINERS: Final = 8
 logger = logging.getLogger(__name__)
 
 #: Larger payloads are opened every time rather than memoized (an entry, with
@@ -282,7 +288,10 @@ class SessionMiddleware(Stage):
             self._warn_envelope("undecodable session data")
             return None
         template: dict[str, Any] | None = None
-        if len(custom_json) <= MAX_TEMPLATE_JSON:
+        if (
+            len(custom_json) <= MAX_TEMPLATE_JSON
+            and custom_json.count(b"[") + custom_json.count(b"{") <= MAX_TEMPLATE_CONTAINERS
+        ):
             try:
                 template = d.load_custom(custom_json)
             except ValueError:
