@@ -34,7 +34,7 @@ ENV_VARS: Final[dict[Purpose, str]] = {
     "device": "AXESS_DEVICE_KEYS",
 }
 KEY_BYTES: Final = 32
-_KID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_KID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Key:
     secret: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not _KID_RE.match(self.kid):
+        if not _KID_RE.fullmatch(self.kid):
             raise ConfigurationError(
                 f"key id {self.kid!r} is invalid: use 1-32 characters from [A-Za-z0-9_-]"
             )

@@ -75,6 +75,14 @@ def test_duplicate_kid_refused() -> None:
         Keyring(**_keys(signing=[Key("s1", b"a" * 32), Key("s1", b"b" * 32)]))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("kid", ["", "s1\n", "a" * 33, "s 1", "s1:", "é"])
+def test_bad_key_ids_refused(kid: str) -> None:
+    # A trailing newline slipped through the pattern's $ and then broke the
+    # env lines keygen writes (AXESS_SIGNING_KEYS=s1\n:...).
+    with pytest.raises(ConfigurationError, match="key id"):
+        Key(kid, b"s" * 32)
+
+
 def test_same_bytes_for_two_purposes_refused() -> None:
     with pytest.raises(ConfigurationError, match="same bytes"):
         Keyring(**_keys(csrf=[Key("c1", b"s" * 32)]))  # type: ignore[arg-type]
