@@ -158,6 +158,44 @@ async def test_trusted_ip_prefix_is_an_opt_in_weakening(caplog: pytest.LogCaptur
     assert any("trust_ip_prefix=True" in r.getMessage() for r in caplog.records)
 
 
+def _from(env: Env, ip: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=env.app, client=(ip, 1234))
+    return httpx.AsyncClient(transport=transport, base_url="https://testserver")
+
+
+@pytest.mark.parametrize("trust_ip_prefix", [False, True])
+async def test_the_device_cookie_of_a_login_is_trusted_whatever_the_ip_setting(
+    trust_ip_prefix: bool,
+) -> None:
+    """A cookieless login gets a device cookie, and that device is trusted
+    for the account with either setting: a stranger elsewhere locks the
+    account, the owner's browser still gets in. With ``trust_ip_prefix`` the
+    prefix of every complete login is trusted as well, also when the browser
+    came with its device cookie."""
+    store = MemoryStore()
+    env = make_env(store, lockout=None)
+    policy = LockoutPolicy(trust_ip_prefix=trust_ip_prefix)
+    env.authn.lockout = Lockout(store, policy, clock=env.clock)
+    await env.add_user("owner")
+    async with _from(env, "198.51.100.7") as owner:
+        assert await _login(owner, PASSWORD) == 200
+        assert DEVICE_COOKIE in owner.cookies
+        await owner.post("/logout")
+        async with _from(env, "203.0.113.9") as stranger:  # another network
+            assert [await _login(stranger, "guess") for _ in range(6)][-1] == 429
+        assert await _login(owner, PASSWORD) == 200
+        (device,) = [c for c in owner.cookies.jar if c.name == DEVICE_COOKIE]
+    # The browser (device cookie kept) logs in from a new network, which the
+    # attacker locks again for everyone without a trusted origin.
+    async with _from(env, "192.0.2.10") as owner_elsewhere:
+        owner_elsewhere.cookies.set(DEVICE_COOKIE, device.value or "", domain=device.domain)
+        assert await _login(owner_elsewhere, PASSWORD) == 200
+    async with _from(env, "203.0.113.9") as stranger:
+        assert [await _login(stranger, "guess") for _ in range(6)][-1] == 429
+    async with _from(env, "192.0.2.11") as neighbour:  # same /24, no cookie
+        assert await _login(neighbour, PASSWORD) == (200 if trust_ip_prefix else 429)
+
+
 async def test_without_trusted_ip_prefix_a_cookieless_owner_is_locked_like_anyone() -> None:
     env = make_env()
     await env.add_user("owner")

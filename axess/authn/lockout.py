@@ -596,11 +596,14 @@ class Lockout:
         *,
         policy: LockoutPolicy | None = None,
         reservations: Sequence[Reservation] = (),
+        also_trust: Sequence[str] = (),
     ) -> None:
         """Reset the user lever, hand back the IP and tenant units of
         ``reservations`` (the attempts of this login) and trust this origin
         for ``trusted_origin_ttl`` (of ``policy``, as in
-        :meth:`record_failure`); one round trip."""
+        :meth:`record_failure`); one round trip. ``also_trust``: further
+        origin keys of the same account to trust (the IP prefix beside the
+        device with ``trust_ip_prefix``), one more round trip each."""
         now = self._clock.time() if now is None else now
         if policy is None:
             policy = self.policy.for_tenant(keys.tenant_id)
@@ -609,6 +612,10 @@ class Lockout:
         release = [unit for r in reservations for unit in r.release]
         try:
             await self.store.lockout_success([keys.user], origin, now + ttl, now, release)
+            if ttl > 0:
+                for extra in dict.fromkeys(also_trust):
+                    if extra != origin:
+                        await self.store.lockout_success([], extra, now + ttl, now)
         except StoreError as exc:
             self._store_failed("record_success", exc)
 

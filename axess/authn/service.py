@@ -697,15 +697,26 @@ class AuthnService:
         # a correct password alone must not let its holder guess codes freely.
         keys = attempt.keys
         device = attempt.device
+        also_trust: list[str] = []
         if device is None and self.device_cookie.config.max_age > 0:
             # A browser without a device cookie gets one, and that is what
             # is trusted (not its network: see the book, Lockout).
             device = self.device_cookie.new_id()
-            if keys.origin is None:
-                new = self._keys(attempt.tenant, attempt.identifier, attempt.ip, device)
-                keys = replace(keys, origin=new.origin)
+        if device is not None:
+            # The device is trusted whatever origin this attempt was keyed
+            # by: with trust_ip_prefix a cookieless attempt's origin is its IP
+            # prefix, yet the browser's next attempts are keyed by the cookie.
+            new = self._keys(attempt.tenant, attempt.identifier, attempt.ip, device)
+            if self.lockout.policy.trust_ip_prefix:
+                # The prefix stays trusted too (cookieless clients there).
+                prefix = self._keys(attempt.tenant, attempt.identifier, attempt.ip, None)
+                also_trust = [o for o in (prefix.origin,) if o is not None]
+            keys = replace(keys, origin=new.origin)
         await self.lockout.record_success(
-            keys, policy=attempt.policy, reservations=attempt.reservations()
+            keys,
+            policy=attempt.policy,
+            reservations=attempt.reservations(),
+            also_trust=also_trust,
         )
         await self.store.record_login(user.id, state.authn_time)
         # The session changes only now: the middleware commits whatever state
