@@ -282,6 +282,30 @@ async def test_rehash_on_login_when_parameters_changed() -> None:
         assert (await login(c, "alice", "correct horse")).status_code == 200
 
 
+async def test_a_rehash_never_undoes_a_password_change_made_during_the_login(
+    login_store: Any,
+) -> None:
+    """The password is changed while a login with the old one is computing
+    its rehash: the new password stays, the old one stops working."""
+    env = make_env(login_store)
+    uid = await env.add_user("alice")
+    env.authn.hasher = PasswordHasher(time_cost=2, memory_cost=64, parallelism=1)
+    real_hash = env.authn.hasher.hash
+
+    async def hash_while_password_changes(password: Any) -> str:
+        rehashed = await real_hash(password)
+        await login_store.set_password_hash(uid, await real_hash("brand new password"))
+        return rehashed
+
+    env.authn.hasher.hash = hash_while_password_changes  # type: ignore[method-assign]
+    async with env.client() as c:
+        assert (await login(c, "alice", "correct horse")).status_code == 200
+    env.authn.hasher.hash = real_hash  # type: ignore[method-assign]
+    async with env.client() as c:
+        assert (await login(c, "alice", "correct horse")).status_code == 401
+        assert (await login(c, "alice", "brand new password")).status_code == 200
+
+
 async def test_tenant_ip_policy(caplog: pytest.LogCaptureFixture) -> None:
     env = make_env()
     await env.store.create_tenant(TenantRecord("acme", "acme", ip_allow=("10.0.0.0/8",)))

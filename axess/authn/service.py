@@ -576,7 +576,11 @@ class AuthnService:
         self.metrics.factor_success()
         self._emit(attempt, "factor_verified", "success", factor="password", user=user.id)
         if self.hasher.needs_rehash(phc):
-            await self.store.set_password_hash(user.id, await self.hasher.hash(password))
+            # Only over the hash just verified: a password set meanwhile (an
+            # admin reset while this login was hashing) must not be replaced
+            # by the old one.
+            if not await self.store.rehash_password(user.id, phc, await self.hasher.hash(password)):
+                logger.info("password of user %s changed during login; rehash skipped", user.id)
         assert factors is not None
         remaining = ("password", "totp") if factors.totp_secret is not None else ("password",)
         start = d.require_factors(

@@ -520,6 +520,9 @@ class IdentityStore(Protocol):
     * ``reseal_totp_secret`` is a compare-and-set on the sealed bytes: it
       replaces them only if they are still ``expected`` and keeps the last
       accepted step (the same secret under another key).
+    * ``rehash_password`` is a compare-and-set on the password hash: it
+      replaces it only if it is still ``expected``; of concurrent calls
+      with the same ``expected`` exactly one returns ``True``.
     * ``rotate_tenant_pepper`` increments the tenant's pepper version
       atomically: of ``n`` concurrent calls each returns a distinct version
       and the last one is ``n`` above the start. ``update_tenant`` never
@@ -554,6 +557,11 @@ class IdentityStore(Protocol):
     async def get_factors(self, user_id: str) -> FactorRecord: ...
 
     async def set_password_hash(self, user_id: str, phc: str | None) -> None: ...
+
+    async def rehash_password(self, user_id: str, expected: str, phc: str) -> bool:
+        """Store ``phc`` if the password hash is still ``expected`` (a login
+        upgrading the hash of the password it just verified). ``False`` when
+        it changed meanwhile (a new password set): that one stays."""
 
     async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None: ...
 

@@ -393,6 +393,9 @@ class CompositeStore:
     async def set_password_hash(self, user_id: str, phc: str | None) -> None:
         await self._factors().set_password_hash(user_id, phc)
 
+    async def rehash_password(self, user_id: str, expected: str, phc: str) -> bool:
+        return await self._factors().rehash_password(user_id, expected, phc)
+
     async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None:
         await self._factors().set_totp_secret(user_id, sealed)
 

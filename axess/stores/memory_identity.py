@@ -115,6 +115,13 @@ class MemoryIdentityMixin(MemoryRecoveryCodes):
         f = self._factors.get(user_id, FactorRecord(user_id))
         self._factors[user_id] = replace(f, password_hash=phc)
 
+    async def rehash_password(self, user_id: str, expected: str, phc: str) -> bool:
+        f = self._factors.get(user_id)
+        if f is None or f.password_hash != expected:
+            return False
+        self._factors[user_id] = replace(f, password_hash=phc)
+        return True
+
     async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None:
         f = self._factors.get(user_id, FactorRecord(user_id))
         self._factors[user_id] = replace(

@@ -719,6 +719,22 @@ class IdentityStoreContract:
         await store.set_password_hash("u1", None)
         assert (await store.get_factors("u1")).password_hash is None
 
+    async def test_password_rehash_compare_and_set(self, store: IdentityStore) -> None:
+        old = "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$b2xk"
+        new = "$argon2id$v=19$m=8,t=2,p=1$c2FsdA$bmV3"
+        assert not await store.rehash_password("u1", old, new)  # no password
+        assert (await store.get_factors("u1")).password_hash is None
+        await store.set_password_hash("u1", old)
+        assert not await store.rehash_password("u1", "$other", new)  # changed meanwhile
+        assert (await store.get_factors("u1")).password_hash == old
+        assert await store.rehash_password("u1", old, new)
+        assert (await store.get_factors("u1")).password_hash == new
+        assert not await store.rehash_password("u1", old, "$argon2id$late")  # done once
+        results = await asyncio.gather(
+            *(store.rehash_password("u1", new, f"$argon2id${i}") for i in range(6))
+        )
+        assert sorted(results) == [False] * 5 + [True]
+
     async def test_totp_step_compare_and_set(self, store: IdentityStore) -> None:
         assert not await store.totp_accept_step("u1", 5)  # no secret
         await store.set_totp_secret("u1", b"\x01sealed")

@@ -273,6 +273,11 @@ class SQLIdentityMixin(SQLStorePart):
     async def set_password_hash(self, user_id: str, phc: str | None) -> None:
         await self._upsert_factor("set_password_hash", "password_hash = ?", (phc, user_id))
 
+    async def rehash_password(self, user_id: str, expected: str, phc: str) -> bool:
+        """Compare-and-set on the password hash: one ``UPDATE``."""
+        sql = "UPDATE axess_factors SET password_hash = ? WHERE user_id = ? AND password_hash = ?"
+        return await self._execute("rehash_password", sql, (phc, user_id, expected), FACTORS) == 1
+
     async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None:
         value = None if sealed is None else bytes(sealed)
         await self._upsert_factor(
