@@ -322,3 +322,61 @@ async def test_a_stored_session_without_a_csrf_cookie_gets_one_but_then_none() -
         assert cookie_of(r, "axess.csrf")  # the browser lost it: handed out again
         r = await c.get("/read")
         assert "set-cookie" not in r.headers  # it holds one now: plain views set nothing
+
+
+async def _handshake(app: Any, headers: list[tuple[bytes, bytes]], path: str = "/ws") -> Any:
+    """One websocket handshake through ``app``: the first message it sends."""
+    scope = {
+        "type": "websocket",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 443),
+        "scheme": "wss",
+        "subprotocols": [],
+    }
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return incoming.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]
+
+
+async def test_a_websocket_opened_by_another_sites_page_is_closed() -> None:
+    # The handshake carries the session cookie like any request (a sibling
+    # subdomain's page sends SameSite=Lax cookies): the origin check applies.
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    auth = origin_auth(allowed_origins=("https://app.example",))
+    app = app_for(auth)
+    app.router.routes.append(WebSocketRoute("/ws", ws))
+    app.router.routes.append(WebSocketRoute("/hooks/ws", ws))
+    accepted = {"type": "websocket.accept", "subprotocol": None, "headers": []}
+    closed = {"type": "websocket.close", "code": 1008}
+    for headers in (
+        [(b"origin", b"https://evil.example")],
+        [(b"origin", b"https://sub.testserver")],
+        [(b"origin", b"https://testserver"), (b"sec-fetch-site", b"same-site")],
+    ):
+        assert await _handshake(app, headers) == closed, headers
+    for headers in (
+        [(b"origin", b"https://testserver")],  # its own page (wss -> https)
+        [(b"origin", b"https://app.example")],  # allowed
+        [],  # not a browser
+    ):
+        assert await _handshake(app, headers) == accepted, headers
+    assert await _handshake(app, [(b"origin", b"https://evil.example")], "/hooks/ws") == accepted

@@ -49,6 +49,7 @@ from axess.stack import (
 )
 
 logger = logging.getLogger(__name__)
+_WEB_SCHEME: Final = {"ws": "http", "wss": "https"}
 
 #: The two refusals (403 ``csrf_failed``): a foreign ``Origin`` or ``Referer``,
 #: and a missing or wrong token.
@@ -270,16 +271,24 @@ class CSRFMiddleware(Stage):
         return session
 
     def enter_now(self, scope: Scope) -> bool:
-        """Safe methods, exempt paths and websockets need no check (only note
-        this middleware for :func:`csrf_token`)."""
+        """Safe methods and exempt paths need no check (only note this
+        middleware for :func:`csrf_token`); a websocket handshake needs only
+        the origin check."""
         state = scope["state"]
         state["csrf"] = self
-        # (A websocket scope has no method: nothing to check.)
-        return scope.get("method") not in UNSAFE_METHODS or self.config.is_exempt(route_path(scope))
+        method = scope.get("method")
+        if method is None:  # a websocket handshake: it carries the cookies too
+            return self.config.is_exempt(route_path(scope)) or not self._foreign(
+                scope, state[HEADERS_KEY]
+            )
+        return method not in UNSAFE_METHODS or self.config.is_exempt(route_path(scope))
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         if self.enter_now(scope):
             return receive
+        if scope["type"] == "websocket":  # another site's page opening it
+            await send({"type": "websocket.close", "code": 1008})
+            return None
         headers = request_headers(scope)
         if self._foreign(scope, headers):
             await self.refuse(scope, receive, send, CROSS_ORIGIN)
@@ -345,6 +354,7 @@ class CSRFMiddleware(Stage):
         """Whether ``origin`` is the origin this request was sent to: the
         scheme the app sees and the ``Host`` header."""
         scheme = scope.get("scheme") or "http"
+        scheme = _WEB_SCHEME.get(scheme, scheme)  # a websocket's page: http(s)
         host = headers.get(b"host")
         if host is None:
             server = scope.get("server")
@@ -361,7 +371,7 @@ class CSRFMiddleware(Stage):
         shown = origin[:100].decode("latin-1") if origin is not None else None
         logger.info(
             "CSRF: cross-origin %s %s refused (Origin %r, Sec-Fetch-Site %r)",
-            scope["method"],
+            scope.get("method", "websocket"),
             scope["path"],
             shown,
             (headers.get(b"sec-fetch-site") or b"")[:32].decode("latin-1") or None,
