@@ -165,11 +165,24 @@ async def _purge(url: str, only: list[str] | None, seconds: float, out: TextIO, 
     """Purge each target in turn; a failing target does not stop the others,
     and the command fails at the end. ``seconds`` (0: none) bounds the whole run."""
     store = store_from_url(url, must_exist=True)
+    names = purge_targets(only, dict.fromkeys(store.substores))
     failed: list[str] = []
+    deadline = None if seconds <= 0 else _monotonic() + seconds
     try:
-        await store.open()
-        names = purge_targets(only, dict.fromkeys(store.substores))
-        deadline = None if seconds <= 0 else _monotonic() + seconds
+        # The deadline covers connecting too: a server that accepts and never
+        # answers must not hold a cron job past its --timeout.
+        bound = asyncio.timeout(seconds if seconds > 0 else None)
+        try:
+            async with bound:
+                await store.open()
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            err.write(
+                f"axess purge: timed out after {_describe(seconds)} (--timeout; 0 disables "
+                "it) opening the store, nothing purged\n"
+            )
+            return EXIT_FAILED
         for i, name in enumerate(names):
             left = None if deadline is None else deadline - _monotonic()
             try:

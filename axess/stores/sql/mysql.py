@@ -126,6 +126,21 @@ class _MySQLDriver(PooledDriver):
     async def create_pool(self) -> Any:
         import aiomysql
 
+        s = self.settings
+        # aiomysql's connect_timeout covers the TCP connect only: a server
+        # (or proxy) that accepts and never answers the handshake would hang
+        # open(), `axess migrate` and every first operation for good. The
+        # pool opens its min_size connections one after another, so each
+        # gets connect_timeout. Cancelling mid-handshake drops the half-open
+        # connection, whose finalizer closes its socket.
+        limit = s.connect_timeout * max(1, s.min_size)
+        try:
+            async with asyncio.timeout(limit):
+                return await self._create_pool(aiomysql)
+        except TimeoutError:
+            raise TimeoutError(f"no connection to the server within {limit:g}s") from None
+
+    async def _create_pool(self, aiomysql: Any) -> Any:
         s, t = self.settings, self._target
         return await aiomysql.create_pool(
             minsize=s.min_size,
@@ -156,8 +171,19 @@ class _MySQLDriver(PooledDriver):
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire() as con:
+        # As PostgreSQL's: a full pool, or a new connection to a server that
+        # never completes the handshake, waits connect_timeout, not forever.
+        pool = self._pool
+        limit = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(limit):
+                con = await pool.acquire()
+        except TimeoutError:
+            raise TimeoutError(f"no pooled connection within {limit:g}s") from None
+        try:
             yield _MySQLConnection(con, self.settings.command_timeout)
+        finally:
+            await pool.release(con)
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import aiomysql
