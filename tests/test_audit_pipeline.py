@@ -20,6 +20,8 @@ from starlette.routing import Route
 from test_audit_support import (
     FlakyStoreSink,
     GateSink,
+    HangingCloseSink,
+    HangingRetention,
     HangingSink,
     MemorySink,
     RecordingMetrics,
@@ -272,6 +274,39 @@ async def test_stop_with_a_hanging_sink_is_bounded_and_saves_exactly_the_leftove
     emitted = p.emitted + p2.emitted
     delivered = {e.id for e in sql.events + siem.events + sql2.events + siem2.events}
     assert emitted == 55 and delivered == {e.id for e in first + fresh}
+
+
+async def test_stop_does_not_wait_forever_for_a_hanging_close_or_retention(
+    vt: VirtualTime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sql = MemorySink("sql", regulatory=True)
+    hangs, stubborn = HangingCloseSink("siem"), HangingCloseSink("otel", stubborn=True)
+    retention = HangingRetention()
+    log = tmp_path / "r.jsonl"
+    p = build(vt, [sql, hangs, stubborn], recovery_log=log, retention=retention)
+    await p.start()
+    evs = events(p, 3)
+    for e in evs:
+        p.emit(e)
+    await vt.settle()
+    stopping = asyncio.create_task(p.stop())
+    await vt.settle()
+    assert not stopping.done() and retention.stop_cancelled == 0
+    with caplog.at_level(logging.WARNING, "axess.audit"):
+        vt.advance(2.0)  # the retention's grace: the drain goes on
+        await vt.settle()
+        assert retention.stop_cancelled == 1 and not stopping.done()
+        vt.advance(2.0)  # the sinks' grace, together
+        await asyncio.wait_for(stopping, 2)
+    assert sql.closed and not hangs.closed and not stubborn.closed
+    assert hangs.close_cancelled == 1 and stubborn.close_cancelled == 1
+    assert "audit retention: close did not finish within 2s" in caplog.text
+    assert "audit sink 'siem': close did not finish within 2s" in caplog.text
+    assert "audit sink 'otel': close did not finish within 2s" in caplog.text
+    assert sql.ids == hangs.ids == stubborn.ids == [e.id for e in evs]
+    assert not log.exists()
+    stubborn.release.set()  # let the abandoned close end with the test
+    await vt.settle()
 
 
 async def test_a_fast_drain_leaves_no_recovery_log(vt: VirtualTime, tmp_path: Path) -> None:

@@ -154,6 +154,66 @@ class HangingSink(MemorySink):
             raise
 
 
+class StubbornSink(MemorySink):
+    """A sink whose writes ignore cancellation until ``release`` is set (a
+    driver stuck in a blocking call)."""
+
+    def __init__(self, name: str = "stubborn", *, regulatory: bool = False) -> None:
+        super().__init__(name, regulatory=regulatory)
+        self.release = asyncio.Event()
+        self.cancelled = 0
+
+    async def write(self, events: Sequence[AuthEvent]) -> None:
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+        await super().write(events)
+
+
+class HangingCloseSink(MemorySink):
+    """A sink whose ``close()`` never returns; with ``stubborn`` it also
+    ignores cancellation until ``release`` is set."""
+
+    def __init__(self, name: str = "hangclose", *, stubborn: bool = False) -> None:
+        super().__init__(name)
+        self.stubborn = stubborn
+        self.release = asyncio.Event()
+        self.close_cancelled = 0
+
+    async def close(self) -> None:
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.close_cancelled += 1
+                if not self.stubborn:
+                    raise
+        self.closed = True
+
+
+class HangingRetention:
+    """Stands in for AuditRetention: its ``stop()`` never returns."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stop_cancelled = 0
+
+    def bind(self, **_: object) -> None:
+        pass
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.stop_cancelled += 1
+            raise
+
+
 class FlakyStoreSink(StoreSink):
     """The SQL sink behind an unreliable link: the first ``down`` writes fail
     before reaching the database, the next ``lost_acks`` reach it (the rows

@@ -23,11 +23,10 @@ health (:mod:`axess.audit.health`) and the 503 (:mod:`axess.audit.http`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -77,6 +76,10 @@ _thread_id: Final = threading.get_ident
 #: Seconds ``stop()`` waits for cancelled workers to finish after the drain
 #: deadline (a sink that ignores cancellation must not hang shutdown).
 _CANCEL_GRACE: Final = 1.0
+#: Seconds ``stop()`` gives the retention loop's stop and, together, the
+#: sinks' ``close()``: they run after the drain deadline, so without a bound
+#: a hanging one would hold shutdown forever.
+_CLOSE_GRACE: Final = 2.0
 #: Seconds between two "login refused" WARNINGs (the count is in the next one).
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 
@@ -98,6 +101,11 @@ class AuditUnavailable(AxessError):
         from axess.audit.http import audit_unavailable_response
 
         return audit_unavailable_response(self.retry_after)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 # -- per-sink state -------------------------------------------------------------------
@@ -531,8 +539,7 @@ class AuditPipeline:
         self._control.stopping = True
         self._control.urgent += 1
         if self.retention is not None:
-            with contextlib.suppress(Exception):
-                await self.retention.stop()
+            await self._within_grace({"audit retention": self.retention.stop})
         workers = [st.task for st in self._sinks if st.task is not None]
         for st in self._sinks:
             st.wake.set()
@@ -567,18 +574,48 @@ class AuditPipeline:
         if not self._spill.save_leftovers(timed_out=timed_out, drain_timeout=self.drain_timeout):
             self._spill.replay_done()
         self._spill.sync()
-        for st in self._sinks:
-            close = getattr(st.sink, "close", None)
-            if close is not None:
-                try:
-                    await close()
-                except Exception as exc:
-                    logger.warning("audit sink %r: close failed (%s)", st.name, type(exc).__name__)
+        closes = {f"audit sink {st.name!r}": getattr(st.sink, "close", None) for st in self._sinks}
+        await self._within_grace({what: close for what, close in closes.items() if close})
         self.metrics.audit_buffer_depth(0)
         logger.info(
             "audit pipeline stopped; events delivered since start: %s",
             ", ".join(f"{st.name}={st.buffer.delivered}" for st in self._sinks),
         )
+
+    async def _within_grace(self, calls: dict[str, Callable[[], Awaitable[object]]]) -> None:
+        """Run ``calls`` (by name) together; give up on those still running after
+        :data:`_CLOSE_GRACE` seconds (cancelled, not awaited: one that ignores
+        cancellation must not hold shutdown either). Failures are logged."""
+
+        async def call(fn: Callable[[], Awaitable[object]]) -> None:
+            await fn()
+
+        tasks = {asyncio.ensure_future(call(fn)): what for what, fn in calls.items()}
+        if not tasks:
+            return
+        timer = asyncio.ensure_future(self._sleep(_CLOSE_GRACE))
+        pending = set(tasks)
+        try:
+            while pending and not timer.done():
+                _, pending = await asyncio.wait(
+                    {*pending, timer}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(timer)
+        finally:
+            timer.cancel()
+            for task in pending:
+                task.cancel()
+                # Nobody awaits it any more: consume its outcome when it ends.
+                task.add_done_callback(_consume)
+        for task, what in tasks.items():
+            if task in pending:
+                logger.warning(
+                    "%s: close did not finish within %gs; shutdown goes on without it",
+                    what,
+                    _CLOSE_GRACE,
+                )
+            elif not task.cancelled() and task.exception() is not None:
+                logger.warning("%s: close failed (%s)", what, type(task.exception()).__name__)
 
     # -- observation --------------------------------------------------------------------------
     def stats(self) -> list[SinkStats]:
