@@ -155,6 +155,31 @@ def test_backup_verifies_and_refuses_bad_input(
     assert not (tmp_path / "c.db").exists() and not (tmp_path / "c.db.partial").exists()
 
 
+@pytest.mark.parametrize("name", ["we#ird", "what?mode=rw", "100%25", "a%b"])
+def test_backup_of_a_path_with_uri_characters_leaves_no_stray_file(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``#``, ``?`` and ``%`` are plain characters of a file name, not URI syntax."""
+    where = tmp_path / name
+    where.mkdir()
+    db, bak = where / f"{name}.db", where / f"{name}-backup.db"
+    assert main(["migrate", str(db)]) == 0
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE marker (x TEXT)")
+    con.execute("INSERT INTO marker VALUES ('t')")
+    con.commit()
+    con.close()
+    before = {p.name for p in where.iterdir()}
+    capsys.readouterr()
+    assert main(["backup", str(db), str(bak)]) == 0, capsys.readouterr().err
+    assert {p.name for p in tmp_path.iterdir()} == {name}  # nothing created beside it
+    own = {f"{db.name}-wal", f"{db.name}-shm"}  # the source's, as any reader of a WAL file
+    assert {p.name for p in where.iterdir()} - own == before | {bak.name}  # no .partial*
+    copy = sqlite3.connect(bak)
+    assert copy.execute("SELECT x FROM marker").fetchall() == [("t",)]
+    copy.close()
+
+
 def test_server_backup_prints_the_procedure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["backup", "postgresql://app:hunter2@db/axess", "out.dump"]) == 0
     out = capsys.readouterr().out

@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
+from urllib.parse import quote
 
 from axess.errors import EnvelopeError
 from axess.stores.base import FACTORS, SESSIONS, BatchResult
@@ -188,11 +189,17 @@ def sqlite_backup(source: str, target: str, *, pages: int = 1024) -> BackupResul
     if os.path.exists(partial):
         os.remove(partial)
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src = sqlite3.connect(_read_only_uri(source), uri=True)
         try:
             dst = sqlite3.connect(partial)
             try:
                 src.backup(dst, pages=pages)
+                # The copy inherits the source's WAL mode, and a read-only
+                # open of a WAL file (the verification below) leaves -wal and
+                # -shm files beside it that the rename would strand. A
+                # rollback-journal copy is one self-contained file; the store
+                # switches a restored file back to WAL when it opens it.
+                dst.execute("PRAGMA journal_mode = DELETE")
             finally:
                 dst.close()
         finally:
@@ -208,6 +215,13 @@ def sqlite_backup(source: str, target: str, *, pages: int = 1024) -> BackupResul
     return BackupResult(target, os.path.getsize(target), version)
 
 
+def _read_only_uri(path: str) -> str:
+    """A ``file:`` URI opening ``path`` read-only. The path is percent-quoted:
+    a ``#``, ``?`` or ``%`` in it would otherwise end the path or start the
+    query, and SQLite would open (and create) another file."""
+    return f"file:{quote(path)}?mode=ro"
+
+
 def _remove(path: str) -> None:
     if os.path.exists(path):
         os.remove(path)
@@ -217,7 +231,7 @@ def verify_sqlite(path: str) -> int:
     """The axess schema version of the SQLite file at ``path``, after
     ``PRAGMA integrity_check``. Raises :class:`ValueError` if it is damaged
     or not an axess database."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = sqlite3.connect(_read_only_uri(path), uri=True)
     try:
         try:
             check = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
