@@ -38,7 +38,13 @@ from axess import refusals
 from axess.app import Axess
 from axess.authn.guards import require_authn, require_partial_authn
 from axess.authn.http import outcome_response, unavailable_response
-from axess.authn.outcomes import Authenticated, FactorRequired, InvalidCredentials, LoginOutcome
+from axess.authn.outcomes import (
+    Authenticated,
+    FactorRequired,
+    InvalidCredentials,
+    Locked,
+    LoginOutcome,
+)
 from axess.authn.password import Password
 from axess.authn.recovery import RecoveryCode
 from axess.authn.service import AuthnService
@@ -653,7 +659,7 @@ def auth_router(
     @router.post(
         "/totp/confirm",
         response_model=TOTPEnabled,
-        responses=_responses(400, 401, 403, 409, 503),
+        responses=_responses(400, 401, 403, 409, 429, 503),
         summary="Activate TOTP with a first code",
     )
     async def totp_confirm(
@@ -671,10 +677,19 @@ def auth_router(
             # would replace that factor on the strength of a password alone.
             del session[TOTP_PENDING_KEY]
             return _refusal(409, "conflict", "TOTP is already enabled; disable it first")
-        if not await users.confirm_totp_enrolment(user_id, pending, body.code, actor=user_id):
-            if await users.pending_totp_enrolment(user_id, pending) is None:
-                del session[TOTP_PENDING_KEY]
-                return _refusal(409, "conflict", "the TOTP enrolment expired; start again")
+        if await users.pending_totp_enrolment(user_id, pending) is None:
+            del session[TOTP_PENDING_KEY]
+            return _refusal(409, "conflict", "the TOTP enrolment expired; start again")
+        # Each code tried costs a guess of the login's budget: a stolen
+        # session must not try all million codes of a pending secret.
+        outcome = await authn.check_code(
+            request,
+            lambda: users.confirm_totp_enrolment(user_id, pending, body.code, actor=user_id),
+            reason="totp_enrolment",
+        )
+        if isinstance(outcome, Locked):
+            return outcome_response(outcome)
+        if not isinstance(outcome, Authenticated):
             return _refusal(400, "invalid_code", "wrong code; enter the one the app shows now")
         del session[TOTP_PENDING_KEY]
         codes = await users.regenerate_recovery_codes(user_id, actor=user_id)

@@ -4,9 +4,11 @@ lockout, rate limits, bad input, OpenAPI, and the main flow on every backend."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,6 +298,25 @@ async def test_second_factor_without_a_login_in_progress(api: Api) -> None:
 
 
 # -- TOTP and recovery codes -------------------------------------------------------
+async def test_enrolment_codes_spend_the_login_budget(api: Api) -> None:
+    # A stolen session holding a pending enrolment must not try every code of
+    # its secret: each wrong code is a guess of the user's budget, a burst
+    # included, and once it is spent even the right code waits.
+    await api.add_user("alice@example.com")
+    async with api.client() as c:
+        await c.signed_in("alice@example.com")
+        r = await c.post("/auth/totp/enrol", {"password": PASSWORD})
+        secret = secret_of(r.json())
+        right = totp(secret, api.clock.time())
+        wrong = [f"{(int(right) + 1 + i) % 1_000_000:06d}" for i in range(40)]
+        results = await asyncio.gather(*(c.post("/auth/totp/confirm", {"code": w}) for w in wrong))
+        codes = Counter(r.status_code for r in results)
+        assert codes == {400: 5, 429: 35}
+        r = await c.post("/auth/totp/confirm", {"code": right})
+        assert r.status_code == 429
+        assert (await c.get("/auth/me")).json()["totp_enabled"] is False
+
+
 async def test_totp_enrolment(api: Api) -> None:
     await api.add_user("alice@example.com")
     async with api.client() as c:
@@ -674,6 +695,8 @@ async def test_routes_are_audited() -> None:
         assert expected in types, expected
     step_ups = [e for e in api.events if e.type == "factor_verified" and e.reason == "step_up"]
     assert [e.factor for e in step_ups] == ["password", "totp"]
+    enrolled = [e for e in api.events if e.reason == "totp_enrolment"]
+    assert [(e.type, e.factor) for e in enrolled] == [("factor_verified", "totp")]
 
 
 class FlakyStore(MemoryStore):

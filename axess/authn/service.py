@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeAlias
 
@@ -401,6 +401,73 @@ class AuthnService:
         stay counted and a known password cannot buy more code guesses. A TOTP
         code is used up as at login; a recovery code is consumed.
         """
+        found = await self._signed_in(request)
+        if isinstance(found, InvalidCredentials):
+            return found
+        state, user_id, attempt = found
+        opened: _OpenedTOTP | None = None
+        if isinstance(credential, Password):
+            factor = "password"
+        elif isinstance(credential, RecoveryCode):
+            factor = "recovery_code"
+        else:
+            factor = "totp"
+            # Opened before the unit is taken, as in _second_factor.
+            opened = await self._open_totp(attempt, user_id)
+        reserved = await self._reserve(attempt, factor, trusted_exempt=False)
+        if isinstance(reserved, Locked):
+            return reserved
+        attempt = replace(attempt, reservation=reserved)
+        self.metrics.factor_attempt()
+        ok = False
+        if isinstance(credential, Password):
+            phc = (await self.store.get_factors(user_id)).password_hash
+            if phc is None:
+                await self.hasher.verify_dummy(credential)
+            else:
+                ok = await self.hasher.verify(phc, credential)
+        elif isinstance(credential, RecoveryCode):
+            candidates = self.recovery.candidates(credential)
+            ok = bool(candidates) and await self.store.consume_recovery_code(user_id, candidates)
+            if ok:
+                self._emit(attempt, "recovery_code_used", "success", user=user_id)
+        else:
+            ok = await self._check_totp(user_id, credential, opened)
+        return await self._settle(attempt, factor, ok, user_id, state, "step_up")
+
+    async def check_code(
+        self,
+        request: HTTPConnection,
+        check: Callable[[], Awaitable[bool]],
+        *,
+        reason: str = "code_check",
+    ) -> Authenticated | InvalidCredentials | Locked:
+        """Spend one guess of the signed-in user's budget on ``check``, a
+        code check outside the login (the first code of a TOTP secret being
+        enrolled): ``Authenticated`` when it returns True (its unit handed
+        back), ``InvalidCredentials`` when False, ``Locked`` when the budget
+        is spent, without calling it. Charged as :meth:`reverify` charges a
+        TOTP code, so a stolen session cannot try every code; a success is
+        audited as ``factor_verified`` with ``reason``.
+        """
+        found = await self._signed_in(request)
+        if isinstance(found, InvalidCredentials):
+            return found
+        state, user_id, attempt = found
+        reserved = await self._reserve(attempt, "totp", trusted_exempt=False)
+        if isinstance(reserved, Locked):
+            return reserved
+        self.metrics.factor_attempt()
+        ok = await check()
+        attempt = replace(attempt, reservation=reserved)
+        return await self._settle(attempt, "totp", ok, user_id, state, reason)
+
+    async def _signed_in(
+        self, request: HTTPConnection
+    ) -> tuple[d.Authenticated, str, _Attempt] | InvalidCredentials:
+        """The session's login, its active user and an attempt on the
+        login's levers; ``InvalidCredentials`` (no lever touched) for a
+        session that is not signed in or a user no longer active."""
         if self.gate is not None:
             self.gate()
         session = get_session(request)
@@ -419,42 +486,28 @@ class AuthnService:
         attempt = _Attempt(
             request, session, user.tenant_id, user.identifier, keys, ip, policy, device=device
         )
-        opened: _OpenedTOTP | None = None
-        if isinstance(credential, Password):
-            factor = "password"
-        elif isinstance(credential, RecoveryCode):
-            factor = "recovery_code"
-        else:
-            factor = "totp"
-            # Opened before the unit is taken, as in _second_factor.
-            opened = await self._open_totp(attempt, user.id)
-        reserved = await self._reserve(attempt, factor, trusted_exempt=False)
-        if isinstance(reserved, Locked):
-            return reserved
-        attempt = replace(attempt, reservation=reserved)
-        self.metrics.factor_attempt()
-        ok = False
-        if isinstance(credential, Password):
-            phc = (await self.store.get_factors(user.id)).password_hash
-            if phc is None:
-                await self.hasher.verify_dummy(credential)
-            else:
-                ok = await self.hasher.verify(phc, credential)
-        elif isinstance(credential, RecoveryCode):
-            candidates = self.recovery.candidates(credential)
-            ok = bool(candidates) and await self.store.consume_recovery_code(user.id, candidates)
-            if ok:
-                self._emit(attempt, "recovery_code_used", "success", user=user.id)
-        else:
-            ok = await self._check_totp(user.id, credential, opened)
+        return state, user.id, attempt
+
+    async def _settle(
+        self,
+        attempt: _Attempt,
+        factor: str,
+        ok: bool,
+        user_id: str,
+        state: d.Authenticated,
+        reason: str,
+    ) -> Authenticated | InvalidCredentials:
+        """A step-up check's end: a failure keeps its unit spent; a success
+        hands it back and resets nothing."""
         if not ok:
             reason = "wrong_password" if factor == "password" else "wrong_code"
-            return await self._failure(attempt, factor, reason, user.id)
+            return await self._failure(attempt, factor, reason, user_id)
         self.metrics.factor_success()
         self._emit(
-            attempt, "factor_verified", "success", factor=factor, user=user.id, reason="step_up"
+            attempt, "factor_verified", "success", factor=factor, user=user_id, reason=reason
         )
-        await self.lockout.refund(reserved)
+        assert attempt.reservation is not None
+        await self.lockout.refund(attempt.reservation)
         return Authenticated(state.user, state.tenant, state.factors)
 
     # -- steps --------------------------------------------------------------------
