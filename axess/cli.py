@@ -41,8 +41,10 @@ EXIT_INTERRUPTED: Final = 130
 
 STORE_URLS: Final = """\
 store URLs (default: the AXESS_STORE_URL environment variable):
-  sqlite:///path/to/axess.db     SQLite file (a plain path ending in .db,
-                                 .sqlite or .sqlite3 works too)
+  sqlite:////srv/app/axess.db    SQLite file at an absolute path (4 slashes)
+  sqlite:///axess.db             SQLite file relative to the current directory
+                                 (a plain path ending in .db, .sqlite or
+                                 .sqlite3 works too)
   postgresql://user:pw@host/db   PostgreSQL (also postgres://)
   mysql://user:pw@host/db        MySQL / MariaDB
   valkeys://:pw@host:6379/0      Valkey (valkey://, redis://, rediss://):
@@ -71,9 +73,18 @@ def is_valkey_url(url: str) -> bool:
     return url.startswith(_VALKEY_SCHEMES)
 
 
+_SQLITE_FORMS: Final = "sqlite:////absolute/path.db or sqlite:///relative/path.db"
+
+
 def _sqlite_path(url: str) -> str | None:
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///") :]
+    """The file of a SQLite URL, as SQLAlchemy reads them: what follows
+    ``sqlite:///``, so ``sqlite:///app.db`` is relative to the current
+    directory and ``sqlite:////var/lib/app.db`` absolute."""
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:///")
+        if path == url or not path:
+            raise ValueError(f"{url!r} names no SQLite file: use {_SQLITE_FORMS}")
+        return path
     if "://" not in url and url.endswith((".db", ".sqlite", ".sqlite3")):
         return url
     return None
@@ -101,10 +112,11 @@ def store_from_url(url: str, *, must_exist: bool = False) -> SQLStore:
     if is_valkey_url(url):
         raise ValueError(
             f"{redact_dsn(url)!r} is a Valkey URL: this command needs an SQL store "
-            "(sqlite:///path, postgresql://… or mysql://…)"
+            f"({_SQLITE_FORMS}, postgresql://… or mysql://…)"
         )
     raise ValueError(
-        f"unsupported store URL {redact_dsn(url)!r}: use sqlite:///path, postgresql://… or mysql://…"
+        f"unsupported store URL {redact_dsn(url)!r}: use {_SQLITE_FORMS}, postgresql://… "
+        "or mysql://…"
     )
 
 
@@ -139,13 +151,23 @@ def keygen(out: TextIO) -> None:
         out.write(line + "\n")
 
 
-async def _migrate(url: str, out: TextIO) -> int:
+def _new_sqlite_file(url: str) -> str | None:
+    """The absolute path of the SQLite file ``url`` names if it does not exist yet."""
+    path = _sqlite_path(url)
+    return None if path is None or os.path.exists(path) else os.path.abspath(path)
+
+
+async def _migrate(url: str, out: TextIO, new_file: str | None = None) -> int:
     store = store_from_url(url)
     try:
         before = await store.schema_version()
         after = await store.migrate()
     finally:
         await store.close()
+    if new_file is not None:
+        # Named in full: sqlite:///var/… is relative (sqlite:////var/… is
+        # absolute), and a new file in the wrong place must not go unnoticed.
+        out.write(f"created a new SQLite database at {new_file}\n")
     if after == before:
         out.write(f"schema is up to date (version {after})\n")
     else:
@@ -985,7 +1007,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             url = _store_url(parser, args)
             if cmd == "migrate":
-                return asyncio.run(_run_cancellable(_migrate(url, out)))
+                new_file = _new_sqlite_file(url)
+                return asyncio.run(_run_cancellable(_migrate(url, out, new_file)))
             if cmd == "purge":
                 only = purge_target_names(args.only)
                 return asyncio.run(_run_cancellable(_purge(url, only, args.timeout, out, err)))
