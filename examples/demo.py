@@ -541,14 +541,26 @@ async def totp_confirm(request: Request) -> Response:
         # Turned on meanwhile (another tab): replacing it takes a code first.
         del s[TOTP_PENDING]
         return redirect("TOTP is already on")
-    if not await users.confirm_totp_enrolment(s.user_id, pending, code, actor=s.user_id):
-        enrolment = await users.pending_totp_enrolment(s.user_id, pending)
-        if enrolment is None:  # expired (or keys gone): start again
-            del s[TOTP_PENDING]
-            body = notice("The setup expired; nothing changed.") + (
-                '<p><a href="/">Start again from your account</a></p>'
-            )
-            return page("Set up TOTP", body, status=400)
+    user_id = s.user_id
+    enrolment = await users.pending_totp_enrolment(user_id, pending)
+    if enrolment is None:  # expired (or keys gone): start again
+        del s[TOTP_PENDING]
+        body = notice("The setup expired; nothing changed.") + (
+            '<p><a href="/">Start again from your account</a></p>'
+        )
+        return page("Set up TOTP", body, status=400)
+    # Each code tried is a guess of the login's budget (a stolen session
+    # must not try them all); an empty field is refused without counting.
+    outcome: Authenticated | InvalidCredentials | Locked = InvalidCredentials()
+    if code.strip():
+        outcome = await authn.check_code(
+            request,
+            lambda: users.confirm_totp_enrolment(user_id, pending, code, actor=user_id),
+            reason="totp_enrolment",
+        )
+    if isinstance(outcome, Locked):
+        return locked_page(outcome)
+    if not isinstance(outcome, Authenticated):
         body = enrolment_body(request, enrolment, "Wrong code; try again.")
         return page("Set up TOTP", body, status=400)
     del s[TOTP_PENDING]
