@@ -37,6 +37,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_ip(text: str) -> IPAddress | None:
     """An IP address from ``text``, tolerating ports (``1.2.3.4:80``,
     ``[::1]:80``) and brackets; IPv4-mapped IPv6 becomes IPv4. ``None`` if
@@ -134,9 +137,16 @@ class TrustedProxies:
                 self.unix = True
                 continue
             try:
-                networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+                network = ipaddress.ip_network(cidr.strip(), strict=False)
             except ValueError:
                 raise ConfigurationError(f"trusted proxy {cidr!r} is not an IP network") from None
+            if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+                # Peers are compared as IPv4 (::ffff:10.0.0.1 is 10.0.0.1), so
+                # the network is too; as written it would never match.
+                network = ipaddress.IPv4Network(
+                    (int(network.network_address) & 0xFFFFFFFF, max(0, network.prefixlen - 96))
+                )
+            networks.append(network)
         self.networks: tuple[IPNetwork, ...] = tuple(networks)
         name = header.strip().lower()
         if not name or any(c in name for c in " :\r\n"):

@@ -101,6 +101,13 @@ def test_a_link_local_peer_is_its_own_address_not_the_placeholder() -> None:
     assert TrustedProxies().resolve("fe80::2%3", []) == "fe80::2"
 
 
+def test_an_ipv4_mapped_network_trusts_its_ipv4_peers() -> None:
+    p = TrustedProxies(["::ffff:10.0.0.0/104"])
+    assert p.networks == (ipaddress.IPv4Network("10.0.0.0/8"),)
+    for peer in ("10.1.2.3", "::ffff:10.1.2.3"):
+        assert p.resolve(peer, xff(b"1.2.3.4")) == "1.2.3.4"
+
+
 def test_one_network_may_be_given_as_a_string() -> None:
     assert TrustedProxies("10.0.0.0/8").resolve("10.1.2.3", xff(b"1.2.3.4")) == "1.2.3.4"
 

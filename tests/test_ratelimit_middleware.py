@@ -258,6 +258,9 @@ async def test_a_get_rule_covers_head() -> None:
         assert codes == [200, 200, 429]
     assert RateLimit("1/s", methods=["get"]).methods == frozenset({"GET", "HEAD"})
     assert RateLimit("1/s", methods="POST").methods == frozenset({"POST"})
+    for nothing in ([], "", [" "]):  # a rule that could never apply is a mistake
+        with pytest.raises(ConfigurationError, match="methods"):
+            RateLimit("1/s", methods=nothing)
 
 
 def test_methods_no_rule_covers_are_not_looked_up() -> None:

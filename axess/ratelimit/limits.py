@@ -213,6 +213,8 @@ def _methods(methods: str | Iterable[str] | None) -> frozenset[str] | None:
     if methods is None:
         return None
     names = {m.strip().upper() for m in ([methods] if isinstance(methods, str) else methods)}
+    if not names or "" in names:
+        raise ConfigurationError("methods must name methods (None: every method)")
     if "GET" in names:
         names.add("HEAD")  # Starlette answers HEAD with the GET handler
     return frozenset(names)
