@@ -25,6 +25,7 @@ from test_audit_support import (
     HangingSink,
     MemorySink,
     RecordingMetrics,
+    StubbornSink,
     VirtualTime,
 )
 
@@ -732,6 +733,43 @@ async def test_a_cancelled_stop_still_saves_the_buffer(vt: VirtualTime, tmp_path
     with pytest.raises(asyncio.CancelledError):
         await stopping
     assert [ln["event"]["id"] for ln in log_lines(log)] == [e.id for e in evs]
+
+
+@pytest.mark.parametrize("at", ["retention stop", "cancel grace"])
+async def test_a_stop_cancelled_at_any_wait_still_saves_the_buffer(
+    vt: VirtualTime, tmp_path: Path, at: str
+) -> None:
+    log = tmp_path / "r.jsonl"
+    sql = StubbornSink("sql", regulatory=True)  # its write ignores cancellation
+    retention = HangingRetention() if at == "retention stop" else None
+    p = build(vt, [sql], recovery_log=log, batch_size=2, drain_timeout=1.0, retention=retention)
+    await p.start()
+    try:
+        evs = events(p, 5)
+        for e in evs:
+            p.emit(e)
+        await vt.settle()
+        stopping = asyncio.create_task(p.stop())
+        await vt.settle()
+        if at == "cancel grace":
+            vt.advance(1.0)  # drain deadline: the worker is cancelled, and ignores it
+            await vt.settle()
+            assert sql.cancelled == 1
+        assert not stopping.done()
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert [ln["event"]["id"] for ln in log_lines(log)] == [e.id for e in evs]
+        await asyncio.wait_for(p.stop(), 1)  # a second stop() has nothing left to do
+        st = p.sink_stats("sql")
+        assert (st.recovered, st.depth) == (5, 0)
+        assert not p.accepting_authn
+        sql.release.set()  # the stuck write ends after all; nothing counted twice
+        await vt.settle()
+        st = p.sink_stats("sql")
+        assert (st.accepted, st.delivered, st.recovered, st.depth) == (5, 0, 5, 0)
+    finally:
+        sql.release.set()  # never leave a stuck task behind
 
 
 async def test_health_registration_and_a_crashed_worker(

@@ -538,38 +538,18 @@ class AuditPipeline:
             return
         self._control.stopping = True
         self._control.urgent += 1
-        if self.retention is not None:
-            await self._within_grace({"audit retention": self.retention.stop})
         workers = [st.task for st in self._sinks if st.task is not None]
-        for st in self._sinks:
-            st.wake.set()
-        timed_out = False
-        if workers:
-            timer = asyncio.ensure_future(self._sleep(self.drain_timeout))
-            pending: set[asyncio.Future[Any]] = set(workers)
-            try:
-                while pending:
-                    done, _ = await asyncio.wait(
-                        {*pending, timer}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    pending -= done
-                    if timer in done:
-                        timed_out = bool(pending)
-                        break
-            except asyncio.CancelledError:
-                # Shutdown itself was cancelled: still never lose what is buffered.
-                self._closed = True
-                for worker in workers:
-                    worker.cancel()
-                self._spill.save_leftovers(timed_out=True, drain_timeout=self.drain_timeout)
-                raise
-            finally:
-                timer.cancel()
+        try:
+            timed_out = await self._drain(workers)
+        except asyncio.CancelledError:
+            # Shutdown itself was cancelled, at whichever wait: still never lose
+            # what is buffered (a second stop() returns at once).
             self._closed = True
-            for future in pending:
-                future.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=_CANCEL_GRACE)
+            for worker in workers:
+                worker.cancel()
+            self._spill.save_leftovers(timed_out=False, drain_timeout=self.drain_timeout)
+            self._spill.sync()
+            raise
         self._closed = True
         if not self._spill.save_leftovers(timed_out=timed_out, drain_timeout=self.drain_timeout):
             self._spill.replay_done()
@@ -582,6 +562,41 @@ class AuditPipeline:
             ", ".join(f"{st.name}={st.buffer.delivered}" for st in self._sinks),
         )
 
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> bool:
+        """Stop the retention loop, deliver for at most ``drain_timeout``, then
+        cancel the workers still running and give them :data:`_CANCEL_GRACE`
+        to end. True if the deadline passed with events left."""
+        if self.retention is not None:
+            await self._within_grace({"audit retention": self.retention.stop})
+        for st in self._sinks:
+            st.wake.set()
+        pending = await self._wait(set(workers), self.drain_timeout)
+        if not pending:
+            return False
+        # From here on nothing is delivered: new events go to the recovery log.
+        self._closed = True
+        for future in pending:
+            future.cancel()
+        await self._wait(pending, _CANCEL_GRACE)
+        return True
+
+    async def _wait(
+        self, futures: set[asyncio.Future[Any]], seconds: float
+    ) -> set[asyncio.Future[Any]]:
+        """Wait until ``futures`` are done, at most ``seconds`` of the injected
+        sleep; the ones still pending."""
+        pending = set(futures)
+        if not pending:
+            return pending
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            while pending and not timer.done():
+                done, _ = await asyncio.wait({*pending, timer}, return_when=asyncio.FIRST_COMPLETED)
+                pending -= done
+        finally:
+            timer.cancel()
+        return pending
+
     async def _within_grace(self, calls: dict[str, Callable[[], Awaitable[object]]]) -> None:
         """Run ``calls`` (by name) together; give up on those still running after
         :data:`_CLOSE_GRACE` seconds (cancelled, not awaited: one that ignores
@@ -590,19 +605,13 @@ class AuditPipeline:
         async def call(fn: Callable[[], Awaitable[object]]) -> None:
             await fn()
 
-        tasks = {asyncio.ensure_future(call(fn)): what for what, fn in calls.items()}
-        if not tasks:
-            return
-        timer = asyncio.ensure_future(self._sleep(_CLOSE_GRACE))
-        pending = set(tasks)
+        tasks: dict[asyncio.Future[Any], str] = {
+            asyncio.ensure_future(call(fn)): what for what, fn in calls.items()
+        }
+        pending: set[asyncio.Future[Any]] = set(tasks)
         try:
-            while pending and not timer.done():
-                _, pending = await asyncio.wait(
-                    {*pending, timer}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(timer)
+            pending = await self._wait(pending, _CLOSE_GRACE)
         finally:
-            timer.cancel()
             for task in pending:
                 task.cancel()
                 # Nobody awaits it any more: consume its outcome when it ends.
