@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -565,12 +566,21 @@ def load_object(spec: str) -> tuple[Any, Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CommandError(f"cannot import {module_name}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        # The app's own code ran and failed (a syntax error, a missing
+        # setting, sys.exit at import): name the module and the error, as
+        # for every other failure, without a traceback through the CLI.
+        raise CommandError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise CommandError(f"{module_name} has no attribute {attr!r}") from None
+        except Exception as exc:
+            raise CommandError(
+                f"reading {module_name}:{attr} failed: {type(exc).__name__}: {exc}"
+            ) from None
     return obj, module
 
 
@@ -770,6 +780,28 @@ async def _check(spec: str, workers: int, strict: bool, out: TextIO) -> int:
     return EXIT_FAILED if fails or (strict and warns) else EXIT_OK
 
 
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"workers must be >= 1, got {workers}")
+    return workers
+
+
+def _default_workers(parser: argparse.ArgumentParser) -> int:
+    """WEB_CONCURRENCY, read only when ``check`` runs: a bad value must not
+    break ``axess --help`` or the other commands."""
+    text = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if not text:
+        return 1
+    try:
+        return _workers(text)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"WEB_CONCURRENCY: {exc} (or pass --workers)")
+
+
 # -- demo -------------------------------------------------------------------------------
 def _port(text: str) -> int:
     try:
@@ -887,8 +919,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="MODULE:ATTR", help="the Axess object, e.g. myapp.main:auth")
     p.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1") or 1),
+        type=_workers,
+        default=None,
         help="worker processes the app runs with (default: WEB_CONCURRENCY or 1)",
     )
     p.add_argument("--strict", action="store_true", help="warnings fail too")
@@ -982,16 +1014,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cmd = args.command
-    if cmd == "keygen":
-        keygen(sys.stdout)
-        return EXIT_OK
+    if cmd == "check" and args.workers is None:
+        args.workers = _default_workers(parser)
     if cmd == "backup":
         if len(args.paths) > 2:
             parser.error("backup takes [STORE_URL] FILE")
         if len(args.paths) == 2:
-            args.store, target = args.paths
+            args.store, args.backup_file = args.paths
         else:
-            args.store, target = None, args.paths[0]
+            args.store, args.backup_file = None, args.paths[0]
     if cmd == "rotate-envelope" and args.batch < 1:
         parser.error("--batch must be >= 1")
     if cmd == "demo":
@@ -1000,52 +1031,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args.host, args.port)
     out, err = sys.stdout, sys.stderr
     try:
-        with _store_logs_quiet(args.verbose):
-            if cmd == "check":
-                return asyncio.run(
-                    _run_cancellable(_check(args.target, args.workers, args.strict, out))
-                )
-            url = _store_url(parser, args)
-            if cmd == "migrate":
-                new_file = _new_sqlite_file(url)
-                return asyncio.run(_run_cancellable(_migrate(url, out, new_file)))
-            if cmd == "purge":
-                only = purge_target_names(args.only)
-                return asyncio.run(_run_cancellable(_purge(url, only, args.timeout, out, err)))
-            if cmd == "backup":
-                return _backup(url, target, args.force, out)
-            if cmd == "restore-guard":
-                return asyncio.run(
-                    _run_cancellable(
-                        _restore_guard(
-                            url,
-                            args.recovery_codes_of,
-                            args.keep_recovery_codes,
-                            args.keep_sessions,
-                            out,
-                        )
-                    )
-                )
-            if cmd == "rotate-envelope":
-                targets = (args.only,) if args.only else ROTATE_TARGETS
-                return asyncio.run(
-                    _rotate(
-                        url,
-                        args.batch,
-                        args.dry_run,
-                        targets,
-                        out,
-                        err,
-                        allow_insecure=args.allow_insecure,
-                        prefix=args.prefix,
-                    )
-                )
+        status = _run(parser, args, out, err)
+        # Output still buffered would fail at interpreter exit (a full disk,
+        # a closed pipe) with a traceback and exit 0 after the fact.
+        out.flush()
+        return status
     except KeyboardInterrupt:
         err.write("axess: interrupted\n")
         return EXIT_INTERRUPTED
     except (AxessError, CommandError, ValueError, OSError, TimeoutError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+            _discard_stdout()
         err.write(f"axess {cmd}: {_cause(exc)}\n")
         return EXIT_FAILED
+
+
+#: Errors writing the output (the disk is full, the reader has gone).
+_OUTPUT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EDQUOT})
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is left in its buffer cannot be
+    written, and flushing it again at exit would print a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _run(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
+    cmd = args.command
+    if cmd == "keygen":
+        keygen(out)
+        return EXIT_OK
+    with _store_logs_quiet(args.verbose):
+        if cmd == "check":
+            return asyncio.run(
+                _run_cancellable(_check(args.target, args.workers, args.strict, out))
+            )
+        url = _store_url(parser, args)
+        if cmd == "migrate":
+            new_file = _new_sqlite_file(url)
+            return asyncio.run(_run_cancellable(_migrate(url, out, new_file)))
+        if cmd == "purge":
+            only = purge_target_names(args.only)
+            return asyncio.run(_run_cancellable(_purge(url, only, args.timeout, out, err)))
+        if cmd == "backup":
+            return _backup(url, args.backup_file, args.force, out)
+        if cmd == "restore-guard":
+            return asyncio.run(
+                _run_cancellable(
+                    _restore_guard(
+                        url,
+                        args.recovery_codes_of,
+                        args.keep_recovery_codes,
+                        args.keep_sessions,
+                        out,
+                    )
+                )
+            )
+        if cmd == "rotate-envelope":
+            targets = (args.only,) if args.only else ROTATE_TARGETS
+            return asyncio.run(
+                _rotate(
+                    url,
+                    args.batch,
+                    args.dry_run,
+                    targets,
+                    out,
+                    err,
+                    allow_insecure=args.allow_insecure,
+                    prefix=args.prefix,
+                )
+            )
     raise AssertionError(f"unhandled command {cmd}")  # pragma: no cover
 
 

@@ -3,10 +3,15 @@ non-zero exit status, never a hang or a traceback."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
 
 import pytest
 
@@ -67,3 +72,54 @@ def test_help_shows_both_sqlite_url_forms(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "sqlite:////srv/app/axess.db    SQLite file at an absolute path (4 slashes)" in out
     assert "sqlite:///axess.db             SQLite file relative to the current directory" in out
+
+
+# -- never a traceback ---------------------------------------------------------------
+def _axess(*args: str, env: dict[str, str] | None = None, **kw: Any) -> CompletedProcess[str]:
+    if "stdout" not in kw:
+        kw["capture_output"] = True
+    return subprocess.run(
+        [sys.executable, "-m", "axess.cli", *args],
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
+
+
+def test_a_bad_web_concurrency_breaks_only_check_and_as_a_usage_error(tmp_path: Path) -> None:
+    bad = {"WEB_CONCURRENCY": "abc"}
+    r = _axess("--help", env=bad)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    r = _axess("migrate", str(tmp_path / "a.db"), env=bad)
+    assert r.returncode == 0, r.stderr
+    r = _axess("check", "app:auth", env=bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "WEB_CONCURRENCY: not a number of workers: 'abc' (or pass --workers)" in r.stderr
+    r = _axess("check", "--workers", "0", "app:auth")
+    assert r.returncode == 2 and "workers must be >= 1" in r.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["keygen", "migrate"])
+def test_output_to_a_full_disk_is_a_clean_error(tmp_path: Path, command: str) -> None:
+    args = [command] + ([str(tmp_path / "a.db")] if command == "migrate" else [])
+    with open("/dev/full", "w") as full:
+        r = _axess(*args, stdout=full, stderr=subprocess.PIPE)
+    assert r.returncode == 1
+    assert r.stderr == f"axess {command}: OSError: [Errno 28] No space left on device\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("raise RuntimeError('no DATABASE_URL')", "RuntimeError: no DATABASE_URL"),
+        ("x = (\n", "SyntaxError: '(' was never closed"),
+        ("import sys\nsys.exit(3)", "SystemExit: 3"),
+    ],
+)
+def test_check_names_a_module_that_fails_to_import(tmp_path: Path, source: str, error: str) -> None:
+    (tmp_path / "brokenapp.py").write_text(source)
+    r = _axess("check", "brokenapp:auth", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"axess check: importing brokenapp failed: {error}"), r.stderr
