@@ -4,15 +4,15 @@ wait for a pooled connection end with a StoreError, never a hang."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from axess.errors import StoreError
-from axess.stores.sql import MySQLStore
-
-pytest.importorskip("aiomysql")
+from axess.stores.sql import MySQLStore, SQLiteStore
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ async def blackhole() -> AsyncIterator[int]:
 async def test_mysql_open_against_a_silent_server_fails_within_connect_timeout(
     blackhole: int, min_size: int
 ) -> None:
+    pytest.importorskip("aiomysql")
     store = MySQLStore(
         f"mysql://u:pw@127.0.0.1:{blackhole}/db", connect_timeout=0.3, min_size=min_size
     )
@@ -62,3 +63,21 @@ async def test_mysql_waiting_for_a_pooled_connection_is_bounded(mysql_dsn: str) 
         assert await store.schema_version() == store.known_schema_version
     finally:
         await store.close()
+
+
+def _aiosqlite_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+
+@pytest.mark.parametrize("attempt", range(5))
+async def test_sqlite_failed_connect_ends_its_worker_thread_first(
+    tmp_path: Path, attempt: int
+) -> None:
+    """A command exits on the error, closing its loop: aiosqlite's thread
+    must be gone by then, or it dies printing a traceback about the loop."""
+    before = set(_aiosqlite_workers())
+    store = SQLiteStore(tmp_path / "missing" / "dir" / "x.db", auto_migrate=False)
+    with pytest.raises(StoreError, match="unable to open database file"):
+        await store.open()
+    assert [t for t in _aiosqlite_workers() if t not in before] == []
+    await store.close()

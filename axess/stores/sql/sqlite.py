@@ -112,7 +112,12 @@ class _SQLiteDriver(Driver):
         return self._con is not None
 
     async def connect(self) -> None:
-        con = await _daemonic(aiosqlite.connect(self._path, isolation_level=None))
+        pending = _daemonic(aiosqlite.connect(self._path, isolation_level=None))
+        try:
+            con = await pending
+        except BaseException:
+            await _worker_stopped(pending)
+            raise
         try:
             for pragma in (
                 f"PRAGMA busy_timeout = {self._busy_ms}",
@@ -247,6 +252,23 @@ def _daemonic(con: aiosqlite.Connection) -> aiosqlite.Connection:
     if isinstance(thread, threading.Thread) and not thread.is_alive():
         thread.daemon = True
     return con
+
+
+#: Seconds a failed connect waits for aiosqlite's worker thread to end.
+_WORKER_STOP_TIMEOUT: Final = 5.0
+
+
+async def _worker_stopped(con: aiosqlite.Connection) -> None:
+    """Wait until the worker thread of ``con``, whose connect failed, has ended.
+
+    aiosqlite answers a failed connect at once and stops the thread behind
+    it: the thread then reports that stop to this event loop. Were the loop
+    closed first (a command that exits on the error, ``asyncio.run`` ending),
+    the thread would die printing an "event loop is closed" traceback.
+    """
+    thread = getattr(con, "_thread", con)
+    if isinstance(thread, threading.Thread) and thread.is_alive():
+        await asyncio.to_thread(thread.join, _WORKER_STOP_TIMEOUT)
 
 
 async def _main_file(con: aiosqlite.Connection) -> str:
