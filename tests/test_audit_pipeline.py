@@ -695,7 +695,7 @@ async def test_lifecycle_guards(vt: VirtualTime) -> None:
     p = build(vt, [MemorySink("sql", regulatory=True)])
     with pytest.raises(RuntimeError):
         await p.flush()
-    assert (await p.check_health()).state is HealthState.DEGRADED
+    assert (await p.check_health()).state is HealthState.UNHEALTHY  # a regulatory sink waits
     await p.start()
     await p.start()  # idempotent
     await p.stop()
@@ -703,6 +703,37 @@ async def test_lifecycle_guards(vt: VirtualTime) -> None:
     with pytest.raises(RuntimeError):
         await p.start()
     assert (await p.check_health()).state is HealthState.UNHEALTHY
+
+
+async def test_sinks_of_a_pipeline_not_started_are_not_healthy(vt: VirtualTime) -> None:
+    from axess import Axess
+    from axess.keys import Keyring
+
+    sql, siem = MemorySink("sql", regulatory=True), MemorySink("siem")
+    p = build(vt, [sql, siem])
+    for e in events(p, 3):
+        p.emit(e)
+    checks = p.health_checks()
+    regulatory, analytics = await checks["sql"].check_health(), await checks["siem"].check_health()
+    assert regulatory.state is HealthState.UNHEALTHY
+    assert regulatory.reason == "audit sink sql: pipeline not started (3 events waiting)"
+    assert analytics.state is HealthState.DEGRADED and "not started" in (analytics.reason or "")
+    assert (await p.check_health()).state is HealthState.UNHEALTHY
+    # /healthz of an app whose lifespan never started the pipeline.
+    auth = Axess(store=MemoryStore(), keys=Keyring.generate(), audit=p, debug=True)
+    app = Starlette(routes=[Route("/healthz", auth.healthz)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://t"
+    ) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["components"]["audit.sql"] == "unhealthy"
+    assert response.json()["components"]["audit.siem"] == "degraded"
+    await p.start()
+    assert (await p.check_health()).state is HealthState.HEALTHY
+    async with vt.autojump():
+        await p.flush()
+    await p.stop()
 
 
 def _bind_check(make: Callable[[], AuditPipeline]) -> None:  # pragma: no cover - helper

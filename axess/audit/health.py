@@ -1,9 +1,9 @@
 """Health of the audit pipeline, per sink and overall (book: Audit, "Delivery").
 
 A sink is unhealthy while its worker is not running, while its full buffer
-holds logins back, and while it fails if it is regulatory (degraded for an
-analytics sink); degraded while it overflows. The pipeline is as bad as its
-worst sink, and degraded until started.
+holds logins back, and while it fails or its pipeline is not started yet if
+it is regulatory (degraded for an analytics sink); degraded while it
+overflows. The pipeline is as bad as its worst sink.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ def sink_status(worker: SinkWorker, *, closed: bool, gated: bool) -> HealthStatu
     name = worker.name
     if closed:
         return HealthStatus.unhealthy(f"audit sink {name}: pipeline stopped")
-    if worker.task is not None and worker.task.done():
+    if worker.task is None:
+        # Nothing is delivered before start(): as bad as a failing sink, even
+        # though no attempt failed yet (a forgotten lifespan never fails one).
+        reason = f"audit sink {name}: pipeline not started ({worker.depth} events waiting)"
+        return (
+            HealthStatus.unhealthy(reason) if worker.regulatory else HealthStatus.degraded(reason)
+        )
+    if worker.task.done():
         return HealthStatus.unhealthy(f"audit sink {name}: worker not running")
     if gated:
         return HealthStatus.unhealthy(

@@ -669,10 +669,9 @@ class AuditPipeline:
         return sink_status(st, closed=self._closed, gated=st.name in self._gated)
 
     async def check_health(self) -> HealthStatus:
-        """Unhealthy while logins are paused or a regulatory sink fails;
-        degraded while an analytics sink fails or drops."""
-        if not self._started and not self._closed:
-            return HealthStatus.degraded("audit pipeline not started")
+        """Unhealthy while logins are paused or a regulatory sink fails or is
+        not started; degraded while an analytics sink fails, drops or is not
+        started."""
         return worst_status(self._sink_status(st) for st in self._sinks)
 
     async def query_events(
