@@ -123,3 +123,27 @@ def test_check_names_a_module_that_fails_to_import(tmp_path: Path, source: str, 
     r = _axess("check", "brokenapp:auth", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"axess check: importing brokenapp failed: {error}"), r.stderr
+
+
+# -- check changes nothing ------------------------------------------------------------
+MISSING_DB_APP = """
+import os
+from axess import Axess, Keyring
+from axess.stores.sql import SQLiteStore
+
+store = SQLiteStore(os.environ["CHECK_DB"], auto_migrate=False)
+auth = Axess(store=store, keys=Keyring.generate(), debug=True)
+"""
+
+
+def test_check_reports_a_missing_sqlite_file_without_creating_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "nowhere.db"
+    monkeypatch.setenv("CHECK_DB", str(db))
+    (tmp_path / "missing_db_app.py").write_text(MISSING_DB_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "missing_db_app:auth"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  schema       sqlite: no database at {db} (run `axess migrate`)" in out
+    assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["missing_db_app.py"]
