@@ -124,6 +124,30 @@ def test_fields_are_cut_to_their_limits() -> None:
     assert e.session == "x" * 12
 
 
+def test_nul_and_lone_surrogates_are_replaced_everywhere() -> None:
+    from axess.audit.recovery import encode_entry
+
+    text = "a\x00b\ud800c\udfffé"
+    clean = "a\ufffdb\ufffdc\ufffdé"
+    event = AuthEvent.create(
+        "logout",
+        clock=MockClock(),
+        random=SeededRandom(1),
+        user_agent=text,
+        tenant=text,
+        extras={text: text, "list": [text]},
+    )
+    assert event.user_agent == event.tenant == clean
+    assert event.extras == {clean: clean, "list": [clean]}
+    # Every sink and the recovery log can encode it now.
+    encode_entry(event, ["sql"]).encode("utf-8")
+    assert AuthEvent.from_json(event.to_json().encode("utf-8")) == event
+    # Replayed or hand-built events are normalized the same way.
+    assert AuthEvent.from_dict({**event.to_dict(), "user": text}).user == clean
+    ok = AuthEvent.create("logout", clock=MockClock(), random=SeededRandom(1), user="ü-42")
+    assert ok.user == "ü-42"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from axess.audit.events import AuditQuery
+from axess.audit.events import AuditQuery, AuthEvent
+from axess.audit.sinks import StoreSink
+from axess.clock import MockClock, SeededRandom
 from axess.errors import ConfigurationError, StoreError
 from axess.stores import MemoryStore
 from axess.stores.base import AuditStore
@@ -56,6 +58,37 @@ async def test_sql_stores_list_the_audit_substore(any_store: SQLStore) -> None:
     assert "audit" in any_store.substores
     assert isinstance(any_store, AuditStore)
     assert await any_store.schema_version() == any_store.known_schema_version >= 2
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800", "\udfff"], ids=["nul", "high", "low"])
+async def test_text_no_store_can_keep_never_blocks_the_sql_sink(
+    audit_backend: AuditStore, bad: str
+) -> None:
+    # Client input (a user agent, a login name) reaches events as it came; a
+    # value the database refuses had its batch retried forever.
+    text = f"a{bad}b"
+    event = AuthEvent.create(
+        "factor_failed",
+        clock=MockClock(),
+        random=SeededRandom(3),
+        tenant=text,
+        user=text,
+        ip=text,
+        user_agent=text,
+        request_id=text,
+        factor=text,
+        reason=text,
+        actor=text,
+        extras={"name": text, text: [text, {"deep": text}]},
+    )
+    await StoreSink(audit_backend).write([event])
+    (stored,) = await audit_backend.query_audit_events("a\ufffdb")
+    assert stored == event
+    assert stored.user == stored.user_agent == stored.reason == "a\ufffdb"
+    assert stored.extras == {
+        "name": "a\ufffdb",
+        "a\ufffdb": ["a\ufffdb", {"deep": "a\ufffdb"}],
+    }
 
 
 async def test_purge_expired_has_an_audit_target(

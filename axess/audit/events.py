@@ -117,6 +117,12 @@ _EXTRAS_MAX_DEPTH: Final = 4
 _EXTRAS_MAX_STRING: Final = 1024
 REDACTED: Final = "[redacted]"
 
+#: Replaces what no store can keep (see :func:`storable`).
+REPLACEMENT_CHAR: Final = "\ufffd"
+# NUL (PostgreSQL refuses it in text and JSONB) and lone surrogates (not
+# encodable as UTF-8: every SQL driver, the recovery log and JSON sinks fail).
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
 _TYPE_RE: Final = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _ID_RE: Final = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
 #: Name parts that mark an ``extras`` entry as secret.
@@ -163,6 +169,18 @@ def _names_a_secret(name: str) -> bool:
 _SECRET_NAMES: Final[Memo[str, bool]] = Memo(_names_a_secret, 1024)
 
 
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD.
+
+    Every sink must be able to take every event: one value a store refuses
+    would have its batch retried forever, holding back the sink and, once
+    its buffer fills, every login (client input such as a user agent or a
+    login name reaches events as it came)."""
+    if text.isascii():
+        return text.replace("\x00", REPLACEMENT_CHAR) if "\x00" in text else text
+    return _UNSTORABLE.sub(REPLACEMENT_CHAR, text)
+
+
 def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
     """Sanitized copy of ``value``; adds an upper bound of its JSON length to ``size[0]``."""
     if value is None or isinstance(value, bool):
@@ -175,7 +193,7 @@ def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
         size[0] += 32
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        value = value[:_EXTRAS_MAX_STRING]
+        value = storable(value[:_EXTRAS_MAX_STRING])
         size[0] += 6 * len(value) + 2  # every character escaped, at worst
         return value
     if depth >= _EXTRAS_MAX_DEPTH:
@@ -184,7 +202,7 @@ def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
     if isinstance(value, Mapping):
         out: dict[str, JSONValue] = {}
         for k, v in value.items():
-            key = str(k)
+            key = storable(str(k))
             size[0] += 6 * len(key) + 4
             out[key] = REDACTED if _SECRET_NAMES[key] else _clean(v, depth + 1, size)
         size[0] += 2
@@ -258,7 +276,8 @@ class AuthEvent:
     Build it with :meth:`create` (id and time from the injected clock and
     randomness); the constructor is for replaying stored events. Both
     normalize: text fields are cut to :data:`FIELD_LIMITS`, ``session`` to
-    the storage-key prefix, ``extras`` sanitized.
+    the storage-key prefix, ``extras`` sanitized, and NUL and lone
+    surrogates replaced everywhere (:func:`storable`).
     """
 
     id: str
@@ -296,8 +315,9 @@ class AuthEvent:
             if value is not None:
                 if type(value) is not str:
                     raise TypeError(f"AuthEvent.{name} must be a string or None")
-                if len(value) > limit:
-                    object.__setattr__(self, name, value[:limit])
+                text = storable(value[:limit])
+                if text is not value:
+                    object.__setattr__(self, name, text)
         object.__setattr__(self, "extras", sanitize_extras(self.extras))
 
     @classmethod
