@@ -316,7 +316,7 @@ class CedarAuthorizer:
                 entities,
                 schema=compiled.schema if self.strict else None,
             )
-        except (ValueError, TypeError) as exc:  # entity JSON or Cedar refused the input
+        except (ValueError, TypeError, RecursionError) as exc:  # Cedar refused the input
             return self._finish(
                 start, compiled, action_uid, res, False, "error", (), (_short(str(exc)),)
             )

@@ -177,9 +177,19 @@ def as_resource(value: Resource | Entity | EntityUid) -> Resource:
     )
 
 
-def cedar_value(value: Any) -> Any:
+#: How deeply records and sets may nest in an attribute or context value.
+#: Cedar refuses far shallower input itself; the limit keeps a deep (or
+#: self-containing) value from the app's callbacks from exhausting Python's
+#: recursion limit, which would answer a 500 instead of a denial.
+MAX_VALUE_DEPTH: Final = 64
+
+
+def cedar_value(value: Any, _depth: int = 0) -> Any:
     """A Python value in Cedar's JSON value form. Raises TypeError/ValueError
-    for what Cedar cannot hold (floats, ``None``, integers beyond 64 bits)."""
+    for what Cedar cannot hold (floats, ``None``, integers beyond 64 bits,
+    records and sets nested more than :data:`MAX_VALUE_DEPTH` levels)."""
+    if _depth > MAX_VALUE_DEPTH:
+        raise ValueError(f"a value nested more than {MAX_VALUE_DEPTH} levels deep")
     if isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -193,9 +203,9 @@ def cedar_value(value: Any) -> Any:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return {"__extn": {"fn": "ip", "arg": value.with_prefixlen}}
     if isinstance(value, Mapping):
-        return {str(k): cedar_value(v) for k, v in value.items()}
+        return {str(k): cedar_value(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        items = [cedar_value(v) for v in value]
+        items = [cedar_value(v, _depth + 1) for v in value]
         return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
     if isinstance(value, float) and math.isfinite(value):
         raise TypeError("Cedar has no floats; pass an int or a decimal string")
