@@ -16,7 +16,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 #: Annotation marking a permit policy allowed to grant access across tenants.
 CROSS_TENANT: Final = "cross_tenant"
+
+#: How deeply parentheses, brackets and braces may nest in policy or schema
+#: text, and how many ``if`` one policy may hold. cedarpy's parser recurses
+#: on the native stack: around 700 nested parentheses (or a few thousand
+#: nested ``if``) crash the whole process with a segmentation fault, which
+#: no exception handler can turn into an error message.
+MAX_NESTING: Final = 200
+_NESTING_TOKENS: Final = re.compile(r'"(?:\\.|[^"\\])*"?|//[^\n]*|[()\[\]{};]|\bif\b')
 
 PolicyInput = str | os.PathLike[str] | Sequence[os.PathLike[str]]
 SchemaInput = str | os.PathLike[str] | Mapping[str, Any]
@@ -109,6 +118,8 @@ def load_schema(schema: SchemaInput) -> tuple[cedarpy.Schema, str]:
         is_json = text.lstrip().startswith("{")
     else:
         raise ConfigurationError("schema must be Cedar or JSON schema text, a mapping or a path")
+    if not is_json:
+        check_nesting(text, f"Cedar schema {name}")
     try:
         parsed = cedarpy.Schema.from_json_str(text) if is_json else cedarpy.Schema.from_str(text)
     except ValueError as exc:
@@ -152,6 +163,39 @@ def load_entities(
 
 
 # -- scanning: policy boundaries, positions and annotations -----------------------
+def check_nesting(text: str, what: str, where: Callable[[int], str] | None = None) -> None:
+    """Refuse ``text`` (Cedar policies or schema) nested deeper than
+    :data:`MAX_NESTING`, before cedarpy parses it. ``where`` maps an offset
+    to a position for the message (default: ``line:column``)."""
+    depth = ifs = 0
+    problem = ""
+    for m in _NESTING_TOKENS.finditer(text):
+        tok = m.group()
+        if tok in ("(", "[", "{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                problem = f"more than {MAX_NESTING} nested parentheses, brackets or braces"
+        elif tok in (")", "]", "}"):
+            depth = max(0, depth - 1)
+        elif tok == ";" and depth == 0:
+            ifs = 0  # the next policy
+        elif tok == "if":
+            ifs += 1
+            if ifs > MAX_NESTING:
+                problem = f"more than {MAX_NESTING} `if` in one policy"
+        if problem:
+            at = where(m.start()) if where is not None else _line_column(text, m.start())
+            raise ConfigurationError(
+                f"{what} at {at}: {problem} (the limit keeps cedarpy's parser from "
+                "overflowing its stack, which would crash the process)"
+            )
+
+
+def _line_column(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    return f"{line}:{offset - (text.rfind(chr(10), 0, offset) + 1) + 1}"
+
+
 def _skip_trivia(text: str, i: int) -> int:
     """Index of the next character that is not whitespace or a ``//`` comment."""
     n = len(text)
@@ -297,6 +341,7 @@ def compile_policies(
     text = "\n".join(s.text for s in sources)
     chunks = split_policies(text)
     where = _Positions(sources)
+    check_nesting(text, "Cedar policies", where)
     try:
         base = cedarpy.PolicySet.from_str(text)
     except ValueError as exc:
