@@ -177,11 +177,17 @@ async def _migrate(url: str, out: TextIO, new_file: str | None = None) -> int:
 
 
 def purge_target_names(only: str | None) -> list[str] | None:
-    """``--only`` as substore names (``lockouts`` is accepted for ``lockout``)."""
-    if not only:
+    """``--only`` as substore names (``lockouts`` is accepted for ``lockout``),
+    ``None`` without ``--only``. Raises ValueError when it names no target or
+    an unknown one (checked before the store is opened)."""
+    if only is None:
         return None
     names = [t.strip().lower() for t in only.split(",") if t.strip()]
-    return list(dict.fromkeys(_PURGE_ALIASES.get(n, n) for n in names))
+    if not names:
+        raise ValueError(f"--only {only!r} names no target")
+    targets = list(dict.fromkeys(_PURGE_ALIASES.get(n, n) for n in names))
+    purge_targets(targets, SQLStore.substores)
+    return targets
 
 
 async def _purge(url: str, only: list[str] | None, seconds: float, out: TextIO, err: TextIO) -> int:
@@ -489,7 +495,12 @@ async def _rotate(
     if is_valkey_url(url):
         from axess.stores.valkey import ValkeyStore as _Valkey
 
-        store = _Valkey(url, prefix=prefix, allow_insecure=allow_insecure)
+        try:
+            store = _Valkey(url, prefix=prefix, allow_insecure=allow_insecure)
+        except ConfigurationError as exc:
+            # The store names its keyword argument; here the switch is a flag.
+            text = str(exc).replace("allow_insecure=True", "--allow-insecure")
+            raise ConfigurationError(text) from None
     else:
         store = store_from_url(url, must_exist=True)
     stop = asyncio.Event()
@@ -1040,6 +1051,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.store, args.backup_file = None, args.paths[0]
     if cmd == "rotate-envelope" and args.batch < 1:
         parser.error("--batch must be >= 1")
+    if cmd == "purge":
+        try:
+            args.only = purge_target_names(args.only)
+        except ValueError as exc:
+            parser.error(str(exc))
     if cmd == "demo":
         # Not under _store_logs_quiet: the demo's warnings (development keys,
         # weakened cookie settings) are meant to be read at start.
@@ -1091,8 +1107,7 @@ def _run(
             new_file = _new_sqlite_file(url)
             return asyncio.run(_run_cancellable(_migrate(url, out, new_file)))
         if cmd == "purge":
-            only = purge_target_names(args.only)
-            return asyncio.run(_run_cancellable(_purge(url, only, args.timeout, out, err)))
+            return asyncio.run(_run_cancellable(_purge(url, args.only, args.timeout, out, err)))
         if cmd == "backup":
             return _backup(url, args.backup_file, args.force, out)
         if cmd == "restore-guard":

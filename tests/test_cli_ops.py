@@ -147,3 +147,23 @@ def test_check_reports_a_missing_sqlite_file_without_creating_it(
     out = capsys.readouterr().out
     assert f"FAIL  schema       sqlite: no database at {db} (run `axess migrate`)" in out
     assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["missing_db_app.py"]
+
+
+# -- purge --only ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("only", "error"),
+    [
+        (",", "--only ',' names no target"),
+        ("", "--only '' names no target"),
+        ("sessions,bogus", "unknown purge target(s) ['bogus']"),
+    ],
+)
+def test_purge_only_naming_nothing_or_a_bogus_target_is_a_usage_error(
+    tmp_path: Path, only: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "missing.db"  # checked before the store: not "no SQLite database"
+    with pytest.raises(SystemExit) as exc:
+        main(["purge", str(db), "--only", only])
+    assert exc.value.code == 2
+    assert error in capsys.readouterr().err
+    assert not db.exists()
