@@ -102,6 +102,7 @@ class MemorySink:
         self.calls = 0
         self.batches: list[list[AuthEvent]] = []
         self.closed = False
+        self._written = asyncio.Event()
 
     @property
     def events(self) -> list[AuthEvent]:
@@ -116,6 +117,13 @@ class MemorySink:
         if self.calls <= self.fail_first:
             raise ConnectionError("sink down (test)")
         self.batches.append(list(events))
+        self._written.set()
+
+    async def has(self, count: int) -> None:
+        """Returns once at least ``count`` events were written."""
+        while len(self.ids) < count:
+            self._written.clear()
+            await self._written.wait()
 
     async def close(self) -> None:
         self.closed = True

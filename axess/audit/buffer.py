@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Final
 
 from axess.audit.events import AuthEvent
@@ -201,12 +202,28 @@ class SinkBuffer:
         return signal | SPILL
 
     def prepend(self, events: Iterable[AuthEvent]) -> int:
-        """Put replayed ``events`` ahead of everything buffered (in their
-        order, never dropped by the policy); how many."""
+        """Queue replayed ``events`` (in their order) after the replayed events
+        still waiting and ahead of everything else; how many."""
         batch = list(events)
-        self.events.extendleft(reversed(batch))
-        self.replay_left += len(batch)
+        if batch:
+            head = [self.events.popleft() for _ in range(self.replay_left)]
+            self.events.extendleft(reversed(head + batch))
+            self.replay_left += len(batch)
         return len(batch)
+
+    def replayed_pending(self) -> list[AuthEvent]:
+        """The replayed events not delivered yet, oldest first."""
+        return [*self.inflight[: self.replay_inflight], *islice(self.events, self.replay_left)]
+
+    def drop_replayed(self) -> int:
+        """Forget the replayed events not delivered yet (the caller saved and
+        counts them); how many."""
+        count = self.replay_inflight + self.replay_left
+        del self.inflight[: self.replay_inflight]
+        for _ in range(self.replay_left):
+            self.events.popleft()
+        self.replay_inflight = self.replay_left = 0
+        return count
 
     # -- delivering -----------------------------------------------------------------------
     def take(self) -> list[AuthEvent]:

@@ -436,6 +436,14 @@ class AuditPipeline:
             )
             self.metrics.audit_buffer_depth(self._max_depth())
 
+    def _check_full(self, st: SinkWorker) -> None:
+        """The replay queued events without :meth:`SinkBuffer.put`: if that
+        filled the buffer, do what ``put`` would have asked for (close the
+        authentication gate under ShutdownAuthn, make Block wait)."""
+        if st.depth >= self.max_buffer and not st.buffer.overflowing:
+            st.buffer.overflowing = True
+            self._filled(st)
+
     def _react(self, st: SinkWorker, event: AuthEvent, signal: int) -> None:
         """Do what :meth:`SinkBuffer.put` asked for (see :mod:`axess.audit.buffer`)."""
         if signal & WAKE:
@@ -472,12 +480,19 @@ class AuditPipeline:
         for name in await self._spill.replay(fallback):
             self._by_name[name].wake.set()
         for st in self._sinks:
+            self._check_full(st)
+        for st in self._sinks:
             st.start()
         if self.retention is not None:
             self.retention.bind(clock=self.clock)
             await self.retention.start()
 
     async def _batch_written(self, st: SinkWorker, replayed: int) -> None:
+        if self._spill.wants_refill(st.name):
+            # Before the worker takes its next batch: new events must not
+            # overtake the older ones still in the file.
+            await self._spill.refill(st.name)
+            self._check_full(st)
         if replayed:
             self._spill.replay_done()
         self._after_batch(st)

@@ -11,15 +11,21 @@ Life cycle of the files (``path`` and ``path + ".replaying"``):
 
 1. A pipeline appends leftovers (drain timeout, overflow spill) to ``path``.
 2. At start, :meth:`RecoveryLog.take` atomically renames ``path`` to
-   ``path.replaying`` (merging it into an existing ``.replaying`` left by a
-   crash) and returns its events; new leftovers go to a fresh ``path``.
-3. Once every replayed event is delivered (or, at shutdown, written to the
-   fresh ``path`` again), :meth:`RecoveryLog.commit` deletes
-   ``path.replaying``. A crash before that replays it again at the next
-   start: delivery is at least once, and the SQL sink is idempotent.
+   ``path.replaying`` (appending it to an existing ``.replaying``, which is
+   older) and counts its events; new leftovers go to a fresh ``path``.
+   Each sink then reads its events from ``path.replaying`` a chunk at a
+   time (:meth:`RecoveryLog.read`, from its own byte offset), as it
+   delivers them, so memory stays bounded however long the file is.
+3. Once every sink read the whole file and delivered what it read,
+   :meth:`RecoveryLog.commit` deletes ``path.replaying``. If the process
+   stops first, :meth:`RecoveryLog.requeue` atomically replaces ``path``
+   by the lines (and sinks) of ``path.replaying`` not delivered yet
+   followed by what ``path`` held, then deletes ``path.replaying``. A
+   crash before that replays it again at the next start: delivery is at
+   least once, and the SQL sink is idempotent.
 
-Lines that do not parse are copied to ``path + ".rejected"`` before the
-replayed file is deleted, so nothing is silently destroyed.
+Lines that do not parse are copied to ``path + ".rejected"`` by
+:meth:`RecoveryLog.take`, so nothing is silently destroyed.
 
 :class:`RecoverySpill` is the pipeline's side of it: events past a buffer's
 hard limit, events emitted after ``stop()``, the leftovers of the drain, and
@@ -37,7 +43,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from axess.audit.buffer import SinkBuffer
 from axess.audit.events import AuthEvent
@@ -48,6 +54,8 @@ logger = logging.getLogger(__name__)
 #: File mode of files axess creates for audit data (it names users and IPs).
 FILE_MODE: Final = 0o600
 _REPORT_LINES: Final = 10
+_REJECTED_BATCH: Final = 1000
+_COPY_BLOCK: Final = 1 << 20
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -92,21 +100,23 @@ def append_lines(path: Path, lines: Iterable[str], *, fsync: bool = True) -> int
     return len(data)
 
 
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """One replayed event and the sinks that still need it."""
-
-    event: AuthEvent
-    sinks: tuple[str, ...]
+#: A sink's chunk from the replayed file: (event, byte offset of its line).
+Chunk = list[tuple[AuthEvent, int]]
 
 
-@dataclass(slots=True)
-class ReadResult:
-    entries: list[Recovered] = field(default_factory=list)
-    #: 1-based line numbers that did not parse (torn or corrupt).
-    skipped: list[int] = field(default_factory=list)
-    #: Their raw bytes (kept aside in ``<path>.rejected`` for inspection).
-    rejected: list[bytes] = field(default_factory=list)
+def parse_line(raw: bytes) -> tuple[AuthEvent, list[str]]:
+    """One recovery-log line: the event and the sinks that still need it.
+    Raises ValueError (or TypeError, UnicodeDecodeError) if it does not parse."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    sinks = data.get("sinks")
+    if not isinstance(sinks, list) or not all(isinstance(s, str) for s in sinks):
+        raise ValueError("sinks must be a list of names")
+    return AuthEvent.from_dict(data.get("event")), sinks  # type: ignore[arg-type]
+
+
+_UNPARSEABLE: Final = (ValueError, TypeError, UnicodeDecodeError, RecursionError)
 
 
 def encode_entry(event: AuthEvent, sinks: Sequence[str]) -> str:
@@ -118,32 +128,59 @@ def encode_entry(event: AuthEvent, sinks: Sequence[str]) -> str:
     )
 
 
-def read_entries(path: Path) -> ReadResult:
-    """Parse a recovery log; duplicate event ids merge their sink lists."""
-    result = ReadResult()
-    merged: dict[str, tuple[AuthEvent, dict[str, None]]] = {}
+@dataclass(slots=True)
+class Taken:
+    """What :meth:`RecoveryLog.take` found in the file to replay."""
+
+    events: int = 0
+    #: The sink names its lines use.
+    sinks: set[str] = field(default_factory=set)
+    #: Lines that do not parse (kept in ``<path>.rejected``), the first few by number.
+    skipped: int = 0
+    first_skipped: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadChunk:
+    """One sink's next events from the replayed file (:meth:`RecoveryLog.read`)."""
+
+    events: Chunk
+    #: Byte offset to read on from.
+    offset: int
+    #: The file is read to its end.
+    end: bool
+
+
+def _copy(src: BinaryIO, out: BinaryIO, *, after_newline: bool) -> None:
+    """Append ``src`` to ``out`` block by block, on lines of its own: a torn
+    last line (of what ``out`` held, or of ``src``) stays a separate line."""
+    if not after_newline:
+        out.write(b"\n")
+    last = b"\n"
+    while block := src.read(_COPY_BLOCK):
+        out.write(block)
+        last = block[-1:]
+    if last != b"\n":
+        out.write(b"\n")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """True if ``path`` is empty or its last byte is a newline."""
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                data = json.loads(raw)
-                if not isinstance(data, dict):
-                    raise ValueError("not an object")
-                sinks = data.get("sinks")
-                if not isinstance(sinks, list) or not all(isinstance(s, str) for s in sinks):
-                    raise ValueError("sinks must be a list of names")
-                event = AuthEvent.from_dict(data.get("event"))  # type: ignore[arg-type]
-            except (ValueError, TypeError, UnicodeDecodeError):
-                result.skipped.append(number)
-                result.rejected.append(raw.rstrip(b"\r\n"))
-                continue
-            if event.id in merged:
-                merged[event.id][1].update(dict.fromkeys(sinks))
-            else:
-                merged[event.id] = (event, dict.fromkeys(sinks))
-    result.entries = [Recovered(e, tuple(s)) for e, s in merged.values()]
-    return result
+        size = fh.seek(0, os.SEEK_END)
+        if not size:
+            return True
+        fh.seek(size - 1)
+        return fh.read(1) == b"\n"
+
+
+def _append_file(target: Path, source: Path) -> None:
+    """Append ``source`` to ``target`` (fsync)."""
+    after_newline = _ends_with_newline(target)
+    with open(source, "rb") as src, open(target, "ab") as out:
+        _copy(src, out, after_newline=after_newline)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 class RecoveryLog:
@@ -190,41 +227,122 @@ class RecoveryLog:
         """True if either file exists (there may be events to replay)."""
         return self.path.exists() or self.replaying.exists()
 
-    def take(self) -> ReadResult:
-        """Move ``path`` into ``path.replaying`` and read everything to replay.
-
-        Logs a WARNING naming the lines skipped because they do not parse.
+    def take(self) -> Taken:
+        """Move ``path`` into ``path.replaying`` (after what an unfinished replay
+        left there) and check it: how many events it holds, and the sink
+        names it uses. Lines that do not parse are copied to ``path.rejected``
+        with a WARNING. Reads line by line: memory does not grow with the file.
         """
         with self._lock:
             if self.path.exists():
                 if self.replaying.exists():
-                    # A crash left a replay unfinished: merge, then drop the source.
-                    with open(self.path, "rb") as fh:
-                        tail = fh.read().decode("utf-8", errors="replace").splitlines()
-                    append_lines(self.replaying, tail, fsync=True)
+                    # A replay was left unfinished: its events are older, so
+                    # they go first; then drop the source.
+                    _append_file(self.replaying, self.path)
                     self.path.unlink()
                 else:
                     os.replace(self.path, self.replaying)
                 _fsync_dir(self.path.parent)
             if not self.replaying.exists():
-                return ReadResult()
-            result = read_entries(self.replaying)
-            if result.rejected:
-                lines = [r.decode("utf-8", errors="replace") for r in result.rejected]
-                append_lines(self.rejected, lines, fsync=True)
-        if result.skipped:
-            shown = ", ".join(map(str, result.skipped[:_REPORT_LINES]))
-            more = "…" if len(result.skipped) > _REPORT_LINES else ""
+                return Taken()
+            taken = Taken()
+            rejected: list[str] = []
+            with open(self.replaying, "rb") as fh:
+                for number, raw in enumerate(fh, start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        _, sinks = parse_line(raw)
+                    except _UNPARSEABLE:
+                        taken.skipped += 1
+                        if len(taken.first_skipped) < _REPORT_LINES:
+                            taken.first_skipped.append(number)
+                        rejected.append(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
+                        if len(rejected) >= _REJECTED_BATCH:
+                            append_lines(self.rejected, rejected, fsync=True)
+                            rejected.clear()
+                        continue
+                    taken.events += 1
+                    taken.sinks.update(sinks)
+            if rejected:
+                append_lines(self.rejected, rejected, fsync=True)
+        if taken.skipped:
+            shown = ", ".join(map(str, taken.first_skipped))
+            more = "…" if taken.skipped > _REPORT_LINES else ""
             logger.warning(
                 "audit recovery log %s: skipped %d line(s) that do not parse (line %s%s), "
                 "kept in %s; a torn last line is expected after a crash",
                 self.replaying,
-                len(result.skipped),
+                taken.skipped,
                 shown,
                 more,
                 self.rejected,
             )
-        return result
+        return taken
+
+    def read(self, offset: int, wanted: Callable[[list[str]], bool], limit: int) -> ReadChunk:
+        """Up to ``limit`` events of ``path.replaying`` from byte ``offset`` on
+        whose sink list ``wanted`` accepts (lines that do not parse are
+        skipped: :meth:`take` reported them)."""
+        chunk: Chunk = []
+        with self._lock, open(self.replaying, "rb") as fh:
+            fh.seek(offset)
+            while len(chunk) < limit:
+                raw = fh.readline()
+                if not raw:
+                    return ReadChunk(chunk, offset, end=True)
+                start, offset = offset, offset + len(raw)
+                try:
+                    event, sinks = parse_line(raw)
+                except _UNPARSEABLE:
+                    continue
+                if wanted(sinks):
+                    chunk.append((event, start))
+        return ReadChunk(chunk, offset, end=False)
+
+    def requeue(self, starts: Mapping[str, int], targets: Callable[[list[str]], list[str]]) -> int:
+        """The replay stops unfinished: replace ``path`` by the lines of
+        ``path.replaying`` not delivered yet, then what ``path`` held, and
+        delete ``path.replaying``; how many events were kept.
+
+        A line at byte offset ``p`` is kept for each sink ``s`` (of
+        ``targets(line sinks)``) with ``p >= starts[s]``. The new ``path`` is
+        written aside, fsync'd and renamed over the old one before
+        ``path.replaying`` goes: a crash in between replays some events twice,
+        never none.
+        """
+        tmp = self.path.with_name(self.path.name + ".requeue")
+        kept = 0
+        with self._lock:
+            low = min(starts.values(), default=0)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with open(fd, "wb") as out:
+                with open(self.replaying, "rb") as fh:
+                    fh.seek(low)
+                    offset = low
+                    for raw in fh:
+                        start, offset = offset, offset + len(raw)
+                        try:
+                            event, sinks = parse_line(raw)
+                        except _UNPARSEABLE:
+                            continue
+                        need = [n for n in targets(sinks) if n in starts and start >= starts[n]]
+                        if need:
+                            out.write(encode_entry(event, need).encode("utf-8") + b"\n")
+                            kept += 1
+                if self.path.exists():
+                    with open(self.path, "rb") as fh:
+                        _copy(fh, out, after_newline=True)
+                out.flush()
+                os.fsync(out.fileno())
+            if kept or self.path.exists():
+                os.replace(tmp, self.path)
+                _fsync_dir(self.path.parent)
+            else:
+                tmp.unlink()
+            self.replaying.unlink()
+            _fsync_dir(self.path.parent)
+        return kept
 
     def commit(self) -> None:
         """Forget the replayed file: everything in it is delivered or re-logged."""
@@ -257,8 +375,18 @@ class RecoverySpill:
         self._metrics = metrics
         #: Events were appended without fsync (overflow): :meth:`sync` is due.
         self.unsynced = False
-        #: Events read back by :meth:`replay`.
+        #: Events in the file :meth:`replay` took.
         self.replayed = 0
+        # The replay in progress, per sink: byte offset in the replayed file to
+        # read on from (absent: no replay), whether it reached the end, and the
+        # file offsets of the replayed events it holds (to know, at stop, from
+        # where on a sink still needs the file).
+        self._cursors: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._positions: dict[str, dict[str, int]] = {}
+        self._fallback: tuple[str, ...] = ()
+        #: The replayed file could not be read: it is kept whole for the next start.
+        self._broken = False
 
     # -- while running ----------------------------------------------------------------------
     def overflow(self, name: str, event: AuthEvent) -> None:
@@ -331,43 +459,137 @@ class RecoverySpill:
 
     # -- start ------------------------------------------------------------------------------
     async def replay(self, fallback: Sequence[str]) -> list[str]:
-        """Put the log's events ahead of every buffer (events naming a sink
-        that no longer exists go to ``fallback``); the sinks that got some."""
+        """Take the log and put its first events ahead of every buffer (events
+        naming a sink that no longer exists go to ``fallback``); the sinks
+        that got some. The rest is read as the sinks deliver (:meth:`refill`)."""
         if self.log is None or not self.log.pending():
             return []
-        result = await asyncio.to_thread(self.log.take)
-        per_sink: dict[str, list[AuthEvent]] = {name: [] for name in self.buffers}
-        unknown: set[str] = set()
-        for entry in result.entries:
-            targets = [n for n in entry.sinks if n in per_sink]
-            missing = [n for n in entry.sinks if n not in per_sink]
-            if missing:
-                unknown.update(missing)
-                targets = list(dict.fromkeys([*targets, *fallback]))
-            for name in targets:
-                per_sink[name].append(entry.event)
+        taken = await asyncio.to_thread(self.log.take)
+        self._fallback = tuple(fallback)
+        unknown = taken.sinks - set(self.buffers)
         if unknown:
             logger.warning(
                 "audit recovery log names unknown sink(s) %s; their events go to %s",
                 sorted(unknown),
                 list(fallback),
             )
-        woken = [name for name, buf in self.buffers.items() if buf.prepend(per_sink[name])]
-        if result.entries:
+        if taken.events:
             logger.info(
                 "replaying %d audit event(s) from the recovery log %s",
-                len(result.entries),
+                taken.events,
                 self.log.replaying,
             )
-        self.replayed += len(result.entries)
+        self.replayed += taken.events
+        self._cursors = dict.fromkeys(self.buffers, 0)
+        woken = [name for name in self.buffers if await self.refill(name)]
         self.replay_done()
         return woken
 
+    def targets(self, sinks: list[str]) -> list[str]:
+        """The sinks an event of the log goes to (unknown names: the fallback)."""
+        known = [n for n in sinks if n in self.buffers]
+        if len(known) == len(sinks):
+            return known
+        return list(dict.fromkeys([*known, *self._fallback]))
+
+    def wants_refill(self, name: str) -> bool:
+        """Sink ``name`` is about to run out of replayed events while the file
+        still holds some for it (checked after each of its batches)."""
+        return (
+            name in self._cursors
+            and name not in self._ended
+            and self.buffers[name].replay_left < self.buffers[name].batch_size
+        )
+
+    async def refill(self, name: str) -> int:
+        """Read sink ``name``'s next events from the replayed file and queue
+        them after its replayed events still waiting, ahead of new ones; how
+        many.
+
+        At most what brings the buffer to half of ``max_buffer``, and at least
+        one batch, so the replay never crowds out new events (logins are not
+        refused because of it alone) and a sink never gets a new event before
+        an older one from the file.
+        """
+        offset = self._cursors.get(name)
+        if offset is None or name in self._ended or self.log is None:
+            return 0
+        buf = self.buffers[name]
+        limit = max(buf.batch_size, buf.max_buffer // 2 - buf.depth)
+
+        def wanted(sinks: list[str]) -> bool:
+            return name in self.targets(sinks)
+
+        try:
+            chunk = await asyncio.to_thread(self.log.read, offset, wanted, limit)
+        except OSError as exc:
+            self._broken = True
+            self._ended.add(name)
+            logger.error(
+                "audit recovery log %s unreadable (%s): the replay for sink %r stops; the "
+                "file is kept and replayed whole at the next start",
+                self.log.replaying,
+                type(exc).__name__,
+                name,
+            )
+            return 0
+        if name not in self._cursors:  # stop() ended the replay meanwhile
+            return 0
+        self._cursors[name] = chunk.offset
+        if chunk.end:
+            self._ended.add(name)
+        waiting = {e.id for e in buf.replayed_pending()}
+        positions = {i: p for i, p in self._positions.get(name, {}).items() if i in waiting}
+        for event, position in chunk.events:
+            positions.setdefault(event.id, position)  # the first line of a duplicate
+        self._positions[name] = positions
+        return buf.prepend(event for event, _ in chunk.events)
+
     def replay_done(self) -> None:
-        """Forget the replayed file once no buffer holds a replayed event."""
-        if self.log is not None and not any(buf.replaying for buf in self.buffers.values()):
-            if self.log.replaying.exists():
-                self.log.commit()
+        """Forget the replayed file once every sink read all of it and no
+        buffer holds a replayed event."""
+        if self.log is None or not self._cursors or self._broken:
+            return
+        if len(self._ended) < len(self._cursors):
+            return
+        if any(buf.replaying for buf in self.buffers.values()):
+            return
+        self._end_replay()
+        self.log.commit()
+
+    def _end_replay(self) -> None:
+        self._cursors.clear()
+        self._ended.clear()
+        self._positions.clear()
+
+    def _requeue(self) -> int:
+        """At stop, during a replay: what the sinks did not get from the
+        replayed file goes back to the log (see :meth:`RecoveryLog.requeue`);
+        the buffers forget their replayed events (counted as recovered). How
+        many events were kept; -1 if the file is kept whole instead."""
+        assert self.log is not None
+        starts: dict[str, int] = {}
+        for name, buf in self.buffers.items():
+            first = buf.replayed_pending()[:1]
+            starts[name] = self._positions[name][first[0].id] if first else self._cursors[name]
+        try:
+            kept = self.log.requeue(starts, self.targets)
+        except OSError as exc:
+            logger.error(
+                "audit recovery log %s: could not requeue the unfinished replay (%s); the file "
+                "is kept and replayed whole at the next start",
+                self.log.replaying,
+                type(exc).__name__,
+            )
+            return -1
+        for buf in self.buffers.values():
+            buf.recovered += buf.drop_replayed()
+        logger.warning(
+            "audit replay unfinished at stop: %d event(s) of it are back in the recovery log %s",
+            kept,
+            self.log.path,
+        )
+        return kept
 
     # -- stop -------------------------------------------------------------------------------
     def leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
@@ -386,9 +608,13 @@ class RecoverySpill:
     def save_leftovers(self, *, timed_out: bool, drain_timeout: float) -> bool:
         """Write every undelivered event to the log (fsync) and empty the
         buffers; False if there was nothing to save."""
+        requeued = 0
+        if self._cursors and not self._broken and self.log is not None:
+            requeued = self._requeue()
+        self._end_replay()
         leftovers = self.leftovers()
         if not leftovers:
-            return False
+            return requeued != 0
         metrics = self._metrics()
         counts = {name: buf.depth for name, buf in self.buffers.items()}
         if self.log is not None:
@@ -413,7 +639,6 @@ class RecoverySpill:
                     self.log.path,
                     ", ".join(f"{n}={c}" for n, c in counts.items() if c),
                 )
-                self.log.commit()  # the replayed file's remainder is in the log now
                 return True
         else:
             logger.error(
