@@ -18,7 +18,7 @@ from axess.authn.totp import totp
 from axess.keys import Keyring
 from axess.session.cookie import storage_key
 from axess.stores import MemoryStore
-from axess.stores.base import DEFAULT_TENANT, TenantRecord
+from axess.stores.base import DEFAULT_TENANT, SUSPENDED, TenantRecord
 
 COOKIE = "axess.sid"
 
@@ -299,11 +299,40 @@ async def test_a_rehash_never_undoes_a_password_change_made_during_the_login(
 
     env.authn.hasher.hash = hash_while_password_changes  # type: ignore[method-assign]
     async with env.client() as c:
-        assert (await login(c, "alice", "correct horse")).status_code == 200
+        # (The racing login itself is refused: the change wins.)
+        assert (await login(c, "alice", "correct horse")).status_code == 401
     env.authn.hasher.hash = real_hash  # type: ignore[method-assign]
     async with env.client() as c:
         assert (await login(c, "alice", "correct horse")).status_code == 401
         assert (await login(c, "alice", "brand new password")).status_code == 200
+
+
+@pytest.mark.parametrize("change", ["suspend", "new password"])
+async def test_a_login_in_flight_does_not_outlive_a_suspension_or_password_change(
+    login_store: Any, change: str
+) -> None:
+    """The user is suspended, or given a new password, while a login with the
+    right (old) password is hashing: the change ended the user's sessions
+    before this one existed, so the login must not create one."""
+    env = make_env(login_store)
+    uid = await env.add_user("alice")
+    real_verify = env.authn.hasher.verify
+
+    async def verify_while_the_admin_acts(phc: str, password: Any) -> bool:
+        ok = await real_verify(phc, password)
+        if change == "suspend":
+            await login_store.set_user_status(uid, SUSPENDED)
+        else:
+            await login_store.set_password_hash(uid, await env.authn.hasher.hash("new password"))
+        return ok
+
+    env.authn.hasher.verify = verify_while_the_admin_acts  # type: ignore[method-assign]
+    async with env.client() as c:
+        r = await login(c, "alice", "correct horse")
+        assert r.status_code == 401
+        assert (await c.get("/me")).json()["kind"] == "guest"
+    assert [e.reason for e in env.events if e.type == "factor_failed"] == ["changed_during_login"]
+    assert not any(e.type == "authenticated" for e in env.events)
 
 
 async def test_tenant_ip_policy(caplog: pytest.LogCaptureFixture) -> None:

@@ -628,12 +628,27 @@ class AuthnService:
             return await self._failure(attempt, "password", "wrong_password", user.id)
         self.metrics.factor_success()
         self._emit(attempt, "factor_verified", "success", factor="password", user=user.id)
+        current_phc = phc
         if self.hasher.needs_rehash(phc):
             # Only over the hash just verified: a password set meanwhile (an
             # admin reset while this login was hashing) must not be replaced
             # by the old one.
-            if not await self.store.rehash_password(user.id, phc, await self.hasher.hash(password)):
+            rehashed = await self.hasher.hash(password)
+            if await self.store.rehash_password(user.id, phc, rehashed):
+                current_phc = rehashed
+            else:
                 logger.info("password of user %s changed during login; rehash skipped", user.id)
+        # The hash took a while: a suspension or a password change made
+        # meanwhile ended the user's sessions before this one existed, so it
+        # would outlive them. Read again; the change wins.
+        again = await self.store.get_user(user.id)
+        if (
+            again is None
+            or again.status != ACTIVE
+            or (await self.store.get_factors(user.id)).password_hash != current_phc
+        ):
+            logger.info("user %s suspended or password changed during login; refused", user.id)
+            return await self._failure(attempt, "password", "changed_during_login", user.id)
         assert factors is not None
         remaining = ("password", "totp") if factors.totp_secret is not None else ("password",)
         start = d.require_factors(
