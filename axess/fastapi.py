@@ -24,6 +24,7 @@ This is the one module of axess that imports FastAPI and Pydantic (the
 """
 
 import logging
+import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
@@ -57,6 +58,7 @@ from axess.session import data as d
 from axess.session.csrf import csrf_token
 from axess.session.events import KEY_PREFIX_CHARS
 from axess.session.handle import Session, get_session
+from axess.session.registry import SessionInfo
 from axess.stack import replay_body
 
 __all__ = [
@@ -240,7 +242,7 @@ class SessionEntry(BaseModel):
     last_seen_at: float | None = Field(description="Last request seen (epoch seconds).")
     expires_at: float = Field(description="When it ends unless used (epoch seconds).")
     device: str | None = Field(description="The User-Agent it was created with.")
-    ip_prefix: str | None = Field(description="The network it was created from (/24, /48).")
+    ip_prefix: str | None = Field(description="The network it was created from (/24 for IPv4, /64 for IPv6).")
     current: bool = Field(description="Whether this is the session making the request.")
 
 
@@ -341,13 +343,17 @@ class _AuthRoute(APIRoute):
 
 def _encodable(value: Any) -> Any:
     """``value`` with every string made encodable as UTF-8 (lone surrogates
-    escaped), in nested lists, tuples and dicts."""
+    escaped) and every float finite JSON (``NaN``, ``Infinity`` and ``1e999``,
+    which Python's JSON parser accepts, as their text), in nested lists,
+    tuples and dicts."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return value.encode("utf-8", "backslashreplace").decode("utf-8")
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     if isinstance(value, dict):
         return {_encodable(k): _encodable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -481,6 +487,17 @@ def auth_router(
             return outcome_response(outcome)  # locked, invalid credentials: one shape each
         return JSONResponse(body.model_dump(mode="json"), headers=_NO_STORE)
 
+    async def own_sessions(session: Session) -> list[SessionInfo]:
+        """The live sessions of the signed-in user: the same user id *and*
+        tenant (an app whose user ids are per tenant has one id in several)."""
+        assert session.user_id is not None  # signed in
+        tenant = session.tenant_id
+        return [
+            info
+            for info in await auth.list_sessions(session.user_id, tenant_id=tenant)
+            if info.tenant_id == tenant
+        ]
+
     async def step_up(
         request: Request, credential: Password | TOTPCode | RecoveryCode
     ) -> Response | None:
@@ -547,9 +564,10 @@ def auth_router(
     )
     async def logout_everywhere(request: Request, session: SignedIn) -> LoggedOutEverywhere:
         """End every session of the signed-in user, this one included."""
-        user_id = session.user_id
-        assert user_id is not None  # signed in
-        ended = await auth.invalidate_user(user_id, except_key=session.storage_key)
+        ended = 0
+        for info in await own_sessions(session):
+            if info.storage_key != session.storage_key:
+                ended += await auth.invalidate_session(info.storage_key)
         await authn.logout(request)
         return LoggedOutEverywhere(sessions_ended=ended + 1, csrf_token=token(request))
 
@@ -594,7 +612,7 @@ def auth_router(
                     ip_prefix=info.ip_prefix,
                     current=info.storage_key == current,
                 )
-                for info in await auth.list_sessions(session.user_id)
+                for info in await own_sessions(session)
             ]
         )
 
@@ -617,7 +635,7 @@ def auth_router(
     ) -> Response | SessionRevoked:
         """End one of the signed-in user's sessions (only their own)."""
         assert session.user_id is not None
-        matches = [i for i in await auth.list_sessions(session.user_id) if i.key_prefix == handle]
+        matches = [i for i in await own_sessions(session) if i.key_prefix == handle]
         if len(matches) != 1:
             return _refusal(404, "not_found", "no session of yours has this handle")
         if matches[0].storage_key == session.storage_key:

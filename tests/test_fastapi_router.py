@@ -17,9 +17,18 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from authn_app import fast_hasher
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 
-from axess import Axess, Keyring, LoginFields, MockClock, Session, StoreError, require_authn
+from axess import (
+    Axess,
+    Keyring,
+    LoginFields,
+    MockClock,
+    Session,
+    StoreError,
+    get_session,
+    require_authn,
+)
 from axess.audit import AuditPipeline, AuthEvent, CallableSink
 from axess.authn.lockout import Lever, LockoutPolicy
 from axess.authn.totp import totp
@@ -295,6 +304,32 @@ async def test_second_factor_without_a_login_in_progress(api: Api) -> None:
         await c.login("alice@example.com")  # no TOTP: complete at once
         r = await c.post("/auth/login/factor", {"code": "123456"})
         assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+
+
+async def test_session_management_stays_in_the_tenant() -> None:
+    # An app whose user ids are per tenant (it verifies credentials itself
+    # and calls authenticate(uid, tenant)) has user 42 in two tenants: each
+    # sees, ends and logs out only its own sessions.
+    api = make_api()
+
+    @api.app.post("/sso/{tenant}/{uid}")
+    async def sso(request: Request, tenant: str, uid: str) -> dict[str, bool]:
+        get_session(request).authenticate(uid, tenant)
+        return {"ok": True}
+
+    async with api.auth.lifespan(), api.client() as acme, api.client() as globex:
+        for c, tenant in ((acme, "acme"), (globex, "globex")):
+            await c.bootstrap()
+            assert (await c.post(f"/sso/{tenant}/42")).status_code == 200
+            c.token = c.http.cookies["axess.csrf"]
+        mine = (await acme.get("/auth/sessions")).json()["sessions"]
+        assert [s["current"] for s in mine] == [True]
+        theirs = (await globex.get("/auth/sessions")).json()["sessions"]
+        r = await acme.send("DELETE", f"/auth/sessions/{theirs[0]['handle']}")
+        assert r.status_code == 404
+        r = await acme.post("/auth/logout/everywhere")
+        assert r.json()["sessions_ended"] == 1  # this one only
+        assert await globex.state() == "authenticated"
 
 
 # -- TOTP and recovery codes -------------------------------------------------------
@@ -822,6 +857,29 @@ async def test_odd_text_in_a_login_is_a_refusal_not_an_error(api: Api) -> None:
                 headers={"content-type": "application/json", "x-csrf-token": c.token or ""},
             )
             assert r.status_code == status, (identifier[:10], r.text)
+            assert r.headers["content-type"] == "application/json"
+
+
+async def test_non_finite_json_numbers_are_a_422_not_an_error(api: Api) -> None:
+    # Python's JSON parser takes NaN, Infinity and 1e999; the 422 that echoes
+    # them must still render.
+    await api.add_user("alice@example.com")
+    async with api.client() as c:
+        await c.signed_in("alice@example.com")
+        for path, raw in (
+            ("/auth/login", b'{"username": "a@b", "password": NaN}'),
+            ("/auth/login", b"1e999"),
+            ("/auth/totp/enrol", b'{"password": -Infinity}'),
+            ("/auth/totp/confirm", b"NaN"),
+            ("/auth/totp/disable", b'{"code": "123456", "kind": NaN}'),
+            ("/auth/recovery-codes/regenerate", b"[1e400]"),
+        ):
+            r = await c.http.post(
+                path,
+                content=raw,
+                headers={"content-type": "application/json", "x-csrf-token": c.token or ""},
+            )
+            assert r.status_code == 422, (path, raw, r.text)
             assert r.headers["content-type"] == "application/json"
 
 
