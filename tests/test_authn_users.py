@@ -348,3 +348,34 @@ async def test_create_tenant_validates_lockout_overrides() -> None:
     assert await env.store.get_tenant("acme") is None
     t = await admin.create_tenant("acme", lockout_overrides={"user": {"threshold": 3}})
     assert t.lockout_overrides == {"user": {"threshold": 3}}
+
+
+async def test_text_no_store_can_hold_is_refused_as_input_on_every_backend(
+    login_store: object,
+) -> None:
+    # PostgreSQL refuses a NUL and every SQL store has column widths: such
+    # input is a ValueError for the admin and a 401 for a login, never a
+    # StoreError (a 503 that looks like an outage).
+    env = make_env(login_store)  # type: ignore[arg-type]
+    admin = _admin(env)
+    await admin.create_user("alice@example.com", password="correct horse")
+    long_after_nfkc = "\ufdfa" * 30  # 30 characters that NFKC makes 540
+    for identifier, kw in (
+        ("bob\x00@example.com", {}),
+        (long_after_nfkc, {}),
+        ("a" * 321, {}),
+        ("bob@example.com", {"tenant": "acme\x00"}),
+        ("bob@example.com", {"tenant": "t" * 129}),
+        ("bob@example.com", {"user_id": "u\x00"}),
+    ):
+        with pytest.raises(ValueError):
+            await admin.create_user(identifier, password="correct horse", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await admin.create_tenant("acme\x00")
+    for identifier, kw in (
+        ("alice@example.com\x00", {}),
+        ("alice@example.com", {"tenant": "a\x00"}),
+        (long_after_nfkc, {}),
+    ):
+        assert await _login(env, identifier, "correct horse", **kw) == 401, (identifier, kw)
+    assert await _login(env, "alice@example.com", "correct horse") == 200

@@ -67,6 +67,9 @@ MINUTE: Final = 60.0
 HOUR: Final = 3600.0
 DAY: Final = 86_400.0
 _MAX_IDENTIFIER: Final = 1024
+#: The identity stores' columns: a normalized identifier; a tenant, slug or user id.
+MAX_STORED_IDENTIFIER: Final = 320
+MAX_ID_CHARS: Final = 128
 #: Fields a tenant record's ``lockout_overrides`` may set on a lever.
 LEVER_FIELDS: Final = ("threshold", "window", "lock_for", "backoff", "max_lock")
 #: Distinct (tenant, overrides) pairs :meth:`Lockout.policy_for` remembers.
@@ -238,27 +241,51 @@ def _check_field(lever: str, key: object, value: object) -> str:
     return key
 
 
+def _storable(text: str, what: str) -> None:
+    """Raises ValueError for text no store can hold: a lone surrogate (valid
+    in JSON) or a NUL (PostgreSQL refuses it), so it is refused as input
+    instead of failing in the store as an outage."""
+    if "\x00" in text:
+        raise ValueError(f"{what} holds a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} is not valid Unicode text") from None
+
+
 def normalize_identifier(identifier: str) -> str:
     """The one normalization of login identifiers: NFKC, casefold, NFKC, strip.
 
-    Raises ValueError when nothing is left, the input is absurdly long or is
-    not valid Unicode text (a lone surrogate), before any lever is touched.
+    Raises ValueError when nothing is left, the input is absurdly long (over
+    1024 characters, or over the stores' 320 once normalized: NFKC can
+    lengthen text) or is no text a store can hold (a lone surrogate, a NUL),
+    before any lever is touched.
     """
     if not isinstance(identifier, str):
         raise TypeError("an identifier must be a str")
     if len(identifier) > _MAX_IDENTIFIER:
         raise ValueError("identifier too long")
-    if not identifier.isascii():
-        try:  # a lone surrogate (valid in JSON) is no text any store can hold
-            identifier.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("identifier is not valid Unicode text") from None
+    _storable(identifier, "identifier")
     # NFKC again after casefolding makes the function idempotent.
     folded = unicodedata.normalize("NFKC", identifier).casefold()
     normalized = unicodedata.normalize("NFKC", folded).strip()
     if not normalized:
         raise ValueError("empty identifier")
+    if len(normalized) > MAX_STORED_IDENTIFIER:
+        raise ValueError("identifier too long")
     return normalized
+
+
+def check_tenant_id(tenant_id: str, what: str = "tenant id") -> str:
+    """``tenant_id`` if a store can hold it as a tenant or user id (1 to 128
+    characters of text, no NUL); raises ValueError (TypeError for a non-str)."""
+    if not isinstance(tenant_id, str):
+        raise TypeError(f"a {what} must be a str")
+    if not 0 < len(tenant_id) <= MAX_ID_CHARS:
+        raise ValueError(f"a {what} has 1 to {MAX_ID_CHARS} characters")
+    _storable(tenant_id, what)
+    return tenant_id
 
 
 def _digest(*parts: str) -> str:

@@ -67,6 +67,7 @@ from axess.authn.lockout import (
     LockoutKeys,
     LockoutPolicy,
     Reservation,
+    check_tenant_id,
     lockout_keys,
     normalize_identifier,
 )
@@ -528,8 +529,8 @@ class AuthnService:
         device = self.device_cookie.read(request)
         try:
             ident = normalize_identifier(identifier)
+            check_tenant_id(tenant_id)  # no tenant can have it: nobody to guess at
             keys = self._keys(tenant_id, ident, ip, device)
-            tenant_id.encode("utf-8")  # a lone surrogate: UnicodeEncodeError (ValueError)
         except (TypeError, ValueError):
             self.metrics.auth_failure()
             return InvalidCredentials()  # before any lever, no hash

@@ -32,6 +32,7 @@ from axess.authn.lockout import (
     LeverName,
     Lockout,
     LockoutPolicy,
+    check_tenant_id,
     lockout_keys,
     normalize_identifier,
 )
@@ -165,6 +166,9 @@ class UserAdmin:
         """A new tenant; ValueError if the id or slug is taken, or if
         ``lockout_overrides`` is not a valid overrides object (see
         :meth:`~axess.authn.lockout.LockoutPolicy.with_record_overrides`)."""
+        check_tenant_id(tenant_id)
+        if slug is not None:
+            check_tenant_id(slug, "tenant slug")
         policy = self.lockout.policy if self.lockout is not None else LockoutPolicy()
         policy.with_record_overrides(tenant_id, lockout_overrides)  # ValueError if invalid
         record = TenantRecord(
@@ -189,8 +193,13 @@ class UserAdmin:
         password: str | Password | None = None,
         user_id: str | None = None,
     ) -> UserRecord:
-        """A new active user (identifier normalized); ValueError if taken or empty."""
+        """A new active user (identifier normalized); ValueError if taken,
+        empty, or no text a store can hold (a NUL, a lone surrogate, an
+        identifier over 320 characters, a tenant or user id over 128)."""
         ident = normalize_identifier(identifier)
+        check_tenant_id(tenant or DEFAULT_TENANT)
+        if user_id is not None:
+            check_tenant_id(user_id, "user id")
         uid = user_id or self._random.token_bytes(16).hex()
         record = UserRecord(uid, tenant or DEFAULT_TENANT, ident, created_at=self.clock.time())
         if not await self.store.create_user(record):
