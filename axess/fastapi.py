@@ -242,7 +242,9 @@ class SessionEntry(BaseModel):
     last_seen_at: float | None = Field(description="Last request seen (epoch seconds).")
     expires_at: float = Field(description="When it ends unless used (epoch seconds).")
     device: str | None = Field(description="The User-Agent it was created with.")
-    ip_prefix: str | None = Field(description="The network it was created from (/24 for IPv4, /64 for IPv6).")
+    ip_prefix: str | None = Field(
+        description="The network it was created from (/24 for IPv4, /64 for IPv6)."
+    )
     current: bool = Field(description="Whether this is the session making the request.")
 
 
