@@ -117,13 +117,47 @@ def test_a_given_client_is_checked_too(caplog: pytest.LogCaptureFixture) -> None
     plaintext = valkey_asyncio.Valkey(host="db.internal", password=SECRET)
     with pytest.raises(ConfigurationError, match="plaintext"):
         ValkeyStore("valkeys://ignored", client=plaintext)
-    tls = valkey_asyncio.Valkey(host="db.internal", password=SECRET, ssl=True)
+    tls = valkey_asyncio.Valkey(
+        host="db.internal", password=SECRET, ssl=True, ssl_check_hostname=True
+    )
     ValkeyStore("valkeys://ignored", client=tls)
     assert _warnings(caplog) == []
+    # valkey-py's own default checks the certificate but not the host name.
+    unchecked = valkey_asyncio.Valkey(host="db.internal", password=SECRET, ssl=True)
+    with pytest.raises(ConfigurationError, match="host name verification"):
+        ValkeyStore("valkeys://ignored", client=unchecked)
     text = valkey_asyncio.Valkey(host="db.internal", password=SECRET, decode_responses=True)
     with pytest.raises(ConfigurationError, match="decode_responses"):
         ValkeyStore("valkeys://ignored", client=text, allow_insecure=True)
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "problem"),
+    [
+        (f"valkeys://:{SECRET}@db.internal:6380?ssl_cert_reqs=none", {}, "certificate"),
+        (f"rediss://:{SECRET}@db.internal:6380", {"ssl_cert_reqs": "none"}, "certificate"),
+        (f"valkeys://:{SECRET}@db.internal:6380?ssl_check_hostname=false", {}, "host name"),
+        (f"valkeys://:{SECRET}@db.internal:6380", {"ssl_check_hostname": False}, "host name"),
+    ],
+)
+def test_tls_that_verifies_nothing_is_insecure(
+    url: str, kwargs: dict[str, Any], problem: str
+) -> None:
+    # TLS without checking the certificate (or that it names the host) lets
+    # anyone on the path pose as the server: a weakening like plaintext.
+    with pytest.raises(ConfigurationError, match=problem):
+        ValkeyStore(url, **kwargs)
+    assert problem in " ".join(ValkeyStore(url, allow_insecure=True, **kwargs).insecure)
+
+
+async def test_tls_checks_the_host_name_by_default() -> None:
+    store = ValkeyStore(f"valkeys://:{SECRET}@127.0.0.1:1/0", socket_timeout=0.5)
+    with pytest.raises(StoreError):
+        await store.open()  # nothing listens there; the client is built first
+    assert store._client is not None
+    assert store._client.connection_pool.connection_kwargs["ssl_check_hostname"] is True
+    await store.close()
 
 
 def test_decode_responses_is_refused() -> None:

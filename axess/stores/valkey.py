@@ -45,6 +45,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 _PLAINTEXT_SCHEMES: Final = frozenset({"valkey", "redis"})
 _TLS_SCHEMES: Final = frozenset({"valkeys", "rediss"})
 _UNIX_SCHEMES: Final = frozenset({"unix"})
+#: How valkey-py spells false in a URL query.
+_FALSE_STRINGS: Final = frozenset({"0", "F", "FALSE", "N", "NO", "OFF", "DISABLED"})
 _SCRIPT_NAMES: Final = ("create", "save", "cycle", "delete", "delete_user", "list_user", "purge")
 _PURGE_BATCH: Final = 500
 _HEALTH_TIMEOUT: Final = 2.0
@@ -190,6 +193,7 @@ class ValkeyStore(ValkeyLockoutMixin):
                 "; ".join(insecure),
             )
         self._url = url
+        self._tls = client is None and urlsplit(url).scheme.lower() in _TLS_SCHEMES
         self._prefix = prefix
         self._socket_timeout = socket_timeout
         self._pool_kwargs = pool_kwargs
@@ -215,11 +219,16 @@ class ValkeyStore(ValkeyLockoutMixin):
         if self._exec is not None:
             return
         if self._client is None:
+            # TLS checks that the certificate names the host (valkey-py's
+            # default does not); a URL or keyword saying otherwise wins, and
+            # was refused as insecure unless allowed.
+            tls = {"ssl_check_hostname": True} if self._tls else {}
             self._client = valkey_asyncio.Valkey.from_url(
                 self._url,
                 **{
                     "socket_timeout": self._socket_timeout,
                     "socket_connect_timeout": self._socket_timeout,
+                    **tls,
                     **self._pool_kwargs,
                     "decode_responses": False,
                 },
@@ -526,6 +535,17 @@ def _executor(client: valkey_asyncio.Valkey) -> _Exec:
     return cast(_Exec, client.execute_command)
 
 
+def _tls_problems(cert_reqs: Any, check_hostname: Any) -> list[str]:
+    """What a TLS connection leaves unverified (the server's certificate, or
+    that it names the host): either lets anyone on the path pose as the server."""
+    problems = []
+    if cert_reqs == ssl.CERT_NONE or str(cert_reqs).lower() == "none":
+        problems.append("TLS without certificate verification")
+    if check_hostname is False or str(check_hostname).upper() in _FALSE_STRINGS:
+        problems.append("TLS without host name verification")
+    return problems
+
+
 def _inspect_connection(
     url: str, client: valkey_asyncio.Valkey | None, pool_kwargs: Mapping[str, Any]
 ) -> tuple[list[str], tuple[str, ...]]:
@@ -539,6 +559,11 @@ def _inspect_connection(
             connection_class, (SSLConnection, UnixDomainSocketConnection)
         )
         problems = [] if encrypted else ["plaintext TCP (no TLS)"]
+        if isinstance(connection_class, type) and issubclass(connection_class, SSLConnection):
+            # valkey-py's own default leaves the host name unchecked.
+            problems += _tls_problems(
+                kwargs.get("ssl_cert_reqs", "required"), kwargs.get("ssl_check_hostname", False)
+            )
         if not has_auth:
             problems.append("no AUTH password")
         return problems, _secrets(password)
@@ -561,6 +586,15 @@ def _inspect_connection(
     else:
         encrypted = scheme not in _PLAINTEXT_SCHEMES
     problems = [] if encrypted else ["plaintext TCP (no TLS)"]
+    if scheme in _TLS_SCHEMES:
+        query = parse_qs(parts.query)
+        problems += _tls_problems(
+            next(
+                iter(query.get("ssl_cert_reqs", [])), pool_kwargs.get("ssl_cert_reqs", "required")
+            ),
+            # axess checks the host name unless told not to (see open()).
+            next(iter(query.get("ssl_check_hostname", [])), pool_kwargs.get("ssl_check_hostname")),
+        )
     if not has_auth:
         problems.append("no AUTH password")
     return problems, _secrets(password, url_password)
