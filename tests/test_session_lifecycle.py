@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from helpers import CountingStore, client, cookie_of, make_app, make_auth
@@ -165,6 +166,39 @@ async def test_save_racing_invalidate_user_does_not_resurrect() -> None:
     assert cookie_of(r) == ""  # the revoked session is cleared, not re-created
     assert await auth.list_sessions("alice") == []
     assert len(auth.store) == 0  # type: ignore[arg-type]
+
+
+async def test_logout_racing_a_rotation_of_its_session_still_logs_out(login_store: Any) -> None:
+    # The logout request loaded the row; another request of the same session
+    # regenerate()s it (its new cookie goes out) before the logout deletes:
+    # the old key is gone, and the row it became must go too.
+    loaded, rotated = asyncio.Event(), asyncio.Event()
+
+    async def slow_logout(request: Request) -> PlainTextResponse:
+        session = get_session(request)
+        loaded.set()
+        await rotated.wait()
+        await session.invalidate()
+        return PlainTextResponse("bye")
+
+    auth = make_auth(login_store)
+    app = make_app(auth)
+    app.add_route("/slow-logout", slow_logout, methods=["POST"])
+    async with client(app) as c:
+        cookie = cookie_of(await c.post("/login?user=alice"))
+    async with client(app) as a, client(app) as b:
+        a.cookies.set("axess.sid", cookie or "")
+        b.cookies.set("axess.sid", cookie or "")
+        logout = asyncio.create_task(a.post("/slow-logout"))
+        await loaded.wait()
+        successor = cookie_of(await b.post("/regenerate"))
+        assert successor and successor != cookie
+        rotated.set()
+        assert (await logout).status_code == 200
+    assert await auth.list_sessions("alice") == []
+    async with client(app) as c:
+        c.cookies.set("axess.sid", successor)
+        assert (await c.get("/read")).json()["user"] is None
 
 
 async def test_absolute_lifetime() -> None:

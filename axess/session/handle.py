@@ -201,6 +201,11 @@ class Session(MutableMapping[str, Any]):
         return self.own_data()
 
     @property
+    def arrived_auth(self) -> AuthState:
+        """The auth state the request arrived with, whatever it changed since."""
+        return self._arrived_auth
+
+    @property
     def data_for_commit(self) -> SessionData:
         """The metadata without marking the session as read (for the middleware)."""
         return self._data

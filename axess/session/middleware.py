@@ -507,7 +507,8 @@ class SessionMiddleware(Stage):
 
     async def invalidate_handle(self, session: Session, scope: Scope | None = None) -> None:
         if session.loaded_key is not None and session.persisted_sid is not None:
-            await self.store.delete_session(session.loaded_key)
+            if not await self.store.delete_session(session.loaded_key):
+                await self._delete_successor(session)
             self.metrics.session_invalidated()
             self._emit(
                 "session_invalidated",
@@ -516,6 +517,25 @@ class SessionMiddleware(Stage):
                 "logout",
                 scope,
             )
+
+    async def _delete_successor(self, session: Session) -> None:
+        """The logout found its row gone. If another request of this session
+        rotated it meanwhile (``regenerate()`` keeps the creation time), the
+        row it rotated to is this session under a new id, its cookie already
+        sent: it goes too, or the logout would be undone. Found through the
+        user's index, by the creation time sealed in the payload."""
+        user = session.arrived_auth.user
+        if user is None:
+            return  # a guest row is in no index (and signs nobody in)
+        created_at = session.data_for_commit.created_at
+        rows = await self.store.list_user_sessions(
+            user, self.clock.time(), tenant_id=session.arrived_auth.tenant
+        )
+        for row in rows:
+            opened = self._opened[(row.key, row.payload)]
+            if opened is not None and opened[0].created_at == created_at:
+                logger.info("session %s rotated during the logout; deleted too", row.key[:8])
+                await self.store.delete_session(row.key)
 
     # -- cookies ----------------------------------------------------------------------
     def _attributes(self) -> str:
