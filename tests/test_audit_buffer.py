@@ -179,13 +179,22 @@ def test_replayed_events_go_first_and_are_tracked_until_written() -> None:
     check_counts(buf, 5)
 
 
-def test_drop_oldest_dropping_a_replayed_event_keeps_the_replay_count_right() -> None:
-    buf = SinkBuffer(DropOldest(), max_buffer=2, batch_size=1)
-    e = events(3)
-    buf.prepend(e[:2])
-    buf.put(e[2])  # drops e[0], a replayed event
-    assert buf.replay_left == 1
-    assert ids(list(buf.events)) == ids(e[1:])
+def test_replayed_events_never_fill_the_buffer() -> None:
+    # Replayed events are on disk already: only new ones fill the buffer
+    # (and close the authentication gate), even queued behind a full replay.
+    buf = SinkBuffer(ShutdownAuthn(), max_buffer=4, batch_size=4)
+    e = events(8)
+    buf.prepend(e[:4])
+    assert not buf.full and buf.fresh == 0
+    assert [buf.put(x) & FILLED for x in e[4:8]] == [0, 0, 0, FILLED]
+    assert buf.full and buf.depth == 8
+    buf.take()  # the replayed batch: still full of new events
+    buf.delivered_batch()
+    assert buf.full
+    buf.take()
+    buf.delivered_batch()
+    assert not buf.full
+    check_counts(buf, 8)
 
 
 def test_pending_and_clear_hand_over_every_undelivered_event() -> None:

@@ -465,7 +465,7 @@ async def test_replay_keeps_memory_bounded_order_and_every_event(
     await p.stop()
 
 
-async def test_replay_that_fills_the_buffer_closes_the_gate(
+async def test_only_new_events_close_the_gate_during_a_replay(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
@@ -473,13 +473,16 @@ async def test_replay_that_fills_the_buffer_closes_the_gate(
     _write_log(log, old, ["sql"])
     sql = GateSink("sql", regulatory=True)
     p = build(vt, [sql], max_buffer=10, batch_size=4, recovery_log=log)
-    fresh = events(p, 8, start=500)
-    for e in fresh:
+    fresh = events(p, 12, start=500)
+    for e in fresh[:8]:
         p.emit(e)  # before start: 8 of 10, logins still accepted
-    assert p.accepting_authn
     await p.start()
-    # At least one batch of the file goes ahead of the new events: 12 >= 10.
-    assert p.sink_stats("sql").depth == 12
+    # A chunk of the file goes ahead of the new events, but it is on disk
+    # already: 8 new events of 10, logins still accepted.
+    assert p.sink_stats("sql").depth == 13
+    assert p.accepting_authn
+    for e in fresh[8:]:
+        p.emit(e)  # ten new events: full
     assert not p.accepting_authn
     assert (await p.check_health()).state is HealthState.UNHEALTHY
     sql.gate.set()
@@ -488,6 +491,54 @@ async def test_replay_that_fills_the_buffer_closes_the_gate(
             await vt.settle(1)
         await p.flush()
     assert sql.ids == [e.id for e in old + fresh]
+    await p.stop()
+
+
+async def test_new_events_queued_behind_a_long_replay_do_not_hold_logins_back(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    old = events(build(vt, [MemorySink("x", regulatory=True)]), 400)
+    _write_log(log, old, ["sql"])
+    sql = GateSink("sql", regulatory=True)
+    p = build(vt, [sql], max_buffer=10, batch_size=2, recovery_log=log)
+    await p.start()
+    fresh = events(p, 6, start=1000)
+    for e in fresh:  # a short burst while the sink is slow: 6 new events of 10
+        p.emit(e)
+    gate: list[bool] = []
+    real_write = sql.write
+
+    async def write(batch: Any) -> None:
+        gate.append(p.accepting_authn)
+        await real_write(batch)
+
+    sql.write = write  # type: ignore[method-assign]
+    sql.gate.set()
+    async with vt.autojump():
+        await p.flush()
+    # Each refill queues another chunk of the file ahead of the 6 new events:
+    # counted, they kept the gate closed until the file ended.
+    assert len(gate) == 203 and all(gate)
+    assert sql.ids == [e.id for e in old + fresh]
+    await p.stop()
+
+
+async def test_the_replay_alone_never_closes_the_gate(vt: VirtualTime, tmp_path: Path) -> None:
+    log = tmp_path / "r.jsonl"
+    old = events(build(vt, [MemorySink("x", regulatory=True)]), 200)
+    _write_log(log, old, ["sql"])
+    sql = GateSink("sql", regulatory=True)
+    # batch_size == max_buffer: the first chunk is a whole batch, 100 of 100.
+    p = build(vt, [sql], max_buffer=100, batch_size=100, recovery_log=log)
+    await p.start()
+    assert p.sink_stats("sql").depth == 100
+    assert p.accepting_authn
+    assert (await p.check_health()).ok
+    sql.gate.set()
+    async with vt.autojump():
+        await p.flush()
+    assert sql.ids == [e.id for e in old]
     await p.stop()
 
 

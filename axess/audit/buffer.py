@@ -100,9 +100,12 @@ SPILL: Final = 16
 class SinkBuffer:
     """The events waiting for one sink, the batch in flight, and the counters.
 
-    ``max_buffer`` events (the batch in flight included) fit; past that the
-    ``policy`` decides. Policies that keep everything hold up to
-    ``hard_limit`` events in memory, then ask for a spill.
+    ``max_buffer`` new events (the batch in flight included) fit; past that
+    the ``policy`` decides. Events replayed from the recovery log are already
+    safe on disk: they never make the buffer full (the replay alone never
+    closes the authentication gate), they only count toward the memory cap.
+    Policies that keep everything hold up to ``hard_limit`` events in memory
+    (replayed ones included), then ask for a spill.
     """
 
     __slots__ = (
@@ -167,8 +170,15 @@ class SinkBuffer:
         return self.delivered + self.dropped + self.recovered + self.depth
 
     @property
+    def fresh(self) -> int:
+        """New events not delivered yet (``depth`` without the replayed ones):
+        what fills the buffer and, under :class:`ShutdownAuthn`, closes and
+        reopens the authentication gate."""
+        return self.depth - self.replay_left - self.replay_inflight
+
+    @property
     def full(self) -> bool:
-        return self.depth >= self.max_buffer
+        return self.fresh >= self.max_buffer
 
     # -- producing ------------------------------------------------------------------------
     def put(self, event: AuthEvent) -> int:
@@ -179,10 +189,13 @@ class SinkBuffer:
         events = self.events
         n = len(events) + 1
         depth = n + len(self.inflight)  # with the new event
-        if depth <= self.max_buffer:
+        # Replayed events are not counted: they are on disk already, and new
+        # events queued behind them must not close the gate on their account.
+        fresh = depth - self.replay_left - self.replay_inflight
+        if fresh <= self.max_buffer:
             events.append(event)
             signal = WAKE if n == 1 or n == self.batch_size else 0
-            return signal if depth < self.max_buffer else signal | FILLED
+            return signal if fresh < self.max_buffer else signal | FILLED
         # Full: the policy decides.
         signal = 0
         if not self.overflowing:
@@ -245,7 +258,7 @@ class SinkBuffer:
 
     def room_again(self) -> bool:
         """After a batch: True once, when an overflowing buffer has room again."""
-        if self.overflowing and self.depth < self.max_buffer:
+        if self.overflowing and self.fresh < self.max_buffer:
             self.overflowing = False
             return True
         return False

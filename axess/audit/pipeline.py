@@ -436,14 +436,6 @@ class AuditPipeline:
             )
             self.metrics.audit_buffer_depth(self._max_depth())
 
-    def _check_full(self, st: SinkWorker) -> None:
-        """The replay queued events without :meth:`SinkBuffer.put`: if that
-        filled the buffer, do what ``put`` would have asked for (close the
-        authentication gate under ShutdownAuthn, make Block wait)."""
-        if st.depth >= self.max_buffer and not st.buffer.overflowing:
-            st.buffer.overflowing = True
-            self._filled(st)
-
     def _react(self, st: SinkWorker, event: AuthEvent, signal: int) -> None:
         """Do what :meth:`SinkBuffer.put` asked for (see :mod:`axess.audit.buffer`)."""
         if signal & WAKE:
@@ -480,8 +472,6 @@ class AuditPipeline:
         for name in await self._spill.replay(fallback):
             self._by_name[name].wake.set()
         for st in self._sinks:
-            self._check_full(st)
-        for st in self._sinks:
             st.start()
         if self.retention is not None:
             self.retention.bind(clock=self.clock)
@@ -492,7 +482,6 @@ class AuditPipeline:
             # Before the worker takes its next batch: new events must not
             # overtake the older ones still in the file.
             await self._spill.refill(st.name)
-            self._check_full(st)
         if replayed:
             self._spill.replay_done()
         self._after_batch(st)
@@ -503,7 +492,10 @@ class AuditPipeline:
 
     def _after_batch(self, st: SinkWorker) -> None:
         buf = st.buffer
-        depth = buf.depth
+        # New events only: replayed ones are on disk already and never hold
+        # logins back (they drain only after the file, so counting them kept
+        # the gate closed for the whole replay).
+        depth = buf.fresh
         if depth < self.max_buffer:
             st.room.set()
             if buf.room_again():

@@ -506,16 +506,19 @@ class RecoverySpill:
         them after its replayed events still waiting, ahead of new ones; how
         many.
 
-        At most what brings the buffer to half of ``max_buffer``, and at least
-        one batch, so the replay never crowds out new events (logins are not
-        refused because of it alone) and a sink never gets a new event before
-        an older one from the file.
+        At most what brings the replayed events waiting to half of
+        ``max_buffer``, and at least one batch: memory stays bounded (the
+        replayed events count toward the hard limit, not toward a full
+        buffer), and a sink never gets a new event before an older one from
+        the file.
         """
         offset = self._cursors.get(name)
         if offset is None or name in self._ended or self.log is None:
             return 0
         buf = self.buffers[name]
-        limit = max(buf.batch_size, buf.max_buffer // 2 - buf.depth)
+        # Called with fewer than a batch of replayed events waiting (and none
+        # in flight), so this tops them up to at least a full batch.
+        limit = max(buf.batch_size, buf.max_buffer // 2) - buf.replay_left
 
         def wanted(sinks: list[str]) -> bool:
             return name in self.targets(sinks)
