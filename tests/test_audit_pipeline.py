@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -539,6 +540,43 @@ async def test_the_replay_alone_never_closes_the_gate(vt: VirtualTime, tmp_path:
     async with vt.autojump():
         await p.flush()
     assert sql.ids == [e.id for e in old]
+    await p.stop()
+
+
+async def test_flush_waits_for_the_rest_of_the_replayed_file(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    old = events(build(vt, [MemorySink("x", regulatory=True)]), 100)
+    _write_log(log, old, ["sql"])
+    sql = MemorySink("sql", regulatory=True)
+    p = build(vt, [sql], max_buffer=4, batch_size=2, recovery_log=log)
+    assert p.recovery is not None
+    real_read = p.recovery.read
+    reads = 0
+    inside, disk = threading.Event(), threading.Event()
+
+    def slow_read(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads > 1:  # the first chunk (at start) at once, the next ones slowly
+            inside.set()
+            disk.wait(5)
+        return real_read(*args)
+
+    p.recovery.read = slow_read  # type: ignore[method-assign]
+    await p.start()
+    assert await asyncio.to_thread(inside.wait, 5)
+    # The worker is reading its next chunk: its buffer is empty meanwhile.
+    assert p.sink_stats("sql").depth == 0 and len(sql.ids) == 2
+    flushing = asyncio.ensure_future(p.flush())
+    await vt.settle()
+    assert not flushing.done()
+    disk.set()
+    async with vt.autojump():
+        await asyncio.wait_for(flushing, 5)
+    assert sql.ids == [e.id for e in old]
+    assert not log.with_name("r.jsonl.replaying").exists()
     await p.stop()
 
 

@@ -520,7 +520,8 @@ class AuditPipeline:
 
     async def flush(self) -> None:
         """Deliver everything buffered now, without lingering; returns when every
-        buffer is empty. Unbounded (a dead sink makes it wait): use :meth:`stop`
+        buffer is empty and every sink has delivered its part of the replayed
+        recovery log. Unbounded (a dead sink makes it wait): use :meth:`stop`
         for the bounded drain."""
         if not self._started or self._closed:
             raise RuntimeError("flush() needs a started, not stopped, pipeline")
@@ -528,7 +529,9 @@ class AuditPipeline:
         try:
             for st in self._sinks:
                 st.wake.set()
-            while any(st.depth for st in self._sinks):
+            # A replaying sink's buffer is empty while its worker reads the
+            # next chunk of the file: that is not done yet.
+            while any(st.depth or self._spill.reading(st.name) for st in self._sinks):
                 dead = [st.name for st in self._sinks if not st.running]
                 if dead:
                     raise RuntimeError(f"audit worker(s) of {dead} are not running")

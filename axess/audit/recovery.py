@@ -548,6 +548,11 @@ class RecoverySpill:
         self._positions[name] = positions
         return buf.prepend(event for event, _ in chunk.events)
 
+    def reading(self, name: str) -> bool:
+        """Sink ``name`` has not read all of its part of the replayed file yet
+        (its buffer may be empty meanwhile, while the next chunk is read)."""
+        return name in self._cursors and name not in self._ended
+
     def replay_done(self) -> None:
         """Forget the replayed file once every sink read all of it and no
         buffer holds a replayed event."""
