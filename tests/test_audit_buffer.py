@@ -197,6 +197,19 @@ def test_replayed_events_never_fill_the_buffer() -> None:
     check_counts(buf, 8)
 
 
+def test_drop_oldest_drops_the_oldest_new_event_never_a_replayed_one() -> None:
+    buf = SinkBuffer(DropOldest(), max_buffer=2, batch_size=1)
+    e = events(5)
+    buf.prepend(e[:2])
+    for x in e[2:4]:
+        assert not buf.put(x) & DROPPED
+    assert buf.put(e[4]) & DROPPED  # drops e[2], the oldest new event
+    assert buf.replay_left == 2
+    assert ids(list(buf.events)) == ids(e[:2] + e[3:])
+    assert buf.dropped == 1
+    check_counts(buf, 5)
+
+
 def test_pending_and_clear_hand_over_every_undelivered_event() -> None:
     buf = SinkBuffer(ShutdownAuthn(), max_buffer=10, batch_size=2)
     e = events(5)

@@ -676,6 +676,30 @@ async def test_drop_oldest_drops_exactly_the_oldest_buffered_events(
     await p.stop()
 
 
+async def test_drop_oldest_during_a_replay_keeps_the_file_events_and_their_order(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    old = events(build(vt, [MemorySink("x", regulatory=True)]), 30)
+    _write_log(log, old, ["siem"])
+    siem = GateSink("siem")
+    p = build(vt, [siem], max_buffer=6, batch_size=3, recovery_log=log)
+    await p.start()
+    assert p.sink_stats("siem").depth == 3  # the first chunk of the file
+    fresh = events(p, 8, start=500)
+    for e in fresh:  # 6 new events fit; the 7th and 8th push out the oldest new ones
+        p.emit(e)
+    st = p.sink_stats("siem")
+    assert (st.depth, st.dropped) == (9, 2)
+    siem.gate.set()
+    async with vt.autojump():
+        await p.flush()
+    # Every file event, in order, before any new one.
+    assert siem.ids == [e.id for e in old + fresh[2:]]
+    assert not log.with_name("r.jsonl.replaying").exists()
+    await p.stop()
+
+
 async def test_drop_oldest_with_everything_in_flight_drops_the_new_event(
     vt: VirtualTime,
 ) -> None:

@@ -39,11 +39,11 @@ class OverflowPolicy:
 
 @dataclass(frozen=True, slots=True)
 class DropOldest(OverflowPolicy):
-    """A new event pushes out the oldest buffered one (counted in ``audit_dropped``).
+    """A new event pushes out the oldest buffered new one (counted in ``audit_dropped``).
 
     The default for analytics sinks. Events already handed to the sink (the
-    batch in flight) are never dropped; if the whole buffer is in flight the
-    new event itself is dropped.
+    batch in flight) and events replayed from the recovery log are never
+    dropped; if every new event is in flight the new event itself is dropped.
     """
 
     keeps_everything = False
@@ -202,10 +202,11 @@ class SinkBuffer:
             self.overflowing = True
             signal = FILLED | OVERFLOW
         if not self.policy.keeps_everything:
-            if events:
-                events.popleft()
-                if self.replay_left:
-                    self.replay_left -= 1
+            # The oldest *new* event: replayed ones (at the front) are kept,
+            # they would be lost from the file, and dropping them would let
+            # new events into a batch ahead of the rest of the file.
+            if len(events) > self.replay_left:
+                del events[self.replay_left]
                 events.append(event)
             self.dropped += 1
             return signal | DROPPED
