@@ -857,19 +857,77 @@ async def test_over_the_hard_limit_events_go_to_the_recovery_log(
     st = p.sink_stats("sql")
     assert (st.depth, st.recovered, st.dropped) == (10, 5, 0)
     assert [ln["event"]["id"] for ln in log_lines(log)] == [e.id for e in evs[10:]]
-    assert "over its hard limit (10): events go to the recovery log" in caplog.text
+    assert "over its hard limit (10)" in caplog.text
     assert metrics.counts["recovered"] == 5
     sql.gate.set()
+    async with vt.autojump():
+        await p.flush()
+    assert sql.ids == [e.id for e in evs[:10]]
+    # The buffer is empty again, but a later event delivered now would
+    # overtake the spilled ones: it goes to the log after them.
+    later = events(p, 2, start=15)
+    for e in later:
+        p.emit(e)
+    assert [ln["event"]["id"] for ln in log_lines(log)] == [e.id for e in evs[10:] + later]
+    assert p.sink_stats("sql").recovered == 7
+    health = await p.check_health()
+    assert health.state is HealthState.DEGRADED and "until restart" in (health.reason or "")
     await p.stop()
     assert sql.ids == [e.id for e in evs[:10]]
-    # The next start delivers the spilled ones.
+    # The next start delivers the spilled ones, in order.
     sink2 = MemorySink("sql", regulatory=True)
     p2 = build(vt, [sink2], recovery_log=log)
     await p2.start()
     async with vt.autojump():
         await p2.flush()
-    assert sink2.ids == [e.id for e in evs[10:]]
+    assert sink2.ids == [e.id for e in evs[10:] + later]
     await p2.stop()
+
+
+async def test_leftovers_at_stop_go_ahead_of_the_spilled_events(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    sql = HangingSink("sql", regulatory=True)
+    p = build(vt, [sql], max_buffer=5, batch_size=2, recovery_log=log, drain_timeout=1.0)
+    await p.start()
+    evs = events(p, 15)
+    for e in evs:
+        p.emit(e)  # 10 buffered (hard limit), 5 spilled to the log
+    await vt.settle()
+    stopping = asyncio.create_task(p.stop())
+    await vt.settle()
+    vt.advance(1.0)
+    await asyncio.wait_for(stopping, 2)
+    # The 10 buffered ones are older than the 5 the log held already.
+    assert [ln["event"]["id"] for ln in log_lines(log)] == [e.id for e in evs]
+    st = p.sink_stats("sql")
+    assert (st.recovered, st.depth, st.accepted) == (15, 0, 15)
+
+
+async def test_leftovers_at_stop_go_ahead_of_events_emitted_while_it_waits(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    sql = StubbornSink("sql", regulatory=True)
+    p = build(vt, [sql], max_buffer=5, batch_size=2, recovery_log=log, drain_timeout=1.0)
+    await p.start()
+    evs = events(p, 5)
+    for e in evs[:4]:
+        p.emit(e)
+    await vt.settle()
+    stopping = asyncio.create_task(p.stop())
+    await vt.settle()
+    vt.advance(1.0)  # the drain deadline: workers cancelled, the grace runs
+    await vt.settle()
+    try:
+        p.emit(evs[4])  # emitted after the deadline: to the log at once
+        async with vt.autojump():
+            await asyncio.wait_for(stopping, 5)
+        assert [ln["event"]["id"] for ln in log_lines(log)] == [e.id for e in evs]
+    finally:
+        sql.release.set()  # the worker that ignored its cancellation ends
+        await vt.settle()
 
 
 async def test_over_the_hard_limit_without_recovery_log_drops_loudly(

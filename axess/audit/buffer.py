@@ -122,6 +122,7 @@ class SinkBuffer:
         "replay_inflight",
         "replay_left",
         "resume_depth",
+        "spilling",
     )
 
     def __init__(
@@ -152,6 +153,9 @@ class SinkBuffer:
         #: Replayed events still in ``events`` (at its front) / in ``inflight``.
         self.replay_left = 0
         self.replay_inflight = 0
+        #: Set by the recovery spill once an event of this sink went to the
+        #: recovery log: every later one goes there too (see :meth:`put`).
+        self.spilling = False
 
     def __repr__(self) -> str:
         return (
@@ -186,6 +190,10 @@ class SinkBuffer:
 
         On the hot path of ``emit()`` (once per sink and event): keep it flat.
         """
+        if self.spilling:
+            # Events of this sink already wait in the recovery log: a later one
+            # delivered now would overtake them (they come at the next start).
+            return SPILL
         events = self.events
         n = len(events) + 1
         depth = n + len(self.inflight)  # with the new event

@@ -3,7 +3,8 @@
 A sink is unhealthy while its worker is not running, while its full buffer
 holds logins back, and while it fails or its pipeline is not started yet if
 it is regulatory (degraded for an analytics sink); degraded while it
-overflows. The pipeline is as bad as its worst sink.
+overflows, and once its events go to the recovery log until restart. The
+pipeline is as bad as its worst sink.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def sink_status(worker: SinkWorker, *, closed: bool, gated: bool) -> HealthStatu
         )
     if worker.buffer.overflowing:
         return HealthStatus.degraded(f"audit sink {name}: buffer full")
+    if worker.buffer.spilling:
+        # Safe on disk, but not delivered before the next start.
+        return HealthStatus.degraded(
+            f"audit sink {name}: events go to the recovery log until restart"
+        )
     return HealthStatus.healthy()
 
 

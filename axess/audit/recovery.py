@@ -9,7 +9,9 @@ skips a line that does not parse, with a WARNING, and replays the rest.
 
 Life cycle of the files (``path`` and ``path + ".replaying"``):
 
-1. A pipeline appends leftovers (drain timeout, overflow spill) to ``path``.
+1. A running pipeline appends to ``path`` the events of a sink past its
+   hard limit (and every later one of that sink), a stopped one the events
+   emitted after ``stop()``; ``stop()`` puts its leftovers ahead of them.
 2. At start, :meth:`RecoveryLog.take` atomically renames ``path`` to
    ``path.replaying`` (appending it to an existing ``.replaying``, which is
    older) and counts its events; new leftovers go to a fresh ``path``.
@@ -19,8 +21,9 @@ Life cycle of the files (``path`` and ``path + ".replaying"``):
 3. Once every sink read the whole file and delivered what it read,
    :meth:`RecoveryLog.commit` deletes ``path.replaying``. If the process
    stops first, :meth:`RecoveryLog.requeue` atomically replaces ``path``
-   by the lines (and sinks) of ``path.replaying`` not delivered yet
-   followed by what ``path`` held, then deletes ``path.replaying``. A
+   by the lines (and sinks) of ``path.replaying`` not delivered yet, the
+   events still buffered, then what ``path`` held, and deletes
+   ``path.replaying``. A
    crash before that replays it again at the next start: delivery is at
    least once, and the SQL sink is idempotent.
 
@@ -300,48 +303,73 @@ class RecoveryLog:
                     chunk.append((event, start))
         return ReadChunk(chunk, offset, end=False)
 
-    def requeue(self, starts: Mapping[str, int], targets: Callable[[list[str]], list[str]]) -> int:
-        """The replay stops unfinished: replace ``path`` by the lines of
-        ``path.replaying`` not delivered yet, then what ``path`` held, and
-        delete ``path.replaying``; how many events were kept.
+    def requeue(
+        self,
+        leftovers: Iterable[tuple[AuthEvent, Sequence[str]]],
+        starts: Mapping[str, int] | None = None,
+        targets: Callable[[list[str]], list[str]] | None = None,
+    ) -> int:
+        """Put undelivered events back ahead of what ``path`` holds; how many
+        lines of ``path.replaying`` were kept.
 
-        A line at byte offset ``p`` is kept for each sink ``s`` (of
-        ``targets(line sinks)``) with ``p >= starts[s]``. The new ``path`` is
-        written aside, fsync'd and renamed over the old one before
-        ``path.replaying`` goes: a crash in between replays some events twice,
-        never none.
+        The new ``path`` is: with ``starts`` (a replay stops unfinished), the
+        lines of ``path.replaying`` not delivered yet, then ``leftovers`` (the
+        buffered events, each with the sinks that still need it), then what
+        ``path`` held (spilled events, newer than every buffered one of their
+        sink). A line at byte offset ``p`` of ``path.replaying`` is kept for
+        each sink ``s`` (of ``targets(line sinks)``) with ``p >= starts[s]``.
+
+        It is written aside, fsync'd and renamed over ``path`` before
+        ``path.replaying`` goes: a crash in between replays some events
+        twice, never none.
         """
         tmp = self.path.with_name(self.path.name + ".requeue")
         kept = 0
+        lines = [encode_entry(event, sinks) for event, sinks in leftovers]
         with self._lock:
-            low = min(starts.values(), default=0)
+            if starts is None and not lines:
+                return 0
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             with open(fd, "wb") as out:
-                with open(self.replaying, "rb") as fh:
-                    fh.seek(low)
-                    offset = low
-                    for raw in fh:
-                        start, offset = offset, offset + len(raw)
-                        try:
-                            event, sinks = parse_line(raw)
-                        except _UNPARSEABLE:
-                            continue
-                        need = [n for n in targets(sinks) if n in starts and start >= starts[n]]
-                        if need:
-                            out.write(encode_entry(event, need).encode("utf-8") + b"\n")
-                            kept += 1
+                if starts is not None:
+                    kept = self._unfinished(out, starts, targets or list)
+                for line in lines:
+                    out.write(line.encode("utf-8") + b"\n")
                 if self.path.exists():
                     with open(self.path, "rb") as fh:
                         _copy(fh, out, after_newline=True)
                 out.flush()
                 os.fsync(out.fileno())
-            if kept or self.path.exists():
+            if kept or lines or self.path.exists():
                 os.replace(tmp, self.path)
                 _fsync_dir(self.path.parent)
             else:
                 tmp.unlink()
-            self.replaying.unlink()
-            _fsync_dir(self.path.parent)
+            if starts is not None:
+                self.replaying.unlink()
+                _fsync_dir(self.path.parent)
+        return kept
+
+    def _unfinished(
+        self, out: BinaryIO, starts: Mapping[str, int], targets: Callable[[list[str]], list[str]]
+    ) -> int:
+        """Write the lines of ``path.replaying`` some sink still lacks to ``out``."""
+        kept = 0
+        low = min(starts.values(), default=0)
+        with open(self.replaying, "rb") as fh:
+            fh.seek(low)
+            offset = low
+            for raw in fh:
+                start, offset = offset, offset + len(raw)
+                try:
+                    event, sinks = parse_line(raw)
+                except _UNPARSEABLE:
+                    continue
+                need = [n for n in targets(sinks) if n in starts and start >= starts[n]]
+                if need:
+                    out.write(encode_entry(event, need).encode("utf-8") + b"\n")
+                    kept += 1
         return kept
 
     def commit(self) -> None:
@@ -404,21 +432,26 @@ class RecoverySpill:
                 buf.hard_limit,
             )
             return
+        # Without a batch to come for this sink, nothing would fsync it soon.
+        later = buf.depth > 0
         try:
-            self.log.append([(event, (name,))], fsync=False)
+            self.log.append([(event, (name,))], fsync=not later)
         except OSError as exc:
             buf.dropped += 1
             metrics.audit_dropped(1)
             logger.error("audit recovery log unwritable (%s): event dropped", type(exc).__name__)
             return
+        # From now on every event of this sink goes to the log: delivered
+        # once the buffer drained, a later one would overtake this one.
+        buf.spilling = True
         buf.recovered += 1
-        self.unsynced = True
+        self.unsynced = self.unsynced or later
         metrics.audit_recovered(1)
         if buf.recovered == 1 or buf.recovered % 1000 == 0:
             logger.warning(
-                "audit buffer of sink %r is over its hard limit (%d): events go to the "
-                "recovery log %s until it drains (%d so far); they are delivered at the "
-                "next start",
+                "audit buffer of sink %r is over its hard limit (%d): its events go to the "
+                "recovery log %s until the pipeline stops (%d so far), in order, and are "
+                "delivered at the next start",
                 name,
                 buf.hard_limit,
                 self.log.path,
@@ -570,34 +603,14 @@ class RecoverySpill:
         self._ended.clear()
         self._positions.clear()
 
-    def _requeue(self) -> int:
-        """At stop, during a replay: what the sinks did not get from the
-        replayed file goes back to the log (see :meth:`RecoveryLog.requeue`);
-        the buffers forget their replayed events (counted as recovered). How
-        many events were kept; -1 if the file is kept whole instead."""
-        assert self.log is not None
+    def _starts(self) -> dict[str, int]:
+        """At stop, during a replay: per sink, the offset in the replayed file
+        from which on it still needs the file's lines."""
         starts: dict[str, int] = {}
         for name, buf in self.buffers.items():
             first = buf.replayed_pending()[:1]
             starts[name] = self._positions[name][first[0].id] if first else self._cursors[name]
-        try:
-            kept = self.log.requeue(starts, self.targets)
-        except OSError as exc:
-            logger.error(
-                "audit recovery log %s: could not requeue the unfinished replay (%s); the file "
-                "is kept and replayed whole at the next start",
-                self.log.replaying,
-                type(exc).__name__,
-            )
-            return -1
-        for buf in self.buffers.values():
-            buf.recovered += buf.drop_replayed()
-        logger.warning(
-            "audit replay unfinished at stop: %d event(s) of it are back in the recovery log %s",
-            kept,
-            self.log.path,
-        )
-        return kept
+        return starts
 
     # -- stop -------------------------------------------------------------------------------
     def leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
@@ -615,36 +628,74 @@ class RecoverySpill:
 
     def save_leftovers(self, *, timed_out: bool, drain_timeout: float) -> bool:
         """Write every undelivered event to the log (fsync) and empty the
-        buffers; False if there was nothing to save."""
-        requeued = 0
-        if self._cursors and not self._broken and self.log is not None:
-            requeued = self._requeue()
+        buffers; False if there was nothing to save.
+
+        The buffered events go *ahead of* what the log holds already: events
+        past a hard limit (a sink's later events all went there too) and
+        events emitted while ``stop()`` waited are newer than them. During an
+        unfinished replay, what each sink lacks of the replayed file goes
+        ahead of both (see :meth:`RecoveryLog.requeue`).
+        """
+        log = self.log
+        starts: dict[str, int] | None = None
+        if self._cursors and not self._broken and log is not None:
+            starts = self._starts()
+            # The replayed events still buffered are in the replayed file:
+            # requeue() keeps them from there (or, if it fails, the whole file
+            # is kept for the next start).
+            for buf in self.buffers.values():
+                buf.recovered += buf.drop_replayed()
         self._end_replay()
         leftovers = self.leftovers()
-        if not leftovers:
-            return requeued != 0
+        if not leftovers and starts is None:
+            return False
         metrics = self._metrics()
         counts = {name: buf.depth for name, buf in self.buffers.items()}
-        if self.log is not None:
-            try:
-                self.log.append(leftovers.values(), fsync=True)
-            except OSError as exc:
-                logger.error(
-                    "audit recovery log %s unwritable (%s): %d event(s) lost",
-                    self.log.path,
-                    type(exc).__name__,
-                    len(leftovers),
-                )
-            else:
+        if log is not None:
+            saved = False
+            if starts is not None:
+                try:
+                    kept = log.requeue(leftovers.values(), starts, self.targets)
+                except OSError as exc:
+                    logger.error(
+                        "audit recovery log %s: could not requeue the unfinished replay (%s); "
+                        "the file is kept and replayed whole at the next start",
+                        log.replaying,
+                        type(exc).__name__,
+                    )
+                else:
+                    saved = True
+                    logger.warning(
+                        "audit replay unfinished at stop: %d event(s) of it are back in the "
+                        "recovery log %s",
+                        kept,
+                        log.path,
+                    )
+            if not saved:
+                try:
+                    log.requeue(leftovers.values())
+                except OSError as exc:
+                    logger.error(
+                        "audit recovery log %s unwritable (%s): %d event(s) lost",
+                        log.path,
+                        type(exc).__name__,
+                        len(leftovers),
+                    )
+                else:
+                    saved = True
+            if saved:
+                for buf in self.buffers.values():
+                    buf.clear()
+                if not leftovers:
+                    return True
                 for name, buf in self.buffers.items():
                     buf.recovered += counts[name]
-                    buf.clear()
                 metrics.audit_recovered(len(leftovers))
                 logger.warning(
                     "audit drain %s: %d event(s) written to the recovery log %s (per sink: %s)",
                     f"timed out after {drain_timeout:g}s" if timed_out else "incomplete",
                     len(leftovers),
-                    self.log.path,
+                    log.path,
                     ", ".join(f"{n}={c}" for n, c in counts.items() if c),
                 )
                 return True
