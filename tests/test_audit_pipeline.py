@@ -905,6 +905,33 @@ async def test_leftovers_at_stop_go_ahead_of_the_spilled_events(
     assert (st.recovered, st.depth, st.accepted) == (15, 0, 15)
 
 
+async def test_leftovers_of_several_sinks_keep_each_sinks_order(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    class HangsAfterOneBatch(MemorySink):
+        async def write(self, events: Any) -> None:
+            if self.batches:
+                await asyncio.Event().wait()
+            await super().write(events)
+
+    log = tmp_path / "r.jsonl"
+    sql, siem = HangsAfterOneBatch("sql", regulatory=True), HangingSink("siem")
+    p = build(vt, [sql, siem], max_buffer=10, batch_size=2, recovery_log=log, drain_timeout=1.0)
+    await p.start()
+    evs = events(p, 4)
+    for e in evs:
+        p.emit(e)
+    await vt.settle()
+    assert sql.ids == [e.id for e in evs[:2]]  # sql still lacks e2, e3; siem all four
+    stopping = asyncio.create_task(p.stop())
+    await vt.settle()
+    vt.advance(1.0)
+    await asyncio.wait_for(stopping, 2)
+    lines = log_lines(log)
+    assert [ln["event"]["id"] for ln in lines] == [e.id for e in evs]
+    assert [ln["sinks"] for ln in lines] == [["siem"], ["siem"], ["sql", "siem"], ["sql", "siem"]]
+
+
 async def test_leftovers_at_stop_go_ahead_of_events_emitted_while_it_waits(
     vt: VirtualTime, tmp_path: Path
 ) -> None:

@@ -39,6 +39,7 @@ the replay at start, each counted in the sink buffers' ``recovered`` (or
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import os
@@ -615,16 +616,48 @@ class RecoverySpill:
     # -- stop -------------------------------------------------------------------------------
     def leftovers(self) -> dict[str, tuple[AuthEvent, list[str]]]:
         """Every undelivered event (in-flight batch first, then the buffer), with
-        the sinks that still need it."""
+        the sinks that still need it, in an order that keeps every sink's.
+
+        One line per event, so the sinks' sequences are merged: taken one
+        sink after the other, an event a fast sink still had (late in its
+        sequence) would come before the older ones a slow sink still had.
+        """
         found: dict[str, tuple[AuthEvent, list[str]]] = {}
+        after: dict[str, list[str]] = {}
+        before: dict[str, int] = {}
         for name, buf in self.buffers.items():
+            previous: str | None = None
             for event in buf.pending():
                 entry = found.get(event.id)
                 if entry is None:
                     found[event.id] = (event, [name])
-                elif name not in entry[1]:
+                    after[event.id] = []
+                    before[event.id] = 0
+                elif name in entry[1]:
+                    continue  # twice in one buffer: its first place counts
+                else:
                     entry[1].append(name)
-        return found
+                if previous is not None:
+                    after[previous].append(event.id)
+                    before[event.id] += 1
+                previous = event.id
+        # Every sink got its events in emission order, so the sequences agree
+        # and a topological order exists; ties go by first appearance.
+        rank = {key: i for i, key in enumerate(found)}
+        ready = [rank[key] for key, n in before.items() if n == 0]
+        heapq.heapify(ready)
+        keys = list(found)
+        ordered: dict[str, tuple[AuthEvent, list[str]]] = {}
+        while ready:
+            key = keys[heapq.heappop(ready)]
+            ordered[key] = found[key]
+            for nxt in after[key]:
+                before[nxt] -= 1
+                if before[nxt] == 0:
+                    heapq.heappush(ready, rank[nxt])
+        for key, entry in found.items():  # sequences that disagree: keep the rest
+            ordered.setdefault(key, entry)
+        return ordered
 
     def save_leftovers(self, *, timed_out: bool, drain_timeout: float) -> bool:
         """Write every undelivered event to the log (fsync) and empty the
