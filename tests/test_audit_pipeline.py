@@ -441,6 +441,31 @@ def _write_log(path: Path, evs: list[AuthEvent], sinks: list[str]) -> None:
     path.write_text("".join(encode_entry(e, sinks) + "\n" for e in evs))
 
 
+async def test_a_second_pipeline_on_a_recovery_log_in_use_is_refused(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    old = events(build(vt, [MemorySink("x", regulatory=True)]), 4)
+    _write_log(log, old, ["sql"])
+    first = build(vt, [HangingSink("sql", regulatory=True)], recovery_log=log, drain_timeout=1.0)
+    await first.start()
+    sql = MemorySink("sql", regulatory=True)
+    second = build(vt, [sql], recovery_log=log)
+    with pytest.raises(ConfigurationError, match="in use by another running audit pipeline"):
+        await second.start()
+    # Refused before touching the files: the first one's replay is intact.
+    assert log.with_name("r.jsonl.replaying").exists() and second.replayed == 0
+    stopping = asyncio.create_task(first.stop())
+    await vt.settle()
+    vt.advance(1.0)
+    await asyncio.wait_for(stopping, 2)
+    await second.start()  # the lock went with the first one's stop()
+    async with vt.autojump():
+        await second.flush()
+    assert sql.ids == [e.id for e in old]
+    await second.stop()
+
+
 async def test_replay_keeps_memory_bounded_order_and_every_event(
     vt: VirtualTime, tmp_path: Path
 ) -> None:

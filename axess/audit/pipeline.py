@@ -460,11 +460,16 @@ class AuditPipeline:
     # -- delivery ----------------------------------------------------------------------------------
     async def start(self) -> None:
         """Replay the recovery log (ahead of anything emitted so far), then start
-        the workers and the retention loop. Idempotent."""
+        the workers and the retention loop. Idempotent. Raises
+        :class:`ConfigurationError` if another running pipeline holds the
+        recovery log (its lock is held from here until :meth:`stop`)."""
         if self._closed:
             raise RuntimeError("a stopped AuditPipeline cannot be restarted; build a new one")
         if self._started:
             return
+        if self.recovery is not None:
+            # Before anything is taken from the file: refused, nothing changed.
+            self.recovery.acquire()
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -559,11 +564,13 @@ class AuditPipeline:
                 worker.cancel()
             self._spill.save_leftovers(timed_out=False, drain_timeout=self.drain_timeout)
             self._spill.sync()
+            self._release()
             raise
         self._closed = True
         if not self._spill.save_leftovers(timed_out=timed_out, drain_timeout=self.drain_timeout):
             self._spill.replay_done()
         self._spill.sync()
+        self._release()
         closes = {f"audit sink {st.name!r}": getattr(st.sink, "close", None) for st in self._sinks}
         await self._within_grace({what: close for what, close in closes.items() if close})
         self.metrics.audit_buffer_depth(0)
@@ -571,6 +578,10 @@ class AuditPipeline:
             "audit pipeline stopped; events delivered since start: %s",
             ", ".join(f"{st.name}={st.buffer.delivered}" for st in self._sinks),
         )
+
+    def _release(self) -> None:
+        if self.recovery is not None:
+            self.recovery.release()
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> bool:
         """Stop the retention loop, deliver for at most ``drain_timeout``, then

@@ -39,6 +39,7 @@ the replay at start, each counted in the sink buffers' ``recovered`` (or
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import heapq
 import json
 import logging
@@ -51,6 +52,7 @@ from typing import BinaryIO, Final
 
 from axess.audit.buffer import SinkBuffer
 from axess.audit.events import AuthEvent
+from axess.errors import ConfigurationError
 from axess.observability.metrics import AuthnMetrics
 
 logger = logging.getLogger(__name__)
@@ -199,10 +201,40 @@ class RecoveryLog:
         self.path = Path(path)
         self.replaying = self.path.with_name(self.path.name + ".replaying")
         self.rejected = self.path.with_name(self.path.name + ".rejected")
+        self.lockfile = self.path.with_name(self.path.name + ".lock")
         self._lock = threading.Lock()
+        self._held: int | None = None
 
     def __repr__(self) -> str:
         return f"RecoveryLog({str(self.path)!r})"
+
+    def acquire(self) -> None:
+        """Take the exclusive lock on the log (held until :meth:`release`).
+
+        Two pipelines on one file (two instances sharing a volume) would
+        each take, requeue and rename the other's files and lose events, so
+        a second one is refused with :class:`ConfigurationError`.
+        """
+        if self._held is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigurationError(
+                f"audit recovery log {self.path} is in use by another running audit "
+                f"pipeline ({type(exc).__name__} locking {self.lockfile.name}); give each "
+                "instance its own recovery_log"
+            ) from None
+        self._held = fd
+
+    def release(self) -> None:
+        """Let go of the lock :meth:`acquire` took (the lock file stays)."""
+        fd, self._held = self._held, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     def append(
         self, entries: Iterable[tuple[AuthEvent, Sequence[str]]], *, fsync: bool = True
