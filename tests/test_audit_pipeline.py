@@ -662,6 +662,8 @@ async def test_a_crash_during_a_bounded_replay_loses_nothing(
         assert st.task is not None
         st.task.cancel()
     await vt.settle()
+    assert p.recovery is not None
+    p.recovery.release()  # a dead process's descriptors, and so its lock, are gone
     assert log.with_name("r.jsonl.replaying").exists()
     sql2 = MemorySink("sql", regulatory=True)
     p2 = build(vt, [sql2], max_buffer=10, batch_size=2, recovery_log=log)
