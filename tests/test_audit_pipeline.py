@@ -401,6 +401,30 @@ async def test_a_replay_interrupted_by_a_crash_is_replayed_again(
     await p.stop()
 
 
+async def test_a_requeue_cut_short_by_a_crash_is_replayed_too(
+    vt: VirtualTime, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.jsonl"
+    a, b, c = events(build(vt, [MemorySink("x", regulatory=True)]), 3)
+    # The crash came between writing the copy aside (the replay's rest a,
+    # the leftover b, then what the log held, c) and renaming it.
+    log.with_name("r.jsonl.replaying").write_text(encode_entry(a, ["sql"]) + "\n")
+    log.with_name("r.jsonl.requeue").write_text(
+        "".join(encode_entry(e, ["sql"]) + "\n" for e in (a, b, c))
+    )
+    log.write_text(encode_entry(c, ["sql"]) + "\n")
+    sql = MemorySink("sql", regulatory=True)
+    p = build(vt, [sql], recovery_log=log)
+    await p.start()
+    async with vt.autojump():
+        await p.flush()
+    # At least once (a and c come twice), in order, and b is not lost.
+    assert list(dict.fromkeys(sql.ids)) == [a.id, b.id, c.id]
+    assert not log.with_name("r.jsonl.requeue").exists()
+    assert not log.with_name("r.jsonl.replaying").exists()
+    await p.stop()
+
+
 async def test_unknown_sink_names_in_the_log_go_to_the_regulatory_sinks(
     vt: VirtualTime, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -202,6 +202,8 @@ class RecoveryLog:
         self.replaying = self.path.with_name(self.path.name + ".replaying")
         self.rejected = self.path.with_name(self.path.name + ".rejected")
         self.lockfile = self.path.with_name(self.path.name + ".lock")
+        #: Where :meth:`requeue` writes the new ``path`` before renaming it.
+        self.aside = self.path.with_name(self.path.name + ".requeue")
         self._lock = threading.Lock()
         self._held: int | None = None
 
@@ -260,8 +262,8 @@ class RecoveryLog:
                 os.close(fd)
 
     def pending(self) -> bool:
-        """True if either file exists (there may be events to replay)."""
-        return self.path.exists() or self.replaying.exists()
+        """True if any of the files exists (there may be events to replay)."""
+        return self.path.exists() or self.replaying.exists() or self.aside.exists()
 
     def take(self) -> Taken:
         """Move ``path`` into ``path.replaying`` (after what an unfinished replay
@@ -270,6 +272,17 @@ class RecoveryLog:
         with a WARNING. Reads line by line: memory does not grow with the file.
         """
         with self._lock:
+            if self.aside.exists():
+                # A requeue cut short by a crash before its rename: the copy
+                # may hold leftovers found nowhere else. It goes between the
+                # older replayed file and ``path`` (whose lines it may repeat:
+                # at least once, each sink's order kept).
+                if self.replaying.exists():
+                    _append_file(self.replaying, self.aside)
+                    self.aside.unlink()
+                else:
+                    os.replace(self.aside, self.replaying)
+                _fsync_dir(self.path.parent)
             if self.path.exists():
                 if self.replaying.exists():
                     # A replay was left unfinished: its events are older, so
@@ -356,7 +369,7 @@ class RecoveryLog:
         ``path.replaying`` goes: a crash in between replays some events
         twice, never none.
         """
-        tmp = self.path.with_name(self.path.name + ".requeue")
+        tmp = self.aside
         kept = 0
         lines = [encode_entry(event, sinks) for event, sinks in leftovers]
         with self._lock:
