@@ -465,12 +465,19 @@ def _write_log(path: Path, evs: list[AuthEvent], sinks: list[str]) -> None:
     path.write_text("".join(encode_entry(e, sinks) + "\n" for e in evs))
 
 
+def _logged(vt: VirtualTime, path: Path, n: int, sinks: list[str]) -> list[AuthEvent]:
+    """``n`` events left in the recovery log ``path`` for ``sinks`` (by an
+    earlier run), oldest first."""
+    old = events(build(vt, [MemorySink("x", regulatory=True)]), n)
+    _write_log(path, old, sinks)
+    return old
+
+
 async def test_a_second_pipeline_on_a_recovery_log_in_use_is_refused(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 4)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 4, ["sql"])
     first = build(vt, [HangingSink("sql", regulatory=True)], recovery_log=log, drain_timeout=1.0)
     await first.start()
     sql = MemorySink("sql", regulatory=True)
@@ -494,8 +501,7 @@ async def test_replay_keeps_memory_bounded_order_and_every_event(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 100)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 100, ["sql"])
     metrics = RecordingMetrics()
     sql = GateSink("sql", regulatory=True)
     p = build(vt, [sql], max_buffer=10, batch_size=2, recovery_log=log, metrics=metrics)
@@ -519,8 +525,7 @@ async def test_only_new_events_close_the_gate_during_a_replay(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 20)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 20, ["sql"])
     sql = GateSink("sql", regulatory=True)
     p = build(vt, [sql], max_buffer=10, batch_size=4, recovery_log=log)
     fresh = events(p, 12, start=500)
@@ -548,8 +553,7 @@ async def test_new_events_queued_behind_a_long_replay_do_not_hold_logins_back(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 400)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 400, ["sql"])
     sql = GateSink("sql", regulatory=True)
     p = build(vt, [sql], max_buffer=10, batch_size=2, recovery_log=log)
     await p.start()
@@ -576,8 +580,7 @@ async def test_new_events_queued_behind_a_long_replay_do_not_hold_logins_back(
 
 async def test_the_replay_alone_never_closes_the_gate(vt: VirtualTime, tmp_path: Path) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 200)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 200, ["sql"])
     sql = GateSink("sql", regulatory=True)
     # batch_size == max_buffer: the first chunk is a whole batch, 100 of 100.
     p = build(vt, [sql], max_buffer=100, batch_size=100, recovery_log=log)
@@ -596,8 +599,7 @@ async def test_flush_waits_for_the_rest_of_the_replayed_file(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 100)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 100, ["sql"])
     sql = MemorySink("sql", regulatory=True)
     p = build(vt, [sql], max_buffer=4, batch_size=2, recovery_log=log)
     assert p.recovery is not None
@@ -633,8 +635,7 @@ async def test_stop_during_a_bounded_replay_requeues_exactly_what_each_sink_lack
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 30)
-    _write_log(log, old, ["sql", "siem"])
+    old = _logged(vt, log, 30, ["sql", "siem"])
     sql, siem = MemorySink("sql", regulatory=True), HangingSink("siem")
     p = build(vt, [sql, siem], max_buffer=10, batch_size=2, recovery_log=log, drain_timeout=1.0)
     await p.start()
@@ -671,8 +672,7 @@ async def test_a_crash_during_a_bounded_replay_loses_nothing(
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 30)
-    _write_log(log, old, ["sql"])
+    old = _logged(vt, log, 30, ["sql"])
     sql = GateSink("sql", regulatory=True)
     p = build(vt, [sql], max_buffer=10, batch_size=2, recovery_log=log)
     await p.start()
@@ -731,8 +731,7 @@ async def test_drop_oldest_during_a_replay_keeps_the_file_events_and_their_order
     vt: VirtualTime, tmp_path: Path
 ) -> None:
     log = tmp_path / "r.jsonl"
-    old = events(build(vt, [MemorySink("x", regulatory=True)]), 30)
-    _write_log(log, old, ["siem"])
+    old = _logged(vt, log, 30, ["siem"])
     siem = GateSink("siem")
     p = build(vt, [siem], max_buffer=6, batch_size=3, recovery_log=log)
     await p.start()
