@@ -1216,3 +1216,43 @@ async def test_emit_from_another_thread_reaches_the_loop(vt: VirtualTime) -> Non
         await p.flush()
     assert sink.ids == [e.id for e in evs]
     await p.stop()
+
+
+async def test_a_stop_while_start_reads_the_log_starts_no_worker(
+    vt: VirtualTime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stop() runs while start() is still taking the recovery log (in a
+    # thread): start() must not go on to start workers writing to sinks
+    # stop() already closed; the file keeps every event for the next start.
+    from axess.audit import recovery
+
+    log = tmp_path / "r.jsonl"
+    old = _logged(vt, log, 6, ["sql"])
+    entered, go = threading.Event(), threading.Event()
+    take = recovery.RecoveryLog.take
+
+    def blocked_take(self: recovery.RecoveryLog) -> Any:
+        entered.set()
+        go.wait(5)
+        return take(self)
+
+    monkeypatch.setattr(recovery.RecoveryLog, "take", blocked_take)
+    sql = MemorySink("sql", regulatory=True)
+    p = build(vt, [sql], max_buffer=10, batch_size=2, recovery_log=log, drain_timeout=1.0)
+    starting = asyncio.create_task(p.start())
+    await asyncio.to_thread(entered.wait, 5)
+    async with vt.autojump():
+        await p.stop()
+    go.set()
+    await asyncio.wait_for(starting, 5)
+    await vt.settle()
+    assert not any(st.running for st in p._sinks)
+    assert sql.ids == []
+    monkeypatch.setattr(recovery.RecoveryLog, "take", take)
+    sql2 = MemorySink("sql", regulatory=True)
+    p2 = build(vt, [sql2], max_buffer=10, batch_size=2, recovery_log=log)
+    await p2.start()
+    async with vt.autojump():
+        await p2.flush()
+    assert sql2.ids == [e.id for e in old]
+    await p2.stop()

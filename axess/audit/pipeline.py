@@ -458,6 +458,11 @@ class AuditPipeline:
         self._spill.after_close(event)
 
     # -- delivery ----------------------------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` has begun (the pipeline takes no new work)."""
+        return self._closed
+
     async def start(self) -> None:
         """Replay the recovery log (ahead of anything emitted so far), then start
         the workers and the retention loop. Idempotent. Raises
@@ -474,7 +479,12 @@ class AuditPipeline:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         fallback = [st.name for st in self._sinks if st.regulatory] or list(self._by_name)
-        for name in await self._spill.replay(fallback):
+        woken = await self._spill.replay(fallback)
+        if self.stopped:
+            # stop() ran while the log was read: it saved what there was, and
+            # workers started now would write to sinks it already closed.
+            return
+        for name in woken:
             self._by_name[name].wake.set()
         for st in self._sinks:
             st.start()
