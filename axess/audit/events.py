@@ -28,6 +28,7 @@ from typing import Any, Final, Literal, TypeAlias
 from axess._cache import Memo
 from axess.clock import Clock, Random
 from axess.session.events import KEY_PREFIX_CHARS, SessionEvent
+from axess.text import storable
 
 #: JSON value allowed in ``extras`` (after sanitizing).
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
@@ -117,12 +118,6 @@ _EXTRAS_MAX_DEPTH: Final = 4
 _EXTRAS_MAX_STRING: Final = 1024
 REDACTED: Final = "[redacted]"
 
-#: Replaces what no store can keep (see :func:`storable`).
-REPLACEMENT_CHAR: Final = "\ufffd"
-# NUL (PostgreSQL refuses it in text and JSONB) and lone surrogates (not
-# encodable as UTF-8: every SQL driver, the recovery log and JSON sinks fail).
-_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
-
 _TYPE_RE: Final = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _ID_RE: Final = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
 #: Name parts that mark an ``extras`` entry as secret.
@@ -167,18 +162,6 @@ def _names_a_secret(name: str) -> bool:
 
 # Extras keys repeat (they are field names in the application's code).
 _SECRET_NAMES: Final[Memo[str, bool]] = Memo(_names_a_secret, 1024)
-
-
-def storable(text: str) -> str:
-    """``text`` with NUL and lone surrogates replaced by U+FFFD.
-
-    Every sink must be able to take every event: one value a store refuses
-    would have its batch retried forever, holding back the sink and, once
-    its buffer fills, every login (client input such as a user agent or a
-    login name reaches events as it came)."""
-    if text.isascii():
-        return text.replace("\x00", REPLACEMENT_CHAR) if "\x00" in text else text
-    return _UNSTORABLE.sub(REPLACEMENT_CHAR, text)
 
 
 def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
@@ -277,7 +260,8 @@ class AuthEvent:
     randomness); the constructor is for replaying stored events. Both
     normalize: text fields are cut to :data:`FIELD_LIMITS`, ``session`` to
     the storage-key prefix, ``extras`` sanitized, and NUL and lone
-    surrogates replaced everywhere (:func:`storable`).
+    surrogates replaced everywhere (:func:`axess.text.storable`: every sink
+    must take every event, or one refused value holds its batch back forever).
     """
 
     id: str

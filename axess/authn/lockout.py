@@ -58,6 +58,7 @@ from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
+from axess.text import check_storable
 
 logger = logging.getLogger(__name__)
 
@@ -241,19 +242,6 @@ def _check_field(lever: str, key: object, value: object) -> str:
     return key
 
 
-def _storable(text: str, what: str) -> None:
-    """Raises ValueError for text no store can hold: a lone surrogate (valid
-    in JSON) or a NUL (PostgreSQL refuses it), so it is refused as input
-    instead of failing in the store as an outage."""
-    if "\x00" in text:
-        raise ValueError(f"{what} holds a NUL character")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{what} is not valid Unicode text") from None
-
-
 def normalize_identifier(identifier: str) -> str:
     """The one normalization of login identifiers: NFKC, casefold, NFKC, strip.
 
@@ -266,7 +254,7 @@ def normalize_identifier(identifier: str) -> str:
         raise TypeError("an identifier must be a str")
     if len(identifier) > _MAX_IDENTIFIER:
         raise ValueError("identifier too long")
-    _storable(identifier, "identifier")
+    check_storable(identifier, "identifier")
     # NFKC again after casefolding makes the function idempotent.
     folded = unicodedata.normalize("NFKC", identifier).casefold()
     normalized = unicodedata.normalize("NFKC", folded).strip()
@@ -284,7 +272,7 @@ def check_tenant_id(tenant_id: str, what: str = "tenant id") -> str:
         raise TypeError(f"a {what} must be a str")
     if not 0 < len(tenant_id) <= MAX_ID_CHARS:
         raise ValueError(f"a {what} has 1 to {MAX_ID_CHARS} characters")
-    _storable(tenant_id, what)
+    check_storable(tenant_id, what)
     return tenant_id
 
 
