@@ -265,6 +265,16 @@ class RecoveryLog:
         """True if any of the files exists (there may be events to replay)."""
         return self.path.exists() or self.replaying.exists() or self.aside.exists()
 
+    def _move_into_replaying(self, source: Path) -> None:
+        """Move ``source`` into ``path.replaying``: appended after what an
+        unfinished replay left there (older, so it goes first), else renamed."""
+        if self.replaying.exists():
+            _append_file(self.replaying, source)
+            source.unlink()
+        else:
+            os.replace(source, self.replaying)
+        _fsync_dir(self.path.parent)
+
     def take(self) -> Taken:
         """Move ``path`` into ``path.replaying`` (after what an unfinished replay
         left there) and check it: how many events it holds, and the sink
@@ -272,26 +282,13 @@ class RecoveryLog:
         with a WARNING. Reads line by line: memory does not grow with the file.
         """
         with self._lock:
-            if self.aside.exists():
-                # A requeue cut short by a crash before its rename: the copy
-                # may hold leftovers found nowhere else. It goes between the
-                # older replayed file and ``path`` (whose lines it may repeat:
-                # at least once, each sink's order kept).
-                if self.replaying.exists():
-                    _append_file(self.replaying, self.aside)
-                    self.aside.unlink()
-                else:
-                    os.replace(self.aside, self.replaying)
-                _fsync_dir(self.path.parent)
-            if self.path.exists():
-                if self.replaying.exists():
-                    # A replay was left unfinished: its events are older, so
-                    # they go first; then drop the source.
-                    _append_file(self.replaying, self.path)
-                    self.path.unlink()
-                else:
-                    os.replace(self.path, self.replaying)
-                _fsync_dir(self.path.parent)
+            # First a requeue cut short by a crash before its rename: the copy
+            # may hold leftovers found nowhere else, and goes between the
+            # older replayed file and ``path`` (whose lines it may repeat: at
+            # least once, each sink's order kept). Then ``path``.
+            for source in (self.aside, self.path):
+                if source.exists():
+                    self._move_into_replaying(source)
             if not self.replaying.exists():
                 return Taken()
             taken = Taken()
