@@ -11,11 +11,13 @@ import logging
 
 import httpx
 import pytest
-from authn_app import Env, make_env
+from authn_app import Env, enrol_totp, make_env
 
 from axess import Axess, Keyring, SessionConfig
 from axess.authn import Lever, Lockout, LockoutPolicy
 from axess.authn.device import DEVICE_COOKIE, DeviceCookie, DeviceCookieConfig
+from axess.authn.password import PasswordHasher
+from axess.authn.totp import totp
 from axess.keys import Key
 from axess.stores import MemoryStore
 
@@ -219,3 +221,46 @@ def test_axess_device_cookie_follows_the_session_cookie_security() -> None:
     config = auth.authn.device_cookie.config
     assert config == DeviceCookieConfig(max_age=3600, secure=False)
     assert "Secure" not in auth.authn.device_cookie.set_cookie("x" * 43).decode()
+
+
+async def test_a_login_finished_with_a_code_trusts_the_device() -> None:
+    env = make_env()
+    uid = await env.add_user("owner")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as owner:
+        r = await owner.post("/login", json={"identifier": "owner", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        r = await owner.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+        await owner.post("/logout")
+        await _lock_out(env)
+        r = await owner.post("/login", json={"identifier": "owner", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+
+
+async def test_the_trust_of_a_login_that_rehashed_the_password_holds() -> None:
+    """A login that re-hashes the password (new hasher parameters) trusts the
+    device under the new hash, the one the next login is checked against."""
+    env = make_env()
+    uid = await env.add_user("owner")
+    old = (await env.store.get_factors(uid)).password_hash
+    env.authn.hasher = PasswordHasher(time_cost=2, memory_cost=64, parallelism=1)
+    async with env.client() as owner:
+        assert await _login(owner, PASSWORD) == 200
+        assert (await env.store.get_factors(uid)).password_hash != old
+        await owner.post("/logout")
+        await _lock_out(env)
+        assert await _login(owner, PASSWORD) == 200
+
+
+async def test_a_new_password_ends_the_trust_of_every_device() -> None:
+    """The owner's own browser too: its trust was granted under the old
+    password, so until it signs in with the new one it is locked like anyone."""
+    env = make_env()
+    uid = await env.add_user("owner")
+    async with env.client() as owner:
+        assert await _login(owner, PASSWORD) == 200
+        await owner.post("/logout")
+        await env.store.set_password_hash(uid, await env.authn.hasher.hash("new password!"))
+        await _lock_out(env)
+        assert await _login(owner, "new password!") == 429

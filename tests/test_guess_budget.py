@@ -215,3 +215,31 @@ async def test_second_factor_burst_is_bounded(login_store: Any) -> None:
     assert [r.status_code for r in failed].count(401) == THRESHOLD - 1
     assert [r.status_code for r in failed].count(429) == BURST - THRESHOLD
     assert right.status_code == 429  # the right code, after the budget was spent
+
+
+async def test_a_trust_granted_under_an_old_password_buys_no_guesses(login_store: Any) -> None:
+    """A browser that signed in with a stolen password is a trusted origin:
+    its device cookie exempts it from the user lever. Once the password is
+    changed, that trust exempts nothing: a burst of guesses at the new
+    password from the same browser gets the user lever's budget and no more,
+    while the owner's browser, trusted under the new password, still gets in."""
+    env = make_env(login_store)
+    uid = await env.add_user("victim")
+    new = "new staple battery"
+
+    async def login(client: httpx.AsyncClient, password: str) -> int:
+        r = await client.post("/login", json={"identifier": "victim", "password": password})
+        return r.status_code
+
+    async with env.client() as attacker, env.client() as owner:
+        assert await login(attacker, PASSWORD) == 200  # the stolen password
+        await attacker.post("/logout")
+        await env.store.set_password_hash(uid, await env.authn.hasher.hash(new))
+        assert await login(owner, new) == 200
+        await owner.post("/logout")
+        before = env.authn.hasher.hash_calls
+        statuses = await asyncio.gather(*(login(attacker, f"guess-{i}") for i in range(40)))
+        assert env.authn.hasher.hash_calls - before == THRESHOLD
+        assert statuses.count(401) == THRESHOLD and statuses.count(429) == 40 - THRESHOLD
+        assert await login(attacker, new) == 429  # the account is locked for it
+        assert await login(owner, new) == 200  # but not for the owner's browser

@@ -4,10 +4,13 @@ Order of a login attempt::
 
     keys = lockout_keys(tenant, identifier, ip, device=cookie)  # ValueError if empty
     locked = await lockout.pre_check(keys)       # ONE store round trip, no hash
-    if locked: return Locked(locked.retry_after)  # -> 429 + Retry-After
-    ... verify the password (Argon2id) ...
-    await lockout.record_failure(keys)            # ONE round trip, all three levers
-    await lockout.record_success(keys)            # resets the user lever only
+    if locked: return locked                      # -> 429 + Retry-After
+    ... read the user and its password hash ...
+    keys = keys.bound_to(password_hash)           # None for an unknown user
+    unit = await lockout.reserve(keys)            # ONE round trip: the guess budget
+    if isinstance(unit, Locked): return unit
+    ... verify the password (Argon2id); a failure leaves the unit spent ...
+    await lockout.record_success(keys, reservations=[unit])  # resets the user lever
 
 **Window semantics (fixed window).** A lever's first failure opens a window
 of ``window`` seconds; failures inside it are counted; the first failure
@@ -30,7 +33,12 @@ the store. IPv6 addresses count per /64 (one host usually owns a /64).
 else the client's IP prefix (/24 IPv4, /64 IPv6). Attempts from a trusted
 origin are exempt from the user lever (neither blocked nor counted) but
 still subject to the IP and tenant levers, so an attacker elsewhere cannot
-lock the owner out.
+lock the owner out. The trust that exempts is bound to the account's
+password hash (:meth:`LockoutKeys.bound_to`): a new password ends it for
+every origin, so a browser that once signed in with a stolen password
+cannot guess the new one freely. The origin alone is trusted too, and lets
+an attempt past :meth:`Lockout.pre_check` (which runs before the password
+hash is read); :meth:`Lockout.reserve` then decides with the bound key.
 
 **Per-tenant overrides.** Two sources, applied in this order:
 ``LockoutPolicy.overrides`` (static, in code) and then the tenant record's
@@ -304,7 +312,20 @@ class LockoutKeys:
     user: str
     tenant: str
     ip: str | None
+    #: The trusted-origin key of (user, origin): what the pre-check consults.
     origin: str | None
+    #: ``origin`` bound to the account's password hash (:meth:`bound_to`):
+    #: the only key whose trust exempts from the user lever; ``None`` until bound.
+    bound_origin: str | None = None
+
+    def bound_to(self, credential: str | None) -> LockoutKeys:
+        """These keys with the origin bound to ``credential`` (the account's
+        stored password hash; ``None``: no exempting origin). A trust granted
+        under one password hash never matches another, so setting a password
+        ends the exemption of every origin at once, with nothing to delete."""
+        if self.origin is None or credential is None:
+            return replace(self, bound_origin=None)
+        return replace(self, bound_origin="o:" + _digest(self.origin, credential))
 
     def __repr__(self) -> str:  # keys are hashes; still keep logs short
         return f"LockoutKeys(tenant={self.tenant_id!r}, user={self.user[:10]}…)"
@@ -502,7 +523,10 @@ class Lockout:
     async def pre_check(self, keys: LockoutKeys, now: float | None = None) -> Locked | None:
         """``Locked`` if any lever refuses the attempt; one store round trip.
 
-        Raises :class:`StoreError` on a store outage unless ``on_store_error="open"``.
+        A trusted ``keys.origin`` passes a locked user lever here: the
+        password hash is not read yet, so :meth:`reserve` (with the bound
+        origin) has the last word. Raises :class:`StoreError` on a store
+        outage unless ``on_store_error="open"``.
         """
         now = self._clock.time() if now is None else now
         levers = self._levers(keys)
@@ -527,15 +551,15 @@ class Lockout:
         ``policy``: the tenant's effective policy (from :meth:`policy_for`,
         with the tenant record's overrides); default ``self.policy`` with
         its static overrides for ``keys.tenant_id``. Returns the new states
-        by lever (the user lever is absent when the origin is trusted). Logs
-        and counts ``account_locked(lever)`` for each lever this failure
-        locked.
+        by lever (the user lever is absent when ``keys.bound_origin`` is
+        trusted). Logs and counts ``account_locked(lever)`` for each lever
+        this failure locked.
         """
         now = self._clock.time() if now is None else now
         levers = self._levers(keys, policy)
         specs = [lv.spec(k, exempt_if_trusted=name == "user") for name, k, lv in levers]
         try:
-            states = await self.store.lockout_failure(specs, keys.origin, now)
+            states = await self.store.lockout_failure(specs, keys.bound_origin, now)
         except StoreError as exc:
             self._store_failed("record_failure", exc)
             return {}
@@ -583,7 +607,9 @@ class Lockout:
         concurrency. ``policy`` as in :meth:`record_failure`.
         ``trusted_exempt=False`` charges the user lever even from a trusted
         origin (second factors: the exemption protects owners from lockout
-        by strangers, it must not widen a password holder's code budget). Raises
+        by strangers, it must not widen a password holder's code budget).
+        Only a trusted ``keys.bound_origin`` exempts (:meth:`LockoutKeys.bound_to`:
+        keys that are not bound to the password hash exempt nothing). Raises
         :class:`StoreError` on an outage unless ``on_store_error="open"``
         (then an empty reservation: the attempt proceeds).
         """
@@ -594,7 +620,8 @@ class Lockout:
             for name, k, lv in levers
         ]
         try:
-            result = await self.store.lockout_reserve(specs, keys.origin, now)
+            origin = keys.bound_origin if trusted_exempt else None
+            result = await self.store.lockout_reserve(specs, origin, now)
         except StoreError as exc:
             self._store_failed("reserve", exc)
             return Reservation()
@@ -614,23 +641,24 @@ class Lockout:
         also_trust: Sequence[str] = (),
     ) -> None:
         """Reset the user lever, hand back the IP and tenant units of
-        ``reservations`` (the attempts of this login) and trust this origin
-        for ``trusted_origin_ttl`` (of ``policy``, as in
-        :meth:`record_failure`); one round trip. ``also_trust``: further
-        origin keys of the same account to trust (the IP prefix beside the
-        device with ``trust_ip_prefix``), one more round trip each."""
+        ``reservations`` (the attempts of this login) and trust this origin,
+        and its bound key, for ``trusted_origin_ttl`` (of ``policy``, as in
+        :meth:`record_failure`). ``also_trust``: further origin keys of the
+        same account to trust (the IP prefix beside the device with
+        ``trust_ip_prefix``). One round trip, and one more for each key
+        trusted after the first."""
         now = self._clock.time() if now is None else now
         if policy is None:
             policy = self.policy.for_tenant(keys.tenant_id)
         ttl = policy.trusted_origin_ttl
-        origin = keys.origin if ttl > 0 else None
+        trusted = (keys.origin, keys.bound_origin, *also_trust) if ttl > 0 else ()
+        origins: list[str | None] = [o for o in dict.fromkeys(trusted) if o is not None]
+        first, *more = origins or [None]
         release = [unit for r in reservations for unit in r.release]
         try:
-            await self.store.lockout_success([keys.user], origin, now + ttl, now, release)
-            if ttl > 0:
-                for extra in dict.fromkeys(also_trust):
-                    if extra != origin:
-                        await self.store.lockout_success([], extra, now + ttl, now)
+            await self.store.lockout_success([keys.user], first, now + ttl, now, release)
+            for extra in more:
+                await self.store.lockout_success([], extra, now + ttl, now)
         except StoreError as exc:
             self._store_failed("record_success", exc)
 

@@ -85,6 +85,7 @@ from axess.session.handle import Session, get_session
 from axess.stores.base import (
     ACTIVE,
     DEFAULT_TENANT,
+    FactorRecord,
     IdentityStore,
     LockoutStore,
     TenantRecord,
@@ -157,6 +158,10 @@ class _Attempt:
     held: Reservation | None = None
     #: The device id of the client's valid device cookie.
     device: str | None = None
+    #: The account and its factors, read before a password's unit is
+    #: reserved (``None``: no such user).
+    user: UserRecord | None = None
+    factors: FactorRecord | None = None
 
     def pending(self, user: str | None = None) -> dict[str, Any]:
         """The session's record of this login in progress; ``user``: the user
@@ -550,6 +555,13 @@ class AuthnService:
         levers = policy.levers_json() if overrides else None
         attempt = replace(attempt, policy=policy, levers=levers)
         if password is not None:
+            # The account first: the origin's trust exempts from the user
+            # lever only when it was granted under the current password hash.
+            user = await self.store.find_user(tenant_id, ident)
+            factors = None if user is None else await self.store.get_factors(user.id)
+            phc = None if factors is None else factors.password_hash
+            keys = attempt.keys.bound_to(phc)
+            attempt = replace(attempt, keys=keys, user=user, factors=factors)
             # The guess budget: a unit of every lever before any hash runs.
             reserved = await self._reserve(attempt, "password")
             if isinstance(reserved, Locked):
@@ -618,8 +630,7 @@ class AuthnService:
     async def _password(self, attempt: _Attempt, password: str | Password) -> LoginOutcome:
         assert attempt.reservation is not None, "reserve before checking a password"
         self.metrics.factor_attempt()
-        user = await self.store.find_user(attempt.tenant, attempt.identifier)
-        factors = None if user is None else await self.store.get_factors(user.id)
+        user, factors = attempt.user, attempt.factors
         phc = None if factors is None else factors.password_hash
         if user is None or user.status != ACTIVE or phc is None:
             await self.hasher.verify_dummy(password)
@@ -656,7 +667,7 @@ class AuthnService:
             d.Identifying(user.id, _session_tenant(user.tenant_id)), remaining
         )
         state = d.complete_factor(start, "password", self.clock.time())
-        return await self._advance(attempt, user, state)
+        return await self._advance(attempt, user, state, current_phc)
 
     async def _second_factor(
         self, attempt: _Attempt, state: d.Authenticating, credential: Credential
@@ -694,7 +705,10 @@ class AuthnService:
             new = d.Authenticating(state.user, state.tenant, remaining, completed, state.method)
         else:
             new = d.Authenticated(state.user, state.tenant, self.clock.time(), completed)
-        return await self._advance(attempt, user, new)
+        phc = None
+        if isinstance(new, d.Authenticated):  # the trust it grants is bound to the hash
+            phc = (await self.store.get_factors(user.id)).password_hash
+        return await self._advance(attempt, user, new, phc)
 
     async def _open_totp(self, attempt: _Attempt, user_id: str) -> _OpenedTOTP | None:
         """The user's TOTP secret, opened (``None``: no secret enrolled).
@@ -754,12 +768,17 @@ class AuthnService:
         return True
 
     async def _advance(
-        self, attempt: _Attempt, user: UserRecord, state: d.Authenticating | d.Authenticated
+        self,
+        attempt: _Attempt,
+        user: UserRecord,
+        state: d.Authenticating | d.Authenticated,
+        phc: str | None,
     ) -> LoginOutcome:
         """Move the session to ``state``. A complete login first does its store
         work (lockout success, ``record_login``); a :class:`StoreError` there
         propagates with the session as it was (not signed in), so a 503 never
-        comes with a signed-in session."""
+        comes with a signed-in session. ``phc``: the user's current password
+        hash, which the trust this login grants is bound to."""
         session = attempt.session
         if isinstance(state, d.Authenticating):
             session.set_auth_state(state)
@@ -783,8 +802,10 @@ class AuthnService:
             if self.lockout.policy.trust_ip_prefix:
                 # The prefix stays trusted too (cookieless clients there).
                 prefix = self._keys(attempt.tenant, attempt.identifier, attempt.ip, None)
-                also_trust = [o for o in (prefix.origin,) if o is not None]
+                bound = prefix.bound_to(phc)
+                also_trust = [o for o in (bound.origin, bound.bound_origin) if o is not None]
             keys = replace(keys, origin=new.origin)
+        keys = keys.bound_to(phc)
         await self.lockout.record_success(
             keys,
             policy=attempt.policy,
