@@ -264,3 +264,20 @@ async def test_a_new_password_ends_the_trust_of_every_device() -> None:
         await env.store.set_password_hash(uid, await env.authn.hasher.hash("new password!"))
         await _lock_out(env)
         assert await _login(owner, "new password!") == 429
+
+
+async def test_a_password_changed_between_the_steps_leaves_the_login_untrusted() -> None:
+    """The trust is bound to the hash the password step verified, not to
+    the one stored when the code step finishes the login."""
+    env = make_env()
+    uid = await env.add_user("owner")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as browser:
+        r = await browser.post("/login", json={"identifier": "owner", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        await env.store.set_password_hash(uid, await env.authn.hasher.hash("new password!"))
+        r = await browser.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+        await browser.post("/logout")
+        await _lock_out(env)
+        assert await _login(browser, "new password!") == 429

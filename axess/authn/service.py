@@ -51,6 +51,7 @@ Store outages raise :class:`~axess.errors.StoreError` (answer 503; the lockout's
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -136,6 +137,15 @@ class AuthnEvent:
 AuthnEventHook = Callable[[AuthnEvent], None]
 
 
+def credential_tag(password_hash: str | None) -> str | None:
+    """What a login's trusted origin is bound to (book: Lockout, "A new
+    password ends every trust"): a digest of the stored password hash, kept
+    in the pending login between steps instead of the hash itself."""
+    if password_hash is None:
+        return None
+    return hashlib.sha256(password_hash.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class _Attempt:
     """One request's login context after the checks that need no credential."""
@@ -162,6 +172,9 @@ class _Attempt:
     #: reserved (``None``: no such user).
     user: UserRecord | None = None
     factors: FactorRecord | None = None
+    #: :func:`credential_tag` of the password hash this login is checked
+    #: against: the trust it grants is bound to it (kept between steps).
+    credential: str | None = None
 
     def pending(self, user: str | None = None) -> dict[str, Any]:
         """The session's record of this login in progress; ``user``: the user
@@ -171,6 +184,8 @@ class _Attempt:
         data: dict[str, Any] = {"t": self.tenant, "i": self.identifier}
         if user is not None:
             data["u"] = user
+            if self.credential is not None:
+                data["h"] = self.credential
         if self.levers is not None:
             data["o"] = self.levers
         units = [*self.reservations_json()]
@@ -327,6 +342,7 @@ class AuthnService:
             pending.get("o"),
             held=Reservation.from_json(pending.get("r")),
             device=device,
+            credential=pending.get("h") if isinstance(pending.get("h"), str) else None,
         )
         if isinstance(credential, Password):
             if isinstance(session.auth_state, d.Authenticating):
@@ -559,9 +575,9 @@ class AuthnService:
             # lever only when it was granted under the current password hash.
             user = await self.store.find_user(tenant_id, ident)
             factors = None if user is None else await self.store.get_factors(user.id)
-            phc = None if factors is None else factors.password_hash
-            keys = attempt.keys.bound_to(phc)
-            attempt = replace(attempt, keys=keys, user=user, factors=factors)
+            tag = credential_tag(None if factors is None else factors.password_hash)
+            keys = attempt.keys.bound_to(tag)
+            attempt = replace(attempt, keys=keys, user=user, factors=factors, credential=tag)
             # The guess budget: a unit of every lever before any hash runs.
             reserved = await self._reserve(attempt, "password")
             if isinstance(reserved, Locked):
@@ -667,7 +683,8 @@ class AuthnService:
             d.Identifying(user.id, _session_tenant(user.tenant_id)), remaining
         )
         state = d.complete_factor(start, "password", self.clock.time())
-        return await self._advance(attempt, user, state, current_phc)
+        attempt = replace(attempt, credential=credential_tag(current_phc))
+        return await self._advance(attempt, user, state)
 
     async def _second_factor(
         self, attempt: _Attempt, state: d.Authenticating, credential: Credential
@@ -705,10 +722,7 @@ class AuthnService:
             new = d.Authenticating(state.user, state.tenant, remaining, completed, state.method)
         else:
             new = d.Authenticated(state.user, state.tenant, self.clock.time(), completed)
-        phc = None
-        if isinstance(new, d.Authenticated):  # the trust it grants is bound to the hash
-            phc = (await self.store.get_factors(user.id)).password_hash
-        return await self._advance(attempt, user, new, phc)
+        return await self._advance(attempt, user, new)
 
     async def _open_totp(self, attempt: _Attempt, user_id: str) -> _OpenedTOTP | None:
         """The user's TOTP secret, opened (``None``: no secret enrolled).
@@ -772,13 +786,13 @@ class AuthnService:
         attempt: _Attempt,
         user: UserRecord,
         state: d.Authenticating | d.Authenticated,
-        phc: str | None,
     ) -> LoginOutcome:
         """Move the session to ``state``. A complete login first does its store
         work (lockout success, ``record_login``); a :class:`StoreError` there
         propagates with the session as it was (not signed in), so a 503 never
-        comes with a signed-in session. ``phc``: the user's current password
-        hash, which the trust this login grants is bound to."""
+        comes with a signed-in session. The trust it grants is bound to
+        ``attempt.credential``: the hash the password step verified, so a
+        password changed between the steps leaves this login's trust void."""
         session = attempt.session
         if isinstance(state, d.Authenticating):
             session.set_auth_state(state)
@@ -802,10 +816,10 @@ class AuthnService:
             if self.lockout.policy.trust_ip_prefix:
                 # The prefix stays trusted too (cookieless clients there).
                 prefix = self._keys(attempt.tenant, attempt.identifier, attempt.ip, None)
-                bound = prefix.bound_to(phc)
+                bound = prefix.bound_to(attempt.credential)
                 also_trust = [o for o in (bound.origin, bound.bound_origin) if o is not None]
             keys = replace(keys, origin=new.origin)
-        keys = keys.bound_to(phc)
+        keys = keys.bound_to(attempt.credential)
         await self.lockout.record_success(
             keys,
             policy=attempt.policy,
