@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import httpx
 from authn_app import make_env
@@ -72,3 +73,32 @@ async def test_locked_known_and_unknown_answer_alike_without_hashing() -> None:
             answers[who] = (r.status_code, r.headers.get("retry-after"), r.content)
     assert answers["alice"] == answers["ghost"]
     assert answers["alice"][0] == 429
+
+
+async def test_known_and_unknown_identifiers_take_the_same_store_round_trips(
+    sql_store: Any,
+) -> None:
+    """The same store operations, in the same order, for a wrong password of
+    a real user and for an unknown identifier: a refused attempt (where no
+    hash hides the difference) would otherwise tell which accounts exist."""
+    env = make_env(sql_store)
+    await env.add_user("alice")
+    seen: list[str] = []
+    real = sql_store._op
+
+    async def recording(what: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(what)
+        return await real(what, *args, **kwargs)
+
+    sql_store._op = recording
+
+    async def trace(identifier: str) -> list[str]:
+        seen.clear()
+        async with env.client() as c:
+            r = await c.post("/login", json={"identifier": identifier, "password": "wrong"})
+        assert r.status_code == 401
+        return list(seen)
+
+    known, unknown = await trace("alice"), await trace("nobody")
+    assert known == unknown
+    assert known.index("get_factors") < known.index("lockout_reserve")

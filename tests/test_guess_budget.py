@@ -243,3 +243,50 @@ async def test_a_trust_granted_under_an_old_password_buys_no_guesses(login_store
         assert statuses.count(401) == THRESHOLD and statuses.count(429) == 40 - THRESHOLD
         assert await login(attacker, new) == 429  # the account is locked for it
         assert await login(owner, new) == 200  # but not for the owner's browser
+
+
+async def test_codes_from_a_trusted_browser_have_their_own_bounded_budget(
+    login_store: Any,
+) -> None:
+    """A browser trusted under the current password finishes its logins even
+    while strangers keep the account's shared user lever locked: its code
+    steps count on a lever of its own. That lever is a budget too: whoever
+    holds the browser (its cookies and the password) gets ``threshold`` code
+    checks per window, burst or not, and then a lock."""
+    env = make_env(login_store)
+    uid = await env.add_user("victim")
+    secret = await enrol_totp(env, uid)
+
+    def checked() -> int:
+        return sum(e.type == "factor_failed" and e.reason == "wrong_code" for e in env.events)
+
+    async with env.client() as owner:
+        r = await owner.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        env.clock.advance(30)
+        r = await owner.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200  # the browser is trusted now
+        await owner.post("/logout")
+        for i in range(THRESHOLD):  # a stranger locks the shared user lever
+            assert (await _login(env, f"guess-{i}")).status_code == 401
+        assert (await _login(env, PASSWORD)).status_code == 429
+        # The owner's browser: the password step is exempt, the code step
+        # counts on the browser's own lever, so the login goes through.
+        r = await owner.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        env.clock.advance(30)
+        r = await owner.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+        await owner.post("/logout")
+        # Whoever holds that browser and the password: a burst of codes.
+        r = await owner.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        now = env.clock.time()
+        codes = list(itertools.islice(wrong_codes(secret, now), 40))
+        before = checked()
+        answers = await asyncio.gather(*(owner.post("/factor", json={"totp": c}) for c in codes))
+        assert checked() - before == THRESHOLD
+        statuses = [a.status_code for a in answers]
+        assert statuses.count(401) == THRESHOLD and statuses.count(429) == 40 - THRESHOLD
+        r = await owner.post("/factor", json={"totp": totp(secret, now)})
+        assert r.status_code == 429

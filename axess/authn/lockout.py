@@ -327,6 +327,17 @@ class LockoutKeys:
             return replace(self, bound_origin=None)
         return replace(self, bound_origin="o:" + _digest(self.origin, credential))
 
+    def on_trusted_device(self) -> LockoutKeys:
+        """These keys with the user lever replaced by one of (account, bound
+        origin): where the code steps of a login whose password step came
+        from that trusted origin count. Strangers who lock the account's
+        shared lever cannot keep its owner's browser from finishing a login,
+        and that browser still has no more than a lever's budget of codes.
+        Unchanged when the origin is not bound."""
+        if self.bound_origin is None:
+            return self
+        return replace(self, user="u:" + _digest(self.user, self.bound_origin))
+
     def __repr__(self) -> str:  # keys are hashes; still keep logs short
         return f"LockoutKeys(tenant={self.tenant_id!r}, user={self.user[:10]}…)"
 
@@ -639,14 +650,16 @@ class Lockout:
         policy: LockoutPolicy | None = None,
         reservations: Sequence[Reservation] = (),
         also_trust: Sequence[str] = (),
+        also_reset: Sequence[str] = (),
     ) -> None:
         """Reset the user lever, hand back the IP and tenant units of
         ``reservations`` (the attempts of this login) and trust this origin,
         and its bound key, for ``trusted_origin_ttl`` (of ``policy``, as in
         :meth:`record_failure`). ``also_trust``: further origin keys of the
         same account to trust (the IP prefix beside the device with
-        ``trust_ip_prefix``). One round trip, and one more for each key
-        trusted after the first."""
+        ``trust_ip_prefix``). ``also_reset``: further counters to reset (the
+        lever of a trusted device, :meth:`LockoutKeys.on_trusted_device`).
+        One round trip, and one more for each key trusted after the first."""
         now = self._clock.time() if now is None else now
         if policy is None:
             policy = self.policy.for_tenant(keys.tenant_id)
@@ -656,7 +669,8 @@ class Lockout:
         first, *more = origins or [None]
         release = [unit for r in reservations for unit in r.release]
         try:
-            await self.store.lockout_success([keys.user], first, now + ttl, now, release)
+            reset = list(dict.fromkeys((keys.user, *also_reset)))
+            await self.store.lockout_success(reset, first, now + ttl, now, release)
             for extra in more:
                 await self.store.lockout_success([], extra, now + ttl, now)
         except StoreError as exc:

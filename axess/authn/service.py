@@ -146,6 +146,17 @@ def credential_tag(password_hash: str | None) -> str | None:
     return hashlib.sha256(password_hash.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def credential_tag_of(pending: dict[str, Any]) -> str | None:
+    """The :func:`credential_tag` a pending login keeps (``None``: none or malformed)."""
+    tag = pending.get("h")
+    return tag if isinstance(tag, str) and len(tag) == 32 else None
+
+
+#: A user id no account has, whose factors a login reads for an unknown
+#: identifier (the same round trips as for a real one).
+_NO_USER: Final = ""
+
+
 @dataclass(frozen=True, slots=True)
 class _Attempt:
     """One request's login context after the checks that need no credential."""
@@ -175,6 +186,9 @@ class _Attempt:
     #: :func:`credential_tag` of the password hash this login is checked
     #: against: the trust it grants is bound to it (kept between steps).
     credential: str | None = None
+    #: The password step came from an origin trusted under that hash: the
+    #: code steps count on that origin's own lever (kept between steps).
+    trusted: bool = False
 
     def pending(self, user: str | None = None) -> dict[str, Any]:
         """The session's record of this login in progress; ``user``: the user
@@ -186,6 +200,8 @@ class _Attempt:
             data["u"] = user
             if self.credential is not None:
                 data["h"] = self.credential
+            if self.trusted:
+                data["d"] = 1
         if self.levers is not None:
             data["o"] = self.levers
         units = [*self.reservations_json()]
@@ -342,8 +358,10 @@ class AuthnService:
             pending.get("o"),
             held=Reservation.from_json(pending.get("r")),
             device=device,
-            credential=pending.get("h") if isinstance(pending.get("h"), str) else None,
+            credential=credential_tag_of(pending),
+            trusted=pending.get("d") == 1,
         )
+        attempt = replace(attempt, keys=keys.bound_to(attempt.credential))
         if isinstance(credential, Password):
             if isinstance(session.auth_state, d.Authenticating):
                 return InvalidCredentials()  # the password step is done
@@ -574,7 +592,10 @@ class AuthnService:
             # The account first: the origin's trust exempts from the user
             # lever only when it was granted under the current password hash.
             user = await self.store.find_user(tenant_id, ident)
-            factors = None if user is None else await self.store.get_factors(user.id)
+            # Read for an unknown identifier too: the same round trips either
+            # way, or a refused attempt would tell whether the account exists.
+            read = await self.store.get_factors(_NO_USER if user is None else user.id)
+            factors = None if user is None else read
             tag = credential_tag(None if factors is None else factors.password_hash)
             keys = attempt.keys.bound_to(tag)
             attempt = replace(attempt, keys=keys, user=user, factors=factors, credential=tag)
@@ -582,7 +603,9 @@ class AuthnService:
             reserved = await self._reserve(attempt, "password")
             if isinstance(reserved, Locked):
                 return reserved
-            attempt = replace(attempt, reservation=reserved)
+            # The user lever was left out: the origin is trusted under this hash.
+            trusted = bool(reserved.states) and "user" not in reserved.states
+            attempt = replace(attempt, reservation=reserved, trusted=trusted)
         refused: str | None = None
         if record is None and tenant is not None:
             refused = "unknown_tenant"
@@ -695,7 +718,11 @@ class AuthnService:
             # Before the reservation: a secret that no configured key opens is
             # the deployment's fault, not a guess, and must not count.
             opened = await self._open_totp(attempt, state.user)
-        reserved = await self._reserve(attempt, factor)
+        # From the origin the password step was trusted at, codes count on
+        # that origin's own lever: strangers locking the account's shared one
+        # must not keep its owner's browser from finishing the login.
+        counted = replace(attempt, keys=attempt.keys.on_trusted_device())
+        reserved = await self._reserve(counted if attempt.trusted else attempt, factor)
         if isinstance(reserved, Locked):
             return reserved
         attempt = replace(attempt, reservation=reserved)
@@ -820,11 +847,13 @@ class AuthnService:
                 also_trust = [o for o in (bound.origin, bound.bound_origin) if o is not None]
             keys = replace(keys, origin=new.origin)
         keys = keys.bound_to(attempt.credential)
+        device_lever = attempt.keys.on_trusted_device().user
         await self.lockout.record_success(
             keys,
             policy=attempt.policy,
             reservations=attempt.reservations(),
             also_trust=also_trust,
+            also_reset=[device_lever] if attempt.trusted else [],
         )
         await self.store.record_login(user.id, state.authn_time)
         # The session changes only now: the middleware commits whatever state

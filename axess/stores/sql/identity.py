@@ -211,15 +211,15 @@ class SQLIdentityMixin(SQLStorePart):
 
     # -- factors --------------------------------------------------------------
     async def get_factors(self, user_id: str) -> FactorRecord:
-        """The factor row and the recovery-code count: one ``SELECT``."""
+        """The factor row and the recovery-code count: one ``SELECT``, whether
+        the row exists or not (a login reads the factors of unknown
+        identifiers too, and must take the same round trips for them)."""
         sql = (
             "SELECT f.password_hash, f.totp_secret, f.totp_last_step, "
             "(SELECT COUNT(*) FROM axess_recovery_codes c WHERE c.user_id = ?) "
-            "FROM axess_factors f WHERE f.user_id = ?"
+            "FROM (SELECT 1 AS one) AS x LEFT JOIN axess_factors f ON f.user_id = ?"
         )
         rows = await self._fetch("get_factors", sql, (user_id, user_id), FACTORS)
-        if not rows:
-            return FactorRecord(user_id, recovery_codes=await self.count_recovery_codes(user_id))
         r = rows[0]
         return FactorRecord(
             user_id,
