@@ -29,6 +29,14 @@ from axess.errors import AxessError, ConfigurationError, StoreError
 from axess.keys import PURPOSES, Key, Keyring
 from axess.stores.base import LOCKOUT, RoutedStore, purge_targets
 from axess.stores.sql.engine import SQLStore, redact_dsn
+from axess.user_command import ACTIONS as USER_ACTIONS
+from axess.user_command import (
+    UserCommandError,
+    UserRequest,
+    check_request,
+    default_actor,
+    run_user_command,
+)
 
 if TYPE_CHECKING:
     from axess.stores.valkey import ValkeyStore
@@ -828,6 +836,41 @@ def _default_workers(parser: argparse.ArgumentParser) -> int:
         parser.error(f"WEB_CONCURRENCY: {exc} (or pass --workers)")
 
 
+# -- user -------------------------------------------------------------------------------
+async def _user(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from axess.app import Axess
+
+    request = UserRequest(
+        args.action, args.identifier, args.tenant, args.ip, args.actor or default_actor()
+    )
+    try:
+        check_request(request)
+    except UserCommandError as exc:
+        raise CommandError(str(exc)) from None
+    auth, _ = load_object(args.target)
+    if not isinstance(auth, Axess):
+        raise CommandError(f"{args.target} is a {type(auth).__name__}, not an Axess object")
+    store = auth.store
+    held = list(store.backends) if isinstance(store, RoutedStore) else [store]
+    if any(_is_memory(b) for b in held):
+        raise CommandError(
+            "the app keeps accounts or sessions in memory, inside its own process: "
+            "nothing to act on from here"
+        )
+    open_ = getattr(store, "open", None)
+    if open_ is not None:
+        await open_()
+    try:
+        delivered = await run_user_command(auth, request, out, err)
+    except UserCommandError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()
+    return EXIT_OK if delivered else EXIT_FAILED
+
+
 # -- demo -------------------------------------------------------------------------------
 def _port(text: str) -> int:
     try:
@@ -950,6 +993,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes the app runs with (default: WEB_CONCURRENCY or 1)",
     )
     p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p = sub.add_parser(
+        "user",
+        help="look at or act on one account: " + ", ".join(USER_ACTIONS),
+        formatter_class=fmt,
+        epilog="exit status: 0 done, 1 failed (or done, but an audit sink refused its "
+        "events), 2 usage error, 130 interrupted",
+        description="Import the app's Axess object (module:attribute, as for check) and "
+        "act on one account through its stores: "
+        + "; ".join(f"{name}: {what}" for name, what in USER_ACTIONS.items())
+        + ". The audit events of the action go straight to the app's audit sinks (the "
+        "running app keeps its recovery log); a sink that refuses them makes the command "
+        "print them as JSON lines on stderr and exit 1.",
+    )
+    p.add_argument("action", choices=USER_ACTIONS, metavar="ACTION", help="one of: %(choices)s")
+    p.add_argument("target", metavar="MODULE:ATTR", help="the Axess object, e.g. myapp.main:auth")
+    p.add_argument(
+        "identifier", nargs="?", metavar="IDENTIFIER", help="the login identifier (e-mail, name)"
+    )
+    p.add_argument("--tenant", help="the account's tenant id (default: the default tenant)")
+    p.add_argument(
+        "--ip",
+        metavar="ADDRESS",
+        help="show or unlock this client address's lever too (unlock: alone, without "
+        "IDENTIFIER, only that address)",
+    )
+    p.add_argument("--actor", help="who the audit events name (default cli:<login name>)")
     p = command(
         "backup",
         "back up a SQLite store (prints the procedure for PostgreSQL/MySQL)",
@@ -1102,6 +1171,8 @@ def _run(
             return asyncio.run(
                 _run_cancellable(_check(args.target, args.workers, args.strict, out))
             )
+        if cmd == "user":
+            return asyncio.run(_run_cancellable(_user(args, out, err)))
         url = _store_url(parser, args)
         if cmd == "migrate":
             new_file = _new_sqlite_file(url)

@@ -492,6 +492,40 @@ class AuditPipeline:
             self.retention.bind(clock=self.clock)
             await self.retention.start()
 
+    async def deliver_once(self) -> dict[str, Exception]:
+        """Write what :meth:`emit` queued, straight to each sink, then close
+        the sinks: for a pipeline that never starts, in a one-shot process
+        (the ``axess user`` command) that must not take the running app's
+        recovery log. Batches go in order, each sink on its own. Returns the
+        sinks whose write failed, by name; their events stay undelivered
+        (:meth:`undelivered`) for the caller to report. Call it once, at the
+        end. Raises :class:`RuntimeError` once :meth:`start` or :meth:`stop`
+        has run."""
+        if self._started or self._closed:
+            raise RuntimeError("deliver_once() is for a pipeline that never starts")
+        failed: dict[str, Exception] = {}
+        for st in self._sinks:
+            while st.buffer.depth:
+                batch = st.buffer.take()
+                try:
+                    await st.sink.write(batch)
+                except Exception as exc:
+                    failed[st.name] = exc
+                    break
+                st.buffer.delivered_batch()
+            close = getattr(st.sink, "close", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    logger.exception("closing audit sink %r failed", st.name)
+        return failed
+
+    def undelivered(self) -> dict[str, list[AuthEvent]]:
+        """The events each sink has not been given yet, oldest first, by sink
+        name (sinks with none are left out)."""
+        return {st.name: pending for st in self._sinks if (pending := st.buffer.pending())}
+
     async def _batch_written(self, st: SinkWorker, replayed: int) -> None:
         if self._spill.wants_refill(st.name):
             # Before the worker takes its next batch: new events must not
