@@ -7,6 +7,12 @@ fail on them). Input a store cannot keep is refused where it is input
 (:func:`check_storable`: login identifiers, tenant ids) and replaced where
 it is only recorded (:func:`storable`: audit events), never left to fail in
 the store, where it would look like an outage.
+
+Ids (tenant, user, slug) follow one more rule, :func:`check_id`: no
+trailing space. MySQL and MariaDB compare ``'acme '`` equal to ``'acme'``
+(their collations pad with spaces), every other store does not; an id
+with a trailing space would name someone else's rows on one backend only
+(book: Storage).
 """
 
 from __future__ import annotations
@@ -31,3 +37,20 @@ def check_storable(text: str, what: str) -> None:
     lone surrogate."""
     if _UNSTORABLE.search(text) is not None:
         raise ValueError(f"{what} holds a NUL or is not valid Unicode text")
+
+
+#: The widest id column of the session table (user and tenant ids).
+MAX_SESSION_ID_CHARS: Final = 255
+
+
+def check_id(text: str, what: str, max_chars: int) -> None:
+    """Raises ValueError, naming ``what``, unless ``text`` is 1 to
+    ``max_chars`` characters a store can keep and does not end with a space
+    (TypeError for a non-str)."""
+    if not isinstance(text, str):
+        raise TypeError(f"a {what} must be a str")
+    if not 0 < len(text) <= max_chars:
+        raise ValueError(f"a {what} has 1 to {max_chars} characters")
+    if text[-1] == " ":
+        raise ValueError(f"a {what} cannot end with a space")
+    check_storable(text, what)

@@ -48,6 +48,11 @@ async def test_create_user_and_tenant() -> None:
         await admin.create_user("ALICE@example.com", tenant="acme")
     with pytest.raises(ValueError):
         await admin.create_user("   ")
+    for bad in ({"tenant_id": "acme "}, {"tenant_id": "beta", "slug": "beta "}):
+        with pytest.raises(ValueError, match="cannot end with a space"):
+            await admin.create_tenant(**bad)
+    with pytest.raises(ValueError, match="cannot end with a space"):
+        await admin.create_user("bob@example.com", tenant="acme", user_id="u-bob ")
     assert await admin.find_user("alice@EXAMPLE.com", tenant="acme") == u
     assert await _login(env, "alice@example.com", "pw-123456", tenant="acme") == 200
 

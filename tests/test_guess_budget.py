@@ -22,7 +22,7 @@ from authn_app import Env, enrol_totp, make_env, wrong_codes
 from axess.authn import Lever, Lockout, LockoutPolicy
 from axess.authn.lockout import lockout_keys
 from axess.authn.totp import totp
-from axess.stores.base import DEFAULT_TENANT
+from axess.stores.base import DEFAULT_TENANT, TenantRecord
 
 THRESHOLD = 5  # the default user lever
 PASSWORD = "correct horse"
@@ -290,3 +290,26 @@ async def test_codes_from_a_trusted_browser_have_their_own_bounded_budget(
         assert statuses.count(401) == THRESHOLD and statuses.count(429) == 40 - THRESHOLD
         r = await owner.post("/factor", json={"totp": totp(secret, now)})
         assert r.status_code == 429
+
+
+async def test_a_tenant_id_with_a_trailing_space_names_no_tenant(login_store: Any) -> None:
+    """MySQL and MariaDB compare ``'acme '`` equal to ``'acme'``; were such a
+    tenant id let through, each trailing space would be a fresh user lever
+    for the same account there. It is refused before any lever or lookup,
+    on every backend alike."""
+    env = make_env(login_store)
+    await env.store.create_tenant(TenantRecord("acme", "acme"))
+    await env.add_user("alice", tenant="acme")
+
+    async def login(tenant: str, password: str) -> int:
+        async with env.client() as c:
+            body = {"identifier": "alice", "password": password, "tenant": tenant}
+            return (await c.post("/login", json=body)).status_code
+
+    for _ in range(THRESHOLD):
+        assert await login("acme", "wrong") == 401
+    assert await login("acme", PASSWORD) == 429
+    before = env.authn.hasher.hash_calls
+    for spaces in range(1, 4):
+        assert await login("acme" + " " * spaces, PASSWORD) == 401
+    assert env.authn.hasher.hash_calls == before  # refused before any hash

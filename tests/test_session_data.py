@@ -30,12 +30,23 @@ def test_password_then_totp_flow() -> None:
         (lambda s: d.authenticate(s, "bob", None, (), 1.0), d.Authenticated("a", None, 1.0)),
         (lambda s: d.begin_workflow(s, "pw", "1"), d.GUEST),
         (lambda s: d.identify(s, ""), d.GUEST),
+        # Ids every store keeps alike: MySQL would match "bob " to "bob".
+        (lambda s: d.identify(s, "bob "), d.GUEST),
+        (lambda s: d.authenticate(s, "bob", "acme ", (), 1.0), d.GUEST),
+        (lambda s: d.authenticate(s, "b" * 256, None, (), 1.0), d.GUEST),
+        (lambda s: d.authenticate(s, "bob\x00", None, (), 1.0), d.GUEST),
         (lambda s: d.require_factors(s, ()), d.Identifying("a")),
     ],
 )
 def test_invalid_transitions_raise(fn: object, state: d.AuthState) -> None:
     with pytest.raises(d.InvalidTransition):
         fn(state)  # type: ignore[operator]
+
+
+def test_the_longest_ids_the_session_table_keeps_are_accepted() -> None:
+    s = d.authenticate(d.GUEST, "u" * 255, "t" * 255, (), 1.0)
+    assert (s.user, s.tenant) == ("u" * 255, "t" * 255)
+    assert d.identify(d.GUEST, " bob").user == " bob"  # only a trailing space is refused
 
 
 def test_step_up_and_logout() -> None:

@@ -66,7 +66,7 @@ from axess.clock import Clock, SystemClock
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
-from axess.text import check_storable
+from axess.text import check_id, check_storable
 
 logger = logging.getLogger(__name__)
 
@@ -274,13 +274,10 @@ def normalize_identifier(identifier: str) -> str:
 
 
 def check_tenant_id(tenant_id: str, what: str = "tenant id") -> str:
-    """``tenant_id`` if a store can hold it as a tenant or user id (1 to 128
-    characters of text, no NUL); raises ValueError (TypeError for a non-str)."""
-    if not isinstance(tenant_id, str):
-        raise TypeError(f"a {what} must be a str")
-    if not 0 < len(tenant_id) <= MAX_ID_CHARS:
-        raise ValueError(f"a {what} has 1 to {MAX_ID_CHARS} characters")
-    check_storable(tenant_id, what)
+    """``tenant_id`` if a store can hold it as a tenant or user id
+    (:func:`axess.text.check_id`: 1 to 128 characters of text, no NUL, no
+    trailing space); raises ValueError (TypeError for a non-str)."""
+    check_id(tenant_id, what, MAX_ID_CHARS)
     return tenant_id
 
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final
 
+from axess.text import MAX_SESSION_ID_CHARS, check_id
+
 DATA_VERSION: Final = 1
 
 
@@ -69,9 +71,21 @@ def identify(state: AuthState, user: str, tenant: str | None = None) -> Identify
     """Guest/Identifying → Identifying(user)."""
     if not isinstance(state, Guest | Identifying):
         raise InvalidTransition(f"cannot identify from {state.kind}")
+    _check_ids(user, tenant)
+    return Identifying(user, tenant)
+
+
+def _check_ids(user: str, tenant: str | None) -> None:
+    """Ids every store keeps alike (:func:`axess.text.check_id`), else
+    :class:`InvalidTransition` (a ValueError)."""
     if not user:
         raise InvalidTransition("user must be non-empty")
-    return Identifying(user, tenant)
+    try:
+        check_id(user, "user id", MAX_SESSION_ID_CHARS)
+        if tenant is not None:
+            check_id(tenant, "tenant id", MAX_SESSION_ID_CHARS)
+    except (TypeError, ValueError) as exc:
+        raise InvalidTransition(str(exc)) from None
 
 
 def require_factors(
@@ -106,8 +120,7 @@ def authenticate(
     now: float,
 ) -> Authenticated:
     """Any state → Authenticated (credentials verified by the caller)."""
-    if not user:
-        raise InvalidTransition("user must be non-empty")
+    _check_ids(user, tenant)
     if isinstance(state, Authenticated) and (state.user, state.tenant) != (user, tenant):
         raise InvalidTransition("already authenticated as another user; log out first")
     return Authenticated(user, tenant, now, tuple(factors))
