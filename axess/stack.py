@@ -48,11 +48,18 @@ def join_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     """Request headers as a dict: repeated ``cookie`` lines joined with ``; ``,
     other repeated headers with ``,`` (RFC 9110 list semantics), in order."""
     out: dict[bytes, bytes] = {}
+    # Joined once per name at the end: appending to the value line by line
+    # copies it each time, quadratic in a flood of one repeated header.
+    repeated: dict[bytes, list[bytes]] = {}
     for k, v in headers:
-        if k in out:
-            out[k] += (b"; " if k == b"cookie" else b",") + v
-        else:
+        if k not in out:
             out[k] = v
+        elif (parts := repeated.get(k)) is not None:
+            parts.append(v)
+        else:
+            repeated[k] = [out[k], v]
+    for k, parts in repeated.items():
+        out[k] = (b"; " if k == b"cookie" else b",").join(parts)
     return out
 
 

@@ -152,3 +152,14 @@ def test_vary_cookie_merges_into_an_existing_vary_once() -> None:
     frozen: Message = {"type": "http.response.start", "headers": ((b"x", b"1"),)}
     vary_cookie(frozen)
     assert frozen["headers"] == [(b"x", b"1"), (b"vary", b"Cookie")]
+
+
+def test_repeated_request_headers_join_in_order() -> None:
+    from axess.stack import join_headers
+
+    lines = [(b"x-a", b"1"), (b"cookie", b"a=1"), (b"x-b", b"z"), (b"x-a", b"2")]
+    lines += [(b"cookie", b"b=2"), (b"x-a", b"3"), (b"cookie", b"c=3")]
+    assert join_headers(lines) == {b"x-a": b"1,2,3", b"cookie": b"a=1; b=2; c=3", b"x-b": b"z"}
+    # A flood of one repeated line (joined once, not line by line).
+    flood = join_headers([(b"x-a", b"a")] * 100_000)
+    assert flood == {b"x-a": b",".join([b"a"] * 100_000)}
