@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from axess import ConfigurationError, MockClock
 from axess.ratelimit import Limit, MemoryBucketStore, RateLimit, gcra, parse_limits
+from axess.ratelimit.limits import GLOB_MAX_PATH, _path_regex
 
 US = 1_000_000
 
@@ -238,6 +241,57 @@ def test_rule_validation() -> None:
 )
 def test_path_patterns(pattern: str, path: str, hit: bool) -> None:
     assert RateLimit("1/s", paths=[pattern]).matches_path(path) is hit
+
+
+_PATTERN_CHARS = st.sampled_from(["a", "b", "/", "*", "**", "."])
+_PATH_CHARS = st.sampled_from(["a", "b", "/", ".", "\n"])
+
+
+def _backtracking(pattern: str) -> re.Pattern[str]:
+    """The plain translation of a path pattern (what ``_Glob`` must agree with)."""
+    below = pattern.endswith("/**")
+    body = pattern[:-3] if below else pattern
+    out, i = [], 0
+    while i < len(body):
+        if body.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            out.append("[^/]*" if body[i] == "*" else re.escape(body[i]))
+            i += 1
+    return re.compile("".join(out) + ("(?:/.*)?" if below else ""), re.DOTALL)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(_PATTERN_CHARS, max_size=8).map(lambda p: "/" + "".join(p)),
+    st.lists(_PATH_CHARS, max_size=12).map(lambda p: "/" + "".join(p)),
+)
+@example("/*a*", "/x/a")
+@example("/**a*", "/x/a")
+@example("/a*/*b", "/a/b")
+@example("/*/**", "/")
+@example("/a/**/b/", "/a/b")
+def test_wildcard_patterns_match_like_their_regex(pattern: str, path: str) -> None:
+    assume("*" in pattern)
+    compiled = _path_regex(pattern)
+    assert not isinstance(compiled, str)
+    full = pattern + "**" if pattern.endswith("/") else pattern
+    expected = _backtracking(full).fullmatch(path) is not None
+    assert bool(compiled.fullmatch(path)) is expected
+
+
+def test_many_wildcards_on_a_long_path_take_one_pass() -> None:
+    """``/api/**/admin/**/delete`` as a regular expression backtracks
+    quadratically on a long path that misses (seconds at 100 KiB); the
+    matcher answers from one pass, and past its bound the rule applies."""
+    rule = RateLimit("1/s", paths=["/api/**/admin/**/delete", "/x/*a*b*c/"])
+    long = "/api/" + "admin/" * 1300 + "x"
+    assert len(long) < GLOB_MAX_PATH and not rule.matches_path(long)
+    assert rule.matches_path("/api/" + "admin/" * 1300 + "delete")
+    assert not rule.matches_path("/x/" + "a" * 8000)
+    assert rule.matches_path("/x/zazbzc") and rule.matches_path("/x/abc/deep/er")
+    assert rule.matches_path("/api/" + "admin/" * 2000)  # over the bound: applies
 
 
 def test_methods() -> None:

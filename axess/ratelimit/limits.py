@@ -175,8 +175,9 @@ def parse_limits(*specs: str | Limit) -> tuple[Limit, ...]:
     return tuple(out)
 
 
-def _path_regex(pattern: str) -> re.Pattern[str] | str:
-    """An exact path (returned as a string) or a compiled pattern.
+def _path_regex(pattern: str) -> re.Pattern[str] | _Glob | str:
+    """An exact path (returned as a string), a compiled pattern, or a
+    :class:`_Glob` for a pattern with two wildcards or more.
 
     ``*`` matches within one segment, ``**`` across segments, and a pattern
     ending in ``/`` matches everything below it.
@@ -189,24 +190,78 @@ def _path_regex(pattern: str) -> re.Pattern[str] | str:
         pattern = "/**"
     if "*" not in pattern:
         return pattern
-    out: list[str] = []
+    below = pattern.endswith("/**")  # the path itself, or anything under it
+    body = pattern[:-3] if below else pattern
+    tokens: list[str] = []  # "*", "**" or one literal character
     i = 0
-    while i < len(pattern):
-        if pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out.append("(?:/.*)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
+    while i < len(body):
+        step = 2 if body.startswith("**", i) else 1
+        tokens.append(body[i : i + step])
+        i += step
+    if sum(t in ("*", "**") for t in tokens) + below >= 2:
+        return _Glob(tokens, below)
+    regex = "".join(".*" if t == "**" else "[^/]*" if t == "*" else re.escape(t) for t in tokens)
     # DOTALL: a path segment may hold any character, a newline included
     # (``/items/1%0Ax`` reaches a ``/items/{id}`` route).
-    return re.compile("".join(out), re.DOTALL)
+    return re.compile(regex + ("(?:/.*)?" if below else ""), re.DOTALL)
+
+
+#: Longer paths are not matched against a :class:`_Glob`: its rule applies
+#: to them (fails closed), so one request costs at most this many steps.
+GLOB_MAX_PATH: Final = 8192
+
+
+class _Glob:
+    """A path pattern with two wildcards or more, matched in one pass.
+
+    Python's regular expressions backtrack on such a pattern (``.*`` twice
+    makes a miss quadratic in the path, three times cubic: seconds for one
+    long path). This runs the pattern as a set of positions instead, a bit
+    each, so a path costs one step per character whatever the pattern.
+    Paths over :data:`GLOB_MAX_PATH` characters match: the rule applies.
+    """
+
+    __slots__ = ("_accept", "_any", "_below", "_literal", "_segment")
+
+    def __init__(self, tokens: list[str], below: bool) -> None:
+        self._literal: dict[str, int] = {}
+        self._segment = self._any = 0  # positions of "*" / "**"
+        for i, part in enumerate(tokens):
+            if part == "*":
+                self._segment |= 1 << i
+            elif part == "**":
+                self._any |= 1 << i
+            else:
+                self._literal[part] = self._literal.get(part, 0) | 1 << i
+        self._accept = 1 << len(tokens)
+        self._below = below
+
+    def _skip(self, states: int) -> int:
+        """``states`` plus the positions after wildcards that match nothing."""
+        wild = self._segment | self._any
+        while True:
+            more = states | ((states & wild) << 1)
+            if more == states:
+                return states
+            states = more
+
+    def fullmatch(self, path: str) -> bool:
+        if len(path) > GLOB_MAX_PATH:
+            return True
+        literal, segment, any_, accept = self._literal, self._segment, self._any, self._accept
+        states = self._skip(1)
+        for ch in path:
+            if ch == "/":
+                if self._below and states & accept:
+                    return True  # below the pattern's path: anything goes
+                states = ((states & literal.get(ch, 0)) << 1) | (states & any_)
+            else:
+                states = ((states & literal.get(ch, 0)) << 1) | (states & (any_ | segment))
+            if not states:
+                return False
+            if states & (any_ | segment):
+                states = self._skip(states)
+        return bool(states & accept)
 
 
 def _methods(methods: str | Iterable[str] | None) -> frozenset[str] | None:
@@ -300,7 +355,7 @@ class RateLimit:
         self.key: Key = as_key(key)
         self.paths = (paths,) if isinstance(paths, str) else tuple(paths)
         exact: set[str] = set()
-        patterns: list[re.Pattern[str]] = []
+        patterns: list[re.Pattern[str] | _Glob] = []
         for path in self.paths:
             compiled = _path_regex(path)
             if isinstance(compiled, str):
