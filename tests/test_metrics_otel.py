@@ -157,6 +157,11 @@ def test_attributes_stay_bounded() -> None:
     assert len(found["axess.store_latency"].data.data_points) == MAX_LABEL_VALUES + 1
     other = point(found["axess.store_latency"], substore="other", operation="other")
     assert other.count == MAX_LABEL_VALUES
+    # The attribute cache behind it stays bounded too, however many names.
+    for i in range(MAX_LABEL_VALUES * 20):
+        m.store_latency("sessions", f"more{i}", 0.001)
+    cached = m._state.latency_attributes.cache  # type: ignore[attr-defined]
+    assert len(cached) == MAX_LABEL_VALUES + 1
 
 
 async def login(request: Request) -> PlainTextResponse:

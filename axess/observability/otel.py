@@ -64,8 +64,8 @@ def _version() -> str:
 
 
 class _Attributes:
-    """Label values -> a reusable attribute mapping, capped at
-    :data:`MAX_LABEL_VALUES` entries (later ones get ``"other"``)."""
+    """Label values -> a reusable attribute mapping: :data:`MAX_LABEL_VALUES`
+    entries, and one ``"other"`` entry that every later key shares."""
 
     __slots__ = ("_lock", "_names", "cache")
 
@@ -78,8 +78,14 @@ class _Attributes:
         with self._lock:
             attributes = self.cache.get(key)
             if attributes is None:
-                values = key if len(self.cache) < MAX_LABEL_VALUES else (OTHER,) * len(key)
-                attributes = dict(zip(self._names, values, strict=True))
+                if len(self.cache) >= MAX_LABEL_VALUES:
+                    # Full: every new key is "other", and is not remembered
+                    # (the cache would grow with every new key otherwise).
+                    key = (OTHER,) * len(key)
+                    attributes = self.cache.get(key)
+                    if attributes is not None:
+                        return attributes
+                attributes = dict(zip(self._names, key, strict=True))
                 self.cache[key] = attributes
             return attributes
 
