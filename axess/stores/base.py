@@ -425,13 +425,16 @@ class LockoutStore(Protocol):
         release: Sequence[tuple[str, float]] = (),
     ) -> None:
         """Delete the ``reset`` counters, trust ``origin`` until ``trusted_until``
+        (the latest call sets the end, shorter or longer than before)
         and hand back one unit of each ``(key, window_start)`` in ``release``
         (:func:`release_unit`), atomically. A unit listed ``k`` times is
         ``k`` units (two steps of one login in one window), never taking a
         counter below zero."""
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:
-        """Delete these counters (and trusted origins); how many existed."""
+        """Delete these counters (and trusted origins); how many existed
+        (a lever a failure skipped or a refused reservation left alone has
+        no counter, whatever rows the store keeps for it)."""
 
     async def lockout_state(self, key: str, now: float) -> LeverState | None:
         """The live counter for ``key`` (for admin views and tests)."""

@@ -216,7 +216,7 @@ class MemoryStore(MemoryIdentityMixin):
             if state is not None and (back := release_unit(state, window_start, now)):
                 self._levers[key] = back
         if origin is not None:
-            self._origins[origin] = max(trusted_until, self._origins.get(origin, 0.0))
+            self._origins[origin] = trusted_until
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:
         return sum(

@@ -345,6 +345,26 @@ class LockoutStoreContract:
         assert s.lockouts == 1  # escalation forgotten too
         assert await store.lockout_clear([]) == 0
 
+    async def test_clear_counts_only_counters_that_were_kept(self, store: LockoutStore) -> None:
+        """A lever skipped for a trusted origin, and every lever of a refused
+        reservation, kept no counter: clearing it counts nothing."""
+        await store.lockout_success([], "o:k", NOW + 1000, NOW)
+        exempt = make_lever("u:k", exempt_if_trusted=True)
+        await store.lockout_failure([exempt, make_lever("i:k")], "o:k", NOW)
+        assert await store.lockout_clear(["u:k"]) == 0
+        await store.lockout_failure([make_lever("u:r", threshold=1)], None, NOW)
+        refused = await store.lockout_reserve([make_lever("u:r"), make_lever("i:r")], None, NOW)
+        assert not refused.reserved
+        assert await store.lockout_clear(["i:r"]) == 0
+        assert await store.lockout_clear(["u:r", "i:k"]) == 2
+
+    async def test_trusting_again_sets_the_new_end(self, store: LockoutStore) -> None:
+        """The latest trust of an origin is what counts, shorter or longer."""
+        await store.lockout_success([], "o:n", NOW + 100, NOW)
+        await store.lockout_success([], "o:n", NOW + 10, NOW)
+        assert (await store.lockout_status([], "o:n", NOW + 9)).trusted
+        assert not (await store.lockout_status([], "o:n", NOW + 50)).trusted
+
     async def test_purge_removes_only_dead_rows(self, store: LockoutStore) -> None:
         await store.lockout_failure([make_lever("u:p1")], None, NOW)
         await store.lockout_failure([make_lever("u:p2", threshold=1)], None, NOW)

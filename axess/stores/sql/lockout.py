@@ -261,16 +261,20 @@ class SQLLockoutMixin(SQLStorePart):
         await self._lockout_op("lockout_success", body)
 
     async def lockout_clear(self, keys: Sequence[str]) -> int:
-        """Delete these counters / origins; how many rows existed."""
+        """Delete these counters / origins; how many existed. The all-zero
+        rows a reservation inserts to lock on (and leaves for levers it
+        skipped or refused) are deleted too, but were never counters."""
         wanted = sorted(set(keys))
         if not wanted:
             return 0
-        sql = self._sql(
-            f"DELETE FROM axess_lockouts WHERE lkey IN ({', '.join('?' * len(wanted))})"  # noqa: S608
-        )
+        where = f"lkey IN ({', '.join('?' * len(wanted))})"
+        kept = self._sql(f"DELETE FROM axess_lockouts WHERE {where} AND expires_at > 0")  # noqa: S608
+        rest = self._sql(f"DELETE FROM axess_lockouts WHERE {where}")  # noqa: S608
 
         async def body(conn: Connection) -> int:
-            return (await conn.run(sql, wanted)).rowcount
+            count = (await conn.run(kept, wanted)).rowcount
+            await conn.run(rest, wanted)
+            return count
 
         return await self._lockout_op("lockout_clear", body)
 
