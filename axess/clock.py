@@ -7,10 +7,13 @@ nonce comes from a :class:`Random`. Tests drive both deterministically with
 
 from __future__ import annotations
 
+import math
 import random as _random
 import secrets
 import time as _time
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
+
+from axess.errors import ConfigurationError
 
 
 @runtime_checkable
@@ -84,3 +87,22 @@ class SeededRandom:
 
     def token_bytes(self, n: int) -> bytes:
         return self._rng.randbytes(n)
+
+
+#: The longest duration a setting may have: a century. Every store keeps
+#: times as integer milliseconds; a longer one, or infinity, fits none of
+#: them alike (SQLite's integers end in the year 292 million, Valkey's
+#: expiries refuse it, memory would keep it).
+MAX_DURATION: Final = 100 * 366 * 86_400.0
+
+
+def check_duration(value: float, what: str, *, zero: bool = False) -> None:
+    """Raises :class:`ConfigurationError`, naming ``what``, unless ``value``
+    is a number of seconds above zero (or zero, with ``zero``) and at most
+    :data:`MAX_DURATION`."""
+    low_ok = value >= 0 if zero else value > 0
+    if isinstance(value, bool) or not (math.isfinite(value) and low_ok):
+        least = "0" if zero else "more than 0"
+        raise ConfigurationError(f"{what} must be {least} seconds, not {value!r}")
+    if value > MAX_DURATION:
+        raise ConfigurationError(f"{what} must be at most {MAX_DURATION:.0f} seconds (a century)")

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
 from axess._cache import Memo
-from axess.clock import Clock, SystemClock
+from axess.clock import Clock, SystemClock, check_duration
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
@@ -101,15 +101,13 @@ class Lever:
         if self.threshold < 1:
             raise ConfigurationError("Lever.threshold must be at least 1")
         for name in ("window", "lock_for"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigurationError(f"Lever.{name} must be a positive number of seconds")
+            check_duration(getattr(self, name), f"Lever.{name}")
         if not (math.isfinite(self.backoff) and self.backoff >= 1.0):
             raise ConfigurationError("Lever.backoff must be >= 1")
-        if self.max_lock is not None and not (
-            math.isfinite(self.max_lock) and self.max_lock >= self.lock_for
-        ):
-            raise ConfigurationError("Lever.max_lock must be >= lock_for")
+        if self.max_lock is not None:
+            check_duration(self.max_lock, "Lever.max_lock")
+            if self.max_lock < self.lock_for:
+                raise ConfigurationError("Lever.max_lock must be >= lock_for")
 
     @property
     def cap(self) -> float:
@@ -171,8 +169,7 @@ class LockoutPolicy:
     def __post_init__(self) -> None:
         if self.on_store_error not in ("closed", "open"):
             raise ConfigurationError('on_store_error must be "closed" or "open"')
-        if not self.trusted_origin_ttl >= 0:
-            raise ConfigurationError("trusted_origin_ttl must be >= 0 seconds")
+        check_duration(self.trusted_origin_ttl, "trusted_origin_ttl", zero=True)
         for tenant, levers in self.overrides.items():
             unknown = set(levers) - set(LEVERS)
             if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from axess.clock import check_duration
 from axess.errors import ConfigurationError
 from axess.session.cookie import MAX_COOKIE_BYTES
 
@@ -45,11 +46,10 @@ class SessionConfig:
         name = self.cookie_name
         if not name or any(c in name for c in ' ;,=\t\r\n"') or not name.isascii():
             raise ConfigurationError(f"invalid cookie name {name!r}")
-        if self.max_age <= 0:
-            raise ConfigurationError("max_age must be positive")
+        check_duration(self.max_age, "max_age")
+        check_duration(self.touch_interval, "touch_interval", zero=True)
         if self.idle_timeout is not None:
-            if self.idle_timeout <= 0:
-                raise ConfigurationError("idle_timeout must be positive or None")
+            check_duration(self.idle_timeout, "idle_timeout")
             if not 0 <= self.touch_interval < self.idle_timeout:
                 raise ConfigurationError("touch_interval must be >= 0 and below idle_timeout")
         if self.same_site not in ("lax", "strict", "none"):

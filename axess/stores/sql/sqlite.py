@@ -233,7 +233,9 @@ class _SQLiteDriver(Driver):
             return await _run_threaded(con, sql, args, True)
 
     def errors(self) -> tuple[type[BaseException], ...]:
-        return (sqlite3.Error, OSError)
+        # OverflowError: an integer beyond SQLite's 64 bits (a time past the
+        # year 292 million), which the server databases refuse as an error.
+        return (sqlite3.Error, OSError, OverflowError)
 
 
 def _daemonic(con: aiosqlite.Connection) -> aiosqlite.Connection:
