@@ -704,12 +704,19 @@ def auth_router(
         # session must not try all million codes of a pending secret.
         outcome = await authn.check_code(
             request,
-            lambda: users.confirm_totp_enrolment(user_id, pending, body.code, actor=user_id),
+            lambda: users.confirm_totp_enrolment(
+                user_id, pending, body.code, actor=user_id, replace=False
+            ),
             reason="totp_enrolment",
         )
         if isinstance(outcome, Locked):
             return outcome_response(outcome)
         if not isinstance(outcome, Authenticated):
+            if await totp_enabled(user_id):
+                # Turned on by a request racing this one (the form sent
+                # twice): that one got the recovery codes.
+                session.pop(TOTP_PENDING_KEY, None)
+                return _refusal(409, "conflict", "TOTP is already enabled; disable it first")
             return _refusal(400, "invalid_code", "wrong code; enter the one the app shows now")
         del session[TOTP_PENDING_KEY]
         codes = await users.regenerate_recovery_codes(user_id, actor=user_id)

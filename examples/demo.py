@@ -555,12 +555,17 @@ async def totp_confirm(request: Request) -> Response:
     if code.strip():
         outcome = await authn.check_code(
             request,
-            lambda: users.confirm_totp_enrolment(user_id, pending, code, actor=user_id),
+            lambda: users.confirm_totp_enrolment(
+                user_id, pending, code, actor=user_id, replace=False
+            ),
             reason="totp_enrolment",
         )
     if isinstance(outcome, Locked):
         return locked_page(outcome)
     if not isinstance(outcome, Authenticated):
+        if (await users.store.get_factors(user_id)).totp_secret is not None:
+            s.pop(TOTP_PENDING, None)  # the form was sent twice: the other one won
+            return redirect("TOTP is already on")
         body = enrolment_body(request, enrolment, "Wrong code; try again.")
         return page("Set up TOTP", body, status=400)
     del s[TOTP_PENDING]

@@ -31,6 +31,7 @@ from axess import (
 )
 from axess.audit import AuditPipeline, AuthEvent, CallableSink
 from axess.authn.lockout import Lever, LockoutPolicy
+from axess.authn.recovery import RecoveryCode
 from axess.authn.totp import totp
 from axess.errors import ConfigurationError
 from axess.fastapi import MAX_BODY_BYTES, auth_router
@@ -1015,3 +1016,49 @@ async def test_main_flow_on_backend(backend_store: Any) -> None:
         r = await c.post("/auth/logout/everywhere")
         assert r.json()["sessions_ended"] == 2
         assert await c.state() == "guest" and await other.state() == "guest"
+
+
+async def test_confirming_totp_twice_at_once_issues_one_set_of_codes(backend_store: Any) -> None:
+    """The confirm form sent twice (a double click), or two tabs confirming
+    enrolments of their own at the same moment: one request turns TOTP on
+    and gets the recovery codes, every other one gets 409, and what is
+    stored is the winner's secret and codes."""
+    api = make_api(backend_store)
+    uid = await api.add_user("alice@example.com")
+    async with api.client() as c, api.client() as other:
+        await c.signed_in("alice@example.com")
+        r = await c.post("/auth/totp/enrol", {"password": PASSWORD})
+        secret = secret_of(r.json())
+        code = totp(secret, api.clock.time())
+        answers = await asyncio.gather(
+            *(c.post("/auth/totp/confirm", {"code": code}) for _ in range(4))
+        )
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 409, 409, 409], statuses
+        (won,) = [a for a in answers if a.status_code == 200]
+        issued = won.json()["recovery_codes"]
+        recovery = api.auth.authn.recovery  # type: ignore[union-attr]
+        for issued_code in issued[:2]:  # the codes shown are the codes stored
+            candidates = recovery.candidates(RecoveryCode(issued_code))
+            assert await api.auth.store.consume_recovery_code(uid, candidates)  # type: ignore[attr-defined]
+
+        # Two tabs, each with an enrolment of its own.
+        await api.auth.users.disable_totp(uid)  # type: ignore[union-attr]
+        await other.signed_in("alice@example.com")
+        secrets_ = []
+        for client in (c, other):
+            r = await client.post("/auth/totp/enrol", {"password": PASSWORD})
+            secrets_.append(secret_of(r.json()))
+        api.clock.advance(30)
+        now = api.clock.time()
+        first, second = await asyncio.gather(
+            c.post("/auth/totp/confirm", {"code": totp(secrets_[0], now)}),
+            other.post("/auth/totp/confirm", {"code": totp(secrets_[1], now)}),
+        )
+        assert sorted((first.status_code, second.status_code)) == [200, 409]
+        winner = secrets_[0] if first.status_code == 200 else secrets_[1]
+    async with api.client() as c:
+        await c.login("alice@example.com")
+        api.clock.advance(30)
+        r = await c.post("/auth/login/factor", {"code": totp(winner, api.clock.time())})
+        assert r.status_code == 200  # the winner's authenticator signs in

@@ -317,17 +317,22 @@ class UserAdmin:
         code: TOTPCode | str,
         *,
         actor: str | None = None,
+        replace: bool = True,
     ) -> bool:
         """Activate the enrolment of ``pending`` if ``code`` is a current code
         of its secret (RFC 6238, ±1 step, as at login).
 
-        Only then is the sealed secret stored (replacing any previous one) and
-        the code's step recorded as used, so the same code is refused at the
-        next login; emits ``totp_enrolled``. Returns ``False`` — storing
-        nothing and never raising for any ``pending``/``code`` — for a wrong
-        code, or a pending token that is malformed, tampered with, issued for
-        another user, sealed with a key no longer configured, or older than
-        ``totp_pending_ttl``. ``UnknownUser`` for an unknown user id.
+        Only then is the sealed secret stored (replacing any previous one;
+        with ``replace=False`` only if the user has no TOTP secret, decided
+        atomically in the store) and the code's step recorded as used, so
+        the same code is refused at the next login; emits ``totp_enrolled``.
+        Returns ``False`` — storing nothing and never raising for any
+        ``pending``/``code`` — for a wrong code, a pending token that is
+        malformed, tampered with, issued for another user, sealed with a key
+        no longer configured, or older than ``totp_pending_ttl``, and with
+        ``replace=False`` when a secret is set (TOTP turned on meanwhile:
+        a second submission of the same form, another tab).
+        ``UnknownUser`` for an unknown user id.
         """
         user = await self._user(user_id)
         secret = self._open_pending(user, pending)
@@ -337,11 +342,18 @@ class UserAdmin:
         if step is None:
             logger.info("TOTP enrolment of user %s refused: wrong code", user.id)
             return False
-        await self.store.set_totp_secret(user.id, self.sealer.seal(secret, user.id))
-        # Setting the secret forgot the last step: record this one so the code
-        # that confirmed the enrolment cannot be replayed at login. (False only
-        # if a concurrent confirmation recorded it first: active either way.)
-        await self.store.totp_accept_step(user.id, step)
+        sealed = self.sealer.seal(secret, user.id)
+        if not replace:
+            # With the confirming code's step: it cannot be replayed at login.
+            if not await self.store.enable_totp(user.id, sealed, step):
+                logger.info("TOTP enrolment of user %s refused: TOTP is on already", user.id)
+                return False
+        else:
+            await self.store.set_totp_secret(user.id, sealed)
+            # Setting the secret forgot the last step: record this one so the
+            # code that confirmed the enrolment cannot be replayed at login.
+            # (False only if a concurrent confirmation recorded it first.)
+            await self.store.totp_accept_step(user.id, step)
         self._emit("totp_enrolled", user, actor)
         return True
 

@@ -520,6 +520,8 @@ class IdentityStore(Protocol):
     * ``consume_recovery_code`` removes one matching hash atomically: of
       concurrent calls with the same code exactly one returns ``True``.
     * Setting a TOTP secret (or clearing it) forgets the last accepted step.
+    * ``enable_totp`` sets a TOTP secret only if the user has none: of
+      concurrent calls exactly one returns ``True``.
     * ``reseal_totp_secret`` is a compare-and-set on the sealed bytes: it
       replaces them only if they are still ``expected`` and keeps the last
       accepted step (the same secret under another key).
@@ -569,6 +571,11 @@ class IdentityStore(Protocol):
     async def set_totp_secret(self, user_id: str, sealed: bytes | None) -> None: ...
 
     async def totp_accept_step(self, user_id: str, step: int) -> bool: ...
+
+    async def enable_totp(self, user_id: str, sealed: bytes, step: int) -> bool:
+        """Store ``sealed`` as the TOTP secret, with ``step`` as its last
+        accepted step, only if the user has no TOTP secret. ``False`` when
+        one is set (a concurrent enrolment won, or TOTP was on already)."""
 
     async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
         """Store ``sealed`` if the sealed secret is still ``expected`` (key

@@ -402,6 +402,9 @@ class CompositeStore:
     async def totp_accept_step(self, user_id: str, step: int) -> bool:
         return await self._factors().totp_accept_step(user_id, step)
 
+    async def enable_totp(self, user_id: str, sealed: bytes, step: int) -> bool:
+        return await self._factors().enable_totp(user_id, sealed, step)
+
     async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
         return await self._factors().reseal_totp_secret(user_id, expected, sealed)
 

@@ -128,6 +128,13 @@ class MemoryIdentityMixin(MemoryRecoveryCodes):
             f, totp_secret=None if sealed is None else bytes(sealed), totp_last_step=None
         )
 
+    async def enable_totp(self, user_id: str, sealed: bytes, step: int) -> bool:
+        f = self._factors.get(user_id, FactorRecord(user_id))
+        if f.totp_secret is not None:
+            return False
+        self._factors[user_id] = replace(f, totp_secret=bytes(sealed), totp_last_step=step)
+        return True
+
     async def totp_accept_step(self, user_id: str, step: int) -> bool:
         f = self._factors.get(user_id)
         if f is None or f.totp_secret is None:

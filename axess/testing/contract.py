@@ -784,6 +784,24 @@ class IdentityStoreContract:
         )
         assert sorted(results) == [False] * 5 + [True]
 
+    async def test_enable_totp_only_where_there_is_none(self, store: IdentityStore) -> None:
+        await store.set_password_hash("u1", "$phc")
+        assert await store.enable_totp("u1", b"\x01first", 7)
+        f = await store.get_factors("u1")
+        assert (f.totp_secret, f.totp_last_step, f.password_hash) == (b"\x01first", 7, "$phc")
+        assert not await store.totp_accept_step("u1", 7)  # the confirming code is used up
+        assert not await store.enable_totp("u1", b"\x01second", 9)
+        assert (await store.get_factors("u1")).totp_secret == b"\x01first"
+        await store.set_totp_secret("u1", None)
+        assert await store.enable_totp("u1", b"\x01third", 9)  # disabled: enable again
+        # No factor row yet (a user without a password), concurrently: one wins.
+        results = await asyncio.gather(
+            *(store.enable_totp("u2", bytes([1, i]), 5) for i in range(8))
+        )
+        assert sorted(results) == [False] * 7 + [True]
+        winner = bytes([1, results.index(True)])
+        assert (await store.get_factors("u2")).totp_secret == winner
+
     async def test_concurrent_totp_same_step_accepted_once(self, store: IdentityStore) -> None:
         await store.set_totp_secret("u1", b"\x01sealed")
         results = await asyncio.gather(*(store.totp_accept_step("u1", 1000) for _ in range(8)))

@@ -292,6 +292,21 @@ class SQLIdentityMixin(SQLStorePart):
         )
         return await self._execute("totp_accept_step", sql, (step, user_id, step), FACTORS) == 1
 
+    async def enable_totp(self, user_id: str, sealed: bytes, step: int) -> bool:
+        """In one transaction: the factor row made to exist, the secret set
+        where there is none, then read back: ``True`` only if it is ours (a
+        concurrent call's update waits for ours and then finds a secret)."""
+        value = bytes(sealed)
+        update = (
+            "UPDATE axess_factors SET totp_secret = ?, totp_last_step = ? "
+            "WHERE user_id = ? AND totp_secret IS NULL"
+        )
+        check = "SELECT COUNT(*) FROM axess_factors WHERE user_id = ? AND totp_secret = ?"
+        ensure = ("axess_factors", "user_id", (user_id,))
+        steps = [(update, (value, step, user_id)), (check, (user_id, value))]
+        rows = await self._ensure_then("enable_totp", ensure, steps, FACTORS)
+        return bool(rows) and int(rows[0][0]) == 1
+
     async def reseal_totp_secret(self, user_id: str, expected: bytes, sealed: bytes) -> bool:
         """Compare-and-set on the sealed bytes; ``totp_last_step`` is untouched."""
         sql = "UPDATE axess_factors SET totp_secret = ? WHERE user_id = ? AND totp_secret = ?"
