@@ -19,7 +19,8 @@ import httpx
 import pytest
 from authn_app import Env, enrol_totp, make_env, wrong_codes
 
-from axess.authn import Lever, Lockout, LockoutPolicy
+from axess.authn import Lever, Lockout, LockoutPolicy, UserAdmin
+from axess.authn.device import DEVICE_COOKIE
 from axess.authn.lockout import lockout_keys
 from axess.authn.totp import totp
 from axess.stores.base import DEFAULT_TENANT, TenantRecord
@@ -250,9 +251,10 @@ async def test_codes_from_a_trusted_browser_have_their_own_bounded_budget(
 ) -> None:
     """A browser trusted under the current password finishes its logins even
     while strangers keep the account's shared user lever locked: its code
-    steps count on a lever of its own. That lever is a budget too: whoever
-    holds the browser (its cookies and the password) gets ``threshold`` code
-    checks per window, burst or not, and then a lock."""
+    steps count on a lever of its own first. Whoever holds the browser (its
+    cookies and the password) gets that lever's ``threshold`` code checks
+    and then the shared lever's (which the owner's last login reset), burst
+    or not, and then a lock."""
     env = make_env(login_store)
     uid = await env.add_user("victim")
     secret = await enrol_totp(env, uid)
@@ -285,9 +287,10 @@ async def test_codes_from_a_trusted_browser_have_their_own_bounded_budget(
         codes = list(itertools.islice(wrong_codes(secret, now), 40))
         before = checked()
         answers = await asyncio.gather(*(owner.post("/factor", json={"totp": c}) for c in codes))
-        assert checked() - before == THRESHOLD
+        assert checked() - before == 2 * THRESHOLD
         statuses = [a.status_code for a in answers]
-        assert statuses.count(401) == THRESHOLD and statuses.count(429) == 40 - THRESHOLD
+        assert statuses.count(401) == 2 * THRESHOLD
+        assert statuses.count(429) == 40 - 2 * THRESHOLD
         r = await owner.post("/factor", json={"totp": totp(secret, now)})
         assert r.status_code == 429
 
@@ -313,3 +316,74 @@ async def test_a_tenant_id_with_a_trailing_space_names_no_tenant(login_store: An
     for spaces in range(1, 4):
         assert await login("acme" + " " * spaces, PASSWORD) == 401
     assert env.authn.hasher.hash_calls == before  # refused before any hash
+
+
+async def test_swapping_device_cookies_between_codes_buys_no_budget(login_store: Any) -> None:
+    """The code steps of a login count on the lever of the origin its
+    password step was trusted at, whatever device cookie they come with, then
+    on the account's shared lever: the owner's browser, no cookie and the
+    attacker's own device cookies (each trusted for the attacker's account)
+    together get the two levers' budgets and no more."""
+    env = make_env(login_store)
+    uid = await env.add_user("victim")
+    await env.add_user("mallory")
+    secret = await enrol_totp(env, uid)
+
+    def checked() -> int:
+        return sum(e.type == "factor_failed" and e.reason == "wrong_code" for e in env.events)
+
+    own_cookies = []
+    for _ in range(3):  # the attacker's own account, from fresh browsers
+        async with env.client() as c:
+            r = await c.post("/login", json={"identifier": "mallory", "password": PASSWORD})
+            assert r.status_code == 200
+            own_cookies.append(c.cookies[DEVICE_COOKIE])
+    async with env.client() as browser:
+        r = await browser.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        env.clock.advance(30)
+        r = await browser.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200  # the owner's browser is trusted
+        await browser.post("/logout")
+        r = await browser.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}  # the holder of browser and password
+        owner_cookie = browser.cookies[DEVICE_COOKIE]
+        codes = wrong_codes(secret, env.clock.time())
+        statuses = []
+        for cookie in [owner_cookie, None, *own_cookies] * 2:
+            browser.cookies.delete(DEVICE_COOKIE)
+            if cookie is not None:
+                browser.cookies.set(DEVICE_COOKIE, cookie, domain="testserver.local")
+            for _ in range(THRESHOLD):
+                r = await browser.post("/factor", json={"totp": next(codes)})
+                statuses.append(r.status_code)
+    assert checked() == 2 * THRESHOLD
+    assert statuses.count(401) == 2 * THRESHOLD
+
+
+async def test_an_unlock_lets_the_owner_finish_from_a_trusted_browser(login_store: Any) -> None:
+    """The owner typed wrong codes on their own trusted browser until both its
+    lever and the account's were spent; an operator's unlock clears the
+    account's levers, and the right code from that browser gets in."""
+    env = make_env(login_store)
+    uid = await env.add_user("owner")
+    secret = await enrol_totp(env, uid)
+    async with env.client() as browser:
+        await browser.post("/login", json={"identifier": "owner", "password": PASSWORD})
+        env.clock.advance(30)
+        r = await browser.post("/factor", json={"totp": totp(secret, env.clock.time())})
+        assert r.status_code == 200
+        await browser.post("/logout")
+        r = await browser.post("/login", json={"identifier": "owner", "password": PASSWORD})
+        assert r.json() == {"factor_required": "totp"}
+        codes = wrong_codes(secret, env.clock.time() + 30)
+        answers = [
+            (await browser.post("/factor", json={"totp": next(codes)})).status_code
+            for _ in range(2 * THRESHOLD + 1)
+        ]
+        assert answers[-1] == 429
+        env.clock.advance(30)
+        right = {"totp": totp(secret, env.clock.time())}
+        assert (await browser.post("/factor", json=right)).status_code == 429
+        admin = UserAdmin(env.store, env.keys, lockout=env.authn.lockout)
+        await admin.unlock(uid)
+        assert (await browser.post("/factor", json=right)).status_code == 200

@@ -146,6 +146,11 @@ def credential_tag(password_hash: str | None) -> str | None:
     return hashlib.sha256(password_hash.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def _lever_key(raw: object) -> str | None:
+    """A lever key a pending login keeps (``None``: none or malformed)."""
+    return raw if isinstance(raw, str) and len(raw) == 66 and raw.startswith("u:") else None
+
+
 def credential_tag_of(pending: dict[str, Any]) -> str | None:
     """The :func:`credential_tag` a pending login keeps (``None``: none or malformed)."""
     tag = pending.get("h")
@@ -186,9 +191,10 @@ class _Attempt:
     #: :func:`credential_tag` of the password hash this login is checked
     #: against: the trust it grants is bound to it (kept between steps).
     credential: str | None = None
-    #: The password step came from an origin trusted under that hash: the
-    #: code steps count on that origin's own lever (kept between steps).
-    trusted: bool = False
+    #: The lever of the origin the password step was trusted at, under that
+    #: hash (:meth:`LockoutKeys.on_trusted_device`): the code steps count
+    #: there first, whatever device cookie they come with (kept between steps).
+    device_lever: str | None = None
 
     def pending(self, user: str | None = None) -> dict[str, Any]:
         """The session's record of this login in progress; ``user``: the user
@@ -200,8 +206,8 @@ class _Attempt:
             data["u"] = user
             if self.credential is not None:
                 data["h"] = self.credential
-            if self.trusted:
-                data["d"] = 1
+            if self.device_lever is not None:
+                data["d"] = self.device_lever
         if self.levers is not None:
             data["o"] = self.levers
         units = [*self.reservations_json()]
@@ -359,7 +365,7 @@ class AuthnService:
             held=Reservation.from_json(pending.get("r")),
             device=device,
             credential=credential_tag_of(pending),
-            trusted=pending.get("d") == 1,
+            device_lever=_lever_key(pending.get("d")),
         )
         attempt = replace(attempt, keys=keys.bound_to(attempt.credential))
         if isinstance(credential, Password):
@@ -605,7 +611,8 @@ class AuthnService:
                 return reserved
             # The user lever was left out: the origin is trusted under this hash.
             trusted = bool(reserved.states) and "user" not in reserved.states
-            attempt = replace(attempt, reservation=reserved, trusted=trusted)
+            lever = attempt.keys.on_trusted_device().user if trusted else None
+            attempt = replace(attempt, reservation=reserved, device_lever=lever)
         refused: str | None = None
         if record is None and tenant is not None:
             refused = "unknown_tenant"
@@ -640,10 +647,30 @@ class AuthnService:
         )
         if isinstance(reserved, Locked):
             return self._refused(attempt, factor, reserved)
+        self._tripped(attempt, reserved)
+        return reserved
+
+    async def _reserve_code(self, attempt: _Attempt, factor: str) -> Reservation | Locked:
+        """A code step's unit. After a password step from a trusted origin,
+        on that origin's own lever first, so strangers who keep the account's
+        shared lever locked cannot stop its owner's browser; once that one is
+        spent (or after a password step from anywhere else), on the shared
+        lever, which an operator's unlock clears. Whoever holds the browser
+        and the password thus gets at most the two levers' budgets."""
+        if attempt.device_lever is not None:
+            own = replace(attempt.keys, user=attempt.device_lever)
+            got = await self.lockout.reserve(own, policy=attempt.policy, trusted_exempt=False)
+            if not isinstance(got, Locked):
+                self._tripped(attempt, got)
+                return got
+            if got.lever != "user":  # the IP or tenant lever: no fallback
+                return self._refused(attempt, factor, got)
+        return await self._reserve(attempt, factor)
+
+    def _tripped(self, attempt: _Attempt, reserved: Reservation) -> None:
         for lever, state in reserved.states.items():
             if state.tripped:
                 self._emit(attempt, "lockout_triggered", "info", lever=lever)
-        return reserved
 
     async def _pre_check(self, attempt: _Attempt, factor: str) -> Locked | None:
         locked = await self.lockout.pre_check(attempt.keys)
@@ -718,11 +745,7 @@ class AuthnService:
             # Before the reservation: a secret that no configured key opens is
             # the deployment's fault, not a guess, and must not count.
             opened = await self._open_totp(attempt, state.user)
-        # From the origin the password step was trusted at, codes count on
-        # that origin's own lever: strangers locking the account's shared one
-        # must not keep its owner's browser from finishing the login.
-        counted = replace(attempt, keys=attempt.keys.on_trusted_device())
-        reserved = await self._reserve(counted if attempt.trusted else attempt, factor)
+        reserved = await self._reserve_code(attempt, factor)
         if isinstance(reserved, Locked):
             return reserved
         attempt = replace(attempt, reservation=reserved)
@@ -847,13 +870,12 @@ class AuthnService:
                 also_trust = [o for o in (bound.origin, bound.bound_origin) if o is not None]
             keys = replace(keys, origin=new.origin)
         keys = keys.bound_to(attempt.credential)
-        device_lever = attempt.keys.on_trusted_device().user
         await self.lockout.record_success(
             keys,
             policy=attempt.policy,
             reservations=attempt.reservations(),
             also_trust=also_trust,
-            also_reset=[device_lever] if attempt.trusted else [],
+            also_reset=[] if attempt.device_lever is None else [attempt.device_lever],
         )
         await self.store.record_login(user.id, state.authn_time)
         # The session changes only now: the middleware commits whatever state
