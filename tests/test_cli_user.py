@@ -145,8 +145,15 @@ async def test_show_unlock_suspend_activate_logout(
     assert user is not None and user.status == ACTIVE
 
     await sql_store.create_session(make_record("c", user=uid, created=time.time()))
+    # The same user id in another tenant is another account: left alone.
+    other = make_record("d", user=uid, tenant="acme", created=time.time())
+    await sql_store.create_session(other)
+    assert await cli("user", "show", spec, "alice") == 0
+    assert "sessions    1 live" in capsys.readouterr().out
     assert await cli("user", "logout", spec, "alice") == 0
     assert "ended 1 session(s) of alice" in capsys.readouterr().out
+    left = await sql_store.list_user_sessions(uid, time.time())
+    assert [r.key for r in left] == [other.key]
 
     events = await sql_store.query_audit_events(DEFAULT_TENANT, AuditQuery())
     by_type = {e.type: e for e in events}
