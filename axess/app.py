@@ -25,7 +25,7 @@ from axess.authn.password import PasswordHasher
 from axess.authn.service import AuthnEvent, AuthnService
 from axess.authn.users import UserAdmin
 from axess.clock import Clock, Random, SystemClock, SystemRandom
-from axess.errors import ConfigurationError
+from axess.errors import ConfigurationError, StoreError
 from axess.keys import Keyring
 from axess.net import ClientIPMiddleware, TrustedProxies
 from axess.observability.health import CompositeHealthCheck, HealthCheck, healthz_endpoint
@@ -41,7 +41,7 @@ from axess.ratelimit.middleware import (
 )
 from axess.ratelimit.stores import BucketStore
 from axess.refusals import APP_STATE_ATTR as REFUSAL_PAGE_ATTR
-from axess.refusals import RefusalPage, Refused, refused_handler
+from axess.refusals import RefusalPage, Refused, refused_handler, store_unavailable_handler
 from axess.session.binding import BindingPolicy, FingerprintBinding, TenantPeppers
 from axess.session.config import SessionConfig
 from axess.session.csrf import CSRFConfig, CSRFMiddleware
@@ -430,6 +430,7 @@ class Axess:
             add_handler(AuthnRequired, authn_exception_handler)
             add_handler(Refused, refused_handler)
             add_handler(AuditUnavailable, audit_unavailable_handler)
+            add_handler(StoreError, store_unavailable_handler(self.session_config.retry_after))
         if self.authz is not None:
             from axess.authz.guards import APP_STATE_ATTR, AuthzDenied, authz_exception_handler
 

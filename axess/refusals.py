@@ -34,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from axess.errors import StoreError
+
 logger = logging.getLogger(__name__)
 
 #: ``app.state`` attribute where ``Axess.install`` puts the refusal page hook
@@ -331,6 +333,25 @@ class Refused(HTTPException):
         }
         super().__init__(refusal.status, refusal.detail, str_headers)
         self.refusal = refusal
+
+
+def store_unavailable_handler(
+    retry_after: int = 5,
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """An exception handler answering a :class:`~axess.errors.StoreError`
+    that app code let through (``session.invalidate()``, an admin call, a
+    store read in a route) with the 503 and ``Retry-After`` axess answers
+    its own store outages with, never a 500. ``Axess.install`` registers
+    one with the session configuration's ``retry_after``."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, StoreError):
+            raise exc
+        logger.warning("store unavailable in the app (%s); answering 503", exc)
+        detail = "temporarily unavailable"
+        return RefusalResponse(Refusal(503, "service_unavailable", detail, retry_after))
+
+    return handler
 
 
 async def refused_handler(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+import httpx
 import pytest
 from helpers import CountingStore, client, cookie_of, make_app, make_auth
 from starlette.applications import Starlette
@@ -462,3 +463,38 @@ async def test_request_session_is_the_axess_session() -> None:
         c.cookies.set("axess.sid", cookie_of(r) or "")
         r = await c.get("/")
         assert r.json() == {"cart": ["book"], "keys": ["cart", "theme"], "has_theme": True}
+
+
+async def test_a_store_error_app_code_lets_through_is_a_503() -> None:
+    """``session.invalidate()`` in a logout route, or any store call in a
+    route, during an outage: the StoreError reaches Starlette, and the
+    handler ``install()`` registers answers it like axess's own outages."""
+    from axess.stores import MemoryStore
+
+    class DeletesFail(MemoryStore):
+        down = False
+
+        async def delete_session(self, key: str) -> bool:
+            if self.down:
+                raise StoreError("down", substore="sessions")
+            return await super().delete_session(key)
+
+    store = DeletesFail()
+    auth = make_auth(store=store)
+
+    async def admin(request: Request) -> JSONResponse:
+        raise StoreError("identity store down", substore="identity")
+
+    app = make_app(auth)
+    app.add_route("/admin", admin)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+        await c.post("/login?user=alice")
+        store.down = True
+        r = await c.post("/logout")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert r.json()["error"] == "service_unavailable"
+        r = await c.get("/admin", headers={"accept": "text/html"})
+        assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+        store.down = False
+        assert (await c.post("/logout")).status_code == 200
