@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from helpers import client
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -128,3 +130,27 @@ async def test_logins_get_503_while_the_audit_trail_is_full(tmp_path: Path) -> N
             assert (await c.post("/login")).status_code == 401
     finally:
         await audit.stop()
+
+
+async def test_an_app_that_never_opened_its_sql_store_says_how_to(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``lifespan=auth.lifespan`` forgotten: the SQLite file has no tables,
+    every session write fails; the log names the fix, not only the missing
+    table, and the client gets a 503, never a 500."""
+    store = SQLiteStore(str(tmp_path / "never.db"))
+    auth = Axess(store=store, keys=Keyring.generate(), debug=True, cleanup_interval=None)
+
+    async def write(request: Request) -> JSONResponse:
+        get_session(request)["n"] = 1
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/write", write)])  # no lifespan
+    auth.install(app)
+    with caplog.at_level(logging.ERROR, logger="axess.stores"):
+        async with client(app) as c:
+            assert (await c.get("/write")).status_code == 503
+            assert (await c.get("/write")).status_code == 503
+    hints = [r for r in caplog.records if "lifespan=auth.lifespan" in r.getMessage()]
+    assert len(hints) == 1  # once, not per request
+    await store.close()

@@ -525,6 +525,9 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         self._bootstrap, self._migrations = load_migrations(dialect.name)
         self._q = _Queries(dialect)
         self._closed = False
+        #: ``open()`` ran (or ``migrate()``/``schema_version()``, which the
+        #: ``axess`` command calls instead): the schema was looked at.
+        self._opened = False
         self._connect_lock = asyncio.Lock()
         self._warn = ThrottledWarning(logger)
 
@@ -544,6 +547,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         operations retry connecting).
         """
         self._closed = False
+        self._opened = True
         try:
             if self._auto_migrate:
                 await self.migrate()
@@ -588,6 +592,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
     # -- migrations -----------------------------------------------------------
     async def schema_version(self) -> int:
         """The version recorded in ``axess_schema_version`` (0 when never migrated)."""
+        self._opened = True
         return await self._op("schema_version", self._read_version)
 
     async def migrate(self) -> int:
@@ -597,6 +602,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         resulting version. Raises :class:`SchemaVersionError` when the
         database is newer than this axess.
         """
+        self._opened = True
         d, q = self._dialect, self._q
 
         async def steps(conn: Connection) -> int:
@@ -900,6 +906,16 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
             # leaves it unset so the next operation tries again.
             async with self._connect_lock:
                 if not self._driver.connected:
+                    if not self._opened:
+                        # Every query then fails on a missing or older table
+                        # with an error that names neither: say what to do.
+                        logger.error(
+                            "%s store used before open(): its schema was neither migrated "
+                            "nor checked; run the app with lifespan=auth.lifespan (or call "
+                            "`await auth.startup()` / `await store.open()` first)",
+                            self.name,
+                        )
+                        self._opened = True  # said once
                     await self._driver.connect()
 
     async def _op(
