@@ -316,6 +316,9 @@ class CedarAuthorizer:
                 entities,
                 schema=compiled.schema if self.strict else None,
             )
+            # Read inside the ``try``: a tenant the rail cannot read (malformed
+            # uid text, say) must deny, not escape as an exception.
+            tenant = m.tenant_of(res.entity, self.types.tenant) if result.allowed else None
         except (ValueError, TypeError, RecursionError) as exc:  # Cedar refused the input
             return self._finish(
                 start, compiled, action_uid, res, False, "error", (), (_short(str(exc)),)
@@ -324,7 +327,6 @@ class CedarAuthorizer:
         ids = tuple(diag.reasons)
         errors = tuple(_short(e) for e in diag.errors)
         if result.allowed:
-            tenant = m.tenant_of(res.entity, self.types.tenant)
             if tenant is not None and tenant != principal.tenant:
                 if not compiled.cross_tenant.intersection(ids):
                     return self._finish(

@@ -131,6 +131,67 @@ def to_uid(value: EntityUid | str, default_type: str) -> EntityUid:
     return EntityUid(default_type, value)
 
 
+def entity_reference(value: Mapping[str, Any]) -> EntityUid | None:
+    """The uid a mapping names in Cedar's JSON entity-reference forms, else ``None``.
+
+    ``{"__entity": {"type": ..., "id": ...}}`` must be exactly that (no other
+    key at either level, string type and id): anything else carrying
+    ``__entity`` raises ValueError, because Cedar reads such mappings
+    leniently (it ignores extra keys) and a reading that differs from Cedar's
+    could hide a tenant from the tenancy rail. A mapping with string ``type``
+    and ``id`` keys (other keys allowed: Cedar ignores them) is the bare form
+    Cedar reads as a reference where the schema expects an entity.
+    """
+    if "__entity" in value:
+        return _escaped_uid(value)
+    kind, ident = value.get("type"), value.get("id")
+    if isinstance(kind, str) and isinstance(ident, str):
+        return EntityUid(kind, ident)
+    return None
+
+
+def _escaped_uid(value: Mapping[str, Any]) -> EntityUid:
+    """The uid of ``{"__entity": {"type": ..., "id": ...}}``; ValueError unless exact."""
+    inner = value["__entity"]
+    if (
+        len(value) != 1
+        or not isinstance(inner, Mapping)
+        or set(inner) != {"type", "id"}
+        or not isinstance(inner["type"], str)
+        or not isinstance(inner["id"], str)
+    ):
+        raise ValueError(
+            'a malformed entity reference: {"__entity": {"type": ..., "id": ...}} '
+            "with nothing else; pass an EntityUid"
+        )
+    return EntityUid(inner["type"], inner["id"])
+
+
+def as_uid(value: EntityUid | str | Mapping[str, Any]) -> EntityUid:
+    """An :class:`EntityUid` from a uid, uid text (``Docs::Folder::"f1"``) or a
+    Cedar JSON entity reference (see :func:`entity_reference`). TypeError or
+    ValueError for anything else (a bare id has no type here)."""
+    if isinstance(value, EntityUid):
+        return value
+    if isinstance(value, str):
+        return parse_uid(value)
+    if isinstance(value, Mapping):
+        uid = entity_reference(value)
+        if uid is not None:
+            return uid
+        raise ValueError(f"{sorted(map(str, value))} is not an entity reference")
+    raise TypeError(f"expected an EntityUid or uid text, got {type(value).__name__}")
+
+
+def _uids(values: Any, what: str) -> tuple[EntityUid, ...]:
+    """``values`` (an iterable of uids, uid text or references) as a tuple of uids."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a sequence of entity uids, got {type(values).__name__}")
+    if type(values) is tuple and all(type(v) is EntityUid for v in values):
+        return values  # the usual case, built by axess itself: nothing to convert
+    return tuple(as_uid(v) for v in values)
+
+
 @dataclass(frozen=True, slots=True)
 class Entity:
     """An entity handed to Cedar: uid, attributes, parent uids.
@@ -138,12 +199,18 @@ class Entity:
     Attribute values are converted by :func:`cedar_value`: ``str``, ``bool``,
     ``int`` (64-bit), lists/sets/tuples (Cedar sets), mappings (records),
     :class:`EntityUid` (entity references) and :mod:`ipaddress` objects
-    (Cedar ``ip`` values).
+    (Cedar ``ip`` values). ``parents`` are held as a tuple of uids; uid text
+    and Cedar JSON references (:func:`entity_reference`) are converted.
     """
 
     uid: EntityUid
     attrs: Mapping[str, Any] = field(default_factory=dict)
     parents: Sequence[EntityUid] = ()
+
+    def __post_init__(self) -> None:
+        # Parents decide the tenancy rail as much as Cedar's ``in``: they are
+        # held as uids, so both read the same thing whatever the app passed.
+        object.__setattr__(self, "parents", _uids(self.parents, "parents"))
 
     def json(self) -> dict[str, Any]:
         """Cedar's JSON entity form."""
@@ -187,7 +254,9 @@ MAX_VALUE_DEPTH: Final = 64
 def cedar_value(value: Any, _depth: int = 0) -> Any:
     """A Python value in Cedar's JSON value form. Raises TypeError/ValueError
     for what Cedar cannot hold (floats, ``None``, integers beyond 64 bits,
-    records and sets nested more than :data:`MAX_VALUE_DEPTH` levels)."""
+    records and sets nested more than :data:`MAX_VALUE_DEPTH` levels) and for
+    a mapping with an ``__entity`` key that is not exactly a reference
+    (:func:`entity_reference`); an exact one is passed on as it is."""
     if _depth > MAX_VALUE_DEPTH:
         raise ValueError(f"a value nested more than {MAX_VALUE_DEPTH} levels deep")
     if isinstance(value, bool | str):
@@ -203,6 +272,8 @@ def cedar_value(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return {"__extn": {"fn": "ip", "arg": value.with_prefixlen}}
     if isinstance(value, Mapping):
+        if "__entity" in value:  # Cedar's escape: exactly a reference, or refused
+            return {"__entity": _escaped_uid(value).json()}
         return {str(k): cedar_value(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         items = [cedar_value(v, _depth + 1) for v in value]
@@ -311,12 +382,28 @@ def context_record(
 
 
 def tenant_of(entity: Entity, tenant_type: str) -> str | None:
-    """The tenant a resource belongs to: its ``tenant`` attribute (a ``Tenant``
-    uid) or else its first ``Tenant`` parent; ``None`` when it is not
-    tenant-scoped. Drives the tenancy rail."""
+    """The tenant a resource belongs to: its ``tenant`` attribute or else its
+    first ``Tenant`` parent; ``None`` when it is not tenant-scoped. Drives the
+    tenancy rail.
+
+    The attribute counts in every form it can reach Cedar in: an
+    :class:`EntityUid` or a Cedar JSON reference (:func:`entity_reference`)
+    of the tenant type, or text (a bare tenant id, or uid text of the tenant
+    type). Raises ValueError for a malformed reference or uid text.
+    """
     attr = entity.attrs.get("tenant")
-    if isinstance(attr, EntityUid) and attr.type == tenant_type:
-        return attr.id
+    uid: EntityUid | None = None
+    if isinstance(attr, EntityUid):
+        uid = attr
+    elif isinstance(attr, Mapping):
+        uid = entity_reference(attr)
+    elif isinstance(attr, str):
+        # Only a decision without the schema lets a String tenant reach the
+        # policies; the rail still reads it as the tenant it names, so a
+        # cross-tenant permit cannot slip through on a type mismatch.
+        uid = to_uid(attr, tenant_type)
+    if uid is not None and uid.type == tenant_type:
+        return uid.id
     for parent in entity.parents:
         if parent.type == tenant_type:
             return parent.id
