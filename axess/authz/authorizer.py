@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,12 +288,15 @@ class CedarAuthorizer:
         extra_context: Mapping[str, Any] | None = None,
     ) -> AuthzDecision:
         """A decision from plain values, without a request: what the guards use
-        and what tests of policies call. Never raises for evaluation errors."""
+        and what tests of policies call. Never raises once the action is
+        read: a resource that is not one, input Cedar refuses, or any other
+        exception while deciding is a deny with reason ``error``."""
         start = time.perf_counter()
         action_uid = self.action_uid(action)
-        res = m.as_resource(resource)
         compiled = self._compiled
+        res: m.Resource | None = None
         try:
+            res = m.as_resource(resource)
             context = m.context_record(
                 principal,
                 ip=ip,
@@ -319,13 +323,21 @@ class CedarAuthorizer:
             # Read inside the ``try``: a tenant the rail cannot read (malformed
             # uid text, say) must deny, not escape as an exception.
             tenant = m.tenant_of(res.entity, self.types.tenant) if result.allowed else None
+            diag = result.diagnostics
+            ids = tuple(diag.reasons)
+            errors = tuple(_short(e) for e in diag.errors)
         except (ValueError, TypeError, RecursionError) as exc:  # Cedar refused the input
             return self._finish(
                 start, compiled, action_uid, res, False, "error", (), (_short(str(exc)),)
             )
-        diag = result.diagnostics
-        ids = tuple(diag.reasons)
-        errors = tuple(_short(e) for e in diag.errors)
+        except Exception as exc:
+            # Not input Cedar refused but a failure (an app mapping whose
+            # ``items()`` raises, a bug): still a deny, never a 500. Its message
+            # may quote app data, so the decision and the log keep only the
+            # exception's type and where it was raised.
+            return self._finish(
+                start, compiled, action_uid, res, False, "error", (), (_unexpected(exc),)
+            )
         if result.allowed:
             if tenant is not None and tenant != principal.tenant:
                 if not compiled.cross_tenant.intersection(ids):
@@ -559,6 +571,13 @@ async def _maybe_await(value: Any) -> Any:
 def _header(conn: HTTPConnection, name: str) -> str | None:
     value = conn.headers.get(name)
     return value[:512] if value else None
+
+
+def _unexpected(exc: BaseException) -> str:
+    """``unexpected <type> at <file>:<line>`` (innermost frame), no message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(exc).__name__}{where}"
 
 
 def _short(text: str) -> str:

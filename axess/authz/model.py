@@ -199,8 +199,11 @@ class Entity:
     Attribute values are converted by :func:`cedar_value`: ``str``, ``bool``,
     ``int`` (64-bit), lists/sets/tuples (Cedar sets), mappings (records),
     :class:`EntityUid` (entity references) and :mod:`ipaddress` objects
-    (Cedar ``ip`` values). ``parents`` are held as a tuple of uids; uid text
-    and Cedar JSON references (:func:`entity_reference`) are converted.
+    (Cedar ``ip`` values). ``uid`` and ``parents`` are held as uids (a tuple
+    of them for ``parents``); uid text and Cedar JSON references
+    (:func:`entity_reference`) are converted. ``attrs=None`` is no
+    attributes. Anything else raises TypeError or ValueError here, where the
+    app built it, rather than later inside a decision.
     """
 
     uid: EntityUid
@@ -208,6 +211,14 @@ class Entity:
     parents: Sequence[EntityUid] = ()
 
     def __post_init__(self) -> None:
+        uid: Any = self.uid  # (typed Any: apps pass what the annotations do not say)
+        if not isinstance(uid, EntityUid):
+            object.__setattr__(self, "uid", as_uid(uid))
+        attrs: Any = self.attrs
+        if attrs is None:
+            object.__setattr__(self, "attrs", {})
+        elif not isinstance(attrs, Mapping):
+            raise TypeError(f"attrs must be a mapping, got {type(attrs).__name__}")
         # Parents decide the tenancy rail as much as Cedar's ``in``: they are
         # held as uids, so both read the same thing whatever the app passed.
         object.__setattr__(self, "parents", _uids(self.parents, "parents"))
@@ -225,22 +236,43 @@ class Entity:
 class Resource:
     """What a resource callback returns when policies need more than the
     resource itself: ``related`` entities (a folder, a project) that the
-    resource's ``parents`` or attributes point at and policies read."""
+    resource's ``parents`` or attributes point at and policies read.
+
+    Held as an :class:`Entity` and a tuple of them; a uid or uid text in
+    either place is an entity without attributes. TypeError or ValueError
+    for anything else.
+    """
 
     entity: Entity
     related: Sequence[Entity] = ()
 
+    def __post_init__(self) -> None:
+        entity: Any = self.entity  # (typed Any: apps pass what the annotations do not say)
+        if not isinstance(entity, Entity):
+            object.__setattr__(self, "entity", _entity(entity))
+        related: Any = self.related
+        if isinstance(related, str | bytes | Mapping) or not isinstance(related, Iterable):
+            raise TypeError(f"related must be a sequence of entities, got {type(related).__name__}")
+        if type(related) is not tuple or not all(type(e) is Entity for e in related):
+            object.__setattr__(self, "related", tuple(_entity(e) for e in related))
 
-def as_resource(value: Resource | Entity | EntityUid) -> Resource:
-    """Normalize a resource callback's answer."""
+
+def _entity(value: Any) -> Entity:
+    """An :class:`Entity`, or one without attributes for a uid or uid text."""
+    return value if isinstance(value, Entity) else Entity(as_uid(value))
+
+
+def as_resource(value: Resource | Entity | EntityUid | str) -> Resource:
+    """Normalize a resource callback's answer (uid text names an entity
+    without attributes, like an :class:`EntityUid`)."""
     if isinstance(value, Resource):
         return value
     if isinstance(value, Entity):
         return Resource(value)
-    if isinstance(value, EntityUid):
-        return Resource(Entity(value))
+    if isinstance(value, EntityUid | str):
+        return Resource(Entity(as_uid(value)))
     raise TypeError(
-        f"a resource must be an EntityUid, Entity or Resource, got {type(value).__name__}"
+        f"a resource must be an EntityUid, uid text, Entity or Resource, got {type(value).__name__}"
     )
 
 
