@@ -1075,14 +1075,19 @@ async def test_lifecycle_guards(vt: VirtualTime) -> None:
     assert (await p.check_health()).state is HealthState.UNHEALTHY
 
 
-async def test_sinks_of_a_pipeline_not_started_are_not_healthy(vt: VirtualTime) -> None:
+async def test_sinks_of_a_pipeline_not_started_are_not_healthy(
+    vt: VirtualTime, caplog: pytest.LogCaptureFixture
+) -> None:
     from axess import Axess
     from axess.keys import Keyring
 
     sql, siem = MemorySink("sql", regulatory=True), MemorySink("siem")
     p = build(vt, [sql, siem])
-    for e in events(p, 3):
-        p.emit(e)
+    with caplog.at_level(logging.WARNING, logger="axess.audit"):
+        for e in events(p, 3):
+            p.emit(e)
+    told = [r for r in caplog.records if "before AuditPipeline.start()" in r.getMessage()]
+    assert len(told) == 1  # the first event says it, once
     checks = p.health_checks()
     regulatory, analytics = await checks["sql"].check_health(), await checks["siem"].check_health()
     assert regulatory.state is HealthState.UNHEALTHY

@@ -239,6 +239,7 @@ class AuditPipeline:
         self.refused = 0
         self._gated: set[str] = set()
         self._started = False
+        self._told_unstarted = False
         self._closed = False
         self._progress = asyncio.Event()
         #: The loop (and its thread) the workers run on, once started.
@@ -336,6 +337,13 @@ class AuditPipeline:
                 self._emit_after_close(event)
             return
         self.emitted += 1
+        if not self._started and not self._told_unstarted:
+            self._told_unstarted = True
+            logger.warning(
+                "audit event emitted before AuditPipeline.start(): events wait in memory, "
+                "reaching no sink until start() (run the app with lifespan=auth.lifespan) "
+                "or deliver_once()"
+            )
         for st, put in self._puts:
             signal = put(event)
             if signal:
