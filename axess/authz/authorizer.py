@@ -4,8 +4,10 @@ Contract (book: Authorization):
 
 * Policies and schema are parsed once and validated at construction; an
   invalid set raises :class:`~axess.errors.ConfigurationError` listing every
-  error. :meth:`CedarAuthorizer.reload` validates a new set first and keeps
-  the old one when the new one is invalid.
+  error. :meth:`CedarAuthorizer.require` refuses an action the schema does
+  not declare. :meth:`CedarAuthorizer.reload` validates a new set first and
+  keeps the old one when the new one is invalid or no longer declares an
+  action such a guard names.
 * A decision never raises into the request: a policy that errors at run
   time, a request the schema rejects, or an app callback that fails is a
   deny, a WARNING log line and ``metrics.authz_error()``.
@@ -24,6 +26,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -75,6 +78,11 @@ ContextCallback = Callable[[HTTPConnection], Mapping[str, Any] | Awaitable[Mappi
 _PRINCIPAL_KEY: Final = "axess.authz.principal"
 _RESOURCES_KEY: Final = "axess.authz.resources"
 _MAX_ERROR_CHARS: Final = 500
+#: How many actions' schema checks are remembered per schema (an app names
+#: a handful; the bound keeps callers passing arbitrary text from growing it).
+_MAX_KNOWN_ACTIONS: Final = 1024
+#: Cedar's validator prefixes each error with the (synthetic) policy it is about.
+_POLICY_PREFIX: Final = re.compile(r"^for policy `[^`]*`, ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +176,10 @@ class CedarAuthorizer:
         self._compiled = compile_policies(
             read_policy_sources(policies), schema_handle, self._schema_name, template_links
         )
+        #: Actions the guards built by :meth:`require` name: a reload must keep them.
+        self._guarded: set[m.EntityUid] = set()
+        #: (schema, action -> why no request can name it, None when one can).
+        self._actions: tuple[cedarpy.Schema | None, dict[m.EntityUid, str | None]] = (None, {})
         self.roles = roles
         self.context = context
         self.default_tenant = default_tenant
@@ -243,6 +255,16 @@ class CedarAuthorizer:
             )
             links = old.links if template_links is None else template_links
             new = compile_policies(sources, schema_handle, schema_name, links)
+            lost = sorted(
+                f"{uid.cedar()} ({why})"
+                for uid in self._guarded
+                if (why := self._action_problem(new.schema, uid)) is not None
+            )
+            if lost:
+                raise ConfigurationError(
+                    f"the schema {schema_name} no longer declares actions guards use: "
+                    + "; ".join(lost)
+                )
         except ConfigurationError as exc:
             logger.error("Cedar policy reload refused, keeping policy set %s: %s", old.digest, exc)
             raise
@@ -275,6 +297,52 @@ class CedarAuthorizer:
             return m.EntityUid(self.types.action, uid.id)
         return uid
 
+    def check_action(self, action: m.EntityUid | str) -> m.EntityUid:
+        """The action's uid (see :meth:`action_uid`), if a request can name it:
+        the schema declares it for some principal and resource. Raises
+        :class:`ConfigurationError` otherwise (a typo, an action group, a uid
+        of another type, malformed text)."""
+        try:
+            uid = self.action_uid(action)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"{action!r} is not an action: {exc}") from None
+        why = self._action_problem(self._compiled.schema, uid)
+        if why is not None:
+            raise ConfigurationError(
+                f"action {uid.cedar()} is not declared in the schema {self._schema_name} "
+                f"for any principal and resource: {why}"
+            )
+        return uid
+
+    def _action_problem(self, schema: cedarpy.Schema, uid: m.EntityUid) -> str | None:
+        """Why no request can name ``uid`` under ``schema``; ``None`` when one can.
+
+        Cedar's validator is the judge (the schema handle cannot be queried):
+        a policy scoped to exactly this action validates only when the schema
+        declares the action for some principal and resource. Answers are
+        remembered per schema, a bounded number of them.
+        """
+        known_schema, known = self._actions
+        if known_schema is not schema:
+            known = {}
+            self._actions = (schema, known)
+        if uid in known:
+            return known[uid]
+        probe = f"permit (principal, action == {uid.cedar()}, resource);"
+        try:
+            result = cedarpy.validate_policies(probe, schema)
+            why = (
+                None
+                if result.validation_passed
+                else "; ".join(_POLICY_PREFIX.sub("", e.error) for e in result.errors)
+                or "refused by the validator"
+            )
+        except ValueError as exc:
+            why = str(exc)
+        if len(known) < _MAX_KNOWN_ACTIONS:
+            known[uid] = why
+        return why
+
     def evaluate(
         self,
         principal: m.Principal,
@@ -297,6 +365,20 @@ class CedarAuthorizer:
         res: m.Resource | None = None
         try:
             res = m.as_resource(resource)
+            # Cedar alone says nothing about an undeclared action without the
+            # schema (a quiet no_permit), and something vaguer with it.
+            why = self._action_problem(compiled.schema, action_uid)
+            if why is not None:
+                return self._finish(
+                    start,
+                    compiled,
+                    action_uid,
+                    res,
+                    False,
+                    "error",
+                    (),
+                    (_short(f"action {action_uid.cedar()} is not in the schema: {why}"),),
+                )
             context = m.context_record(
                 principal,
                 ip=ip,
@@ -470,10 +552,16 @@ class CedarAuthorizer:
     ) -> AuthzGuard:
         """A guard: a FastAPI dependency (``Depends(authz.require(...))``) and a
         Starlette decorator. 401 for an unauthenticated session (or a
-        redirect with ``login_url``), 403 on denial."""
+        redirect with ``login_url``), 403 on denial.
+
+        Raises :class:`ConfigurationError` when the schema does not declare
+        the action (see :meth:`check_action`); a later :meth:`reload` must
+        keep declaring it."""
         from axess.authz.guards import AuthzGuard
 
-        return AuthzGuard(action, resource=resource, authorizer=self, login_url=login_url)
+        uid = self.check_action(action)
+        self._guarded.add(uid)
+        return AuthzGuard(uid, resource=resource, authorizer=self, login_url=login_url)
 
     async def _principal(self, conn: HTTPConnection, state: d.Authenticated) -> m.Principal:
         """The principal, built once per request (roles callback included)."""
