@@ -12,8 +12,10 @@ A guard is both a FastAPI dependency and a Starlette route decorator::
 Answers (book: Authorization, "Guards"): an unauthenticated session gets
 the authentication guard's ``401`` (or its redirect with ``login_url``),
 never ``403``; a denial gets ``403`` ``forbidden``, the JSON body or the
-HTML page by ``Accept`` like every refusal (book: Errors and refusals). The
-answer never names the policy that denied. As a dependency the guard raises
+HTML page by ``Accept`` like every refusal (book: Errors and refusals). On
+a FastAPI websocket route both close the handshake with 1008 (policy
+violation) before accepting it. The answer never names the policy that
+denied. As a dependency the guard raises
 :class:`AuthzDenied` (or :class:`~axess.authn.guards.AuthnRequired`);
 ``Axess.install`` registers the handlers that turn them into exactly these
 responses.
@@ -29,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio.from_thread
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.status import WS_1008_POLICY_VIOLATION
 
 from axess.authn.guards import AuthnGuard, AuthnRequired
 from axess.authz import model as m
@@ -100,11 +103,14 @@ class AuthzGuard:
         self.authn = AuthnGuard(partial=False, login_url=login_url)
         # FastAPI reads the dependency's signature through ``__wrapped__`` and
         # awaits it because the unwrapped callable is a coroutine function.
+        # ``HTTPConnection``, not ``Request``: FastAPI hands a dependency so
+        # annotated the Request of an HTTP route and the WebSocket of a
+        # websocket route (a ``Request`` parameter gets nothing on the latter).
         self.__wrapped__ = self.dependency
         self.__signature__ = inspect.Signature(
             [
                 inspect.Parameter(
-                    "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+                    "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=HTTPConnection
                 )
             ]
         )
@@ -123,10 +129,18 @@ class AuthzGuard:
 
     async def dependency(self, request: HTTPConnection) -> AuthzDecision:
         """As a FastAPI dependency: the allowing decision; raises
-        :class:`AuthnRequired` (401) or :class:`AuthzDenied` (403)."""
+        :class:`AuthnRequired` (401) or :class:`AuthzDenied` (403) on an HTTP
+        route, and on a websocket route a ``WebSocketException`` that closes
+        the handshake with 1008 (policy violation) before it is accepted."""
         decision = await self.decide(request)
         if decision.allowed:
             return decision
+        if request.scope.get("type") == "websocket":
+            # A websocket has no status line to put a 401 or 403 on; closing
+            # before accept is the refusal every server turns into a rejected
+            # handshake, and the reason names no policy, like the 403.
+            reason = "unauthenticated" if decision.reason == "unauthenticated" else "forbidden"
+            raise WebSocketException(WS_1008_POLICY_VIOLATION, reason)
         if decision.reason == "unauthenticated":
             raise AuthnRequired(self.authn.refusal(request))
         raise AuthzDenied(forbidden_response(request))
