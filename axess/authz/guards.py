@@ -15,10 +15,10 @@ never ``403``; a denial gets ``403`` ``forbidden``, the JSON body or the
 HTML page by ``Accept`` like every refusal (book: Errors and refusals). On
 a FastAPI websocket route both close the handshake with 1008 (policy
 violation) before accepting it. The answer never names the policy that
-denied. As a dependency the guard raises
-:class:`AuthzDenied` (or :class:`~axess.authn.guards.AuthnRequired`);
-``Axess.install`` registers the handlers that turn them into exactly these
-responses.
+denied. As a dependency the guard raises :class:`AuthzDenied` (or
+:class:`~axess.authn.guards.AuthnRequired`); ``Axess.install`` registers
+the handlers that turn them into exactly these responses, and a guard
+gives a mounted sub-app the same handlers on its first refusal there.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.status import WS_1008_POLICY_VIOLATION
+from starlette.types import ASGIApp, Scope
 
-from axess.authn.guards import AuthnGuard, AuthnRequired
+from axess.authn.guards import AuthnGuard, AuthnRequired, authn_exception_handler
 from axess.authz import model as m
 from axess.refusals import Refusal, RefusalResponse
+from axess.stack import Stage
 
 if TYPE_CHECKING:
     from axess.authz.authorizer import AuthzDecision, CedarAuthorizer, ResourceSpec
@@ -48,6 +50,10 @@ Endpoint = Callable[[Request], Awaitable[Response]] | Callable[[Request], Respon
 FORBIDDEN: Final = Refusal(403, "forbidden", "not allowed")
 #: ``app.state`` attribute where ``Axess.install`` publishes the authorizer.
 APP_STATE_ATTR: Final = "axess_authz"
+#: ``scope["state"]`` entry where :class:`AuthorizerStage` publishes the
+#: authorizer for each request; read before ``app.state``, which inside a
+#: mounted sub-app is the sub-app's.
+AUTHORIZER_KEY: Final = "axess.authz.authorizer"
 
 
 def forbidden_response(conn: HTTPConnection) -> Response:
@@ -70,11 +76,31 @@ async def authz_exception_handler(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+class AuthorizerStage(Stage):
+    """A stack stage publishing ``authorizer`` in ``scope["state"]`` (under
+    :data:`AUTHORIZER_KEY`) for every request and websocket, so
+    :func:`require_authz` guards find it in a mounted sub-app too, whose
+    ``app.state`` is not the app's. As a middleware:
+    ``app.add_middleware(AuthorizerStage, authorizer=authz)``."""
+
+    def __init__(self, app: ASGIApp | None = None, *, authorizer: CedarAuthorizer) -> None:
+        super().__init__(app)
+        self.authorizer = authorizer
+
+    def enter_now(self, scope: Scope) -> bool:
+        scope["state"][AUTHORIZER_KEY] = self.authorizer  # the stack made sure it exists
+        return True
+
+
 def authorizer_of(conn: HTTPConnection) -> CedarAuthorizer:
-    """The authorizer ``Axess.install`` published on the app. Raises
+    """The authorizer of the request: the one an :class:`AuthorizerStage`
+    published for it, else the one ``Axess.install`` put on the app. Raises
     RuntimeError when there is none (``Axess(authz=...)`` missing)."""
-    app = conn.scope.get("app")
-    found = getattr(getattr(app, "state", None), APP_STATE_ATTR, None)
+    state = conn.scope.get("state")
+    found = state.get(AUTHORIZER_KEY) if isinstance(state, dict) else None
+    if found is None:
+        app = conn.scope.get("app")
+        found = getattr(getattr(app, "state", None), APP_STATE_ATTR, None)
     if found is None:
         raise RuntimeError(
             "no authorizer on this app: pass Axess(authz=CedarAuthorizer(...)) and call "
@@ -141,6 +167,7 @@ class AuthzGuard:
             # handshake, and the reason names no policy, like the 403.
             reason = "unauthenticated" if decision.reason == "unauthenticated" else "forbidden"
             raise WebSocketException(WS_1008_POLICY_VIOLATION, reason)
+        _ensure_handlers(request)
         if decision.reason == "unauthenticated":
             raise AuthnRequired(self.authn.refusal(request))
         raise AuthzDenied(forbidden_response(request))
@@ -173,12 +200,32 @@ class AuthzGuard:
         return guarded
 
 
+def _ensure_handlers(conn: HTTPConnection) -> None:
+    """Make the app handling ``conn`` answer :class:`AuthzDenied` and
+    :class:`AuthnRequired` with their responses.
+
+    ``Axess.install`` registers both handlers on the app it is given, but a
+    sub-app mounted inside it has its own exception handlers, and its
+    generic ``HTTPException`` one would answer FastAPI's ``{"detail": ...}``
+    instead of the refusal (installing axess on the sub-app too would run a
+    second session stage). Starlette hands the handlers of the app running
+    the route in ``scope["starlette.exception_handlers"]`` and looks the
+    exception up there only after the dependency raised, so adding the two
+    missing entries, as ``install`` would have, is enough; an app's own
+    handler for either stays.
+    """
+    handlers = conn.scope.get("starlette.exception_handlers")
+    if isinstance(handlers, tuple) and handlers and isinstance(handlers[0], dict):
+        handlers[0].setdefault(AuthzDenied, authz_exception_handler)
+        handlers[0].setdefault(AuthnRequired, authn_exception_handler)
+
+
 def require_authz(
     action: m.EntityUid | str,
     *,
     resource: ResourceSpec,
     login_url: str | None = None,
 ) -> AuthzGuard:
-    """A guard using the authorizer of the app (``Axess(authz=...)``, published
-    by ``auth.install(app)``); see :meth:`CedarAuthorizer.require`."""
+    """A guard using the authorizer of the app (``Axess(authz=...)``, found by
+    :func:`authorizer_of`); see :meth:`CedarAuthorizer.require`."""
     return AuthzGuard(action, resource=resource, login_url=login_url)
