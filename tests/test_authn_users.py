@@ -384,3 +384,36 @@ async def test_text_no_store_can_hold_is_refused_as_input_on_every_backend(
     ):
         assert await _login(env, identifier, "correct horse", **kw) == 401, (identifier, kw)
     assert await _login(env, "alice@example.com", "correct horse") == 200
+
+
+async def test_session_admin_stays_in_the_users_tenant() -> None:
+    """Sessions of the same user id in another tenant (an app that signs
+    people in from another identity provider with ``Session.authenticate``)
+    belong to someone else: suspend, a password change, logout everywhere
+    and the listing leave them alone, in the default tenant and in others."""
+    import time
+
+    from axess.stores.base import TenantRecord
+    from axess.testing.contract import make_record
+
+    env = make_env()
+    admin = _admin(env)
+    await env.store.create_tenant(TenantRecord("acme", "acme"))
+    alice = await admin.create_user("alice@example.com", password="pw-123456", user_id="u-a")
+    bob = await admin.create_user("bob@example.com", tenant="acme", user_id="u-b")
+    now = time.time()
+    mine = [make_record(f"a{i}", user="u-a", created=now) for i in range(2)]
+    mine += [make_record(f"b{i}", user="u-b", tenant="acme", created=now) for i in range(2)]
+    theirs = [
+        make_record("x", user="u-a", tenant="globex", created=now),
+        make_record("y", user="u-b", created=now),
+    ]
+    for record in mine + theirs:
+        assert await env.store.create_session(record)
+    assert {s.storage_key for s in await admin.list_sessions(alice.id)} == {r.key for r in mine[:2]}
+    assert await admin.logout_everywhere(alice.id, except_session=mine[0].key) == 1
+    assert await admin.set_password(bob.id, "new-pw-123456", except_session=mine[2].key) == 1
+    assert await admin.suspend(alice.id) == 1
+    assert await admin.suspend(bob.id) == 1
+    left = {r.key for u in ("u-a", "u-b") for r in await env.store.list_user_sessions(u, now)}
+    assert left == {r.key for r in theirs}

@@ -98,6 +98,13 @@ class SessionAdmin(Protocol):
         self, user_id: str, *, tenant_id: str | None = None
     ) -> list[SessionInfo]: ...
 
+    async def invalidate_session(self, storage_key: str) -> bool: ...
+
+
+def _session_tenant(user: UserRecord) -> str | None:
+    """The tenant as sessions record it: none for the default tenant."""
+    return None if user.tenant_id == DEFAULT_TENANT else user.tenant_id
+
 
 class UnknownUser(LookupError):
     """No user with that id."""
@@ -233,19 +240,51 @@ class UserAdmin:
         await self.store.set_password_hash(user.id, await self.hasher.hash(password))
         self._emit("password_changed", user, actor)
         if logout_everywhere:
-            return await self.logout_everywhere(user.id, except_session=except_session)
+            return await self._end_sessions(user, except_session)
         return 0
 
     async def logout_everywhere(self, user_id: str, *, except_session: str | None = None) -> int:
-        """Delete every session of the user (needs ``sessions=``)."""
+        """Delete every session of the user in its tenant (needs ``sessions=``);
+        of a user id no account has (deleted), every session of that id."""
         if self.sessions is None:
             raise RuntimeError("UserAdmin needs sessions= (the Axess object) to revoke sessions")
-        return await self.sessions.invalidate_user(user_id, except_key=except_session)
+        user = await self.store.get_user(user_id)
+        if user is None:
+            return await self.sessions.invalidate_user(user_id, except_key=except_session)
+        return await self._end_sessions(user, except_session)
 
     async def list_sessions(self, user_id: str) -> list[SessionInfo]:
+        """The user's live sessions in its tenant, oldest first (of a user id
+        no account has, every session of that id)."""
         if self.sessions is None:
             raise RuntimeError("UserAdmin needs sessions= (the Axess object) to list sessions")
-        return await self.sessions.list_sessions(user_id)
+        user = await self.store.get_user(user_id)
+        if user is None:
+            return await self.sessions.list_sessions(user_id)
+        tenant = _session_tenant(user)
+        listed = await self.sessions.list_sessions(user.id, tenant_id=tenant)
+        return [info for info in listed if info.tenant_id == tenant]
+
+    async def _end_sessions(self, user: UserRecord, except_key: str | None = None) -> int:
+        """End ``user``'s sessions in its own tenant (an app may give the same
+        id to users of other tenants); how many ended."""
+        assert self.sessions is not None
+        tenant = _session_tenant(user)
+        if tenant is not None:
+            return await self.sessions.invalidate_user(
+                user.id, tenant_id=tenant, except_key=except_key
+            )
+        # Sessions record the default tenant as none, which the stores read
+        # as "any tenant": with sessions of that id elsewhere, end the default
+        # tenant's one by one.
+        listed = await self.sessions.list_sessions(user.id)
+        if all(info.tenant_id is None for info in listed):
+            return await self.sessions.invalidate_user(user.id, except_key=except_key)
+        ended = 0
+        for info in listed:
+            if info.tenant_id is None and info.storage_key != except_key:
+                ended += await self.sessions.invalidate_session(info.storage_key)
+        return ended
 
     # -- TOTP / recovery codes ----------------------------------------------------
     async def enrol_totp(
@@ -386,7 +425,7 @@ class UserAdmin:
         self._emit("account_suspended", user, actor)
         if self.sessions is None:
             return 0
-        return await self.sessions.invalidate_user(user.id)
+        return await self._end_sessions(user)
 
     async def activate(self, user_id: str, *, actor: str | None = None) -> None:
         user = await self._user(user_id)
