@@ -395,6 +395,12 @@ class Axess:
                     },
                 )
             )
+        if self.authz is not None:
+            # Guards find the authorizer in the request's state, which a
+            # mounted sub-app shares (its app.state is its own).
+            from axess.authz.guards import AuthorizerStage
+
+            layers.append((AuthorizerStage, {"authorizer": self.authz}))
         return layers
 
     def stages(self) -> list[Stage]:
@@ -419,8 +425,16 @@ class Axess:
     def install(self, app: _Installable) -> None:
         """Add the stack to a Starlette/FastAPI app in the documented order
         (client IP → rate limit → session → CSRF, outermost first), as one
-        middleware."""
+        middleware, and :meth:`install_handlers` on it."""
         app.add_middleware(Stack, stages=self.stages())
+        self.install_handlers(app)
+
+    def install_handlers(self, app: object) -> None:
+        """Give ``app`` the exception handlers and the refusal page that turn
+        guard and login refusals into axess's answers, without a stack: for
+        a sub-app mounted inside the app :meth:`install` was called on (its
+        exception handlers are its own; a second stack would run a second
+        session stage)."""
         self._publish_refusal_page(app)
         # Starlette and FastAPI both accept exception handlers: a guard's
         # redirect/401, a route's rate limit, a paused login (no audit trail)

@@ -1,7 +1,8 @@
 """Guards inside a sub-app mounted under the app ``auth.install`` saw: they
-find the authorizer and answer in axess's refusal format, not the sub-app's
-default, without installing axess a second time (which would run a second
-session stage)."""
+find the authorizer (the stack publishes it with each request) and, with
+``auth.install_handlers(sub_app)``, answer in axess's refusal format, not
+the sub-app's default, without installing axess a second time (which would
+run a second session stage)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def load_doc(conn: HTTPConnection) -> Entity:
     )
 
 
-def _apps(authz: CedarAuthorizer) -> tuple[FastAPI, Any]:
+def _apps(authz: CedarAuthorizer, *, handlers: bool = True) -> tuple[FastAPI, Any]:
     auth = axess_with(authz)
     app = FastAPI(lifespan=auth.lifespan)
     app.add_route("/login", login, methods=["POST"])
@@ -59,9 +60,8 @@ def _apps(authz: CedarAuthorizer) -> tuple[FastAPI, Any]:
 
     app.mount("/sub", sub)
     auth.install(app)
-    # Until ``Axess`` adds this stage itself (see AuthorizerStage), an app
-    # with mounted sub-apps adds it; a second one is harmless.
-    app.add_middleware(AuthorizerStage, authorizer=authz)
+    if handlers:
+        auth.install_handlers(sub)  # the sub-app's exception handlers are its own
     return app, auth
 
 
@@ -78,6 +78,17 @@ async def test_guards_in_a_mounted_sub_app_decide_and_refuse_like_the_app(route:
         assert r.headers["cache-control"] == "no-store"
         r = await c.get(f"/sub/{route}/g1", headers={"accept": "text/html"})
         assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+
+
+async def test_without_its_handlers_a_sub_app_still_refuses_never_500() -> None:
+    """The authorizer is found either way (the stack publishes it with the
+    request); only the body is then the sub-app's own format."""
+    app, auth = _apps(authorizer(), handlers=False)
+    async with auth.lifespan(), client(app) as c:
+        await sign_in(c, "erin")
+        assert (await c.get("/sub/module/d1")).json() == {"doc": "d1"}
+        r = await c.get("/sub/module/g1")
+        assert r.status_code == 403 and r.json() == {"detail": "forbidden"}
 
 
 async def test_a_sub_app_guard_redirects_to_the_login_page() -> None:

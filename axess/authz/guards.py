@@ -17,8 +17,8 @@ a FastAPI websocket route both close the handshake with 1008 (policy
 violation) before accepting it. The answer never names the policy that
 denied. As a dependency the guard raises :class:`AuthzDenied` (or
 :class:`~axess.authn.guards.AuthnRequired`); ``Axess.install`` registers
-the handlers that turn them into exactly these responses, and a guard
-gives a mounted sub-app the same handlers on its first refusal there.
+the handlers that turn them into exactly these responses
+(``Axess.install_handlers`` on a mounted sub-app, whose handlers are its own).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import ASGIApp, Scope
 
-from axess.authn.guards import AuthnGuard, AuthnRequired, authn_exception_handler
+from axess.authn.guards import AuthnGuard, AuthnRequired
 from axess.authz import model as m
 from axess.refusals import Refusal, RefusalResponse
 from axess.stack import Stage
@@ -167,7 +167,6 @@ class AuthzGuard:
             # handshake, and the reason names no policy, like the 403.
             reason = "unauthenticated" if decision.reason == "unauthenticated" else "forbidden"
             raise WebSocketException(WS_1008_POLICY_VIOLATION, reason)
-        _ensure_handlers(request)
         if decision.reason == "unauthenticated":
             raise AuthnRequired(self.authn.refusal(request))
         raise AuthzDenied(forbidden_response(request))
@@ -198,26 +197,6 @@ class AuthzGuard:
             return await run_in_threadpool(endpoint, request)  # type: ignore[arg-type]
 
         return guarded
-
-
-def _ensure_handlers(conn: HTTPConnection) -> None:
-    """Make the app handling ``conn`` answer :class:`AuthzDenied` and
-    :class:`AuthnRequired` with their responses.
-
-    ``Axess.install`` registers both handlers on the app it is given, but a
-    sub-app mounted inside it has its own exception handlers, and its
-    generic ``HTTPException`` one would answer FastAPI's ``{"detail": ...}``
-    instead of the refusal (installing axess on the sub-app too would run a
-    second session stage). Starlette hands the handlers of the app running
-    the route in ``scope["starlette.exception_handlers"]`` and looks the
-    exception up there only after the dependency raised, so adding the two
-    missing entries, as ``install`` would have, is enough; an app's own
-    handler for either stays.
-    """
-    handlers = conn.scope.get("starlette.exception_handlers")
-    if isinstance(handlers, tuple) and handlers and isinstance(handlers[0], dict):
-        handlers[0].setdefault(AuthzDenied, authz_exception_handler)
-        handlers[0].setdefault(AuthnRequired, authn_exception_handler)
 
 
 def require_authz(
