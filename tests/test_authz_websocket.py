@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, WebSocket
 from starlette.requests import HTTPConnection
 from test_authz_support import authorizer, axess_with, client, login, sign_in
 
+from axess import Session, require_authn
 from axess.authz import AuthzDecision, Entity, EntityUid, require_authz
 
 DOCS = {"d1": "acme", "g1": "globex"}
@@ -81,6 +82,12 @@ def _app() -> tuple[FastAPI, Any]:
         await websocket.accept()
         await websocket.close()
 
+    @app.websocket("/ws3")
+    async def ws3(websocket: WebSocket, session: Session = Depends(require_authn())) -> None:
+        await websocket.accept()
+        await websocket.send_json({"user": session.user_id})
+        await websocket.close()
+
     @app.get("/docs/{doc_id}")
     async def show(doc_id: str, d: AuthzDecision = Depends(view)) -> dict[str, str]:
         return {"doc": doc_id}
@@ -103,6 +110,13 @@ async def test_websocket_routes_are_guarded() -> None:
             assert first.get("reason") == "forbidden"
             first = await handshake(app, f"{prefix}/d1", None)  # no session
             assert first["type"] == "websocket.close" and first["code"] == 1008, first
+        # require_authn() on a websocket route: the signed-in get through,
+        # a handshake without a session is closed before it is accepted.
+        first = await handshake(app, "/ws3", cookie)
+        assert first["type"] == "websocket.accept", first
+        first = await handshake(app, "/ws3", None)
+        assert first["type"] == "websocket.close" and first["code"] == 1008, first
+        assert first.get("reason") == "unauthenticated"
         # The same guard on an HTTP route answers as before.
         assert (await c.get("/docs/d1")).status_code == 200
         assert (await c.get("/docs/g1")).status_code == 403

@@ -31,9 +31,10 @@ from typing import Any, Final, overload
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
+from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import Scope
 
 from axess.refusals import Refusal, RefusalResponse
@@ -96,8 +97,10 @@ class AuthnGuard:
         # FastAPI reads the dependency's parameters from this signature.
         self.__signature__ = inspect.Signature(
             [
+                # HTTPConnection: FastAPI fills it on websocket routes too
+                # (a Request parameter only on HTTP ones).
                 inspect.Parameter(
-                    "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+                    "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=HTTPConnection
                 )
             ]
         )
@@ -126,6 +129,9 @@ class AuthnGuard:
         """The session if the guard admits it; raises :class:`AuthnRequired` otherwise."""
         session = get_session(conn)
         if not self.allows(session):
+            if conn.scope["type"] == "websocket":
+                # No response to send on a handshake: close it, before accept.
+                raise WebSocketException(WS_1008_POLICY_VIOLATION, "unauthenticated")
             raise AuthnRequired(self.refusal(conn))
         return session
 
