@@ -233,7 +233,10 @@ class Axess:
             and isinstance(bucket_store, HealthCheck)
             and getattr(bucket_store, "store", None) not in (self.store, self._substore("sessions"))
         ):
-            self.health.add("ratelimit", bucket_store)
+            # Not critical: every instance shares it, so taking instances out
+            # of rotation for it helps nothing; rules decide (on_store_error)
+            # what its outage does to the requests they cover.
+            self.health.add("ratelimit", bucket_store, critical=False)
         if bind_store_metrics:
             self._bind_store_metrics()
         self.healthz: Callable[[Request], Awaitable[Response]] = healthz_endpoint(self.health)

@@ -123,3 +123,32 @@ async def test_axess_healthz_wires_store() -> None:
     async with client(make_app(auth)) as c:
         r = await c.get("/healthz")
     assert r.status_code == 200 and r.json()["components"] == {"store": "healthy"}
+
+
+async def test_an_unreachable_rate_limit_store_degrades_the_report() -> None:
+    """Every instance shares the rate-limit store: its outage must not take
+    them all out of rotation (a 503), only say so (200, degraded)."""
+    from axess import Axess, Keyring
+    from axess.ratelimit import ValkeyBucketStore
+    from axess.stores import MemoryStore
+
+    buckets = ValkeyBucketStore("redis://127.0.0.1:1/0", allow_insecure=True)
+    auth = Axess(
+        store=MemoryStore(),
+        keys=Keyring.generate(),
+        debug=True,
+        cleanup_interval=None,
+        rate_limit_store=buckets,
+    )
+    assert "ratelimit" in auth.health.names
+    app = Starlette(routes=[Route("/healthz", auth.healthz)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://t"
+    ) as client:
+        r = await client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "degraded",
+        "components": {"store": "healthy", "ratelimit": "unhealthy"},
+    }
+    await buckets.close()
