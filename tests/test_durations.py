@@ -20,7 +20,7 @@ from axess.testing.contract import make_record
 TOO_LONG = [math.inf, math.nan, 1e20, MAX_DURATION + 1]
 
 
-@pytest.mark.parametrize("value", TOO_LONG + [0, -1])
+@pytest.mark.parametrize("value", [*TOO_LONG, 0, -1])
 def test_session_lifetimes(value: float) -> None:
     with pytest.raises(ConfigurationError, match="max_age"):
         SessionConfig(max_age=value)
@@ -33,9 +33,9 @@ def test_lockout_durations(value: float) -> None:
     with pytest.raises(ConfigurationError, match="trusted_origin_ttl"):
         LockoutPolicy(trusted_origin_ttl=value)
     for field in ("window", "lock_for"):
-        with pytest.raises(ConfigurationError, match=f"Lever.{field}"):
+        with pytest.raises(ConfigurationError, match=rf"Lever\.{field}"):
             Lever(5, **{"window": 60, "lock_for": 60, field: value})
-    with pytest.raises(ConfigurationError, match="Lever.max_lock"):
+    with pytest.raises(ConfigurationError, match=r"Lever\.max_lock"):
         Lever(5, 60, 60, max_lock=value)
 
 
