@@ -636,12 +636,15 @@ def _find_app(module: Any) -> Any:
     return None
 
 
-def _route_endpoints(app: Any) -> Iterator[tuple[str, Any]]:
+def _route_endpoints(app: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(full path, endpoint) of every route, a ``Mount``'s prefix joined on:
+    the stack sees ``/auth/login`` for a ``/login`` mounted under ``/auth``."""
     for route in getattr(app, "routes", ()):
-        yield getattr(route, "path", ""), getattr(route, "endpoint", None)
+        path = prefix + getattr(route, "path", "")
+        yield path, getattr(route, "endpoint", None)
         sub = getattr(route, "app", None)
         if sub is not None and sub is not app and hasattr(sub, "routes"):
-            yield from _route_endpoints(sub)
+            yield from _route_endpoints(sub, path)
 
 
 async def run_checks(auth: Any, module: Any, workers: int) -> list[Check]:

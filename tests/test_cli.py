@@ -518,3 +518,29 @@ def test_check_reads_every_backend_of_a_composite_store(
     captured = capsys.readouterr()
     assert "FAIL  keys" in captured.out.replace("FAIL ", "FAIL  ").replace("   ", "  ")
     assert "memory" in captured.out.lower() and not captured.err
+
+
+def test_check_sees_routes_under_a_mount_by_their_full_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login mounted under /auth is /auth/login to the stack: a rule
+    written for /login does not cover it, and check says so."""
+    pytest.importorskip("prometheus_client")
+    db = tmp_path / "mounted.db"
+    monkeypatch.setenv("CHECK_DB", str(db))
+    monkeypatch.setenv("CHECK_LOG", str(tmp_path / "recovery.jsonl"))
+    _keys_env(monkeypatch)
+    mounted = GOOD_APP.replace(
+        'app = Starlette(routes=[Route("/login", login, methods=["POST"]),',
+        "from starlette.routing import Mount\n"
+        'login_route = Route("/login", login, methods=["POST"])\n'
+        'app = Starlette(routes=[Mount("/auth", routes=[login_route]),',
+    )
+    assert mounted != GOOD_APP
+    (tmp_path / "mounted_app_mod.py").write_text(mounted)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["migrate", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["check", "mounted_app_mod:auth"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  rate limits  no rule covers POST /auth/login" in out.replace("   ", "  ")
