@@ -355,6 +355,18 @@ async def _restore_guard(
     store = store_from_url(url, must_exist=True)
     try:
         await store.open()  # refuses a schema behind this axess: migrate first
+        if users is not None:
+            # Before anything changes: an id that names nobody (an e-mail
+            # address, a typo) would leave that user's spent codes valid.
+            unknown = [u for u in users if await store.get_user(u) is None]
+            if unknown:
+                shown = ", ".join(repr(u) for u in unknown[:5])
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                raise CommandError(
+                    f"{users_file} names {len(unknown)} user id(s) no user has: {shown}{more} "
+                    "(one user id per line, as the audit archive records them, not "
+                    "login identifiers); nothing was changed"
+                )
         result = await restore_guard(
             store,
             time_step(time.time()) + WINDOW,

@@ -19,7 +19,7 @@ from axess.authn.totp import PERIOD, time_step, totp
 from axess.cli import main
 from axess.stores.base import UserRecord
 from axess.stores.sql import MySQLStore, PostgresStore, SQLiteStore, SQLStore
-from axess.testing.contract import make_record
+from axess.testing.contract import NOW, make_record
 
 
 async def cli(*args: str) -> int:
@@ -118,6 +118,15 @@ async def test_guard_for_listed_users_only_and_keep_options(
     assert await store.create_session(make_record("s1"))
     await store.close()
     users = tmp_path / "users.txt"
+    # An id no user has (a login identifier, a typo): refused, nothing changed.
+    users.write_text("u1\ncarol@example.com\n")
+    assert await cli("restore-guard", str(db), "--recovery-codes-of", str(users)) == 1
+    err = capsys.readouterr().err
+    assert "1 user id(s) no user has: 'carol@example.com'" in err and "nothing was changed" in err
+    await store.open()
+    assert (await store.get_factors("u1")).recovery_codes == 2
+    assert await store.load_session(make_record("s1").key, NOW) is not None
+    await store.close()
     users.write_text("# from the audit archive\nu1\n")
     assert await cli("restore-guard", str(db), "--recovery-codes-of", str(users)) == 0
     out = capsys.readouterr().out
