@@ -61,6 +61,12 @@ async def test_sql_operations_report_their_latency(sqlite_store: SQLiteStore) ->
     counts = latency_counts(metrics)
     assert counts[("sessions", "create_session")] == 1
     assert counts[("lockout", "lockout_status")] == 1  # its own substore, not sessions
+    # Operations on the whole store belong to no substore.
+    await sqlite_store.check_health()
+    await sqlite_store.schema_version()
+    counts = latency_counts(metrics)
+    assert counts[("store", "health check")] == 1 and counts[("store", "schema_version")] == 1
+    assert not any(op in ("health check", "schema_version") for sub, op in counts if sub != "store")
     # A failing operation is timed too.
     await sqlite_store.close()
     with pytest.raises(StoreError):

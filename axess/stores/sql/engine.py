@@ -56,6 +56,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Seconds ``check_health`` waits for ``SELECT 1`` (book: Operations, health checks).
+#: The ``substore`` label of operations on the whole store (health check,
+#: schema version, migrations) in metrics and errors: they belong to no
+#: substore, and counting them under ``sessions`` misled where sessions
+#: live elsewhere (a CompositeStore).
+WHOLE_STORE: Final = "store"
 #: Below the health endpoint's own 2 s per check, so its reason names the backend.
 HEALTH_TIMEOUT: Final = 1.5
 #: Rows deleted per statement by the purge, so a huge backlog never holds
@@ -580,7 +585,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
 
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                await self._op("health check", ping, log=False)
+                await self._op("health check", ping, log=False, substore=WHOLE_STORE)
         except TimeoutError:
             return HealthStatus.unhealthy(f"{self.name}: no answer within {HEALTH_TIMEOUT:g}s")
         except StoreError as exc:
@@ -594,7 +599,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
     async def schema_version(self) -> int:
         """The version recorded in ``axess_schema_version`` (0 when never migrated)."""
         self._opened = True
-        return await self._op("schema_version", self._read_version)
+        return await self._op("schema_version", self._read_version, substore=WHOLE_STORE)
 
     async def migrate(self) -> int:
         """Apply the missing migrations in order, under a database-wide lock.
@@ -635,7 +640,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
                 for stmt in d.migration_cleanup:
                     await _quietly(conn, stmt)
 
-        return await self._op("migrate", body)
+        return await self._op("migrate", body, substore=WHOLE_STORE)
 
     async def _read_version(self, conn: Connection) -> int:
         exists = await conn.run(self._q.table_exists, ("axess_schema_version",), fetch=True)
