@@ -4,6 +4,7 @@ first use (no 500 per request); Valkey sessions bring Valkey buckets."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -44,6 +45,19 @@ async def _refuses_to_start(store: SQLStore) -> None:
     message = str(exc.value)
     assert "run `axess migrate`" in message and "version 0" in message
     await store.close()
+
+
+async def test_an_unmigrated_schema_is_logged_as_well_as_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server may report a failed startup without the exception's text:
+    the runbook's ERROR line is there too."""
+    db = tmp_path / "old.db"
+    sqlite3.connect(db).close()
+    with caplog.at_level(logging.ERROR, logger="axess.stores.sql.engine"):
+        await _refuses_to_start(SQLiteStore(db, auto_migrate=False))
+    (record,) = [r for r in caplog.records if "run `axess migrate`" in r.getMessage()]
+    assert record.levelno == logging.ERROR and "schema is at version 0" in record.getMessage()
 
 
 async def test_unmigrated_sqlite_stops_startup(tmp_path: Path) -> None:

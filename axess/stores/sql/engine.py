@@ -561,10 +561,13 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
             version = await self.schema_version()
             self._check_not_newer(version)
             if version < self.known_schema_version:
-                raise SchemaVersionError(
+                message = (
                     f"{self.name} schema is at version {version}, this axess needs "
                     f"{self.known_schema_version}: run `axess migrate` before starting the app"
                 )
+                # Logged too: a server may report a failed startup without it.
+                logger.error("%s", message)
+                raise SchemaVersionError(message)
         except SchemaVersionError:
             await self._driver.close()
             raise
