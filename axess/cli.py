@@ -319,6 +319,11 @@ def _backup(url: str, target: str, force: bool, out: TextIO) -> int:
         raise CommandError(f"{target} exists; pass --force to overwrite it")
     if os.path.abspath(target) == os.path.abspath(path):
         raise CommandError("the backup file must not be the database itself")
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise CommandError(f"cannot write the backup {target}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write the backup {target}: {folder} is not writable")
     started = time.monotonic()
     result = sqlite_backup(path, target)
     out.write(

@@ -157,6 +157,12 @@ def test_backup_verifies_and_refuses_bad_input(
     assert "--force" in capsys.readouterr().err
     assert main(["backup", str(db), str(bak), "--force"]) == 0
     assert main(["backup", str(db), str(db), "--force"]) == 1
+    capsys.readouterr()
+    # A target folder that does not exist is named as the problem, not the source.
+    assert main(["backup", str(db), str(tmp_path / "missing" / "x.db")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write the backup" in err and "is not a directory" in err
+    assert "not a readable axess database" not in err
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database" * 100)
     assert main(["backup", str(junk), str(tmp_path / "c.db")]) == 1
