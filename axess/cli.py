@@ -860,13 +860,7 @@ def _default_workers(parser: argparse.ArgumentParser) -> int:
 async def _user(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from axess.app import Axess
 
-    request = UserRequest(
-        args.action, args.identifier, args.tenant, args.ip, args.actor or default_actor()
-    )
-    try:
-        check_request(request)
-    except UserCommandError as exc:
-        raise CommandError(str(exc)) from None
+    request: UserRequest = args.request  # checked by main(): usage errors exit 2
     auth, _ = load_object(args.target)
     if not isinstance(auth, Axess):
         raise CommandError(f"{args.target} is a {type(auth).__name__}, not an Axess object")
@@ -1131,6 +1125,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = args.command
     if cmd == "check" and args.workers is None:
         args.workers = _default_workers(parser)
+    if cmd in ("check", "user"):
+        module_name, sep, attr = args.target.partition(":")
+        if not (module_name and sep and attr):
+            parser.error(f"{args.target!r} is not MODULE:ATTR (e.g. myapp.main:auth)")
+    if cmd == "user":
+        request = UserRequest(
+            args.action, args.identifier, args.tenant, args.ip, args.actor or default_actor()
+        )
+        try:
+            check_request(request)
+        except UserCommandError as exc:
+            parser.error(str(exc))
+        args.request = request
     if cmd == "backup":
         if len(args.paths) > 2:
             parser.error("backup takes [STORE_URL] FILE")

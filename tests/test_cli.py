@@ -241,7 +241,9 @@ def test_check_fails_a_weak_app(
     assert "WARN  proxies" in out.replace("  ", " ").replace("WARN ", "WARN  ")
     assert main(["check", "weak_app_mod:nothing"]) == 1
     assert "no attribute" in capsys.readouterr().err
-    assert main(["check", "weak_app_mod"]) == 1
+    with pytest.raises(SystemExit) as usage:
+        main(["check", "weak_app_mod"])  # no :attr: a usage error
+    assert usage.value.code == 2 and "not MODULE:ATTR" in capsys.readouterr().err
 
 
 def test_check_passes_a_good_app_and_reads_the_schema(

@@ -192,15 +192,23 @@ async def test_bad_requests_are_one_line_errors(
     cases = [
         (("user", "show", spec, "nobody"), "no user 'nobody'"),
         (("user", "show", spec, "alice", "--tenant", "acme"), "no user 'alice' in tenant 'acme'"),
-        (("user", "suspend", spec), "suspend needs an IDENTIFIER"),
-        (("user", "unlock", spec, "alice", "--ip", "not-an-ip"), "not an IP address"),
-        (("user", "show", spec, "   "), "not a login identifier"),
         (("user", "show", "nomodule_here:auth", "alice"), "cannot import nomodule_here"),
     ]
     for args, message in cases:
         assert await cli(*args) == 1, args
         captured = capsys.readouterr()
         assert message in captured.err and "Traceback" not in captured.err, args
+    usage = [
+        (("user", "suspend", spec), "suspend needs an IDENTIFIER"),
+        (("user", "unlock", spec, "alice", "--ip", "not-an-ip"), "not an IP address"),
+        (("user", "show", spec, "   "), "not a login identifier"),
+        (("user", "show", "no_attribute", "alice"), "not MODULE:ATTR"),
+    ]
+    for args, message in usage:  # usage errors: exit status 2, nothing imported
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        assert exc.value.code == 2, args
+        assert message in capsys.readouterr().err, args
     user = await sqlite_store.get_user("u-alice")
     assert user is not None and user.status == ACTIVE  # nothing was done
     with pytest.raises(SystemExit) as exc:
