@@ -181,6 +181,12 @@ async def test_behind_a_tls_proxy_the_scheme_mismatch_is_explained_once(
     async with client(app) as c:
         c.base_url = "http://shop.example"  # type: ignore[assignment]
         with caplog.at_level(logging.INFO, logger="axess.session.csrf"):
+            # Refused for Sec-Fetch-Site alone, same scheme: not the proxy case,
+            # and it must not spend the one hint.
+            same = {"origin": "http://shop.example", "sec-fetch-site": "same-site"}
+            assert (await c.post("/write", headers=same)).status_code == 403
+            hints = [r for r in caplog.records if r.name == "axess.session.csrf"]
+            assert not [r for r in hints if r.levelno >= logging.WARNING]
             for _ in range(2):
                 r = await c.post("/write", headers={"origin": "https://shop.example"})
                 assert r.status_code == 403

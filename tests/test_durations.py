@@ -51,3 +51,12 @@ async def test_a_time_no_sql_store_can_hold_is_a_store_error(sql_store: Any) -> 
     record = make_record("far", created=time.time(), ttl=1e16)
     with pytest.raises(StoreError):
         await sql_store.create_session(record)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, 86_401])
+def test_retry_after_is_whole_seconds_from_one(value: Any) -> None:
+    """It becomes a Retry-After header: whole seconds, at least 1 (0 would
+    ask clients to retry at once during the outage it announces)."""
+    with pytest.raises(ConfigurationError, match="retry_after"):
+        SessionConfig(retry_after=value)
+    assert SessionConfig(retry_after=1).retry_after == 1

@@ -47,6 +47,11 @@ class SessionConfig:
         if not name or any(c in name for c in ' ;,=\t\r\n"') or not name.isascii():
             raise ConfigurationError(f"invalid cookie name {name!r}")
         check_duration(self.max_age, "max_age")
+        retry = self.retry_after
+        if isinstance(retry, bool) or not isinstance(retry, int) or not 1 <= retry <= 86_400:
+            # A header value: whole seconds, and 0 would invite clients to
+            # retry at once during the outage it announces.
+            raise ConfigurationError("retry_after must be a whole number of seconds, 1 to 86400")
         check_duration(self.touch_interval, "touch_interval", zero=True)
         if self.idle_timeout is not None:
             check_duration(self.idle_timeout, "idle_timeout")

@@ -377,11 +377,15 @@ class CSRFMiddleware(Stage):
             (headers.get(b"sec-fetch-site") or b"")[:32].decode("latin-1") or None,
         )
         host = headers.get(b"host")
+        scheme, _, origin_host = (origin or b"").partition(b"://")
         if (
             not self._proxy_hint_logged
             and origin is not None
             and host is not None
-            and origin.partition(b"://")[2] == host
+            and origin_host == host
+            # The proxy case only: own host under another scheme (a refusal
+            # for Sec-Fetch-Site alone must not spend the one hint).
+            and scheme.decode("latin-1") != scope.get("scheme", "http")
         ):
             self._proxy_hint_logged = True
             logger.warning(
