@@ -61,6 +61,7 @@ async def test_stolen_cookie_revoked_by_default(caplog: pytest.LogCaptureFixture
     assert body["user"] is None and cookie_of(r) == ""
     assert "fingerprint mismatch" in caplog.text
     assert [e.type for e in events][-2:] == ["session_binding_mismatch", "session_invalidated"]
+    assert events[-1].reason == "binding_mismatch"  # not a logout, in the audit trail
     # The row is gone: the legitimate client is logged out too (revoke policy).
     assert await auth.list_sessions("alice") == []
     assert (await whoami(auth, cookie, env("198.51.100.10")))[0]["user"] is None

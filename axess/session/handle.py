@@ -315,10 +315,11 @@ class Session(MutableMapping[str, Any]):
         """
         await self.invalidate_for(None)
 
-    async def invalidate_for(self, scope: Scope | None) -> None:
+    async def invalidate_for(self, scope: Scope | None, reason: str = "logout") -> None:
         """:meth:`invalidate`, naming the request that caused it (its client
-        IP and User-Agent go into the ``session_invalidated`` event)."""
-        await self._owner.invalidate_handle(self, scope)
+        IP and User-Agent go into the ``session_invalidated`` event) and why
+        (the event's ``reason``)."""
+        await self._owner.invalidate_handle(self, scope, reason)
         now = self._owner.clock.time()
         self._data = SessionData(created_at=now, last_seen_at=now)
         self._shared = False

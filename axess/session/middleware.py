@@ -363,7 +363,8 @@ class SessionMiddleware(Stage):
                 return
             if isinstance(state, d.Authenticating) and state.method == "step_up":
                 return  # already waiting for the step-up
-        await session.invalidate_for(scope)
+        # Revoked as a probable stolen cookie: the trail must not call it a logout.
+        await session.invalidate_for(scope, "binding_mismatch")
 
     def _warn_envelope(self, what: str) -> None:
         if what not in self._envelope_warned:
@@ -505,7 +506,9 @@ class SessionMiddleware(Stage):
                 self.metrics.session_invalidated()
                 self._emit("session_invalidated", row.key, state, "max_sessions_per_user", scope)
 
-    async def invalidate_handle(self, session: Session, scope: Scope | None = None) -> None:
+    async def invalidate_handle(
+        self, session: Session, scope: Scope | None = None, reason: str = "logout"
+    ) -> None:
         if session.loaded_key is not None and session.persisted_sid is not None:
             if not await self.store.delete_session(session.loaded_key):
                 await self._delete_successor(session)
@@ -514,7 +517,7 @@ class SessionMiddleware(Stage):
                 "session_invalidated",
                 session.loaded_key,
                 session.data_for_commit.auth_state,
-                "logout",
+                reason,
                 scope,
             )
 
