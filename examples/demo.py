@@ -378,9 +378,11 @@ def after_login(outcome: LoginOutcome, *, second_step: bool) -> Response:
 
 # -- sign-in and out ---------------------------------------------------------------------
 async def login(request: Request) -> Response:
-    email = (await LOGIN_FIELDS.read(request))[:254]  # raises AmbiguousIdentifier: a 400
-    password = str((await request.form()).get("password", ""))[:1024]
-    if not password:
+    email = await LOGIN_FIELDS.read(request)  # raises AmbiguousIdentifier: a 400
+    password = str((await request.form()).get("password", ""))
+    # Refused whole, never cut: the rate limiter counted the field as sent,
+    # and a cut one would be a new bucket per padding for the same account.
+    if not password or len(email) > 254 or len(password) > 1024:
         return redirect("Invalid credentials")
     return after_login(await authn.login_password(request, email, password), second_step=False)
 
@@ -523,9 +525,16 @@ async def totp_enrol(request: Request) -> Response:
     if isinstance(user_id, Response):
         return user_id
     s = get_session(request)
-    enrolment = await users.begin_totp_enrolment(user_id)
-    # Only the sealed token is kept; nothing is stored until a code is accepted.
-    s[TOTP_PENDING] = enrolment.pending
+    # A set-up still waiting (another tab) is shown again rather than
+    # replaced: its QR code may be in the authenticator already.
+    waiting = s.get(TOTP_PENDING)
+    enrolment = None
+    if isinstance(waiting, str):
+        enrolment = await users.pending_totp_enrolment(user_id, waiting)
+    if enrolment is None:
+        enrolment = await users.begin_totp_enrolment(user_id)
+        # Only the sealed token is kept; nothing is stored until a code is accepted.
+        s[TOTP_PENDING] = enrolment.pending
     return page("Set up TOTP", enrolment_body(request, enrolment))
 
 
@@ -535,12 +544,13 @@ async def totp_confirm(request: Request) -> Response:
         return redirect()
     pending = s.get(TOTP_PENDING)
     code = str((await request.form()).get("code", ""))[:32]
+    if (await users.store.get_factors(s.user_id)).totp_secret is not None:
+        # Turned on meanwhile (another tab, the form sent again): replacing
+        # it takes a code first.
+        s.pop(TOTP_PENDING, None)
+        return redirect("TOTP is already on")
     if not isinstance(pending, str):
         return redirect("Start the TOTP setup again")
-    if (await users.store.get_factors(s.user_id)).totp_secret is not None:
-        # Turned on meanwhile (another tab): replacing it takes a code first.
-        del s[TOTP_PENDING]
-        return redirect("TOTP is already on")
     user_id = s.user_id
     enrolment = await users.pending_totp_enrolment(user_id, pending)
     if enrolment is None:  # expired (or keys gone): start again

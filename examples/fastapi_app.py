@@ -41,7 +41,10 @@ auth = Axess(
     session=SessionConfig(secure=not DEV),
     csrf=CSRFConfig(secure=not DEV),
     metrics=PrometheusMetrics(),  # on prometheus_client's default registry
-    rate_limits=auth_rules(login_paths=["/auth/login"], login_fields=LOGIN_FIELDS),
+    # Both login steps: the code step is a guess too.
+    rate_limits=auth_rules(
+        login_paths=["/auth/login", "/auth/login/factor"], login_fields=LOGIN_FIELDS
+    ),
     debug=DEV,
 )
 assert auth.users is not None  # the SQL and memory stores hold users

@@ -184,8 +184,9 @@ async def login(request: Request) -> Response:
     tenant = request.path_params["tenant"]
     email = await LOGIN_FIELDS.read(request)
     password = str((await request.form()).get("password", ""))
-    # The tenant scopes the user lookup and the lockout counters; an unknown
-    # tenant is refused exactly like a wrong password.
+    # The tenant scopes the user lookup and the lockout counters (an unknown
+    # tenant never gets here: tenant_page answers 404, the tenants being
+    # listed on the home page anyway).
     outcome = await authn.login_password(request, email, password, tenant=tenant)
     if isinstance(outcome, Authenticated):
         return RedirectResponse(f"/t/{tenant}/", status_code=303)

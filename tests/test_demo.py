@@ -180,6 +180,30 @@ async def test_an_empty_password_is_invalid_credentials(demo: ModuleType) -> Non
         assert r.status_code == 303 and "Invalid" in r.headers["location"]
 
 
+async def test_an_over_long_email_is_refused_whole_not_cut(demo: ModuleType) -> None:
+    """Cut to 254 characters, a padded address would be a new rate-limit
+    bucket per padding (the limiter counts the field as sent) and still sign
+    in as the account: refused as it comes."""
+    async with _running(demo), _client(demo) as c:
+        padded = demo.DEMO_USER + " " * 238 + "x1"
+        r, page = await _sign_in(c, padded, demo.DEMO_PASSWORD)
+        assert r.status_code == 303 and "Invalid" in r.headers["location"]
+        assert "Signed in as" not in page
+
+
+async def test_a_second_tab_setting_totp_up_gets_the_same_secret(demo: ModuleType) -> None:
+    async with _running(demo), _client(demo) as c:
+        await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
+        first = _secret((await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)).text)
+        second = _secret((await _post(c, "/totp/enrol", password=demo.DEMO_PASSWORD)).text)
+        assert first == second  # the first tab's QR code stays good
+        r = await _post(c, "/totp/confirm", code=totp(first, time.time()))
+        assert r.status_code == 200 and "TOTP is on" in r.text
+        # The form sent again (back, reload): TOTP is on, said as much.
+        r = await _post(c, "/totp/confirm", code=totp(first, time.time()))
+        assert r.status_code == 303 and "already" in r.headers["location"]
+
+
 # -- two-factor -------------------------------------------------------------------------------
 async def test_totp_enrolment_shows_a_qr_code_and_is_confirmed_with_a_first_code(
     demo: ModuleType, monkeypatch: pytest.MonkeyPatch
@@ -363,7 +387,7 @@ async def test_a_setup_begun_before_totp_went_on_elsewhere_cannot_replace_it(
         )
         assert r.status_code == 303 and "already" in r.headers["location"]
         r = await _post(a, "/totp/confirm", code=totp(stale, time.time()))
-        assert r.status_code == 303 and "again" in r.headers["location"]  # it was dropped
+        assert r.status_code == 303 and "already" in r.headers["location"]  # TOTP is on
         sealed = (await demo.users.store.get_factors(user.id)).totp_secret
         assert sealed is not None and demo.users.sealer.open(sealed, user.id) == secret
 

@@ -254,6 +254,13 @@ async def test_fastapi_example_serves_the_auth_routes_health_and_metrics(
         assert metric(exposition.text, "axess_auth_success_total") == before + 1
 
 
+def test_fastapi_example_limits_both_login_steps(fastapi_example: ModuleType) -> None:
+    """The code step is a guess too: the same login rules cover it."""
+    rules = fastapi_example.auth.rate_limiter.rules
+    for path in ("/auth/login", "/auth/login/factor"):
+        assert {r.name for r in rules if r.matches("POST", path)} >= {"login-ip", "login-id"}
+
+
 async def test_api_client_signs_in_and_out_through_the_fastapi_example(
     fastapi_example: ModuleType, load: Loader
 ) -> None:
