@@ -10,27 +10,14 @@ from typing import Any
 
 import pytest
 from fastapi import Depends, FastAPI
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from test_authz_support import FORBIDDEN, authorizer, axess_with, client, login, sign_in
+from test_authz_support import FORBIDDEN, authorizer, axess_with, client, load_doc, login, sign_in
 
-from axess.authz import AuthzDecision, CedarAuthorizer, Entity, EntityUid, require_authz
+from axess.authz import AuthzDecision, CedarAuthorizer, require_authz
 from axess.authz.guards import APP_STATE_ATTR, AUTHORIZER_KEY, AuthorizerStage, authorizer_of
 
-DOCS = {"d1": "acme", "g1": "globex"}
 UNAUTHENTICATED = "unauthenticated"
-
-
-def load_doc(conn: HTTPConnection) -> Entity:
-    doc_id = conn.path_params["doc_id"]
-    return Entity(
-        EntityUid("Docs::Document", doc_id),
-        {
-            "tenant": EntityUid("Docs::Tenant", DOCS[doc_id]),
-            "owner": EntityUid("Docs::User", "gina"),
-            "classification": "internal",
-        },
-    )
 
 
 def _apps(authz: CedarAuthorizer, *, handlers: bool = True) -> tuple[FastAPI, Any]:

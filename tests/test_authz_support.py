@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from axess import Axess, Keyring, MockClock, get_session
-from axess.authz import CedarAuthorizer, EntityUid, Principal
+from axess.authz import CedarAuthorizer, Entity, EntityUid, Principal
 from axess.stores import MemoryStore
 from axess.testing import SeededRandom
 
@@ -72,3 +72,20 @@ async def sign_in(
 
 def cookie_header(cookies: Sequence[tuple[str, str]]) -> str:
     return "; ".join(f"{k}={v}" for k, v in cookies)
+
+
+#: The documents the mount and websocket tests guard, by id: their tenant.
+DOC_TENANTS = {"d1": "acme", "g1": "globex"}
+
+
+def load_doc(conn: HTTPConnection) -> Entity:
+    """The document named by the route's ``doc_id``, in its tenant."""
+    doc_id = conn.path_params["doc_id"]
+    return Entity(
+        EntityUid("Docs::Document", doc_id),
+        {
+            "tenant": EntityUid("Docs::Tenant", DOC_TENANTS[doc_id]),
+            "owner": EntityUid("Docs::User", "gina"),
+            "classification": "internal",
+        },
+    )

@@ -7,26 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Depends, FastAPI, WebSocket
-from starlette.requests import HTTPConnection
-from test_authz_support import authorizer, axess_with, client, login, sign_in
+from test_authz_support import authorizer, axess_with, client, load_doc, login, sign_in
 
 from axess import Session, require_authn
-from axess.authz import AuthzDecision, Entity, EntityUid, require_authz
+from axess.authz import AuthzDecision, require_authz
 
-DOCS = {"d1": "acme", "g1": "globex"}
 USER_AGENT = "test-browser/1.0"
-
-
-def load_doc(conn: HTTPConnection) -> Entity:
-    doc_id = conn.path_params["doc_id"]
-    return Entity(
-        EntityUid("Docs::Document", doc_id),
-        {
-            "tenant": EntityUid("Docs::Tenant", DOCS[doc_id]),
-            "owner": EntityUid("Docs::User", "gina"),
-            "classification": "internal",
-        },
-    )
 
 
 async def handshake(app: Any, path: str, cookie: str | None) -> dict[str, Any]:
