@@ -18,7 +18,6 @@ from typing import Any, Final, TextIO
 
 from axess.authn.lockout import lockout_keys, normalize_identifier
 from axess.authn.users import UserAdmin
-from axess.session.registry import SessionInfo
 from axess.stores.base import DEFAULT_TENANT, UserRecord
 
 #: ``axess user ACTION``: what each one does (the command's help).
@@ -96,19 +95,10 @@ async def _show(auth: Any, request: UserRequest, out: TextIO) -> None:
             text = f"{state.failures} failure(s) since {_when(state.window_start)}"
         label = "lockout" if name == "user" else f"ip {request.ip}"
         out.write(f"{label:<11} {text}\n")
-    sessions = await _sessions(auth, user)
+    sessions = await auth.users.list_sessions(user.id)  # in the user's tenant
     newest = max((s.created_at for s in sessions), default=None)
     suffix = f", newest created {_when(newest)}" if sessions else ""
     out.write(f"sessions    {len(sessions)} live{suffix}\n")
-
-
-async def _sessions(auth: Any, user: UserRecord) -> list[SessionInfo]:
-    """The live sessions of ``user`` in its own tenant. Sessions record the
-    default tenant as none, and the stores read a tenant of none as "any
-    tenant": the same user id in another tenant is filtered out here."""
-    tenant = None if user.tenant_id == DEFAULT_TENANT else user.tenant_id
-    listed = await auth.list_sessions(user.id, tenant_id=tenant)
-    return [s for s in listed if s.tenant_id == tenant]
 
 
 async def _unlock(auth: Any, request: UserRequest, out: TextIO) -> None:
@@ -148,9 +138,7 @@ async def _activate(auth: Any, request: UserRequest, out: TextIO) -> None:
 
 async def _logout(auth: Any, request: UserRequest, out: TextIO) -> None:
     user = await _find(auth.users, request)
-    ended = 0
-    for session in await _sessions(auth, user):  # one by one: see _sessions
-        ended += await auth.invalidate_session(session.storage_key)
+    ended = await auth.users.logout_everywhere(user.id)  # in the user's tenant
     out.write(f"ended {ended} session(s) of {user.identifier}\n")
 
 
