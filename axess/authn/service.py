@@ -237,7 +237,8 @@ class _OpenedTOTP:
     previous: bool
 
 
-def _session_tenant(tenant: str) -> str | None:
+def session_tenant(tenant: str) -> str | None:
+    """The tenant as sessions record it: none for the default tenant."""
     return None if tenant == DEFAULT_TENANT else tenant
 
 
@@ -729,9 +730,7 @@ class AuthnService:
             return await self._failure(attempt, "password", "changed_during_login", user.id)
         assert factors is not None
         remaining = ("password", "totp") if factors.totp_secret is not None else ("password",)
-        start = d.require_factors(
-            d.Identifying(user.id, _session_tenant(user.tenant_id)), remaining
-        )
+        start = d.require_factors(d.Identifying(user.id, session_tenant(user.tenant_id)), remaining)
         state = d.complete_factor(start, "password", self.clock.time())
         attempt = replace(attempt, credential=credential_tag(current_phc))
         return await self._advance(attempt, user, state)

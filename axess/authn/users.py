@@ -38,7 +38,7 @@ from axess.authn.lockout import (
 )
 from axess.authn.password import Password, PasswordHasher
 from axess.authn.recovery import CODE_COUNT, RecoveryCodeHasher
-from axess.authn.service import AuthnEvent, AuthnEventHook
+from axess.authn.service import AuthnEvent, AuthnEventHook, session_tenant
 from axess.authn.totp import (
     TOTPCode,
     TOTPSecretSealer,
@@ -99,11 +99,6 @@ class SessionAdmin(Protocol):
     ) -> list[SessionInfo]: ...
 
     async def invalidate_session(self, storage_key: str) -> bool: ...
-
-
-def _session_tenant(user: UserRecord) -> str | None:
-    """The tenant as sessions record it: none for the default tenant."""
-    return None if user.tenant_id == DEFAULT_TENANT else user.tenant_id
 
 
 class UnknownUser(LookupError):
@@ -261,7 +256,7 @@ class UserAdmin:
         user = await self.store.get_user(user_id)
         if user is None:
             return await self.sessions.list_sessions(user_id)
-        tenant = _session_tenant(user)
+        tenant = session_tenant(user.tenant_id)
         listed = await self.sessions.list_sessions(user.id, tenant_id=tenant)
         return [info for info in listed if info.tenant_id == tenant]
 
@@ -269,7 +264,7 @@ class UserAdmin:
         """End ``user``'s sessions in its own tenant (an app may give the same
         id to users of other tenants); how many ended."""
         assert self.sessions is not None
-        tenant = _session_tenant(user)
+        tenant = session_tenant(user.tenant_id)
         if tenant is not None:
             return await self.sessions.invalidate_user(
                 user.id, tenant_id=tenant, except_key=except_key
