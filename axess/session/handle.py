@@ -8,6 +8,7 @@ persists it when the response starts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from axess.session.data import AuthState, SessionData
 
 if TYPE_CHECKING:
     from axess.session.middleware import SessionMiddleware
+
+logger = logging.getLogger(__name__)
 
 _EMPTY_JSON = b"{}"
 #: Values a read may hand out straight from the shared, parsed template:
@@ -46,6 +49,7 @@ class Session(MutableMapping[str, Any]):
     # varies, which costs far more than the stores themselves).
     __slots__ = (
         "_arrived_auth",
+        "_closed",
         "_custom",
         "_custom_json",
         "_data",
@@ -107,6 +111,26 @@ class Session(MutableMapping[str, Any]):
         #: Id the session will get when it is next created or rotated, chosen
         #: early so a CSRF token rendered during this request already fits it.
         self._next_sid: str | None = None
+        #: Why a change can no longer be saved ("the response started", "a
+        #: websocket session is read-only"); ``None`` while it can.
+        self._closed: str | None = None
+
+    def close(self, why: str) -> None:
+        """Mark the session as past its commit: a later change is not saved
+        and logs a warning instead of vanishing silently (the middleware
+        calls this when the response starts, and for websockets)."""
+        self._closed = why
+
+    def _changing(self) -> None:
+        """Called by every method that records a change."""
+        if self._closed:
+            logger.warning(
+                "session change not saved: %s (change the session before the "
+                "response starts, not in a streaming body or a background task; "
+                'book: Sessions, "Commit")',
+                self._closed,
+            )
+            self._closed = ""  # still closed; warned once per request (the first is the clue)
 
     def own_data(self) -> SessionData:
         """The metadata for changing it: copied first when it is shared.
@@ -144,9 +168,11 @@ class Session(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError("session keys must be strings")
+        self._changing()
         self._c()[key] = value
 
     def __delitem__(self, key: str) -> None:
+        self._changing()
         del self._c()[key]
 
     def _read(self) -> dict[str, Any]:
@@ -272,6 +298,7 @@ class Session(MutableMapping[str, Any]):
         Entering ``Authenticated`` (or changing who is authenticated) rotates
         the session id. The tenant recorded on the session follows the state.
         """
+        self._changing()
         data = self.own_data()
         before = data.auth_state
         if isinstance(state, d.Authenticated) and before != state:
@@ -299,11 +326,13 @@ class Session(MutableMapping[str, Any]):
 
     def regenerate(self) -> None:
         """Rotate the session id at the next commit (e.g. on privilege change)."""
+        self._changing()
         self._rotate = True
         self.accessed = True
 
     def mark_dirty(self) -> None:
         """Force a save at the end of the request."""
+        self._changing()
         self._meta_dirty = True
 
     async def invalidate(self) -> None:

@@ -54,6 +54,9 @@ MAX_TEMPLATE_JSON: Final = 512
 MAX_TEMPLATE_CONTAINERS: Final = 8
 logger = logging.getLogger(__name__)
 
+#: Why a websocket's session takes no changes: nothing commits them (a
+#: websocket cannot set cookies).
+_READ_ONLY: Final = "a websocket's session is read-only"
 #: Larger payloads are opened every time rather than memoized (an entry, with
 #: the data it opens to, then stays below about 16 KiB; see the book's
 #: sessions chapter, "Memos").
@@ -164,6 +167,8 @@ class SessionMiddleware(Stage):
             return False
         # Also where Starlette's ``request.session`` looks (book: Sessions).
         state["session"] = scope["session"] = session
+        if scope["type"] != "http":
+            session.close(_READ_ONLY)
         return True
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -207,7 +212,8 @@ class SessionMiddleware(Stage):
             except StoreError:
                 await self._unavailable(scope, send)
                 return None
-        # A websocket cannot set cookies: its session is read-only (no commit).
+        if scope["type"] != "http":
+            session.close(_READ_ONLY)
         return receive
 
     def _session_for(
@@ -234,6 +240,7 @@ class SessionMiddleware(Stage):
     def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         """The common read-only request: nothing to write, nothing to tell."""
         session: Session = scope["state"]["session"]
+        session.close("the response had started")  # later changes warn (see Session.close)
         if not session.unchanged_since_load():
             return False
         session.committed_key = session.loaded_key
