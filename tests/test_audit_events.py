@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from axess.audit import AuditPipeline, StoreSink
 from axess.audit.events import (
     DEFAULT_STATUS,
     EVENT_TYPES,
@@ -25,6 +26,7 @@ from axess.audit.events import (
 )
 from axess.clock import MockClock, SeededRandom
 from axess.session.events import SessionEvent
+from axess.stores import MemoryStore
 
 #: The wire strings are a public contract: this list only ever grows.
 WIRE = {
@@ -301,3 +303,12 @@ def test_the_json_of_a_session_event_never_holds_a_session_id() -> None:
     )
     assert sid not in e.to_json()
     assert re.search(sid[:13], e.to_json()) is None
+
+
+def test_an_int_too_long_to_write_becomes_its_type_name() -> None:
+    # Past the interpreter's int-to-str limit str() and json.dumps() raise:
+    # record() must not, the book promises "<TypeName>" instead.
+    pipeline = AuditPipeline(sinks=[StoreSink(MemoryStore())], clock=MockClock())
+    event = pipeline.record("app.import_done", tenant="t", extras={"rows": 10**5000, "ok": 10**30})
+    assert event.extras == {"rows": "<int>", "ok": 10**30}
+    assert json.loads(event.to_json())["extras"]["rows"] == "<int>"

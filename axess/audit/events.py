@@ -170,7 +170,17 @@ def _clean(value: object, depth: int, size: list[int]) -> JSONValue:
         size[0] += 5
         return value
     if isinstance(value, int):
-        size[0] += 20 if -(10**18) < value < 10**18 else len(str(value))
+        if -(10**18) < value < 10**18:
+            size[0] += 20
+            return value
+        try:
+            # Past sys.get_int_max_str_digits() neither str() nor json.dumps()
+            # can write it: unrepresentable, like an unknown object (book:
+            # Audit, "What never gets into an event").
+            size[0] += len(int.__repr__(value))
+        except ValueError:
+            size[0] += 64
+            return f"<{type(value).__name__}>"
         return value
     if isinstance(value, float):
         size[0] += 32
