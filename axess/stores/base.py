@@ -107,7 +107,10 @@ class ImmediateSessionRead(Protocol):
     busy — and :data:`NOT_NOW` otherwise; the caller then awaits
     ``load_session``. It raises what ``load_session`` raises. The session
     stage uses it to answer a returning browser without an ``await``
-    (book: Internals, "The stage contract").
+    (book: Internals, "The stage contract"), and trusts it first: an answer
+    kept from before a save, cycle, delete, "log out everywhere" or expiry
+    would serve a revoked session. ``SessionStoreContract`` checks that it
+    answers :data:`NOT_NOW` or exactly what ``load_session`` does after each.
     """
 
     def load_session_now(self, key: str, now: float) -> SessionRecord | NotNow | None: ...

@@ -16,9 +16,11 @@ import pytest
 
 from axess.audit.events import AuditQuery, AuthEvent, to_us
 from axess.stores.base import (
+    NOT_NOW,
     AuditStore,
     FactorRecord,
     IdentityStore,
+    ImmediateSessionRead,
     LeverSpec,
     LockoutStore,
     SessionRecord,
@@ -66,6 +68,21 @@ def _same(a: SessionRecord | None, b: SessionRecord) -> bool:
         and abs(a.expires_at - b.expires_at) < 0.002
         and abs(a.created_at - b.created_at) < 0.002
     )
+
+
+async def _agrees(store: SessionStore, key: str, now: float) -> None:
+    """``load_session_now`` answers :data:`NOT_NOW` or exactly what
+    ``load_session`` answers; the test is skipped for a store without it."""
+    if not isinstance(store, ImmediateSessionRead):
+        pytest.skip("the store has no load_session_now (ImmediateSessionRead)")
+    at_once = store.load_session_now(key, now)
+    awaited = await store.load_session(key, now)
+    if at_once is NOT_NOW:
+        return
+    if awaited is None:
+        assert at_once is None, f"load_session_now served {key[:8]}, load_session: None"
+    else:
+        assert isinstance(at_once, SessionRecord) and _same(at_once, awaited)
 
 
 @pytest.mark.asyncio
@@ -197,6 +214,55 @@ class SessionStoreContract:
         assert await store.purge_expired_sessions(NOW + 10) == 3
         assert await store.purge_expired_sessions(NOW + 10) == 0
         assert [r.key for r in await store.list_user_sessions("u", NOW + 10)] == [live.key]
+
+    # -- the immediate read (ImmediateSessionRead, optional) ------------------
+    # The session stage trusts load_session_now first on every request, so
+    # it must never answer what load_session would not: a stale answer after
+    # a revocation is a revoked session served (book: Storage,
+    # "ImmediateSessionRead").
+    async def test_immediate_read_agrees_after_create_save_cycle_delete(
+        self, store: SessionStore
+    ) -> None:
+        rec = make_record("i", user="u")
+        await _agrees(store, rec.key, NOW)  # absent (an answer it might keep)
+        await store.create_session(rec)
+        await _agrees(store, rec.key, NOW)
+        newer = make_record("i", payload=b"v2", user="u", ttl=2 * DAY)
+        assert await store.save_session(newer, NOW)
+        await _agrees(store, rec.key, NOW)
+        new = make_record("i-new", payload=b"rotated", user="u")
+        await _agrees(store, new.key, NOW)
+        assert await store.cycle_session(rec.key, new, NOW)
+        await _agrees(store, rec.key, NOW)
+        await _agrees(store, new.key, NOW)
+        assert await store.delete_session(new.key)
+        await _agrees(store, new.key, NOW)
+
+    async def test_immediate_read_agrees_after_log_out_everywhere(
+        self, store: SessionStore
+    ) -> None:
+        recs = [
+            make_record("e1", user="alice", tenant="t1"),
+            make_record("e2", user="alice", tenant="t1"),
+            make_record("e3", user="alice", tenant="t2"),
+        ]
+        for r in recs:
+            await store.create_session(r)
+            await _agrees(store, r.key, NOW)
+        assert await store.delete_user_sessions("alice", tenant_id="t1", except_key=recs[0].key)
+        for r in recs:
+            await _agrees(store, r.key, NOW)
+        assert await store.delete_user_sessions("alice") == 2
+        for r in recs:
+            await _agrees(store, r.key, NOW)
+
+    async def test_immediate_read_agrees_at_expiry(self, store: SessionStore) -> None:
+        rec = make_record("x", ttl=60, user="u")
+        await store.create_session(rec)
+        for t in (NOW, NOW + 59.9, NOW + 60, NOW + 61):
+            await _agrees(store, rec.key, t)
+        assert await store.purge_expired_sessions(NOW + 61) == 1
+        await _agrees(store, rec.key, NOW)
 
     async def test_concurrent_saves_and_cycles_never_outlive_invalidation(
         self, store: SessionStore
