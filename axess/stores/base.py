@@ -59,8 +59,9 @@ class SessionStore(Protocol):
     * ``save_session`` updates only a row that still exists and has not
       expired (no resurrection after a logout or revocation).
     * ``cycle_session`` atomically removes ``old_key`` and inserts the new
-      record; if ``old_key`` no longer exists nothing is written and it
-      returns ``False``.
+      record; if ``old_key`` no longer exists, or has expired at ``now``,
+      nothing is written and it returns ``False`` (a cycle never moves a
+      dead session to a new, live key).
     * Backend failures raise :class:`axess.errors.StoreError`, never a
       driver exception.
     """

@@ -156,6 +156,17 @@ class SessionStoreContract:
         assert await store.cycle_session(make_key("never"), new, NOW) is False
         assert await store.load_session(new.key, NOW) is None
 
+    async def test_cycle_of_an_expired_session_writes_nothing(self, store: SessionStore) -> None:
+        # An expired row is a dead session: moving it to a new key would
+        # bring it back to life for another full lifetime.
+        old = make_record("old", ttl=60, user="u")
+        await store.create_session(old)
+        new = make_record("new", user="u")
+        assert await store.cycle_session(old.key, new, NOW + 60) is False
+        assert await store.load_session(new.key, NOW + 60) is None
+        assert await store.load_session(new.key, NOW) is None
+        assert await store.list_user_sessions("u", NOW + 60) == []
+
     async def test_cycle_refuses_to_overwrite_existing_target(self, store: SessionStore) -> None:
         old, other = make_record("o"), make_record("taken", payload=b"keep")
         await store.create_session(old)
