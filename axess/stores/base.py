@@ -401,7 +401,8 @@ class LockoutStore(Protocol):
       atomically (no lost update under concurrency) in one round trip, and
       skips levers marked ``exempt_if_trusted`` when ``origin`` is trusted.
     * ``lockout_reserve`` does the same all or nothing: when any counted
-      lever is locked nothing is counted and the attempt is refused; this is
+      lever is locked, wherever it is in ``levers``, nothing is counted on
+      any lever and the attempt is refused; this is
       the guess budget (:func:`reserve_levers`), so concurrent attempts can
       never take more than ``threshold`` units of one lever in one window.
     * Backend failures raise :class:`axess.errors.StoreError`.

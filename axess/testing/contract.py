@@ -485,6 +485,25 @@ class LockoutStoreContract:
         ip = await store.lockout_state("i:r", NOW + 2)
         assert ip is not None and ip.failures == 2  # the refusal counted nothing
 
+    async def test_reserve_refused_by_a_later_lever_counts_on_none(
+        self, store: LockoutStore
+    ) -> None:
+        # The locked lever last, then in the middle (in the order given and in
+        # key order): a store that charges lever by lever until it meets the
+        # lock would have counted the levers before it.
+        for locked, others in (("u:lock", ("i:a", "t:a")), ("t:lock", ("i:b", "u:b"))):
+            lock = make_lever(locked, threshold=1)
+            assert (await store.lockout_reserve([lock], None, NOW)).states[0].tripped
+            levers = sorted([lock, *(make_lever(k) for k in others)], key=lambda s: s.key)
+            for t in (NOW + 1, NOW + 2, NOW + 3):  # three: a threshold, if counted
+                refused = await store.lockout_reserve(levers, None, t)
+                assert not refused.reserved and refused.states == []
+                assert set(refused.locked_until) == {locked}
+            for key in others:
+                assert await store.lockout_state(key, NOW + 3) is None
+            assert await store.lockout_clear(list(others)) == 0
+            assert (await store.lockout_status(list(others), None, NOW + 3)).locked_until == {}
+
     async def test_burst_of_reservations_takes_at_most_threshold(self, store: LockoutStore) -> None:
         levers = [make_lever("u:burst", threshold=5), make_lever("i:burst", threshold=1000)]
         results = await asyncio.gather(
