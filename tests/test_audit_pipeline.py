@@ -40,7 +40,7 @@ from axess.audit import (
     ShutdownAuthn,
     StoreSink,
 )
-from axess.audit.recovery import append_lines, encode_entry
+from axess.audit.recovery import RecoveryLog, append_lines, encode_entry
 from axess.clock import MockClock, SeededRandom
 from axess.errors import ConfigurationError
 from axess.observability.health import HealthState
@@ -69,7 +69,10 @@ def events(p: AuditPipeline, n: int, *, start: int = 0, tenant: str = "t1") -> l
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The lines the next start replays from the recovery log ``path``, in
+    order: its replay segments, then the file itself."""
+    files = [*RecoveryLog(path).segments(), *([path] if path.exists() else [])]
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
 # -- configuration ----------------------------------------------------------------------

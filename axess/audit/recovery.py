@@ -7,28 +7,36 @@ before appending, a last line left without its newline (a write torn by a
 crash) is terminated, so a torn line never swallows the next one. Reading
 skips a line that does not parse, with a WARNING, and replays the rest.
 
-Life cycle of the files (``path`` and ``path + ".replaying"``):
+Life cycle of the files (book: Audit, "The recovery log"). Nothing is ever
+copied from one file into another, so a nearly full disk needs room for
+what is written, never for a second copy of the log:
 
 1. A running pipeline appends to ``path`` the events of a sink past its
    hard limit (and every later one of that sink), a stopped one the events
-   emitted after ``stop()``; ``stop()`` puts its leftovers ahead of them.
-2. At start, :meth:`RecoveryLog.take` atomically renames ``path`` to
-   ``path.replaying`` (appending it to an existing ``.replaying``, which is
-   older) and counts its events; new leftovers go to a fresh ``path``.
-   Each sink then reads its events from ``path.replaying`` a chunk at a
-   time (:meth:`RecoveryLog.read`, from its own byte offset), as it
-   delivers them, so memory stays bounded however long the file is.
-3. Once every sink read the whole file and delivered what it read,
-   :meth:`RecoveryLog.commit` deletes ``path.replaying``. If the process
-   stops first, :meth:`RecoveryLog.requeue` atomically replaces ``path``
-   by the lines (and sinks) of ``path.replaying`` not delivered yet, the
-   events still buffered, then what ``path`` held, and deletes
-   ``path.replaying``. A
-   crash before that replays it again at the next start: delivery is at
-   least once, and the SQL sink is idempotent.
+   emitted after ``stop()``.
+2. At start, :meth:`RecoveryLog.take` renames ``path`` (and a
+   ``path.requeue`` a crash left before its rename) into *replay segments*:
+   ``path.replaying`` if there is none yet, else ``path.replaying.<n>``
+   after the last one (older segments are what an unfinished replay or a
+   requeue left). Replayed in that order, the segments are one file whose
+   byte offsets run across them. :meth:`take` counts their events; new
+   spills go to a fresh ``path``. Each sink then reads its events a chunk
+   at a time (:meth:`RecoveryLog.read`, from its own offset), as it
+   delivers them, so memory stays bounded however long the files are.
+3. Once every sink read them all and delivered what it read,
+   :meth:`RecoveryLog.commit` deletes the segments. If the process stops
+   first, :meth:`RecoveryLog.requeue` writes the lines (and sinks) of the
+   segments not delivered yet, then the events still buffered, to
+   ``path.requeue``, fsyncs it, renames it to a new segment (to ``path``
+   if there is no ``path``: no spill came after them) and deletes the old
+   segments. A crash before that replays them again at the next start:
+   delivery is at least once, and the SQL sink is idempotent. If the
+   write fails (a full disk), the partial file is deleted, the segments
+   stay whole and only the buffered events are written, alone.
 
 Lines that do not parse are copied to ``path + ".rejected"`` by
-:meth:`RecoveryLog.take`, so nothing is silently destroyed.
+:meth:`RecoveryLog.take`, so nothing is silently destroyed (if that copy
+fails, they stay in their segment until it is deleted, with an ERROR).
 
 :class:`RecoverySpill` is the pipeline's side of it: events past a buffer's
 hard limit, events emitted after ``stop()``, the leftovers of the drain, and
@@ -45,7 +53,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -61,7 +69,6 @@ logger = logging.getLogger(__name__)
 FILE_MODE: Final = 0o600
 _REPORT_LINES: Final = 10
 _REJECTED_BATCH: Final = 1000
-_COPY_BLOCK: Final = 1 << 20
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -157,36 +164,14 @@ class ReadChunk:
     end: bool
 
 
-def _copy(src: BinaryIO, out: BinaryIO, *, after_newline: bool) -> None:
-    """Append ``src`` to ``out`` block by block, on lines of its own: a torn
-    last line (of what ``out`` held, or of ``src``) stays a separate line."""
-    if not after_newline:
-        out.write(b"\n")
-    last = b"\n"
-    while block := src.read(_COPY_BLOCK):
-        out.write(block)
-        last = block[-1:]
-    if last != b"\n":
-        out.write(b"\n")
-
-
-def _ends_with_newline(path: Path) -> bool:
-    """True if ``path`` is empty or its last byte is a newline."""
-    with open(path, "rb") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if not size:
-            return True
-        fh.seek(size - 1)
-        return fh.read(1) == b"\n"
-
-
-def _append_file(target: Path, source: Path) -> None:
-    """Append ``source`` to ``target`` (fsync)."""
-    after_newline = _ends_with_newline(target)
-    with open(source, "rb") as src, open(target, "ab") as out:
-        _copy(src, out, after_newline=after_newline)
-        out.flush()
-        os.fsync(out.fileno())
+def _unlink_quietly(path: Path) -> None:
+    """Delete ``path`` if it is there (a failed write's partial file)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.error("audit recovery log: could not delete %s (%s)", path, type(exc).__name__)
 
 
 class RecoveryLog:
@@ -199,13 +184,17 @@ class RecoveryLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        #: The first replay segment (later ones are ``path.replaying.<n>``).
         self.replaying = self.path.with_name(self.path.name + ".replaying")
         self.rejected = self.path.with_name(self.path.name + ".rejected")
         self.lockfile = self.path.with_name(self.path.name + ".lock")
-        #: Where :meth:`requeue` writes the new ``path`` before renaming it.
+        #: Where :meth:`requeue` writes before renaming it into place.
         self.aside = self.path.with_name(self.path.name + ".requeue")
         self._lock = threading.Lock()
         self._held: int | None = None
+        #: The segments :meth:`take` found, oldest first, with their sizes:
+        #: the replayed file is their concatenation (offsets run across them).
+        self._taken: list[tuple[Path, int]] = []
 
     def __repr__(self) -> str:
         return f"RecoveryLog({str(self.path)!r})"
@@ -261,57 +250,75 @@ class RecoveryLog:
             finally:
                 os.close(fd)
 
+    def segments(self) -> list[Path]:
+        """The replay segments on disk, oldest first: ``path.replaying``, then
+        ``path.replaying.<n>`` by ``n``."""
+        prefix = self.replaying.name + "."
+        numbered: list[tuple[int, Path]] = []
+        try:
+            entries = list(self.path.parent.iterdir())
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            suffix = entry.name[len(prefix) :]
+            if entry.name.startswith(prefix) and suffix.isdigit():
+                numbered.append((int(suffix), entry))
+        first = [self.replaying] if self.replaying.exists() else []
+        return first + [entry for _, entry in sorted(numbered)]
+
+    def _next_segment(self) -> Path:
+        """A name for a new segment, after every one on disk."""
+        existing = self.segments()
+        if not existing:
+            return self.replaying
+        last = existing[-1]
+        number = 0 if last == self.replaying else int(last.name.rsplit(".", 1)[1])
+        return self.path.with_name(f"{self.replaying.name}.{number + 1}")
+
     def pending(self) -> bool:
         """True if any of the files exists (there may be events to replay)."""
-        return self.path.exists() or self.replaying.exists() or self.aside.exists()
-
-    def _move_into_replaying(self, source: Path) -> None:
-        """Move ``source`` into ``path.replaying``: appended after what an
-        unfinished replay left there (older, so it goes first), else renamed."""
-        if self.replaying.exists():
-            _append_file(self.replaying, source)
-            source.unlink()
-        else:
-            os.replace(source, self.replaying)
-        _fsync_dir(self.path.parent)
+        return self.path.exists() or self.aside.exists() or bool(self.segments())
 
     def take(self) -> Taken:
-        """Move ``path`` into ``path.replaying`` (after what an unfinished replay
-        left there) and check it: how many events it holds, and the sink
-        names it uses. Lines that do not parse are copied to ``path.rejected``
-        with a WARNING. Reads line by line: memory does not grow with the file.
+        """Rename ``path`` into a replay segment, after what an unfinished
+        replay or requeue left, and check them all: how many events they hold,
+        and the sink names they use. Lines that do not parse are copied to
+        ``path.rejected`` with a WARNING. Renames only, never copies a file:
+        a full disk cannot make the start fail. Reads line by line: memory
+        does not grow with the files.
         """
         with self._lock:
-            # First a requeue cut short by a crash before its rename: the copy
-            # may hold leftovers found nowhere else, and goes between the
-            # older replayed file and ``path`` (whose lines it may repeat: at
-            # least once, each sink's order kept). Then ``path``.
+            # First a requeue cut short by a crash before its rename: it may
+            # hold leftovers found nowhere else, and goes between the older
+            # segments (whose lines it may repeat: at least once, each sink's
+            # order kept) and ``path``. Then ``path``.
             for source in (self.aside, self.path):
                 if source.exists():
-                    self._move_into_replaying(source)
-            if not self.replaying.exists():
-                return Taken()
+                    os.replace(source, self._next_segment())
+                    _fsync_dir(self.path.parent)
+            self._taken = [(seg, seg.stat().st_size) for seg in self.segments()]
             taken = Taken()
             rejected: list[str] = []
-            with open(self.replaying, "rb") as fh:
-                for number, raw in enumerate(fh, start=1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        _, sinks = parse_line(raw)
-                    except _UNPARSEABLE:
-                        taken.skipped += 1
-                        if len(taken.first_skipped) < _REPORT_LINES:
-                            taken.first_skipped.append(number)
-                        rejected.append(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
-                        if len(rejected) >= _REJECTED_BATCH:
-                            append_lines(self.rejected, rejected, fsync=True)
-                            rejected.clear()
-                        continue
-                    taken.events += 1
-                    taken.sinks.update(sinks)
-            if rejected:
-                append_lines(self.rejected, rejected, fsync=True)
+            number = 0
+            for segment, _ in self._taken:
+                with open(segment, "rb") as fh:
+                    for raw in fh:
+                        number += 1
+                        if not raw.strip():
+                            continue
+                        try:
+                            _, sinks = parse_line(raw)
+                        except _UNPARSEABLE:
+                            taken.skipped += 1
+                            if len(taken.first_skipped) < _REPORT_LINES:
+                                taken.first_skipped.append(number)
+                            rejected.append(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
+                            if len(rejected) >= _REJECTED_BATCH:
+                                self._reject(rejected)
+                            continue
+                        taken.events += 1
+                        taken.sinks.update(sinks)
+            self._reject(rejected)
         if taken.skipped:
             shown = ", ".join(map(str, taken.first_skipped))
             more = "…" if taken.skipped > _REPORT_LINES else ""
@@ -326,25 +333,60 @@ class RecoveryLog:
             )
         return taken
 
+    def _reject(self, lines: list[str]) -> None:
+        """Copy unparseable ``lines`` to ``path.rejected`` (and forget them).
+
+        A full disk must not keep the app from starting: the lines stay in
+        their segment until it is deleted, so this is logged, not raised.
+        """
+        if not lines:
+            return
+        try:
+            append_lines(self.rejected, lines, fsync=True)
+        except OSError as exc:
+            logger.error(
+                "audit recovery log: could not copy %d unparseable line(s) to %s (%s)",
+                len(lines),
+                self.rejected,
+                type(exc).__name__,
+            )
+        lines.clear()
+
+    def _lines(self, offset: int) -> Iterator[tuple[int, bytes]]:
+        """The lines of the taken segments from byte ``offset`` of their
+        concatenation on, each with its own offset."""
+        base = 0
+        for segment, size in self._taken:
+            if offset < base + size:
+                with open(segment, "rb") as fh:
+                    fh.seek(max(offset - base, 0))
+                    position = base + fh.tell()
+                    end = base + size
+                    while position < end:
+                        raw = fh.readline(end - position)
+                        if not raw:
+                            break
+                        yield position, raw
+                        position += len(raw)
+            base += size
+
     def read(self, offset: int, wanted: Callable[[list[str]], bool], limit: int) -> ReadChunk:
-        """Up to ``limit`` events of ``path.replaying`` from byte ``offset`` on
-        whose sink list ``wanted`` accepts (lines that do not parse are
+        """Up to ``limit`` events of the replayed segments from byte ``offset``
+        on whose sink list ``wanted`` accepts (lines that do not parse are
         skipped: :meth:`take` reported them)."""
         chunk: Chunk = []
-        with self._lock, open(self.replaying, "rb") as fh:
-            fh.seek(offset)
-            while len(chunk) < limit:
-                raw = fh.readline()
-                if not raw:
-                    return ReadChunk(chunk, offset, end=True)
-                start, offset = offset, offset + len(raw)
+        with self._lock:
+            for start, raw in self._lines(offset):
+                if len(chunk) >= limit:
+                    return ReadChunk(chunk, start, end=False)
+                offset = start + len(raw)
                 try:
                     event, sinks = parse_line(raw)
                 except _UNPARSEABLE:
                     continue
                 if wanted(sinks):
                     chunk.append((event, start))
-        return ReadChunk(chunk, offset, end=False)
+        return ReadChunk(chunk, offset, end=True)
 
     def requeue(
         self,
@@ -353,18 +395,22 @@ class RecoveryLog:
         targets: Callable[[list[str]], list[str]] | None = None,
     ) -> int:
         """Put undelivered events back ahead of what ``path`` holds; how many
-        lines of ``path.replaying`` were kept.
+        lines of the replayed segments were kept.
 
-        The new ``path`` is: with ``starts`` (a replay stops unfinished), the
-        lines of ``path.replaying`` not delivered yet, then ``leftovers`` (the
-        buffered events, each with the sinks that still need it), then what
-        ``path`` held (spilled events, newer than every buffered one of their
-        sink). A line at byte offset ``p`` of ``path.replaying`` is kept for
-        each sink ``s`` (of ``targets(line sinks)``) with ``p >= starts[s]``.
+        Writes, with ``starts`` (a replay stops unfinished), the lines of the
+        replayed segments not delivered yet, then ``leftovers`` (the buffered
+        events, each with the sinks that still need it). A line at byte
+        offset ``p`` of the replayed segments is kept for each sink ``s`` (of
+        ``targets(line sinks)``) with ``p >= starts[s]``.
 
-        It is written aside, fsync'd and renamed over ``path`` before
-        ``path.replaying`` goes: a crash in between replays some events
-        twice, never none.
+        It is written aside, fsync'd and renamed to a new segment, replayed
+        after the older segments and before ``path`` (spilled events, newer
+        than every buffered one of their sink); to ``path`` itself if there
+        is none. Then, with ``starts``, the replayed segments go: a crash in
+        between replays some events twice, never none. ``path`` is never
+        copied, so this needs free space for what it writes only. If the
+        write fails (a full disk) the partial file is deleted and the
+        OSError raised, the replayed segments kept whole.
         """
         tmp = self.aside
         kept = 0
@@ -373,56 +419,57 @@ class RecoveryLog:
             if starts is None and not lines:
                 return 0
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            with open(fd, "wb") as out:
-                if starts is not None:
-                    kept = self._unfinished(out, starts, targets or list)
-                for line in lines:
-                    out.write(line.encode("utf-8") + b"\n")
-                if self.path.exists():
-                    with open(self.path, "rb") as fh:
-                        _copy(fh, out, after_newline=True)
-                out.flush()
-                os.fsync(out.fileno())
-            if kept or lines or self.path.exists():
-                os.replace(tmp, self.path)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                with open(fd, "wb") as out:
+                    if starts is not None:
+                        kept = self._unfinished(out, starts, targets or list)
+                    for line in lines:
+                        out.write(line.encode("utf-8") + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError:
+                _unlink_quietly(tmp)
+                raise
+            if kept or lines:
+                os.replace(tmp, self._next_segment() if self.path.exists() else self.path)
                 _fsync_dir(self.path.parent)
             else:
                 tmp.unlink()
             if starts is not None:
-                self.replaying.unlink()
-                _fsync_dir(self.path.parent)
+                self._drop_taken()
         return kept
 
     def _unfinished(
         self, out: BinaryIO, starts: Mapping[str, int], targets: Callable[[list[str]], list[str]]
     ) -> int:
-        """Write the lines of ``path.replaying`` some sink still lacks to ``out``."""
+        """Write the lines of the replayed segments some sink still lacks to ``out``."""
         kept = 0
-        low = min(starts.values(), default=0)
-        with open(self.replaying, "rb") as fh:
-            fh.seek(low)
-            offset = low
-            for raw in fh:
-                start, offset = offset, offset + len(raw)
-                try:
-                    event, sinks = parse_line(raw)
-                except _UNPARSEABLE:
-                    continue
-                need = [n for n in targets(sinks) if n in starts and start >= starts[n]]
-                if need:
-                    out.write(encode_entry(event, need).encode("utf-8") + b"\n")
-                    kept += 1
+        for start, raw in self._lines(min(starts.values(), default=0)):
+            try:
+                event, sinks = parse_line(raw)
+            except _UNPARSEABLE:
+                continue
+            need = [n for n in targets(sinks) if n in starts and start >= starts[n]]
+            if need:
+                out.write(encode_entry(event, need).encode("utf-8") + b"\n")
+                kept += 1
         return kept
 
-    def commit(self) -> None:
-        """Forget the replayed file: everything in it is delivered or re-logged."""
-        with self._lock:
+    def _drop_taken(self) -> None:
+        taken, self._taken = self._taken, []
+        for segment, _ in taken:
             try:
-                self.replaying.unlink()
+                segment.unlink()
             except FileNotFoundError:
-                return
-            _fsync_dir(self.replaying.parent)
+                pass
+        if taken:
+            _fsync_dir(self.path.parent)
+
+    def commit(self) -> None:
+        """Forget the replayed segments: everything in them is delivered or re-logged."""
+        with self._lock:
+            self._drop_taken()
 
 
 class RecoverySpill:
