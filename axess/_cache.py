@@ -30,10 +30,18 @@ V = TypeVar("V")
 _STR_HEAD: Final = sys.getsizeof("")
 
 
+#: What :func:`key_bytes` counts for a key part whose size it cannot tell:
+#: over every bound, so such a key is computed each time, never remembered.
+UNKNOWN_KEY_BYTES: Final = sys.maxsize
+
+
 def key_bytes(key: object) -> int:
     """How much text a memo key holds: the length of each ``bytes`` and ASCII
-    ``str`` in it (tuples are walked), the in-memory size of other strings.
-    Numbers, ``None`` and other fixed-size parts count nothing.
+    ``str`` in it (tuples are walked), the in-memory size of other strings,
+    the byte length of any other buffer (``memoryview``: a store may hand a
+    payload out as one). Numbers and ``None`` count nothing; a part of any
+    other type counts :data:`UNKNOWN_KEY_BYTES`, so a key whose size cannot
+    be told is never remembered rather than taken for empty.
 
     O(1) per part (no hashing, no scan): it runs on every memo insert.
     """
@@ -43,7 +51,13 @@ def key_bytes(key: object) -> int:
         return len(key) if key.isascii() else sys.getsizeof(key) - _STR_HEAD
     if isinstance(key, tuple):
         return sum(map(key_bytes, key))
-    return 0
+    if key is None or isinstance(key, int | float | complex):
+        return 0
+    try:
+        with memoryview(key) as view:  # type: ignore[arg-type]
+            return view.nbytes
+    except TypeError:
+        return UNKNOWN_KEY_BYTES
 
 
 class BoundedDict(dict[K, V]):

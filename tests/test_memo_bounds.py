@@ -16,6 +16,7 @@ import gc
 import json
 import sys
 import tracemalloc
+from array import array
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +24,13 @@ import pytest
 from helpers import asgi_request, client, cookie_of, make_app, make_bound_auth
 
 from axess import Keyring, MockClock
-from axess._cache import DEFAULT_MAX_KEY_BYTES, BoundedDict, Memo, key_bytes
+from axess._cache import (
+    DEFAULT_MAX_KEY_BYTES,
+    UNKNOWN_KEY_BYTES,
+    BoundedDict,
+    Memo,
+    key_bytes,
+)
 from axess.net import MAX_ADDRESS_CHARS, TrustedProxies
 from axess.observability.metrics import NoopMetrics
 from axess.ratelimit import RateLimit
@@ -114,6 +121,32 @@ def test_key_bytes_counts_the_text_of_a_key() -> None:
     assert key_bytes(wide) == sys.getsizeof(wide) - sys.getsizeof("")
 
 
+def test_key_bytes_counts_any_buffer_by_its_bytes() -> None:
+    # A store may hand a payload out as a memoryview (psycopg2 does for
+    # bytea): counted as nothing, it let the opened-payload memo keep any size.
+    assert key_bytes(memoryview(b"x" * 5000)) == 5000
+    assert key_bytes(memoryview(array("q", range(10)))) == 80
+    assert key_bytes(bytearray(b"abc")) == 3
+    assert key_bytes(("k" * 64, memoryview(b"p" * 100))) == 164
+
+
+class Opaque:
+    """A key part whose size key_bytes cannot tell."""
+
+
+def test_key_bytes_takes_a_part_it_cannot_measure_as_over_every_bound() -> None:
+    assert key_bytes(Opaque()) == UNKNOWN_KEY_BYTES
+    assert key_bytes(("a", Opaque())) >= UNKNOWN_KEY_BYTES
+    assert key_bytes((7, 1.5, True, None, 2j)) == 0
+    memo: BoundedDict[Any, int] = BoundedDict(2, max_key_bytes=10**9)
+    opaque = ("a", Opaque())
+    memo.put(opaque, 1)
+    assert opaque not in memo  # answered, never remembered
+    unbounded: BoundedDict[Any, int] = BoundedDict(2, max_key_bytes=None)
+    unbounded.put(opaque, 1)
+    assert unbounded[opaque] == 1
+
+
 class Text(str):
     """A str subclass: not the exact type the fast path of put() looks for."""
 
@@ -128,6 +161,7 @@ class Text(str):
         ("\u20ac" * 10, b"b"),
         ("a", ("b" * 20, b"c" * 20), None),
         (Text("t" * 30), 1),
+        ("k" * 10, memoryview(b"m" * 30)),
     ],
 )
 def test_put_measures_keys_as_key_bytes_does(key: Any) -> None:
@@ -388,6 +422,11 @@ def test_opened_payload_memo() -> None:
     assert_bounded(memo, "opened payloads")
     large = stage.crypto.seal(meta + b'{"k":"' + b"v" * 8192 + b'"}', verified.storage_key)
     opened = stage._open(verified, SessionRecord(verified.storage_key, large, 0.0, 3600.0), 1.0)
+    assert opened is not None and (verified.storage_key, large) not in memo
+    # The same payload as a memoryview (a store's driver may return one) is
+    # measured by its bytes too, not taken for empty.
+    view = memoryview(large)
+    opened = stage._open(verified, SessionRecord(verified.storage_key, view, 0.0, 3600.0), 1.0)
     assert opened is not None and (verified.storage_key, large) not in memo
 
 

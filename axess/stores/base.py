@@ -54,6 +54,9 @@ class SessionStore(Protocol):
     in :mod:`axess.testing`):
 
     * ``load_session`` is one round trip and never returns an expired row.
+    * Records handed out (``load_session``, ``list_user_sessions``) carry
+      the payload as ``bytes``: a driver's ``memoryview`` or ``bytearray``
+      is converted.
     * ``create_session`` inserts only if the key is absent (returns ``False``
       otherwise, leaving the existing row untouched).
     * ``save_session`` updates only a row that still exists and has not

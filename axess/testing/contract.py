@@ -61,6 +61,9 @@ def make_record(
 def _same(a: SessionRecord | None, b: SessionRecord) -> bool:
     return (
         a is not None
+        # bytes, not any buffer: the session stage keys a memo on the payload
+        # (book: Storage, "SessionStore").
+        and isinstance(a.payload, bytes)
         and a.key == b.key
         and a.payload == b.payload
         and a.user_id == b.user_id
