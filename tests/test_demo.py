@@ -321,10 +321,11 @@ async def test_setting_totp_up_asks_for_the_password_and_counts_on_the_lockout(
         card = _two_factor_card(page)
         assert 'action="/totp/enrol"' in card and 'name="password"' in card
         assert 'name="code"' not in card and "your password again" in card
-        # Empty and impossible passwords are refused without counting; a
-        # signed-in browser is a trusted origin, yet wrong passwords here count
-        # on the account lever: the third one trips the lock.
-        for password in ("", "\u00e9" * 600, "wrong", "wrong", "wrong"):
+        # Empty and impossible passwords are refused without counting. A
+        # signed-in browser is a trusted origin: wrong passwords here count
+        # on its own lever (threshold 3), then on the account's: the sixth
+        # trips the lock.
+        for password in ("", "\u00e9" * 600, *["wrong"] * 6):
             r = await _post(c, "/totp/enrol", password=password)
             assert r.status_code == 303 and "Password" in r.headers["location"]
         assert "nothing changed" in (await c.get(r.headers["location"])).text
@@ -355,12 +356,12 @@ async def test_changing_an_active_second_factor_asks_for_a_code_not_the_password
             r = await _post(c, path, password=demo.DEMO_PASSWORD)
             assert r.status_code == 303 and "Code" in r.headers["location"], path
         assert "nothing changed" in (await c.get(r.headers["location"])).text
-        # Wrong codes count on the account lever like a sign-in's, even from
-        # this trusted browser: the third failure trips the lock, and then
-        # not even a right recovery code is checked (nor spent).
+        # Wrong codes count like a sign-in's: from this trusted browser on
+        # its own lever (threshold 3), then on the account's: the sixth
+        # failure trips the lock, and then not even a right recovery code is
+        # checked (nor spent).
         wrong = _wrong_code(secret)
-        attempts = [("/totp/disable", wrong), ("/recovery-codes", "ZZZZZ-ZZZZZ")]
-        attempts += [("/recovery-codes", wrong)]
+        attempts = [("/totp/disable", wrong), ("/recovery-codes", "ZZZZZ-ZZZZZ")] * 3
         for path, code in attempts:
             r = await _post(c, path, code=code)
             assert r.status_code == 303 and "Code" in r.headers["location"], path

@@ -2,8 +2,10 @@
 
 A signed-in user proving a credential again before changing their factors
 spends the login's guess budget: a burst of guesses on one session gets at
-most the user lever's threshold of credential checks, even from the origin
-the login made trusted; a correct credential hands back its own unit and
+most the user lever's threshold of credential checks, and from the browser
+the login made trusted at most twice that (its own lever, then the shared
+one), so strangers who lock the account cannot block its owner; a correct
+credential hands back its own unit and
 resets nothing (the unit that spent the budget stays spent: its lock
 stands); a TOTP code is used up and a recovery code consumed, as at
 login; a session that is not signed in gets ``InvalidCredentials`` with no
@@ -36,41 +38,102 @@ async def _signed_in(env: Env, c: httpx.AsyncClient, *factors: str) -> None:
     assert r.status_code == 200 and r.json()["authenticated"] is True
 
 
-async def test_a_burst_on_one_session_gets_the_login_budget(login_store: Any) -> None:
+async def _burst(env: Env, c: httpx.AsyncClient, spent: int) -> tuple[int, list[int], int]:
+    """BURST-1 wrong passwords and, once ``spent`` were checked, the right
+    one, all at once on ``c``'s session: (passwords checked, statuses of the
+    wrong ones, status of the right one)."""
+    before = env.authn.hasher.hash_calls
+
+    async def correct_after_budget() -> httpx.Response:
+        for _ in range(1_000_000):
+            if env.authn.hasher.hash_calls - before >= spent:
+                break
+            await asyncio.sleep(0)
+        return await c.post("/reverify", json={"password": PASSWORD})
+
+    *wrong, right = await asyncio.gather(
+        *(c.post("/reverify", json={"password": f"guess-{i}"}) for i in range(BURST - 1)),
+        correct_after_budget(),
+    )
+    checked = env.authn.hasher.hash_calls - before
+    return checked, [r.status_code for r in wrong], right.status_code
+
+
+async def test_a_burst_from_elsewhere_gets_the_login_budget(login_store: Any) -> None:
     env = make_env(login_store)
     await env.add_user("victim")
     async with env.client() as c:
         await _signed_in(env, c)
-        # The complete login made this browser a trusted origin (its device
-        # cookie); a step-up is charged on the user lever all the same.
-        assert "axess.device" in c.cookies
-        before = env.authn.hasher.hash_calls
-
-        async def correct_after_budget() -> httpx.Response:
-            for _ in range(1_000_000):
-                if env.authn.hasher.hash_calls - before >= THRESHOLD:
-                    break
-                await asyncio.sleep(0)
-            return await c.post("/reverify", json={"password": PASSWORD})
-
-        *wrong, right = await asyncio.gather(
-            *(c.post("/reverify", json={"password": f"guess-{i}"}) for i in range(BURST - 1)),
-            correct_after_budget(),
-        )
-        checked = env.authn.hasher.hash_calls - before
+        # A session used from a browser the account does not trust (a stolen
+        # session cookie without the device cookie): the shared user lever.
+        c.cookies.delete("axess.device")
+        checked, statuses, right = await _burst(env, c, THRESHOLD)
         assert checked == THRESHOLD
-        statuses = [r.status_code for r in wrong]
         assert statuses.count(401) == THRESHOLD
         assert statuses.count(429) == BURST - 1 - THRESHOLD
-        assert right.status_code == 429  # the right password, after the budget was spent
-        assert env.authn.hasher.hash_calls - before == THRESHOLD
+        assert right == 429  # the right password, after the budget was spent
         # The session itself stays signed in; the lock is the user's, so a
         # login from elsewhere is refused too, with no hash.
         assert (await c.get("/me")).json()["user"] == "u-victim"
+    hashes = env.authn.hasher.hash_calls
     async with env.client() as other:
         r = await other.post("/login", json={"identifier": "victim", "password": PASSWORD})
         assert r.status_code == 429
-    assert env.authn.hasher.hash_calls - before == THRESHOLD
+    assert env.authn.hasher.hash_calls == hashes
+
+
+async def test_a_burst_from_the_trusted_browser_gets_two_levers_budgets(
+    login_store: Any,
+) -> None:
+    """From the browser the login made trusted, checks count on that
+    browser's own lever first, then on the shared one: whoever holds the
+    browser's cookies gets ``2 * threshold`` checks, burst or not."""
+    env = make_env(login_store)
+    await env.add_user("victim")
+    async with env.client() as c:
+        await _signed_in(env, c)
+        assert "axess.device" in c.cookies
+        checked, statuses, right = await _burst(env, c, 2 * THRESHOLD)
+        assert checked == 2 * THRESHOLD
+        assert statuses.count(401) == 2 * THRESHOLD
+        assert statuses.count(429) == BURST - 1 - 2 * THRESHOLD
+        assert right == 429
+    async with env.client() as other:  # the shared lever is spent: locked
+        r = await other.post("/login", json={"identifier": "victim", "password": PASSWORD})
+        assert r.status_code == 429
+
+
+async def test_strangers_locking_the_account_cannot_stop_the_owners_step_up(
+    login_store: Any,
+) -> None:
+    """Strangers who keep the account's shared lever locked (wrong passwords
+    from anywhere) cannot stop its owner, signed in on a trusted browser,
+    from proving the password again (to change it, say). A trust granted
+    under an older password helps nobody: after a password change, a
+    browser trusted before it counts on the shared lever."""
+    env = make_env(login_store)
+    uid = await env.add_user("victim")
+    async with env.client() as owner, env.client() as thief:
+        await _signed_in(env, owner)
+        await _signed_in(env, thief)  # a second trusted browser (the password leaked)
+        for i in range(THRESHOLD):
+            async with env.client() as stranger:
+                r = await stranger.post(
+                    "/login", json={"identifier": "victim", "password": f"guess-{i}"}
+                )
+                assert r.status_code == 401
+        async with env.client() as stranger:
+            r = await stranger.post("/login", json={"identifier": "victim", "password": PASSWORD})
+            assert r.status_code == 429  # the shared user lever is locked
+        r = await owner.post("/reverify", json={"password": PASSWORD})
+        assert r.status_code == 200
+        # The owner changes the password: the thief's browser was trusted
+        # under the old one, so its step-ups meet the locked shared lever.
+        await env.store.set_password_hash(uid, await env.authn.hasher.hash("new staple"))
+        hashes = env.authn.hasher.hash_calls
+        r = await thief.post("/reverify", json={"password": "new staple"})
+        assert r.status_code == 429
+        assert env.authn.hasher.hash_calls == hashes
 
 
 async def test_a_correct_password_hands_back_its_unit_and_resets_nothing(
@@ -81,6 +144,7 @@ async def test_a_correct_password_hands_back_its_unit_and_resets_nothing(
     keys = lockout_keys(DEFAULT_TENANT, "victim", "127.0.0.1")
     async with env.client() as c:
         await _signed_in(env, c)
+        c.cookies.delete("axess.device")  # the shared lever (see the tests above)
         for i in range(THRESHOLD - 2):
             r = await c.post("/reverify", json={"password": f"guess-{i}"})
             assert r.status_code == 401

@@ -544,6 +544,20 @@ class Lockout:
             levers = [lv for lv in levers if lv[0] != "user"]
         return _longest_lock(levers, status.locked_until, now)
 
+    async def trusted(self, keys: LockoutKeys, now: float | None = None) -> bool:
+        """Whether ``keys.bound_origin`` is a trusted origin now (False when
+        the keys are not bound); one store round trip. Store errors as in
+        :meth:`pre_check` (``on_store_error="open"``: False)."""
+        if keys.bound_origin is None:
+            return False
+        now = self._clock.time() if now is None else now
+        try:
+            status = await self.store.lockout_status([keys.user], keys.bound_origin, now)
+        except StoreError as exc:
+            self._store_failed("trust check", exc)
+            return False
+        return status.trusted
+
     async def record_failure(
         self,
         keys: LockoutKeys,

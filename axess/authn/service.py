@@ -441,12 +441,17 @@ class AuthnService:
         ``InvalidCredentials`` or ``Locked``. A session that is not
         authenticated gets ``InvalidCredentials``, with no lever touched.
 
-        The guess budget is the login's, on every lever, and the user lever is
-        charged even from a trusted origin: the exemption shields owners from
-        strangers, and whoever calls this already holds a session. A correct
-        credential hands back its own units and resets nothing, so failures
-        stay counted and a known password cannot buy more code guesses. A TOTP
-        code is used up as at login; a recovery code is consumed.
+        The guess budget is the login's, on every lever. From a browser the
+        account trusts (under its current password) a check counts first on
+        that browser's own lever, then on the shared user lever, as the code
+        steps of a login do: strangers who keep the account locked cannot
+        stop its owner from changing a password or a factor, and whoever
+        holds that browser's cookies gets at most the two levers' budgets.
+        From anywhere else it counts on the shared user lever, never exempt.
+        A correct credential hands back its own units and resets nothing, so
+        failures stay counted and a known password cannot buy more code
+        guesses. A TOTP code is used up as at login; a recovery code is
+        consumed.
         """
         found = await self._signed_in(request)
         if isinstance(found, InvalidCredentials):
@@ -461,7 +466,7 @@ class AuthnService:
             factor = "totp"
             # Opened before the unit is taken, as in _second_factor.
             opened = await self._open_totp(attempt, user_id)
-        reserved = await self._reserve(attempt, factor, trusted_exempt=False)
+        reserved = await self._reserve_code(attempt, factor)
         if isinstance(reserved, Locked):
             return reserved
         attempt = replace(attempt, reservation=reserved)
@@ -501,7 +506,7 @@ class AuthnService:
         if isinstance(found, InvalidCredentials):
             return found
         state, user_id, attempt = found
-        reserved = await self._reserve(attempt, "totp", trusted_exempt=False)
+        reserved = await self._reserve_code(attempt, "totp")
         if isinstance(reserved, Locked):
             return reserved
         self.metrics.factor_attempt()
@@ -513,8 +518,10 @@ class AuthnService:
         self, request: HTTPConnection
     ) -> tuple[d.Authenticated, str, _Attempt] | InvalidCredentials:
         """The session's login, its active user and an attempt on the
-        login's levers; ``InvalidCredentials`` (no lever touched) for a
-        session that is not signed in or a user no longer active."""
+        login's levers (with the lever of this browser when the account
+        trusts it under its current password); ``InvalidCredentials`` (no
+        lever touched) for a session that is not signed in or a user no
+        longer active."""
         if self.gate is not None:
             self.gate()
         session = get_session(request)
@@ -530,8 +537,20 @@ class AuthnService:
         record = await self.store.get_tenant(user.tenant_id)
         overrides = None if record is None else record.lockout_overrides
         policy = self.lockout.policy_for(user.tenant_id, overrides)
+        tag = credential_tag((await self.store.get_factors(user.id)).password_hash)
+        keys = keys.bound_to(tag)
+        lever = keys.on_trusted_device().user if await self.lockout.trusted(keys) else None
         attempt = _Attempt(
-            request, session, user.tenant_id, user.identifier, keys, ip, policy, device=device
+            request,
+            session,
+            user.tenant_id,
+            user.identifier,
+            keys,
+            ip,
+            policy,
+            device=device,
+            credential=tag,
+            device_lever=lever,
         )
         return state, user.id, attempt
 
@@ -652,12 +671,13 @@ class AuthnService:
         return reserved
 
     async def _reserve_code(self, attempt: _Attempt, factor: str) -> Reservation | Locked:
-        """A code step's unit. After a password step from a trusted origin,
-        on that origin's own lever first, so strangers who keep the account's
-        shared lever locked cannot stop its owner's browser; once that one is
-        spent (or after a password step from anywhere else), on the shared
-        lever, which an operator's unlock clears. Whoever holds the browser
-        and the password thus gets at most the two levers' budgets."""
+        """The unit of a code step or a step-up check, never exempt. From a
+        trusted origin (``attempt.device_lever``: the password step's, or the
+        step-up's browser), on that origin's own lever first, so strangers
+        who keep the account's shared lever locked cannot stop its owner's
+        browser; once that one is spent (or from anywhere else), on the
+        shared lever, which an operator's unlock clears. Whoever holds the
+        browser and the password thus gets at most the two levers' budgets."""
         if attempt.device_lever is not None:
             own = replace(attempt.keys, user=attempt.device_lever)
             got = await self.lockout.reserve(own, policy=attempt.policy, trusted_exempt=False)
@@ -666,7 +686,7 @@ class AuthnService:
                 return got
             if got.lever != "user":  # the IP or tenant lever: no fallback
                 return self._refused(attempt, factor, got)
-        return await self._reserve(attempt, factor)
+        return await self._reserve(attempt, factor, trusted_exempt=False)
 
     def _tripped(self, attempt: _Attempt, reserved: Reservation) -> None:
         for lever, state in reserved.states.items():
