@@ -17,7 +17,9 @@ The contract is the same fused or nested, message for message:
   inside another one hands its hooks to the outermost stack, which runs
   them after its own;
 * headers queued with :func:`queue_response_headers` are added once, after
-  every hook, by the outermost stack.
+  every hook, by the outermost stack; a response hook that sends its own
+  answer instead (the session's 503 when the store fails at commit) gets
+  them on that answer.
 """
 
 from __future__ import annotations
@@ -278,8 +280,25 @@ def has_response_hook(stage: Stage) -> bool:
 _Hook = tuple[object, Stage]  # (sync twin or None, stage)
 
 
+def _own_answer(state: dict[str, object], send: Send) -> Send:
+    """The ``send`` a response hook answers with when it replaces the app's
+    response: the queued headers go on that answer's start, as on every
+    other answer. (Only the awaited hooks get it: the synchronous twins
+    never answer, and the common request never builds it.)"""
+
+    async def send_own(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            queued = state.pop(_QUEUED_KEY, None)
+            if queued:
+                mutable_headers(message).extend(queued)  # type: ignore[arg-type]
+        await send(message)
+
+    return send_own
+
+
 async def _run_hooks(hooks: Sequence[_Hook], scope: Scope, message: Message, send: Send) -> bool:
-    """Run ``hooks`` in order; False when one sent its own response."""
+    """Run ``hooks`` in order; False when one sent its own response (through
+    ``send``)."""
     for now, stage in hooks:
         if now is not None and now(scope, message):  # type: ignore[operator]
             continue
@@ -370,14 +389,16 @@ class Stack:
                 for now, stage in mine:  # (inline: this runs on every request)
                     if now is not None and now(scope, message):  # type: ignore[operator]
                         continue
-                    if not await stage.on_response_start(scope, message, send):
+                    own = _own_answer(state, send)
+                    if not await stage.on_response_start(scope, message, own):
                         ok = False
                         break
                 inner = state[_DEFERRED_KEY]
                 if ok and inner:
                     state[_DEFERRED_KEY] = None
+                    own = _own_answer(state, send)
                     for more in reversed(inner):  # handed on innermost first
-                        if not (ok := await _run_hooks(more, scope, message, send)):
+                        if not (ok := await _run_hooks(more, scope, message, own)):
                             break
                 if not ok:
                     suppressed = True

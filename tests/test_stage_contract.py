@@ -6,9 +6,10 @@ Each scenario runs twice on identically built apps (same keys, seeded
 randomness, mock clock, fresh memory store): once as one :class:`Stack`,
 once as ``stage0(stage1(…(app)))``. Every message the app's server would
 send (status, every header line in order, body) must be identical, across
-early answers (rate limit 429, CSRF 403, foreign-origin 403), session
-writes and rotations, binding revocations, queued headers, ``Vary`` and
-errors.
+early answers (rate limit 429, CSRF 403, foreign-origin 403), a response
+hook's own answer (the session's 503 when the store fails at commit),
+session writes and rotations, binding revocations, queued headers,
+``Vary`` and errors.
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, RateLimit, TrustedProxies, get_session
+from axess import (
+    Axess,
+    Keyring,
+    MockClock,
+    RateLimit,
+    StoreError,
+    TrustedProxies,
+    get_session,
+)
 from axess.keys import Key
 from axess.session.csrf import CSRFConfig, csrf_token
 from axess.stack import Stack, queue_response_headers
 from axess.stores import MemoryStore
+from axess.stores.base import SessionRecord
 from axess.testing import SeededRandom
 
 KEYS = Keyring(
@@ -77,9 +87,21 @@ ROUTES = [
 ]
 
 
+class FlakyStore(MemoryStore):
+    """A memory store whose session writes fail while ``FAILING`` is set."""
+
+    async def save_session(self, record: SessionRecord, now: float) -> bool:
+        if FAILING:
+            raise StoreError("down", substore="sessions")
+        return await super().save_session(record, now)
+
+
+FAILING: list[bool] = []
+
+
 def _auth() -> Axess:
     return Axess(
-        store=MemoryStore(),
+        store=FlakyStore(),
         keys=KEYS,
         clock=MockClock(),
         random=SeededRandom(7),
@@ -241,6 +263,24 @@ async def binding_revocation(b: Browser) -> list[Sent]:
     return [moved]
 
 
+async def commit_failure_keeps_queued_headers(b: Browser) -> list[Sent]:
+    """The session's hook answers itself (503) when the store fails at
+    commit: that answer carries the queued headers (the rate limiter's), as
+    an early answer from ``enter`` does."""
+    await b("GET", "/form")
+    await b("POST", "/write", headers={"x-csrf-token": b.token()})
+    FAILING.append(True)
+    try:
+        out = await b("POST", "/write", headers={"x-csrf-token": b.token()})
+    finally:
+        FAILING.clear()
+    start = out[0]
+    assert start["status"] == 503
+    names = [k for k, _ in start["headers"]]
+    assert names.count(b"ratelimit") == 1 and b"retry-after" in names, start["headers"]
+    return [out]
+
+
 async def queued_headers_once(b: Browser) -> list[Sent]:
     out = await b("GET", "/queued")
     assert [k for k, _ in out[0]["headers"]].count(b"x-queued") == 1
@@ -262,6 +302,7 @@ SCENARIOS: list[Scenario] = [
     foreign_origin,
     login_rotates_and_remints,
     binding_revocation,
+    commit_failure_keeps_queued_headers,
     queued_headers_once,
     handler_error,
 ]
