@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 #: Why a websocket's session takes no changes: nothing commits them (a
 #: websocket cannot set cookies).
 _READ_ONLY: Final = "a websocket's session is read-only"
+#: Why a change made after the commit is not saved.
+_STARTED: Final = "the response had started"
 #: Larger payloads are opened every time rather than memoized (an entry, with
 #: the data it opens to, then stays below about 16 KiB; see the book's
 #: sessions chapter, "Memos").
@@ -240,7 +242,7 @@ class SessionMiddleware(Stage):
     def on_response_start_now(self, scope: Scope, message: Message) -> bool:
         """The common read-only request: nothing to write, nothing to tell."""
         session: Session = scope["state"]["session"]
-        session.close("the response had started")  # later changes warn (see Session.close)
+        session._closed = _STARTED  # later changes warn (Session.close, inline: every request)
         if not session.unchanged_since_load():
             return False
         session.committed_key = session.loaded_key
