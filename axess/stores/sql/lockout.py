@@ -1,7 +1,9 @@
 """The lockout substore on SQL (mixed into :class:`~axess.stores.sql.engine.SQLStore`).
 
 One implementation for every dialect; only the insert-if-absent / upsert
-suffixes, the row lock and the batched purge differ (:data:`_FRAGMENTS`).
+suffixes, the row lock and the batched purge differ (:data:`_FRAGMENTS`, by
+dialect name). A dialect without an entry there is refused with
+``ConfigurationError`` rather than given another database's SQL.
 
 A failure is one transaction (one round trip per statement, no Python
 between them but the state transition):
@@ -22,10 +24,10 @@ more than ``threshold`` units of a lever are handed out in one window.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from axess.errors import StoreError
+from axess.errors import ConfigurationError, StoreError
 from axess.stores.base import (
     LOCKOUT,
     LeverSpec,
@@ -76,6 +78,15 @@ _FRAGMENTS: Final[dict[str, tuple[str, str, str, str, str]]] = {
 _PURGE_BATCH: Final = 1000
 
 
+def unknown_dialect(name: str, substore: str, known: Collection[str]) -> ConfigurationError:
+    """The error for a dialect a substore module has no SQL for."""
+    return ConfigurationError(
+        f"SQL dialect {name!r} has no {substore} statements (axess has them for "
+        f"{', '.join(sorted(known))}); add its fragments to axess.stores.sql.{substore} "
+        '(book: Storage, "Adding a SQL dialect")'
+    )
+
+
 def _state(row: Sequence[Any]) -> LeverState:
     return LeverState(
         key=str(row[0]),
@@ -91,7 +102,13 @@ class SQLLockoutMixin(SQLStorePart):
     """Lockout methods of :class:`SQLStore` (see the module docstring)."""
 
     def _fragments(self) -> tuple[str, str, str, str, str]:
-        return _FRAGMENTS.get(self._dialect.name, _FRAGMENTS["postgres"])
+        # No fallback: another database's upsert or row lock may parse and
+        # still not lock, and the guess budget then leaks (book: Storage,
+        # "Adding a SQL dialect").
+        try:
+            return _FRAGMENTS[self._dialect.name]
+        except KeyError:
+            raise unknown_dialect(self._dialect.name, "lockout", _FRAGMENTS) from None
 
     async def _lockout_op(self, what: str, body: Callable[[Connection], Awaitable[T]]) -> T:
         try:
