@@ -10,6 +10,8 @@ headers.
     limiter_rules = [*auth_rules(), RateLimit("300/minute", paths=["/api/"], name="api-ip")]
 """
 
+from typing import TYPE_CHECKING
+
 from axess.login_fields import AmbiguousIdentifier, LoginFields
 from axess.ratelimit import keys
 from axess.ratelimit.dependency import RateLimitDependency, limit
@@ -23,7 +25,20 @@ from axess.ratelimit.middleware import (
     detect_workers,
 )
 from axess.ratelimit.stores import BucketStore, MemoryBucketStore
-from axess.stores.valkey_buckets import ValkeyBucketStore
+
+if TYPE_CHECKING:
+    from axess.stores.valkey_buckets import ValkeyBucketStore
+
+
+def __getattr__(name: str) -> object:
+    # The Valkey bucket store is a store: loaded on first use, so importing
+    # the rate-limit stages loads no concrete store (book: Internals, "Layers").
+    if name == "ValkeyBucketStore":
+        from axess.stores.valkey_buckets import ValkeyBucketStore
+
+        return ValkeyBucketStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AmbiguousIdentifier",
