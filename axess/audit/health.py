@@ -1,8 +1,9 @@
 """Health of the audit pipeline, per sink and overall (book: Audit, "Delivery").
 
 A sink is unhealthy while its worker is not running, while its full buffer
-holds logins back, and while it fails or its pipeline is not started yet if
-it is regulatory (degraded for an analytics sink); degraded while it
+holds logins back, and while it fails, its write has been in flight for
+``stall_after`` seconds or more (hung), or its pipeline is not started yet
+if it is regulatory (degraded for an analytics sink); degraded while it
 overflows, and once its events go to the recovery log until restart. The
 pipeline is as bad as its worst sink.
 """
@@ -32,6 +33,17 @@ def sink_status(worker: SinkWorker, *, closed: bool, gated: bool) -> HealthStatu
     if gated:
         return HealthStatus.unhealthy(
             f"audit sink {name}: buffer full, logins paused ({worker.depth} events)"
+        )
+    stalled = worker.stalled_for()
+    if stalled is not None:
+        # A write that never returns fails nothing: without this the sink
+        # looked healthy until its buffer was full (book: Audit, "Delivery").
+        reason = (
+            f"audit sink {name}: write not returned after {stalled:.0f}s "
+            f"({worker.depth} events waiting)"
+        )
+        return (
+            HealthStatus.unhealthy(reason) if worker.regulatory else HealthStatus.degraded(reason)
         )
     if worker.streak:
         reason = f"audit sink {name}: failing ({worker.streak} attempts, {worker.last_error})"

@@ -47,7 +47,7 @@ from axess.audit.health import SinkHealth, sink_status, worst_status
 from axess.audit.recovery import RecoveryLog, RecoverySpill
 from axess.audit.sinks import AuditSink
 from axess.audit.worker import DeliveryControl, SinkWorker, Sleep
-from axess.clock import Clock, Random, SystemClock, SystemRandom
+from axess.clock import Clock, Random, SystemClock, SystemRandom, check_duration
 from axess.errors import AxessError, ConfigurationError
 from axess.observability.health import CompositeHealthCheck, HealthStatus
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
@@ -140,6 +140,10 @@ class AuditPipeline:
       seconds after it found the first one.
     * ``retry_initial`` / ``retry_max``: backoff (seconds, doubling, with
       jitter) between attempts at a failed batch; attempts never stop.
+    * ``stall_after``: seconds a sink's write may stay in flight before
+      health reports the sink failing (unhealthy if regulatory, else
+      degraded) and a WARNING says so (once per write); default 30. The
+      write is not cancelled: give the sink its own timeout.
     * ``drain_timeout``: how long :meth:`stop` keeps delivering.
     * ``recovery_log``: where leftovers go (JSONL, fsync); replayed by
       :meth:`start`. Without one, leftovers at shutdown are lost (logged
@@ -164,6 +168,7 @@ class AuditPipeline:
         recovery_log: str | os.PathLike[str] | None = None,
         retry_initial: float = 0.05,
         retry_max: float = 30.0,
+        stall_after: float = 30.0,
         retention: Any = None,
         clock: Clock | None = None,
         random: Random | None = None,
@@ -186,6 +191,7 @@ class AuditPipeline:
                 raise ConfigurationError(f"{what} must not be negative")
         if retry_initial <= 0:
             raise ConfigurationError("retry_initial must be positive")
+        check_duration(stall_after, "stall_after")
         regulatory_policy = on_full if on_full is not None else ShutdownAuthn()
         analytics_policy = analytics_on_full if analytics_on_full is not None else DropOldest()
         for policy in (regulatory_policy, analytics_policy):
@@ -202,6 +208,7 @@ class AuditPipeline:
         self.drain_timeout = drain_timeout
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.stall_after = stall_after
         self.recovery = RecoveryLog(recovery_log) if recovery_log is not None else None
         self.retention = retention
         self._clock = clock
@@ -225,6 +232,8 @@ class AuditPipeline:
                 sleep=self._sleep,
                 on_batch=self._batch_written,
                 on_retry=self._report_depth,
+                now=self._monotonic,
+                stall_after=stall_after,
             )
             for s in sinks
         )
@@ -544,6 +553,9 @@ class AuditPipeline:
         self._after_batch(st)
         await self._spill.sync_in_thread()
 
+    def _monotonic(self) -> float:
+        return self.clock.monotonic()
+
     def _report_depth(self) -> None:
         self.metrics.audit_buffer_depth(self._max_depth())
 
@@ -739,6 +751,10 @@ class AuditPipeline:
             composite.add(prefix + st.name, self._health_check(st), critical=st.regulatory)
 
     def _sink_status(self, st: SinkWorker) -> HealthStatus:
+        # A hung sink reports no batch and no retry: the gauge would stay
+        # where its last batch left it while events pile up.
+        if not self._closed:
+            self._report_depth()
         return sink_status(st, closed=self._closed, gated=st.name in self._gated)
 
     async def check_health(self) -> HealthStatus:

@@ -5,7 +5,9 @@ A :class:`SinkWorker` takes batches from its sink's
 ``batch_size`` events wait, otherwise ``flush_interval`` seconds after the
 first one (at once while the pipeline flushes or drains). A failed batch is
 retried, whole, with exponential backoff and jitter until it succeeds, so a
-slow or dead sink holds back only its own buffer. Blocking sinks hand their
+slow or dead sink holds back only its own buffer. A write that neither
+succeeds nor fails within ``stall_after`` seconds (a connection without a
+timeout) is logged once and reported by health as a failing sink. Blocking sinks hand their
 I/O to a thread themselves (see :mod:`axess.audit.sinks`); the worker only
 awaits ``sink.write``.
 """
@@ -44,7 +46,9 @@ class SinkWorker:
 
     ``on_batch(worker, replayed)`` runs after every written batch
     (``replayed``: how many of its events came from the recovery log);
-    ``on_retry()`` before every backoff sleep.
+    ``on_retry()`` before every backoff sleep. ``now()`` is the pipeline's
+    monotonic clock; a write in flight for ``stall_after`` seconds of it
+    (waited for with ``sleep``) is *stalled*.
     """
 
     __slots__ = (
@@ -54,6 +58,7 @@ class SinkWorker:
         "flush_interval",
         "last_error",
         "name",
+        "now",
         "on_batch",
         "on_retry",
         "regulatory",
@@ -62,9 +67,11 @@ class SinkWorker:
         "room",
         "sink",
         "sleep",
+        "stall_after",
         "streak",
         "task",
         "wake",
+        "write_started",
     )
 
     def __init__(
@@ -79,6 +86,8 @@ class SinkWorker:
         sleep: Sleep,
         on_batch: Callable[[SinkWorker, int], Awaitable[None]],
         on_retry: Callable[[], None],
+        now: Callable[[], float],
+        stall_after: float,
     ) -> None:
         self.sink = sink
         self.name: str = sink.name
@@ -91,6 +100,10 @@ class SinkWorker:
         self.sleep = sleep
         self.on_batch = on_batch
         self.on_retry = on_retry
+        self.now = now
+        self.stall_after = stall_after
+        #: When (``now()``) the write in flight began; None between writes.
+        self.write_started: float | None = None
         self.failures = 0
         self.streak = 0  # consecutive failures
         self.last_error: str | None = None
@@ -153,7 +166,7 @@ class SinkWorker:
         """Write ``batch`` until it succeeds (backoff between attempts)."""
         while True:
             try:
-                await self.sink.write(tuple(batch))
+                await self._attempt(tuple(batch))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -181,6 +194,39 @@ class SinkWorker:
                 )
                 self.streak = 0
             return
+
+    async def _attempt(self, batch: tuple[AuthEvent, ...]) -> None:
+        """One ``sink.write``, awaited directly (cancelling the worker cancels
+        it), watched: still in flight after ``stall_after`` seconds, it is
+        logged once. Never timed out: retried, a write that may yet succeed
+        would be delivered twice (book: Audit, "Delivery")."""
+        self.write_started = self.now()
+        watchdog = asyncio.ensure_future(self._watch(len(batch)))
+        try:
+            await self.sink.write(batch)
+        finally:
+            self.write_started = None
+            watchdog.cancel()
+
+    async def _watch(self, size: int) -> None:
+        await self.sleep(self.stall_after)
+        logger.warning(
+            "audit sink %r: a write of %d event(s) has not returned after %gs; %d event(s) "
+            "wait for it (a sink without a timeout?)",
+            self.name,
+            size,
+            self.stall_after,
+            self.depth,
+        )
+        self.on_retry()  # the depth gauge, as for a failed attempt
+
+    def stalled_for(self) -> float | None:
+        """Seconds the write in flight has run if at least ``stall_after``, else None."""
+        started = self.write_started
+        if started is None:
+            return None
+        running = self.now() - started
+        return running if running >= self.stall_after else None
 
 
 def _worker_done(task: asyncio.Task[None]) -> None:
