@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from axess._cache import Memo
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.health import HealthStatus
 from axess.ratelimit import gcra
@@ -19,6 +20,10 @@ def _load_gcra_script() -> _Script:
     body = resources.files("axess.stores").joinpath("lua", "gcra.lua").read_bytes()
     return _Script("gcra", body)
 
+
+
+def _encode_params(params: tuple[tuple[int, int, int], ...]) -> tuple[bytes, ...]:
+    return tuple(str(v).encode("ascii") for triple in params for v in triple)
 
 class ValkeyBucketStore:
     """Buckets in Valkey, shared by every app instance.
@@ -66,7 +71,12 @@ class ValkeyBucketStore:
             raise ConfigurationError("ValkeyBucketStore needs a ValkeyStore or a Valkey URL")
         self._script = _load_gcra_script()
         self._ready = False
-        self._arg_cache: dict[tuple[tuple[int, int, int], ...], list[bytes]] = {}
+        # A rule's parameters as script arguments. Keyed by the rules'
+        # (emission, tolerance, cost) triples, which come from configuration,
+        # not from clients: few entries, no key bound.
+        self._args_of: Memo[tuple[tuple[int, int, int], ...], tuple[bytes, ...]] = Memo(
+            _encode_params, 1024, max_key_bytes=None
+        )
 
     def __repr__(self) -> str:
         return f"ValkeyBucketStore(prefix={self._store.prefix!r})"
@@ -95,14 +105,8 @@ class ValkeyBucketStore:
         base = self._store.prefix + "rl:{"
         return [base + key + "}:" + sig for key, spec in buckets for sig in spec.signatures]
 
-    def _args(self, spec: BucketSpec) -> list[bytes]:
-        params = spec.params
-        args = self._arg_cache.get(params)
-        if args is None:
-            args = [str(v).encode("ascii") for triple in params for v in triple]
-            if len(self._arg_cache) < 1024:
-                self._arg_cache[params] = args
-        return args
+    def _args(self, spec: BucketSpec) -> tuple[bytes, ...]:
+        return self._args_of[spec.params]
 
     async def check(self, buckets: Sequence[Bucket]) -> CheckResult:
         if not self._ready:
@@ -113,7 +117,7 @@ class ValkeyBucketStore:
             spec = buckets[0][1]
             args, params = self._args(spec), spec.params
         else:
-            args = [a for _, spec in buckets for a in self._args(spec)]
+            args = tuple(a for _, spec in buckets for a in self._args(spec))
             params = [p for _, spec in buckets for p in spec.params]
         try:
             reply = await self._store.run_script(self._script, keys, args, substore=RATELIMIT)
