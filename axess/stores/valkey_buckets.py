@@ -21,9 +21,9 @@ def _load_gcra_script() -> _Script:
     return _Script("gcra", body)
 
 
-
 def _encode_params(params: tuple[tuple[int, int, int], ...]) -> tuple[bytes, ...]:
     return tuple(str(v).encode("ascii") for triple in params for v in triple)
+
 
 class ValkeyBucketStore:
     """Buckets in Valkey, shared by every app instance.
