@@ -1,6 +1,9 @@
 """Testing helpers: deterministic clock/randomness and the store contract suite.
 
-Third-party stores can run the same contract axess runs on its own backends::
+Third-party stores can run the same contracts axess runs on its own backends
+(:mod:`axess.testing.contract`: ``SessionStoreContract``,
+``LockoutStoreContract``, ``IdentityStoreContract``, ``AuditStoreContract``,
+``BucketStoreContract``; book: Storage, "The contract suite")::
 
     from axess.testing.contract import SessionStoreContract
 

@@ -1,8 +1,10 @@
-"""The store contract suite (pytest).
+"""The store contract suite (pytest): one class per store protocol
+(sessions, lockout, identity and factors, audit, rate-limit buckets).
 
 Subclass a contract class and provide a ``store`` fixture that yields an
 opened, *empty* backend (for shared servers: a fresh schema, database or key
-prefix). Every axess backend runs exactly these tests.
+prefix). Every axess backend runs exactly these tests (book: Storage, "The
+contract suite").
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from axess.audit.events import AuditQuery, AuthEvent, to_us
+from axess.ratelimit import BucketStore, RateLimit
 from axess.stores.base import (
     NOT_NOW,
     AuditStore,
@@ -928,3 +931,41 @@ class IdentityStoreContract:
         )
         assert sorted(results) == [False] * 7 + [True]
         assert await store.count_recovery_codes("u1") == 0
+
+
+# -- rate-limit buckets -----------------------------------------------------------
+@pytest.mark.asyncio
+class BucketStoreContract:
+    """Behaviour every rate-limit :class:`~axess.ratelimit.BucketStore` must
+    have under a burst: a check reads and advances every bucket it covers
+    as one step, so concurrent requests never share a unit and a refused
+    request costs no bucket anything. (The store's clock runs on: these
+    limits are chosen so that a second of it changes nothing.)"""
+
+    @pytest.fixture
+    def store(self) -> Any:  # pragma: no cover - overridden by subclasses
+        raise NotImplementedError("provide a `store` fixture yielding an opened, empty store")
+
+    async def test_implements_protocol(self, store: BucketStore) -> None:
+        assert isinstance(store, BucketStore)
+
+    async def test_a_burst_takes_exactly_the_limit(self, store: BucketStore) -> None:
+        rule = RateLimit("10/hour", name="burst")
+        results = await asyncio.gather(*(store.check([("burst:k", rule)]) for _ in range(50)))
+        admitted = [states[0][0] for allowed, states in results if allowed]
+        assert sorted(admitted) == list(range(10))  # each unit handed out once
+
+    async def test_a_burst_over_two_buckets_is_all_or_nothing(self, store: BucketStore) -> None:
+        wide = RateLimit("100/hour", name="wide")
+        narrow = RateLimit("5/hour", name="narrow")
+        both = [("wide:k", wide), ("narrow:k", narrow)]
+        results = await asyncio.gather(*(store.check(both) for _ in range(40)))
+        assert sum(allowed for allowed, _ in results) == 5
+        # The 35 refusals took nothing from the wide bucket, in either order.
+        allowed, states = await store.check([("wide:k", wide)])
+        assert allowed and states[0][0] == 100 - 6
+        flipped = [("narrow:k", narrow), ("wide:k", wide)]
+        refused = await asyncio.gather(*(store.check(flipped) for _ in range(10)))
+        assert not any(allowed for allowed, _ in refused)
+        allowed, states = await store.check([("wide:k", wide)])
+        assert allowed and states[0][0] == 100 - 7
