@@ -2,7 +2,9 @@
 
 Format: JSONL, one event per line, each line a JSON object
 ``{"sinks": ["<sink name>", ...], "event": {<AuthEvent.to_dict()>}}`` naming
-the sinks that still need the event. Lines are appended with ``fsync``;
+the sinks that still need the event. Lines are appended with ``fsync``
+(events past a hard limit: fsync'd in a thread right after, see
+:meth:`RecoverySpill.overflow`);
 before appending, a last line left without its newline (a write torn by a
 crash) is terminated, so a torn line never swallows the next one. Reading
 skips a line that does not parse, with a WARNING, and replays the rest.
@@ -239,16 +241,21 @@ class RecoveryLog:
         return len(lines)
 
     def sync(self) -> None:
-        """fsync the log (after appends made with ``fsync=False``)."""
+        """fsync the log (after appends made with ``fsync=False``).
+
+        The lock is held only to open the file: an fsync in a thread must not
+        hold up an append on the event loop (it flushes the inode, whatever
+        was appended through which descriptor, also once renamed).
+        """
         with self._lock:
             try:
                 fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 return
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def segments(self) -> list[Path]:
         """The replay segments on disk, oldest first: ``path.replaying``, then
@@ -493,6 +500,8 @@ class RecoverySpill:
         self._metrics = metrics
         #: Events were appended without fsync (overflow): :meth:`sync` is due.
         self.unsynced = False
+        #: The background fsync of spilled events (see :meth:`overflow`).
+        self._syncing: asyncio.Task[None] | None = None
         #: Events in the file :meth:`replay` took.
         self.replayed = 0
         # The replay in progress, per sink: byte offset in the replayed file to
@@ -509,7 +518,10 @@ class RecoverySpill:
     # -- while running ----------------------------------------------------------------------
     def overflow(self, name: str, event: AuthEvent) -> None:
         """Sink ``name``'s buffer is past its hard limit: write ``event`` to the
-        log (no fsync; :meth:`sync` after the next batch) instead of memory."""
+        log instead of memory, fsync'd in a thread right after (one fsync for
+        every event appended meanwhile): an fsync per event on the event loop
+        would cost every ``emit()`` milliseconds for as long as the sink
+        spills, i.e. until restart (book: Audit, "When a buffer is full")."""
         buf = self.buffers[name]
         metrics = self._metrics()
         if self.log is None:
@@ -522,10 +534,8 @@ class RecoverySpill:
                 buf.hard_limit,
             )
             return
-        # Without a batch to come for this sink, nothing would fsync it soon.
-        later = buf.depth > 0
         try:
-            self.log.append([(event, (name,))], fsync=not later)
+            self.log.append([(event, (name,))], fsync=False)
         except OSError as exc:
             buf.dropped += 1
             metrics.audit_dropped(1)
@@ -535,7 +545,8 @@ class RecoverySpill:
         # once the buffer drained, a later one would overtake this one.
         buf.spilling = True
         buf.recovered += 1
-        self.unsynced = self.unsynced or later
+        self.unsynced = True
+        self._sync_soon()
         metrics.audit_recovered(1)
         if buf.recovered == 1 or buf.recovered % 1000 == 0:
             logger.warning(
@@ -547,6 +558,28 @@ class RecoverySpill:
                 self.log.path,
                 buf.recovered,
             )
+
+    def _sync_soon(self) -> None:
+        """Have what :meth:`overflow` appended fsync'd in a thread, unless an
+        fsync is under way already (it loops while events keep coming);
+        without an event loop (an emit before start), at once."""
+        if self._syncing is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.sync()
+            return
+        self._syncing = loop.create_task(self._sync_loop(), name="axess-audit-recovery-fsync")
+
+    async def _sync_loop(self) -> None:
+        try:
+            while self.unsynced:
+                await self.sync_in_thread()
+        except OSError as exc:
+            logger.error("audit recovery log: fsync failed (%s)", type(exc).__name__)
+        finally:
+            self._syncing = None
 
     def sync(self) -> None:
         """fsync what :meth:`overflow` appended, if anything."""
