@@ -78,6 +78,11 @@ _AUDIT_ROW: Final = "(" + ", ".join(["?"] * 15) + ")"
 #: Audit rows per INSERT statement (and ids per archive UPDATE): keeps every
 #: statement far below the drivers' bound-parameter limits.
 AUDIT_CHUNK: Final = 500
+#: Bytes of audit values per INSERT statement, at most (escaping counted at
+#: its worst): aiomysql inlines the values, and a statement over MariaDB's
+#: ``max_allowed_packet`` (16 MiB by default) fails every time it is retried,
+#: stalling the SQL sink for good (book: Audit, "Storage").
+AUDIT_CHUNK_BYTES: Final = 4 << 20
 _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 
 
@@ -467,6 +472,31 @@ def _audit_params(e: AuthEvent) -> tuple[object, ...]:
     )
 
 
+def _audit_row_bytes(row: tuple[object, ...]) -> int:
+    """An upper bound of the bytes ``row`` takes inlined in a statement: at
+    most 4 bytes a character (UTF-8; an escaped ASCII character takes 2),
+    plus quotes and a comma."""
+    return sum(4 * len(v) + 3 if isinstance(v, str) else 24 for v in row)
+
+
+def _audit_chunks(rows: list[tuple[object, ...]]) -> list[list[tuple[object, ...]]]:
+    """``rows`` cut into INSERT chunks of at most :data:`AUDIT_CHUNK` rows and
+    :data:`AUDIT_CHUNK_BYTES` bytes (a row is never split)."""
+    chunks: list[list[tuple[object, ...]]] = []
+    chunk: list[tuple[object, ...]] = []
+    size = 0
+    for row in rows:
+        n = _audit_row_bytes(row)
+        if chunk and (len(chunk) >= AUDIT_CHUNK or size + n > AUDIT_CHUNK_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(row)
+        size += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def _audit_event(row: Sequence[Any]) -> AuthEvent:
     extras = row[14]
     return AuthEvent(
@@ -807,7 +837,7 @@ class SQLStore(SQLLockoutMixin, SQLIdentityMixin):
         if not events:
             return
         rows = [_audit_params(e) for e in sorted(events, key=lambda e: e.id)]
-        chunks = [rows[i : i + AUDIT_CHUNK] for i in range(0, len(rows), AUDIT_CHUNK)]
+        chunks = _audit_chunks(rows)
 
         async def steps(conn: Connection) -> None:
             for chunk in chunks:
