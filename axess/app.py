@@ -504,6 +504,35 @@ class Axess:
     async def invalidate_session(self, storage_key: str) -> bool:
         return await self.sessions.invalidate_session(storage_key)
 
+    async def invalidate_user_in_tenant(
+        self, user_id: str, tenant_id: str | None, *, except_key: str | None = None
+    ) -> int:
+        """End every session of ``user_id`` in exactly ``tenant_id`` (``None``:
+        the default tenant only, where :meth:`invalidate_user` reads ``None``
+        as every tenant) but ``except_key``; how many ended. A session that
+        another request rotates to a new id while this runs is ended under
+        its new id (book: Sessions, "Listing and revoking sessions")."""
+        if tenant_id is not None:
+            # The store's own pass repeats until a pass deletes nothing.
+            return await self.invalidate_user(user_id, tenant_id=tenant_id, except_key=except_key)
+        # The default tenant is recorded as none, which the stores read as
+        # "any tenant": its sessions go one by one, so that an app giving the
+        # same user id to users of other tenants keeps theirs. A delete that
+        # finds its row gone means it moved (or ended) since the listing:
+        # list again, until a pass ends every row it lists.
+        ended = 0
+        while True:
+            missed = False
+            for info in await self.list_sessions(user_id):
+                if info.tenant_id is not None or info.storage_key == except_key:
+                    continue
+                if await self.invalidate_session(info.storage_key):
+                    ended += 1
+                else:
+                    missed = True
+            if not missed:
+                return ended
+
     # -- lifespan -------------------------------------------------------------------------
     async def startup(self) -> None:
         """Open the store, the rate-limit store and the audit pipeline (which

@@ -500,6 +500,27 @@ def auth_router(
             if info.tenant_id == tenant
         ]
 
+    async def end_session(session: Session, target: SessionInfo, listed: list[SessionInfo]) -> bool:
+        """End ``target``, another session of the signed-in user, which
+        ``listed`` showed. If a request of it rotated it to a new id since
+        (``regenerate()`` keeps the creation time), that id is ended instead,
+        as the logout does; a login there started a new session (a new
+        creation time) and is not followed. False when no row of it was left
+        to end (book: FastAPI auth routes, "Sessions")."""
+        seen = {info.storage_key for info in listed}
+        key = target.storage_key
+        while not await auth.invalidate_session(key):
+            successors = [
+                info
+                for info in await own_sessions(session)
+                if info.created_at == target.created_at and info.storage_key not in seen
+            ]
+            if not successors:
+                return False
+            key = successors[0].storage_key
+            seen.add(key)
+        return True
+
     async def step_up(
         request: Request, credential: Password | TOTPCode | RecoveryCode
     ) -> Response | None:
@@ -566,10 +587,12 @@ def auth_router(
     )
     async def logout_everywhere(request: Request, session: SignedIn) -> LoggedOutEverywhere:
         """End every session of the signed-in user, this one included."""
-        ended = 0
-        for info in await own_sessions(session):
-            if info.storage_key != session.storage_key:
-                ended += await auth.invalidate_session(info.storage_key)
+        assert session.user_id is not None
+        # Not a list-then-delete of our own: a session rotated to a new id
+        # between the two would survive (book: FastAPI auth routes, "Sessions").
+        ended = await auth.invalidate_user_in_tenant(
+            session.user_id, session.tenant_id, except_key=session.storage_key
+        )
         await authn.logout(request)
         return LoggedOutEverywhere(sessions_ended=ended + 1, csrf_token=token(request))
 
@@ -637,13 +660,17 @@ def auth_router(
     ) -> Response | SessionRevoked:
         """End one of the signed-in user's sessions (only their own)."""
         assert session.user_id is not None
-        matches = [i for i in await own_sessions(session) if i.key_prefix == handle]
+        listed = await own_sessions(session)
+        matches = [i for i in listed if i.key_prefix == handle]
         if len(matches) != 1:
             return _refusal(404, "not_found", "no session of yours has this handle")
         if matches[0].storage_key == session.storage_key:
             await authn.logout(request)
             return SessionRevoked(revoked=handle, current=True, csrf_token=token(request))
-        await auth.invalidate_session(matches[0].storage_key)
+        if not await end_session(session, matches[0], listed):
+            return _refusal(
+                404, "not_found", "this session ended or was replaced meanwhile; list them again"
+            )
         return SessionRevoked(revoked=handle, current=False, csrf_token=token(request))
 
     @router.post(
