@@ -289,7 +289,8 @@ class RecoveryCodesResponse(BaseModel):
 _REFUSAL_DOCS: Final = {
     400: "Bad request: an ambiguous or oversized body (bad_request, ambiguous_identifier) "
     "or a wrong code (invalid_code).",
-    401: "invalid_credentials (a wrong password or code) or unauthenticated (no login).",
+    401: "invalid_credentials (a wrong password or code) or unauthenticated (no login; "
+    "on a login: newer logins took its place under max_sessions_per_user).",
     403: "csrf_failed: no valid X-CSRF-Token, or a request from another site.",
     404: "not_found: no such session of this user.",
     409: "conflict: the factor is not in the state this needs.",

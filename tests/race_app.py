@@ -15,6 +15,7 @@ from authn_app import fast_hasher
 from fastapi import FastAPI, Request
 
 from axess import Axess, Keyring, MockClock, SessionConfig, get_session
+from axess.authn.lockout import LockoutPolicy
 from axess.session.events import SessionEvent
 from axess.stores import CompositeStore, MemoryStore
 from axess.stores.base import SessionRecord
@@ -113,7 +114,11 @@ class RaceApi:
         return (await self.auth.users.create_user(identifier, password=PASSWORD)).id
 
 
-def race_api(store: CompositeStore, session: SessionConfig | None = None) -> RaceApi:
+def race_api(
+    store: CompositeStore,
+    session: SessionConfig | None = None,
+    lockout: LockoutPolicy | None = None,
+) -> RaceApi:
     from axess.fastapi import auth_router
 
     clock = MockClock()
@@ -124,6 +129,7 @@ def race_api(store: CompositeStore, session: SessionConfig | None = None) -> Rac
         clock=clock,
         session=session,
         password_hasher=fast_hasher(),
+        lockout=lockout,
         debug=True,
         cleanup_interval=None,
         on_session_event=events.append,

@@ -70,6 +70,11 @@ _OPENED_MAX_KEY: Final = STORAGE_KEY_CHARS + _MEMO_MAX_PAYLOAD
 _Opened = tuple[d.SessionData, bytes, dict[str, Any] | None]
 
 
+class _CapEvicted(Exception):
+    """The session this request wrote lost its place to newer sessions of
+    the user under ``max_sessions_per_user`` (raised by the commit)."""
+
+
 class _Expired(NamedTuple):
     """What :meth:`SessionMiddleware._open` found instead of a live session."""
 
@@ -256,6 +261,9 @@ class SessionMiddleware(Stage):
         session: Session = scope["state"]["session"]
         try:
             cookie = await self.commit(scope, session, session.had_cookie)
+        except _CapEvicted:
+            await self._evicted(scope, send)
+            return False
         except StoreError:
             await self._unavailable(scope, send)
             return False
@@ -417,7 +425,7 @@ class SessionMiddleware(Stage):
             session.committed_key = key
             self.metrics.session_created()
             self._emit("session_created", key, data.auth_state, scope=scope)
-            await self._enforce_session_cap(data.auth_state, key, now, scope)
+            await self._within_session_cap(session, key, now, scope)
             return self._set_cookie(sid, data, now)
 
         old_sid = session.persisted_sid
@@ -434,7 +442,7 @@ class SessionMiddleware(Stage):
                 return self._clear_cookie()
             session.committed_key = key
             self._emit("session_rotated", key, data.auth_state, scope=scope)
-            await self._enforce_session_cap(data.auth_state, key, now, scope)
+            await self._within_session_cap(session, key, now, scope)
             return self._set_cookie(sid, data, now)
 
         if session.meta_dirty or custom_changed:
@@ -502,18 +510,48 @@ class SessionMiddleware(Stage):
 
     async def _enforce_session_cap(
         self, state: d.AuthState, keep: str, now: float, scope: Scope
-    ) -> None:
+    ) -> bool:
+        """Keep the user's newest ``max_sessions_per_user`` sessions in the
+        tenant, by (creation time, storage key), and delete the others; False
+        when ``keep``, the row this request just wrote, is not among the
+        survivors (deleted here or by a concurrent login).
+
+        Every login orders the rows the same way, even against its own row:
+        two logins at once that each spared their own and deleted the other's
+        would leave the user none (book: Sessions, "Revocation and log out
+        everywhere")."""
         cap = self.config.max_sessions_per_user
         user = d.user_of(state)
         if cap is None or user is None or not isinstance(state, d.Authenticated):
-            return
-        rows = await self.store.list_user_sessions(user, now, tenant_id=state.tenant)
-        others = [r for r in rows if r.key != keep]
-        excess = len(others) - (cap - 1)
-        for row in others[: max(excess, 0)]:  # oldest first
+            return True
+        tenant = state.tenant
+        # The stores read tenant None as "any tenant"; the default tenant's
+        # cap counts the default tenant's rows only.
+        rows = sorted(
+            (
+                row
+                for row in await self.store.list_user_sessions(user, now, tenant_id=tenant)
+                if row.tenant_id == tenant
+            ),
+            key=lambda row: (row.created_at, row.key),
+        )
+        survivors = rows[-cap:]
+        for row in rows[:-cap]:
             if await self.store.delete_session(row.key):
                 self.metrics.session_invalidated()
                 self._emit("session_invalidated", row.key, state, "max_sessions_per_user", scope)
+        return any(row.key == keep for row in survivors)
+
+    async def _within_session_cap(
+        self, session: Session, key: str, now: float, scope: Scope
+    ) -> None:
+        """Apply ``max_sessions_per_user`` after ``key`` was written.
+
+        Raises :class:`_CapEvicted` when ``key`` itself did not survive.
+        """
+        if not await self._enforce_session_cap(session.data_for_commit.auth_state, key, now, scope):
+            session.committed_key = None
+            raise _CapEvicted
 
     async def invalidate_handle(
         self, session: Session, scope: Scope | None = None, reason: str = "logout"
@@ -610,6 +648,27 @@ class SessionMiddleware(Stage):
             )
         except Exception:
             logger.exception("session event hook failed")
+
+    async def _evicted(self, scope: Scope, send: Send) -> None:
+        """Answer a request whose session the cap ended as it was stored: the
+        app's answer (a login's "authenticated") would claim a session that
+        no longer exists, so it is replaced by a 401 that clears the cookie.
+        The client is a guest again and may log in anew (book: Sessions,
+        "Revocation and log out everywhere")."""
+        clear = (b"set-cookie", self._clear_cookie())
+
+        async def send_clearing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                mutable_headers(message).append(clear)
+                vary_cookie(message)
+            await send(message)
+
+        refusal = Refusal(
+            401,
+            "unauthenticated",
+            "newer sessions of this account took this one's place (max_sessions_per_user)",
+        )
+        await self.refuse(scope, disconnected, send_clearing, refusal)
 
     async def _unavailable(self, scope: Scope, send: Send) -> None:
         self.metrics.store_error("sessions")
