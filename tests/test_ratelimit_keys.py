@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from axess import ConfigurationError
 from axess.ratelimit import keys
 from axess.ratelimit.keys import KeyContext, resolve
+from axess.text import normalize_identifier
 
 
 def make_scope(
@@ -124,6 +125,37 @@ async def test_login_identifier_normalizes_unicode() -> None:
     )
     b, _ = await login_key(json.dumps({"username": "alice"}).encode(), b"application/json")
     assert a == b
+
+
+async def _login_bucket(identifier: str) -> str | None:
+    value, _ = await login_key(json.dumps({"username": identifier}).encode(), b"application/json")
+    return value
+
+
+async def test_every_spelling_of_an_account_is_one_bucket() -> None:
+    """The bucket is keyed by the login's own normalization of the whole
+    value: padding past any cap, case, compatibility forms and combining
+    sequences that name one account never reach a bucket of their own."""
+    victim = "alice@example.com"
+    one = await _login_bucket(victim)
+    assert one is not None
+    spellings = [
+        " " * 256 + victim,  # past the old 256-character cap: was the IP's bucket
+        " " * 255 + victim,  # cut inside the address: was a bucket per length
+        " " * 250 + victim.upper() + " " * 40,
+        "\uff41lice@example.com",
+    ]
+    assert {await _login_bucket(s) for s in spellings} == {one}
+    # Two spellings of one account the login folds to the same identifier
+    # (NFKC applied again after casefolding).
+    assert normalize_identifier("\u00df\u0301@x") == normalize_identifier("s\u015b@x")
+    assert await _login_bucket("\u00df\u0301@x") == await _login_bucket("s\u015b@x")
+
+
+async def test_an_identifier_the_login_refuses_is_keyed_by_the_ip() -> None:
+    # It names no account (the login refuses it before any lever or hash).
+    for refused in (" " * 2000 + "alice", "   ", "a\x00b"):
+        assert await _login_bucket(refused) is None
 
 
 async def test_body_is_replayed_to_the_app_unchanged() -> None:

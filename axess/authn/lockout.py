@@ -56,7 +56,6 @@ import ipaddress
 import json
 import logging
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
@@ -66,7 +65,8 @@ from axess.clock import Clock, SystemClock, check_duration
 from axess.errors import ConfigurationError, StoreError
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.stores.base import LOCKOUT, LeverSpec, LeverState, LockoutStore
-from axess.text import check_id, check_storable
+from axess.text import check_id
+from axess.text import normalize_identifier as normalize_identifier  # (its public home was here)
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ LEVERS: Final[tuple[LeverName, ...]] = ("user", "ip", "tenant")
 MINUTE: Final = 60.0
 HOUR: Final = 3600.0
 DAY: Final = 86_400.0
-_MAX_IDENTIFIER: Final = 1024
-#: The identity stores' columns: a normalized identifier; a tenant, slug or user id.
-MAX_STORED_IDENTIFIER: Final = 320
+#: The identity stores' columns: a tenant, slug or user id.
 MAX_ID_CHARS: Final = 128
 #: Fields a tenant record's ``lockout_overrides`` may set on a lever.
 LEVER_FIELDS: Final = ("threshold", "window", "lock_for", "backoff", "max_lock")
@@ -245,29 +243,6 @@ def _check_field(lever: str, key: object, value: object) -> str:
         kind = "an integer" if key == "threshold" else "a number of seconds"
         raise ConfigurationError(f"lever {lever!r}: {key} must be {kind}, not {value!r}")
     return key
-
-
-def normalize_identifier(identifier: str) -> str:
-    """The one normalization of login identifiers: NFKC, casefold, NFKC, strip.
-
-    Raises ValueError when nothing is left, the input is absurdly long (over
-    1024 characters, or over the stores' 320 once normalized: NFKC can
-    lengthen text) or is no text a store can hold (a lone surrogate, a NUL),
-    before any lever is touched.
-    """
-    if not isinstance(identifier, str):
-        raise TypeError("an identifier must be a str")
-    if len(identifier) > _MAX_IDENTIFIER:
-        raise ValueError("identifier too long")
-    check_storable(identifier, "identifier")
-    # NFKC again after casefolding makes the function idempotent.
-    folded = unicodedata.normalize("NFKC", identifier).casefold()
-    normalized = unicodedata.normalize("NFKC", folded).strip()
-    if not normalized:
-        raise ValueError("empty identifier")
-    if len(normalized) > MAX_STORED_IDENTIFIER:
-        raise ValueError("identifier too long")
-    return normalized
 
 
 def check_tenant_id(tenant_id: str, what: str = "tenant id") -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, cast
@@ -46,6 +45,7 @@ from axess.login_fields import (
     readable,
 )
 from axess.net import MAX_ADDRESS_CHARS, client_ip, ip_prefix
+from axess.text import normalize_identifier
 
 #: Characters of a raw value looked at before normalizing and hashing.
 MAX_VALUE_CHARS: Final = 256
@@ -58,12 +58,6 @@ def digest(kind: str, value: str) -> str:
     """``kind#<32 hex>``: the bucket key of an identifier-bearing value."""
     raw = value.encode("utf-8", "surrogatepass")
     return kind + "#" + hashlib.blake2b(raw, digest_size=16, person=_PERSON).hexdigest()
-
-
-def normalize_identifier(value: str) -> str:
-    """Cap, NFKC-normalize, case-fold and collapse whitespace ('' if nothing is left)."""
-    value = unicodedata.normalize("NFKC", value[:MAX_VALUE_CHARS]).casefold()
-    return " ".join(value.split())[:MAX_VALUE_CHARS]
 
 
 def loggable(key: str) -> str:
@@ -314,8 +308,15 @@ class LoginIdentifierKey(Key):
             return self._refuse(ctx, exc)
         if value is None:
             return None
-        ident = normalize_identifier(value)
-        return digest(self.kind, ident) if ident else None
+        # The login's own normalization, of the whole value: any spelling of
+        # one account (padding, case, compatibility forms) is one bucket. A
+        # value it refuses names no account, and the login refuses it before
+        # any lever or hash: the IP's bucket counts it.
+        try:
+            ident = normalize_identifier(value)
+        except ValueError:
+            return None
+        return digest(self.kind, ident)
 
     def _refuse(self, ctx: KeyContext, exc: AmbiguousIdentifier) -> str:
         """Count an ambiguous body against the client's IP (whichever value it
