@@ -296,11 +296,24 @@ class Session(MutableMapping[str, Any]):
         """Replace the auth state (a value from the pure transitions).
 
         Entering ``Authenticated`` (or changing who is authenticated) rotates
-        the session id. The tenant recorded on the session follows the state.
+        the session id. A state of another account than the session held
+        (any state naming a user) starts with no custom data: nothing of the
+        previous account's is handed to the next. The tenant recorded on the
+        session follows the state.
         """
         self._changing()
         data = self.own_data()
         before = data.auth_state
+        if (
+            before.user is not None
+            and not isinstance(state, d.Guest)
+            and (before.user, before.tenant) != (state.user, state.tenant)
+        ):
+            # Another account on this session (a login over a half-finished
+            # or stepped-down one): none of the previous account's data goes
+            # with it (book: Sessions, "Signing in as another account").
+            self._custom = {}
+            self._shared_custom = None
         if isinstance(state, d.Authenticated) and before != state:
             # A login starts a new session: new id, new absolute lifetime.
             self._rotate = True
