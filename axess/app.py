@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Passes of a default-tenant "end every session" before it gives up (each
+#: pass lists again after a delete that found its session rotated away).
+_END_SESSIONS_PASSES = 8
+
 
 class _Installable(Protocol):
     def add_middleware(self, cls: Any, /, *args: Any, **kwargs: Any) -> None: ...
@@ -511,19 +515,29 @@ class Axess:
         the default tenant only, where :meth:`invalidate_user` reads ``None``
         as every tenant) but ``except_key``; how many ended. A session that
         another request rotates to a new id while this runs is ended under
-        its new id (book: Sessions, "Listing and revoking sessions")."""
+        its new id (book: Sessions, "Listing and revoking sessions").
+
+        Raises :class:`StoreError` when the store fails, or when the sessions
+        kept moving through several passes (nothing claimed ended that was
+        not)."""
         if tenant_id is not None:
             # The store's own pass repeats until a pass deletes nothing.
             return await self.invalidate_user(user_id, tenant_id=tenant_id, except_key=except_key)
         # The default tenant is recorded as none, which the stores read as
-        # "any tenant": its sessions go one by one, so that an app giving the
-        # same user id to users of other tenants keeps theirs. A delete that
-        # finds its row gone means it moved (or ended) since the listing:
-        # list again, until a pass ends every row it lists.
+        # "any tenant". When no other tenant has sessions of this id, the
+        # store's own pass ends them all; otherwise they go one by one, so
+        # that an app giving the same user id to users of other tenants keeps
+        # theirs. A delete that finds its row gone means it moved (or ended)
+        # since the listing: list again, until a pass ends every row it
+        # lists, or give up after a few passes rather than spin (a session
+        # rotating faster than this can end it).
         ended = 0
-        while True:
+        for _ in range(_END_SESSIONS_PASSES):
+            listed = await self.list_sessions(user_id)
+            if all(info.tenant_id is None for info in listed):
+                return ended + await self.invalidate_user(user_id, except_key=except_key)
             missed = False
-            for info in await self.list_sessions(user_id):
+            for info in listed:
                 if info.tenant_id is not None or info.storage_key == except_key:
                     continue
                 if await self.invalidate_session(info.storage_key):
@@ -532,6 +546,10 @@ class Axess:
                     missed = True
             if not missed:
                 return ended
+        raise StoreError(
+            "the user's sessions kept changing while they were being ended; try again",
+            substore="sessions",
+        )
 
     # -- lifespan -------------------------------------------------------------------------
     async def startup(self) -> None:
