@@ -276,6 +276,21 @@ class Dialect:
     begin_strict: str | None
     #: One row iff the table named by the parameter exists.
     table_exists: str
+    #: Appended to an INSERT to make it a no-op when its key is taken,
+    #: without the error that would abort the transaction it runs in
+    #: (``{first}``: the first column inserted).
+    ignore_duplicate: str
+    #: Appended to an INSERT: when its key ``{key}`` is taken, set column
+    #: ``{col}`` of that row to the inserted value instead.
+    upsert_column: str
+    #: Appended to a SELECT whose rows must stay locked until the
+    #: transaction ends ("" where ``begin`` already holds the write lock).
+    #: No other database's lock may stand in: one that parses and does not
+    #: lock would let the lockout's guess budget leak.
+    row_lock: str
+    #: An integer parameter where the database cannot infer its type (a
+    #: ``CASE`` branch).
+    int_param: str
     #: Serializes concurrent migrations (run right after ``begin``; a result
     #: of 0 means the lock was not granted).
     migration_lock: str | None = None

@@ -4,9 +4,8 @@
 One implementation for every dialect: inserts use the dialect's
 insert-if-absent suffix (MySQL: a duplicate-key error, reported by the
 driver's ``is_duplicate``). An insert inside a transaction, where a
-duplicate-key error would abort it, takes its suffix from
-:data:`_ENSURE_SUFFIX` by dialect name; a dialect without an entry there is
-refused with ``ConfigurationError``. The two races that matter are single
+duplicate-key error would abort it, takes the dialect's
+``ignore_duplicate`` suffix instead. The two races that matter are single
 statements, atomic on every database:
 
 * TOTP replay guard: ``UPDATE … SET totp_last_step = ? WHERE user_id = ?
@@ -31,7 +30,6 @@ from axess.stores.base import (
     TenantRecord,
     UserRecord,
 )
-from axess.stores.sql.lockout import unknown_dialect
 from axess.stores.sql.params import ms
 from axess.stores.sql.part import SQLStorePart
 
@@ -43,13 +41,6 @@ _TENANT_COLS: Final = (
     "tenant_id, slug, status, pepper, ip_allow, ip_deny, lockout_overrides, created_at"
 )
 _USER_COLS: Final = "user_id, tenant_id, identifier, status, created_at, last_login_at"
-#: dialect -> what makes an INSERT a no-op on a taken key without an error,
-#: which would abort the transaction it runs in (``{first}``: the first column).
-_ENSURE_SUFFIX: Final[dict[str, str]] = {
-    "sqlite": " ON CONFLICT DO NOTHING",
-    "postgres": " ON CONFLICT DO NOTHING",
-    "mysql": " ON DUPLICATE KEY UPDATE {first} = {first}",
-}
 
 
 def _dump(value: object) -> str:
@@ -253,10 +244,7 @@ class SQLIdentityMixin(SQLStorePart):
         table, columns, values = ensure
         marks = ", ".join("?" * len(values))
         first = columns.split(",")[0]
-        try:
-            suffix = _ENSURE_SUFFIX[self._dialect.name].format(first=first)
-        except KeyError:
-            raise unknown_dialect(self._dialect.name, "identity", _ENSURE_SUFFIX) from None
+        suffix = self._dialect.ignore_duplicate.format(first=first)
         insert = self._sql(
             f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
             + suffix

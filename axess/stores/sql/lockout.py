@@ -1,9 +1,8 @@
 """The lockout substore on SQL (mixed into :class:`~axess.stores.sql.engine.SQLStore`).
 
 One implementation for every dialect; only the insert-if-absent / upsert
-suffixes, the row lock and the batched purge differ (:data:`_FRAGMENTS`, by
-dialect name). A dialect without an entry there is refused with
-``ConfigurationError`` rather than given another database's SQL.
+suffixes, the row lock, the batched purge and a typed parameter differ, and
+those come from the store's :class:`~axess.stores.sql.engine.Dialect`.
 
 A failure is one transaction (one round trip per statement, no Python
 between them but the state transition):
@@ -24,10 +23,10 @@ more than ``threshold`` units of a lever are handed out in one window.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from axess.errors import ConfigurationError, StoreError
+from axess.errors import StoreError
 from axess.stores.base import (
     LOCKOUT,
     LeverSpec,
@@ -47,44 +46,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _COLS: Final = "lkey, failures, window_start, locked_until, lockouts, expires_at"
-#: dialect -> (insert-if-absent suffix, origin upsert suffix, row lock, purge
-#: batch, an integer parameter in a CASE branch)
-_FRAGMENTS: Final[dict[str, tuple[str, str, str, str, str]]] = {
-    "sqlite": (
-        " ON CONFLICT (lkey) DO NOTHING",
-        " ON CONFLICT (lkey) DO UPDATE SET expires_at = excluded.expires_at",
-        "",
-        "DELETE FROM axess_lockouts WHERE lkey IN "
-        "(SELECT lkey FROM axess_lockouts WHERE expires_at <= ? LIMIT ?)",
-        "CAST(? AS BIGINT)",
-    ),
-    "postgres": (
-        " ON CONFLICT (lkey) DO NOTHING",
-        " ON CONFLICT (lkey) DO UPDATE SET expires_at = excluded.expires_at",
-        " FOR UPDATE",
-        "DELETE FROM axess_lockouts WHERE lkey IN "
-        "(SELECT lkey FROM axess_lockouts WHERE expires_at <= ? LIMIT ?)",
-        # PostgreSQL types a bare parameter in a CASE as text.
-        "CAST(? AS BIGINT)",
-    ),
-    "mysql": (
-        " ON DUPLICATE KEY UPDATE lkey = lkey",
-        " ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
-        " FOR UPDATE",
-        "DELETE FROM axess_lockouts WHERE expires_at <= ? LIMIT ?",
-        "?",
-    ),
-}
 _PURGE_BATCH: Final = 1000
-
-
-def unknown_dialect(name: str, substore: str, known: Collection[str]) -> ConfigurationError:
-    """The error for a dialect a substore module has no SQL for."""
-    return ConfigurationError(
-        f"SQL dialect {name!r} has no {substore} statements (axess has them for "
-        f"{', '.join(sorted(known))}); add its fragments to axess.stores.sql.{substore} "
-        '(book: Storage, "Adding a SQL dialect")'
-    )
 
 
 def _state(row: Sequence[Any]) -> LeverState:
@@ -101,15 +63,6 @@ def _state(row: Sequence[Any]) -> LeverState:
 class SQLLockoutMixin(SQLStorePart):
     """Lockout methods of :class:`SQLStore` (see the module docstring)."""
 
-    def _fragments(self) -> tuple[str, str, str, str, str]:
-        # No fallback: another database's upsert or row lock may parse and
-        # still not lock, and the guess budget then leaks (book: Storage,
-        # "Adding a SQL dialect").
-        try:
-            return _FRAGMENTS[self._dialect.name]
-        except KeyError:
-            raise unknown_dialect(self._dialect.name, "lockout", _FRAGMENTS) from None
-
     async def _lockout_op(self, what: str, body: Callable[[Connection], Awaitable[T]]) -> T:
         try:
             return await self._op(what, body, substore=LOCKOUT)
@@ -119,7 +72,7 @@ class SQLLockoutMixin(SQLStorePart):
 
     def _select(self, n: int, *, lock: bool) -> str:
         marks = ", ".join("?" * n)
-        suffix = self._fragments()[2] if lock else ""
+        suffix = self._dialect.row_lock if lock else ""
         return self._sql(
             f"SELECT {_COLS} FROM axess_lockouts WHERE lkey IN ({marks}) "  # noqa: S608
             f"ORDER BY lkey{suffix}"
@@ -150,7 +103,7 @@ class SQLLockoutMixin(SQLStorePart):
         specs = sorted(levers, key=lambda s: s.key)
         if not specs:
             return LockoutReservation({}, [])
-        ignore = self._fragments()[0]
+        ignore = self._dialect.ignore_duplicate.format(first="lkey")
         insert = self._sql(
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES "  # noqa: S608
             + ", ".join(["(?, 0, 0, 0, 0, 0)"] * len(specs))
@@ -182,7 +135,7 @@ class SQLLockoutMixin(SQLStorePart):
 
     def _update_states(self, states: Sequence[LeverState]) -> tuple[str, list[object]]:
         """One ``UPDATE`` writing every state (a ``CASE`` per column)."""
-        cast = self._fragments()[4]
+        cast = self._dialect.int_param
         columns: list[str] = []
         args: list[object] = []
         for column, value in (
@@ -230,14 +183,14 @@ class SQLLockoutMixin(SQLStorePart):
         )
         upsert = self._sql(
             f"INSERT INTO axess_lockouts ({_COLS}) VALUES (?, 0, 0, 0, 0, ?)"  # noqa: S608
-            + self._fragments()[1]
+            + self._dialect.upsert_column.format(key="lkey", col="expires_at")
         )
         # A unit listed k times is k units handed back (the password and the
         # code step of one login reserve one each, in the same window): one
         # UPDATE would match its row once, so each row drops by its count,
         # never below zero (release_unit applied k times).
         units = sorted(Counter((k, ms(w)) for k, w in release).items())
-        cast = self._fragments()[4]
+        cast = self._dialect.int_param
         match = "lkey = ? AND window_start = ?"
         drops = " ".join(
             f"WHEN {match} THEN CASE WHEN failures > {cast} THEN failures - {cast} ELSE 0 END"
@@ -263,7 +216,7 @@ class SQLLockoutMixin(SQLStorePart):
         lock = self._select(len(locked), lock=True)
 
         async def steps(conn: Connection) -> None:
-            if units and self._fragments()[2]:
+            if units and self._dialect.row_lock:
                 await conn.run(lock, locked, fetch=True)
             if keys:
                 await conn.run(delete, keys)
@@ -306,7 +259,9 @@ class SQLLockoutMixin(SQLStorePart):
 
     async def purge_expired_lockouts(self, now: float) -> int:
         """Delete dead counters and expired trusted origins, in batches; the count."""
-        sql = self._sql(self._fragments()[3])
+        sql = self._sql(
+            self._dialect.purge_batch.format(table="axess_lockouts", key="lkey", col="expires_at")
+        )
 
         async def batch(conn: Connection) -> int:
             return (await conn.run(sql, (ms(now), _PURGE_BATCH))).rowcount

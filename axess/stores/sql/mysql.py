@@ -37,6 +37,10 @@ MYSQL: Final = Dialect(
     table_exists=(
         "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
     ),
+    ignore_duplicate=" ON DUPLICATE KEY UPDATE {first} = {first}",
+    upsert_column=" ON DUPLICATE KEY UPDATE {col} = VALUES({col})",
+    row_lock=" FOR UPDATE",
+    int_param="?",
     # DDL commits implicitly in MySQL, so the migration transaction cannot be
     # the lock: a named lock held by the session is.
     migration_lock=f"SELECT GET_LOCK({_LOCK_NAME}, 60)",

@@ -33,6 +33,11 @@ POSTGRES: Final = Dialect(
     begin_strict="BEGIN ISOLATION LEVEL REPEATABLE READ",
     # to_regclass resolves through search_path, like every other statement.
     table_exists="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+    ignore_duplicate=" ON CONFLICT DO NOTHING",
+    upsert_column=" ON CONFLICT ({key}) DO UPDATE SET {col} = excluded.{col}",
+    row_lock=" FOR UPDATE",
+    # PostgreSQL types a bare parameter in a CASE as text.
+    int_param="CAST(? AS BIGINT)",
     migration_lock=f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})",
 )
 

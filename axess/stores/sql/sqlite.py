@@ -35,6 +35,11 @@ SQLITE: Final = Dialect(
     # One connection, serialized: a single DELETE sees every committed row.
     begin_strict=None,
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    ignore_duplicate=" ON CONFLICT DO NOTHING",
+    upsert_column=" ON CONFLICT ({key}) DO UPDATE SET {col} = excluded.{col}",
+    # BEGIN IMMEDIATE holds the database's write lock: no row lock needed.
+    row_lock="",
+    int_param="CAST(? AS BIGINT)",
 )
 
 
