@@ -168,8 +168,8 @@ class TOTPCodeRequest(_Request):
 class CSRFTokenResponse(BaseModel):
     csrf_token: str | None = Field(
         description="Send it back in the X-CSRF-Token header of every POST and DELETE "
-        "(the response also sets it as the axess.csrf cookie); null when the app "
-        "runs without CSRF protection."
+        "(the response also sets it as the CSRF cookie, __Host-axess.csrf by default); "
+        "null when the app runs without CSRF protection."
     )
 
 

@@ -460,10 +460,12 @@ def collected(name: str, server: str, n: int) -> int:
 def axess_cookies() -> str:
     """Cookies of the full axess row's login (from an in-process twin: the
     same format and length, signed with another key), for bare Starlette."""
+    from axess import SessionConfig
     from benchmarks.asgi import Client
     from benchmarks.variants import _login
 
-    scope = asyncio.run(_login(build("axess"), Client(user_agent=UA), "axess.sid"))
+    name = SessionConfig(secure=False).resolved_cookie_name  # build("axess"): plain HTTP
+    scope = asyncio.run(_login(build("axess"), Client(user_agent=UA), name))
     return dict(scope["headers"])[b"cookie"].decode("latin-1")
 
 

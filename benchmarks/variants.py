@@ -28,7 +28,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from axess import Axess, BindingPolicy, Keyring, RateLimit, get_session
+from axess import Axess, BindingPolicy, Keyring, RateLimit, SessionConfig, get_session
 from axess.stores import MemoryStore
 from benchmarks.asgi import Client, ScopeTemplate, call, make_scope, run_requests
 from benchmarks.counting import (
@@ -235,7 +235,8 @@ async def _axess_bench(
         ]
     else:
         clients = [Client()]
-    scopes = [await _login(app, c, "axess.sid") for c in clients]
+    session = options.get("session") or SessionConfig()
+    scopes = [await _login(app, c, session.resolved_cookie_name) for c in clients]
     stack = app.middleware_stack  # built by the first request
     notes.append(" → ".join(axess_layers(stack)))
     details: list[str] = []

@@ -69,7 +69,6 @@ from axess.authn import (
     TOTPEnrolment,
     TOTPSecretUnavailable,
 )
-from axess.authn.device import DEVICE_COOKIE
 from axess.ratelimit import auth_rules
 from axess.refusals import Refusal, retry_after_words, wants_html
 from axess.stores import SQLiteStore
@@ -161,7 +160,9 @@ auth = Axess(
     store=SQLiteStore(str(DB_PATH)),
     keys=keys,
     # Plain http on 127.0.0.1: browsers would drop a Secure cookie. These are
-    # named weakenings and are logged as WARNINGs at startup.
+    # named weakenings and are logged as WARNINGs at startup. Without Secure
+    # the cookies cannot carry the __Host- prefix either: they are axess.sid,
+    # axess.csrf and axess.device here (book: Sessions, "Cookie tossing").
     session=SessionConfig(secure=False, idle_timeout=30 * 60),
     csrf=CSRFConfig(secure=False),
     rate_limits=[*auth_rules(login_paths=["/login", "/login/totp"], login_fields=LOGIN_FIELDS)],
@@ -171,6 +172,8 @@ auth = Axess(
 )
 assert auth.authn is not None and auth.users is not None
 authn, users = auth.authn, auth.users
+#: The device cookie's name as the app resolved it (``axess.device`` on plain http).
+DEVICE_COOKIE = authn.device_cookie.config.resolved_name
 
 #: The only texts ``/?msg=`` shows (anything else is ignored, so a link
 #: cannot put words on the page). Value: (text, is it good news).
@@ -445,7 +448,10 @@ async def revoke(request: Request) -> Response:
 
 async def forget_device(request: Request) -> Response:
     response = redirect("Browser forgotten")
-    response.delete_cookie(DEVICE_COOKIE, path="/", httponly=True, samesite="lax")
+    device = authn.device_cookie.config
+    response.delete_cookie(
+        DEVICE_COOKIE, path=device.path, secure=device.secure, httponly=True, samesite="lax"
+    )
     return response
 
 

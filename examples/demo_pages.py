@@ -186,7 +186,8 @@ def lockout_rules(*, user_threshold: int, user_lock: int, user_max_lock: int) ->
 
 
 TRUSTED_ORIGINS = """<p>A browser that completed a sign-in gets a <em>device cookie</em>
-(<code>axess.device</code>). For that account it is then a <em>trusted origin</em>: its
+(<code>axess.device</code> on this plain-http demo, <code>__Host-axess.device</code> over
+https). For that account it is then a <em>trusted origin</em>: its
 wrong passwords do not count on the account lever, so someone guessing elsewhere can lock
 the account but not lock you out of it. They still count on the IP lever, and second
 factors (codes) always count.</p>

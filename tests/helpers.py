@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from starlette.applications import Starlette
@@ -11,11 +11,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from axess import Axess, Keyring, MockClock, SessionConfig, StoreError, get_session
+from axess import Axess, CSRFConfig, Keyring, MockClock, SessionConfig, StoreError, get_session
+from axess.authn.device import DeviceCookieConfig
 from axess.net import TrustedProxies
 from axess.stores import MemoryStore
 from axess.stores.base import NOT_NOW, NotNow, SessionRecord
 from axess.testing import SeededRandom
+
+#: The cookie names of the tests' apps: axess's defaults for a Secure cookie on
+#: Path=/ (the tests talk to https://testserver), i.e. the ``__Host-`` names,
+#: taken from the configs instead of spelled out (book: Sessions, "Cookie tossing").
+SESSION_COOKIE: Final = SessionConfig().resolved_cookie_name
+CSRF_COOKIE: Final = CSRFConfig().resolved_cookie_name
+DEVICE_COOKIE_NAME: Final = DeviceCookieConfig().resolved_name
 
 
 class CountingStore(MemoryStore):
@@ -169,7 +177,7 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://testserver")
 
 
-def cookie_of(response: httpx.Response, name: str = "axess.sid") -> str | None:
+def cookie_of(response: httpx.Response, name: str = SESSION_COOKIE) -> str | None:
     """The value a Set-Cookie for ``name`` sets ('' when it deletes), else None."""
     for header in response.headers.get_list("set-cookie"):
         k, _, rest = header.partition("=")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from authn_app import fast_hasher
 from fastapi import FastAPI, Request
+from helpers import CSRF_COOKIE
 
 from axess import Axess, Keyring, MockClock, SessionConfig, get_session
 from axess.authn.lockout import LockoutPolicy
@@ -166,9 +167,9 @@ class Client:
         await self.http.aclose()
 
     async def send(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        if "axess.csrf" not in self.http.cookies:
+        if CSRF_COOKIE not in self.http.cookies:
             await self.http.get("/auth/csrf")
-        token = self.http.cookies["axess.csrf"]
+        token = self.http.cookies[CSRF_COOKIE]
         return await self.http.request(method, path, json=body, headers={"x-csrf-token": token})
 
     async def post(self, path: str, body: Any = None) -> httpx.Response:

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from authn_app import Env, enrol_totp, fast_hasher, make_env
+from helpers import SESSION_COOKIE
 
 from axess.audit.events import EventType
 from axess.authn import PasswordHasher
@@ -20,7 +21,7 @@ from axess.session.cookie import storage_key
 from axess.stores import MemoryStore
 from axess.stores.base import DEFAULT_TENANT, SUSPENDED, TenantRecord
 
-COOKIE = "axess.sid"
+COOKIE = SESSION_COOKIE
 
 
 async def login(c: httpx.AsyncClient, ident: str, pw: str, **kw: str) -> httpx.Response:
@@ -92,7 +93,7 @@ async def test_a_failed_login_without_a_cookie_stores_no_session(login_store: An
         assert len(login_store) == 0
     async with env.client() as c:  # a success still stores its session
         r = await login(c, "alice", "correct horse")
-        assert r.status_code == 200 and "axess.sid" in c.cookies
+        assert r.status_code == 200 and SESSION_COOKIE in c.cookies
         assert (await c.get("/me")).json()["user"] == "u-alice"
 
 

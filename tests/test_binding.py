@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import CountingStore, client, cookie_of, make_app, make_bound_auth
+from helpers import SESSION_COOKIE, CountingStore, client, cookie_of, make_app, make_bound_auth
 
 from axess import Axess, Keyring, MockClock
 from axess.net import TrustedProxies
@@ -40,7 +40,7 @@ async def login(auth: Axess, headers: dict[str, str]) -> str:
 
 async def whoami(auth: Axess, cookie: str, headers: dict[str, str]) -> tuple[Any, Any]:
     async with client(make_app(auth)) as c:
-        c.cookies.set("axess.sid", cookie)
+        c.cookies.set(SESSION_COOKIE, cookie)
         r = await c.get("/read", headers=headers)
     return r.json(), r
 
@@ -73,7 +73,7 @@ async def test_a_revoked_replay_reads_none_of_the_victims_data() -> None:
     auth = make()
     cookie = await login(auth, env("198.51.100.10"))
     async with client(make_app(auth)) as c:
-        c.cookies.set("axess.sid", cookie)
+        c.cookies.set(SESSION_COOKIE, cookie)
         r = await c.post("/write?secret=s3", headers=env("198.51.100.10"))
         assert r.json() == {"n": 1}
         assert (await c.get("/read", headers=env("198.51.100.10"))).json()["n"] == 1

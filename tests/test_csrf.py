@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers import ROUTES, client, cookie_of, make_auth
+from helpers import CSRF_COOKIE, ROUTES, SESSION_COOKIE, client, cookie_of, make_auth
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -56,7 +56,7 @@ async def test_get_is_never_blocked_and_post_without_token_is_403() -> None:
 async def test_token_round_trip_with_header() -> None:
     async with client(app_for(csrf_auth())) as c:
         t = (await c.get("/token")).json()["token"]
-        assert c.cookies.get("axess.csrf") == t
+        assert c.cookies.get(CSRF_COOKIE) == t
         r = await c.post("/write", headers={"x-csrf-token": t})
         assert r.status_code == 200
 
@@ -80,7 +80,7 @@ async def test_token_from_another_session_is_refused() -> None:
         await attacker.post("/login?user=mallory", headers={"x-csrf-token": await _anon(attacker)})
         stolen = (await attacker.get("/token")).json()["token"]
         await victim.post("/login?user=alice", headers={"x-csrf-token": await _anon(victim)})
-        victim.cookies.set("axess.csrf", stolen)  # cookie injection + matching header
+        victim.cookies.set(CSRF_COOKIE, stolen)  # cookie injection + matching header
         r = await victim.post("/write", headers={"x-csrf-token": stolen})
         assert r.status_code == 403
 
@@ -94,7 +94,7 @@ async def test_token_reminted_after_login_works_on_next_post() -> None:
         anon = await _anon(c)
         r = await c.post("/login?user=alice", headers={"x-csrf-token": anon})
         assert r.status_code == 200
-        new = cookie_of(r, "axess.csrf")
+        new = cookie_of(r, CSRF_COOKIE)
         assert new and new != anon
         # the old token no longer fits the rotated session
         assert (await c.post("/write", headers={"x-csrf-token": anon})).status_code == 403
@@ -102,7 +102,7 @@ async def test_token_reminted_after_login_works_on_next_post() -> None:
         # logout rotates again
         r = await c.post("/logout", headers={"x-csrf-token": new})
         assert r.status_code == 200
-        after = cookie_of(r, "axess.csrf")
+        after = cookie_of(r, CSRF_COOKIE)
         assert after and after != new
 
 
@@ -111,15 +111,15 @@ async def test_a_session_revoked_for_a_binding_mismatch_gets_an_anonymous_token(
     async with client(app) as c:
         t = await _anon(c)
         r = await c.post("/login?user=alice", headers={"x-csrf-token": t})
-        signed_in = cookie_of(r, "axess.csrf")
+        signed_in = cookie_of(r, CSRF_COOKIE)
         assert signed_in and (await c.get("/read")).json()["user"] == "alice"
         # The cookie replayed by another browser: revoked, and the response
         # replaces the token bound to the dead session with an anonymous one.
         r = await c.get("/read", headers={"user-agent": "curl/8.0"})
         assert r.json()["user"] is None and cookie_of(r) == ""
-        fresh = cookie_of(r, "axess.csrf")
+        fresh = cookie_of(r, CSRF_COOKIE)
         assert fresh and fresh != signed_in
-        c.cookies.delete("axess.sid")
+        c.cookies.delete(SESSION_COOKIE)
         assert (await c.post("/write", headers={"x-csrf-token": signed_in})).status_code == 403
         assert (await c.post("/write", headers={"x-csrf-token": fresh})).status_code == 200
 
@@ -174,7 +174,7 @@ async def test_garbage_tokens_are_403_not_500() -> None:
     async with client(app_for(csrf_auth())) as c:
         t = await _anon(c)
         for bad in ["", "a" * 43, t[:-1] + ("A" if t[-1] != "A" else "B"), "é" * 43, t + "="]:
-            c.cookies.set("axess.csrf", bad or "x")
+            c.cookies.set(CSRF_COOKIE, bad or "x")
             r = await c.post("/write", headers={"x-csrf-token": bad.encode("utf-8")})
             assert r.status_code == 403
 
@@ -213,7 +213,7 @@ async def test_first_form_on_a_new_session_works() -> None:
     async with client(app) as c:
         html = (await c.get("/page")).text
         t = html.split('value="')[1].split('"')[0]
-        assert c.cookies.get("axess.csrf") == t
+        assert c.cookies.get(CSRF_COOKIE) == t
         r = await c.post("/login?user=alice", headers={"x-csrf-token": t})
         assert r.status_code == 200
 
@@ -234,5 +234,5 @@ async def test_form_rendered_in_the_login_response_fits_the_rotated_session() ->
         anon = await _anon(c)
         r = await c.post("/login-page", headers={"x-csrf-token": anon})
         t = r.text.split('value="')[1].split('"')[0]
-        assert t != anon and c.cookies.get("axess.csrf") == t
+        assert t != anon and c.cookies.get(CSRF_COOKIE) == t
         assert (await c.post("/write", headers={"x-csrf-token": t})).status_code == 200

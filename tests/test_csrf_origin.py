@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import ROUTES, CountingStore, client, cookie_of, make_auth
+from helpers import CSRF_COOKIE, ROUTES, CountingStore, client, cookie_of, make_auth
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -103,8 +103,8 @@ async def test_with_cookies_a_same_origin_request_still_needs_the_token() -> Non
 async def test_a_valid_token_from_a_foreign_origin_is_still_refused() -> None:
     async with client(app_for(origin_auth())) as c:
         r = await c.post("/write", headers={"origin": "https://testserver"})
-        assert r.status_code == 200 and cookie_of(r, "axess.csrf")  # the session is stored
-        token = c.cookies["axess.csrf"]
+        assert r.status_code == 200 and cookie_of(r, CSRF_COOKIE)  # the session is stored
+        token = c.cookies[CSRF_COOKIE]
         r = await c.post("/write", headers={"x-csrf-token": token, "origin": EVIL})
         assert r.status_code == 403 and r.json() == REFUSED
         r = await c.post("/write", headers={"x-csrf-token": token, "origin": "https://testserver"})
@@ -294,12 +294,12 @@ async def test_a_json_client_can_retry_a_failed_first_login_without_a_bootstrap_
         body = {"email": "ann@example.com", "password": "right password"}
         r = await c.post("/login", json=body)
         assert r.status_code == 200 and r.json()["authenticated"] is True
-        assert cookie_of(r) and cookie_of(r, "axess.csrf")  # signed in: a token with it
+        assert cookie_of(r) and cookie_of(r, CSRF_COOKIE)  # signed in: a token with it
         assert (await c.get("/me")).json() == {"user": r.json()["user_id"]}
         # From now on the client holds a session cookie: the token is required.
         r = await c.post("/login", json=body)
         assert r.status_code == 403
-        token = c.cookies["axess.csrf"]
+        token = c.cookies[CSRF_COOKIE]
         r = await c.post("/login", json=body, headers={"x-csrf-token": token})
         assert r.status_code == 200
 
@@ -312,20 +312,20 @@ async def test_a_two_step_login_hands_out_the_token_with_the_login_in_progress()
         r = await c.post("/begin", json={"email": "ann@example.com"})  # no cookies: unchecked
         assert r.json() == {"factor_required": "password"}
         # begin_login stored the login in progress: session cookie and token together.
-        assert cookie_of(r) and cookie_of(r, "axess.csrf")
+        assert cookie_of(r) and cookie_of(r, CSRF_COOKIE)
         body = {"password": "right password"}
         assert (await c.post("/password", json=body)).status_code == 403
-        r = await c.post("/password", json=body, headers={"x-csrf-token": c.cookies["axess.csrf"]})
+        r = await c.post("/password", json=body, headers={"x-csrf-token": c.cookies[CSRF_COOKIE]})
         assert r.status_code == 200 and r.json()["authenticated"] is True
 
 
 async def test_a_stored_session_without_a_csrf_cookie_gets_one_but_then_none() -> None:
     async with client(app_for(origin_auth())) as c:
         r = await c.post("/write?x=1")  # no cookies: not checked, creates the session
-        assert cookie_of(r) and cookie_of(r, "axess.csrf")
-        c.cookies.delete("axess.csrf")
+        assert cookie_of(r) and cookie_of(r, CSRF_COOKIE)
+        c.cookies.delete(CSRF_COOKIE)
         r = await c.get("/read")
-        assert cookie_of(r, "axess.csrf")  # the browser lost it: handed out again
+        assert cookie_of(r, CSRF_COOKIE)  # the browser lost it: handed out again
         r = await c.get("/read")
         assert "set-cookie" not in r.headers  # it holds one now: plain views set nothing
 

@@ -480,14 +480,15 @@ async def test_a_browser_that_signed_in_is_a_trusted_origin_until_it_is_forgotte
         assert "holds no device cookie" in page
         await _sign_in(c, demo.DEMO_USER, demo.DEMO_PASSWORD)
         await _post(c, "/logout")
-        assert "axess.device" in c.cookies
+        assert demo.DEVICE_COOKIE == "axess.device"  # plain http: no __Host- prefix
+        assert demo.DEVICE_COOKIE in c.cookies
         # Wrong passwords from the trusted browser do not count on the account lever.
         for _ in range(demo.USER_LEVER.threshold + 1):
             r, page = await _sign_in(c, demo.DEMO_USER, "wrong")
             assert r.status_code == 303 and "Invalid" in r.headers["location"]
         assert "holds a device cookie" in page
         r = await c.post("/device/forget", data={"csrf_token": _token(page)})
-        assert r.status_code == 303 and "axess.device" not in c.cookies
+        assert r.status_code == 303 and demo.DEVICE_COOKIE not in c.cookies
         assert "device cookie is gone" in (await c.get(r.headers["location"])).text
 
 

@@ -1,6 +1,6 @@
 """The device cookie and the trusted origin of the lockout DoS guard.
 
-A browser that completed a login carries a signed ``axess.device`` cookie;
+A browser that completed a login carries a signed device cookie (``__Host-axess.device``);
 its owner stays exempt from the user lever while strangers (even on the
 same network, even with their own device cookie) are locked out.
 """
@@ -12,10 +12,11 @@ import logging
 import httpx
 import pytest
 from authn_app import Env, enrol_totp, make_env
+from helpers import DEVICE_COOKIE_NAME
 
 from axess import Axess, Keyring, SessionConfig
 from axess.authn import Lever, Lockout, LockoutPolicy
-from axess.authn.device import DEVICE_COOKIE, DeviceCookie, DeviceCookieConfig
+from axess.authn.device import DeviceCookie, DeviceCookieConfig
 from axess.authn.password import PasswordHasher
 from axess.authn.totp import totp
 from axess.keys import Key
@@ -30,9 +31,9 @@ async def _login(c: httpx.AsyncClient, password: str, identifier: str = "owner")
 
 
 def _replace_device_cookie(client: httpx.AsyncClient, value: str) -> None:
-    (domain,) = {c.domain for c in client.cookies.jar if c.name == DEVICE_COOKIE}
-    client.cookies.delete(DEVICE_COOKIE)
-    client.cookies.set(DEVICE_COOKIE, value, domain=domain)
+    (domain,) = {c.domain for c in client.cookies.jar if c.name == DEVICE_COOKIE_NAME}
+    client.cookies.delete(DEVICE_COOKIE_NAME)
+    client.cookies.set(DEVICE_COOKIE_NAME, value, domain=domain)
 
 
 async def _lock_out(env: Env, identifier: str = "owner") -> None:
@@ -49,7 +50,7 @@ async def test_a_complete_login_sets_the_device_cookie() -> None:
     async with env.client() as c:
         r = await c.post("/login", json={"identifier": "owner", "password": PASSWORD})
     assert r.status_code == 200
-    header = next(h for h in r.headers.get_list("set-cookie") if h.startswith(DEVICE_COOKIE))
+    header = next(h for h in r.headers.get_list("set-cookie") if h.startswith(DEVICE_COOKIE_NAME))
     attrs = [a.strip() for a in header.split(";")]
     assert {"HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=2592000"} <= set(attrs)
     value = attrs[0].split("=", 1)[1]
@@ -62,7 +63,7 @@ async def test_failed_login_sets_no_device_cookie() -> None:
     async with env.client() as c:
         r = await c.post("/login", json={"identifier": "owner", "password": "wrong"})
     assert r.status_code == 401
-    assert not any(h.startswith(DEVICE_COOKIE) for h in r.headers.get_list("set-cookie"))
+    assert not any(h.startswith(DEVICE_COOKIE_NAME) for h in r.headers.get_list("set-cookie"))
 
 
 async def test_owner_with_device_cookie_gets_in_while_a_neighbour_is_locked_out() -> None:
@@ -90,7 +91,7 @@ async def test_a_forged_or_foreign_device_cookie_is_no_exemption() -> None:
         await attacker.post("/logout")
         await _lock_out(env)  # a different client: still locked for the owner
         assert await _login(attacker, PASSWORD, "owner") == 429  # own cookie: no help
-        cookie = attacker.cookies[DEVICE_COOKIE]
+        cookie = attacker.cookies[DEVICE_COOKIE_NAME]
         forged = cookie[:-1] + ("A" if cookie[-1] != "A" else "B")
         _replace_device_cookie(attacker, forged)
         assert await _login(attacker, PASSWORD, "owner") == 429
@@ -102,7 +103,7 @@ async def test_device_keys_rotate_like_the_others() -> None:
     async with env.client() as owner:
         assert await _login(owner, PASSWORD) == 200
         await owner.post("/logout")
-        old = owner.cookies[DEVICE_COOKIE]
+        old = owner.cookies[DEVICE_COOKIE_NAME]
         await _lock_out(env)
         # A new active device key; the old one still verifies.
         keys = env.keys
@@ -115,7 +116,7 @@ async def test_device_keys_rotate_like_the_others() -> None:
         )
         env.authn.device_cookie = DeviceCookie(rotated)
         assert await _login(owner, PASSWORD) == 200  # still exempt
-        renewed = owner.cookies[DEVICE_COOKIE]
+        renewed = owner.cookies[DEVICE_COOKIE_NAME]
         assert renewed != old and renewed.split(".")[0] == old.split(".")[0]  # re-signed
         await owner.post("/logout")
         # Once the old key is gone, only the re-signed cookie is valid.
@@ -181,16 +182,16 @@ async def test_the_device_cookie_of_a_login_is_trusted_whatever_the_ip_setting(
     await env.add_user("owner")
     async with _from(env, "198.51.100.7") as owner:
         assert await _login(owner, PASSWORD) == 200
-        assert DEVICE_COOKIE in owner.cookies
+        assert DEVICE_COOKIE_NAME in owner.cookies
         await owner.post("/logout")
         async with _from(env, "203.0.113.9") as stranger:  # another network
             assert [await _login(stranger, "guess") for _ in range(6)][-1] == 429
         assert await _login(owner, PASSWORD) == 200
-        (device,) = [c for c in owner.cookies.jar if c.name == DEVICE_COOKIE]
+        (device,) = [c for c in owner.cookies.jar if c.name == DEVICE_COOKIE_NAME]
     # The browser (device cookie kept) logs in from a new network, which the
     # attacker locks again for everyone without a trusted origin.
     async with _from(env, "192.0.2.10") as owner_elsewhere:
-        owner_elsewhere.cookies.set(DEVICE_COOKIE, device.value or "", domain=device.domain)
+        owner_elsewhere.cookies.set(DEVICE_COOKIE_NAME, device.value or "", domain=device.domain)
         assert await _login(owner_elsewhere, PASSWORD) == 200
     async with _from(env, "203.0.113.9") as stranger:
         assert [await _login(stranger, "guess") for _ in range(6)][-1] == 429

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from helpers import client, cookie_of, make_app, make_auth
+from helpers import SESSION_COOKIE, client, cookie_of, make_app, make_auth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,7 +99,7 @@ async def test_previous_key_session_is_resealed_on_next_write() -> None:
     assert SessionCrypto(ring(E1)).kid_of(row.payload) == "e1"
     new_auth = make_auth(store, keys=ring(E2, E1), clock=old_auth.clock)  # type: ignore[arg-type]
     async with client(make_app(new_auth)) as c:
-        c.cookies.set("axess.sid", cookie or "")
+        c.cookies.set(SESSION_COOKIE, cookie or "")
         r = await c.get("/read")
         assert r.json()["user"] == "alice"
         (row,) = await store.list_user_sessions("alice", new_auth.clock.time())  # type: ignore[attr-defined]
@@ -116,7 +116,7 @@ async def test_unknown_kid_in_store_gives_guest(caplog: pytest.LogCaptureFixture
         cookie = cookie_of(await c.post("/login?user=alice"))
     new_auth = make_auth(old_auth.store, keys=ring(E2), clock=old_auth.clock)  # type: ignore[arg-type]
     async with client(make_app(new_auth)) as c:
-        c.cookies.set("axess.sid", cookie or "")
+        c.cookies.set(SESSION_COOKIE, cookie or "")
         with caplog.at_level(logging.WARNING, logger="axess.session"):
             r = await c.get("/read")
             r2 = await c.get("/read")

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from authn_app import fast_hasher
 from fastapi import Depends, FastAPI, Request
+from helpers import CSRF_COOKIE, SESSION_COOKIE
 
 from axess import (
     Axess,
@@ -180,7 +181,7 @@ async def test_csrf_bootstrap_wrong_password_then_right(api: Api) -> None:
     async with api.client() as c:
         r = await c.get("/auth/csrf")
         assert r.status_code == 200
-        assert r.json()["csrf_token"] == c.http.cookies["axess.csrf"]
+        assert r.json()["csrf_token"] == c.http.cookies[CSRF_COOKIE]
         assert r.headers["cache-control"] == "no-store"
         r = await c.login("alice@example.com", "wrong password")
         assert r.status_code == 401
@@ -194,7 +195,7 @@ async def test_csrf_bootstrap_wrong_password_then_right(api: Api) -> None:
         assert body["authenticated"] is True and body["factors"] == ["password"]
         assert body["tenant_id"] is None
         # The session id rotated and the token with it; the body carries the new one.
-        assert body["csrf_token"] == c.http.cookies["axess.csrf"]
+        assert body["csrf_token"] == c.http.cookies[CSRF_COOKIE]
         r = await c.get("/auth/me")
         assert r.json()["auth_state"] == "authenticated"
         assert r.json()["user_id"] == body["user_id"]
@@ -322,7 +323,7 @@ async def test_session_management_stays_in_the_tenant() -> None:
         for c, tenant in ((acme, "acme"), (globex, "globex")):
             await c.bootstrap()
             assert (await c.post(f"/sso/{tenant}/42")).status_code == 200
-            c.token = c.http.cookies["axess.csrf"]
+            c.token = c.http.cookies[CSRF_COOKIE]
         mine = (await acme.get("/auth/sessions")).json()["sessions"]
         assert [s["current"] for s in mine] == [True]
         theirs = (await globex.get("/auth/sessions")).json()["sessions"]
@@ -548,7 +549,7 @@ async def test_list_and_revoke_another_session(api: Api) -> None:
         for info in await api.auth.list_sessions(uid):
             assert info.storage_key not in r.text
         for client in (laptop, phone):
-            assert client.http.cookies["axess.sid"] not in r.text
+            assert client.http.cookies[SESSION_COOKIE] not in r.text
 
         r = await laptop.send("DELETE", f"/auth/sessions/{other['handle']}")
         assert r.status_code == 200

@@ -11,7 +11,7 @@ would refuse to send):
   ``/healthz``, on the memory store with an audit pipeline.
 
 Requests get random methods, paths, headers (Cookie with random and forged
-``axess.sid`` / ``axess.csrf`` values as well as live ones, huge User-Agent,
+session / CSRF cookie values as well as live ones, huge User-Agent,
 Forwarded, X-Forwarded-For, Origin, Sec-Fetch-Site, Content-Type…) and
 bodies (form, JSON with lone surrogates, deep nesting and huge numbers,
 multipart well-formed and broken, binary, over the limits, many fields).
@@ -249,8 +249,13 @@ class Surface:
     login_paths: tuple[str, ...] = ()
     login_fields: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, auth: Axess) -> None:
         self.app = app
+        # The cookie names the app resolved (the demo serves plain http: no
+        # __Host- prefix; the full app the __Host- defaults).
+        self.sid_cookie = auth.session_config.resolved_cookie_name
+        assert auth.csrf_config is not None
+        self.csrf_cookie = auth.csrf_config.resolved_cookie_name
         self.hits = instrument(app)
         self.values: dict[bytes, bytes] = {}
         self.homes: dict[int, str] = {}
@@ -260,7 +265,7 @@ class Surface:
 
     # placeholders
     def cookie(self, i: int) -> str:
-        return f"axess.csrf=@csrf{i}@; axess.sid=@sid{i}@"
+        return f"{self.csrf_cookie}=@csrf{i}@; {self.sid_cookie}=@sid{i}@"
 
     def token(self, i: int) -> str:
         return token_placeholder(i)
@@ -285,8 +290,8 @@ class Surface:
         return (ip, 40000), []
 
     def remember(self, i: int, jar: dict[str, str], token: str, ip: str) -> None:
-        self.values[f"@csrf{i}@".encode()] = jar.get("axess.csrf", "").encode()
-        self.values[f"@sid{i}@".encode()] = jar.get("axess.sid", "").encode()
+        self.values[f"@csrf{i}@".encode()] = jar.get(self.csrf_cookie, "").encode()
+        self.values[f"@sid{i}@".encode()] = jar.get(self.sid_cookie, "").encode()
         self.values[self.token(i).encode()] = token.encode()
         self.homes[i] = ip
 
@@ -322,8 +327,8 @@ class Surface:
 
     def jar(self, i: int) -> dict[str, str]:
         return {
-            "axess.csrf": self.values[f"@csrf{i}@".encode()].decode(),
-            "axess.sid": self.values[f"@sid{i}@".encode()].decode(),
+            self.csrf_cookie: self.values[f"@csrf{i}@".encode()].decode(),
+            self.sid_cookie: self.values[f"@sid{i}@".encode()].decode(),
         }
 
     async def prime(self) -> None:
@@ -438,8 +443,8 @@ def cookie_headers(s: Surface) -> st.SearchStrategy[bytes]:
             st.integers(12, 200),
             st.sampled_from(["A", "-", "_", ".", "=", "\u00e9", " "]),
         ),
-        st.builds(lambda v: f"axess.sid={v}", token_text),
-        st.builds(lambda v: f"axess.csrf={v}", token_text),
+        st.builds(lambda v: f"{s.sid_cookie}={v}", token_text),
+        st.builds(lambda v: f"{s.csrf_cookie}={v}", token_text),
         st.builds(lambda k, v: f"{k}={v}", st.text(max_size=10), st.text(max_size=20)),
     )
     return st.one_of(
@@ -451,7 +456,7 @@ def cookie_headers(s: Surface) -> st.SearchStrategy[bytes]:
             st.sampled_from([";", ",", ";;", " ; "]),
         ),
         raw_values,
-        st.just(b"axess.sid=" + b"A" * 9000),
+        st.just(s.sid_cookie.encode() + b"=" + b"A" * 9000),
     )
 
 
@@ -767,7 +772,7 @@ class Demo(Surface):
     )  # fmt: skip
 
     def __init__(self, demo: Any) -> None:
-        super().__init__(demo.app)
+        super().__init__(demo.app, demo.auth)
         self.users = demo.users
 
     async def sign_in(self, i: int) -> None:
@@ -1063,7 +1068,7 @@ class Full(Surface):
         self.auth = full_app(self.store, self.clock, self.audit, header)
         app = Starlette(routes=full_routes(self.auth))
         self.auth.install(app)
-        super().__init__(app)
+        super().__init__(app, self.auth)
 
     def home(self, ip: str) -> tuple[tuple[str, int], list[tuple[bytes, bytes]]]:
         # Behind the trusted proxy: the address comes in its header.

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from authn_app import Env, enrol_totp, make_env, wrong_codes
+from helpers import DEVICE_COOKIE_NAME
 
 from axess.authn import Lever, Lockout, LockoutPolicy, UserAdmin
-from axess.authn.device import DEVICE_COOKIE
 from axess.authn.lockout import lockout_keys
 from axess.authn.totp import totp
 from axess.stores.base import DEFAULT_TENANT, TenantRecord
@@ -337,7 +337,7 @@ async def test_swapping_device_cookies_between_codes_buys_no_budget(login_store:
         async with env.client() as c:
             r = await c.post("/login", json={"identifier": "mallory", "password": PASSWORD})
             assert r.status_code == 200
-            own_cookies.append(c.cookies[DEVICE_COOKIE])
+            own_cookies.append(c.cookies[DEVICE_COOKIE_NAME])
     async with env.client() as browser:
         r = await browser.post("/login", json={"identifier": "victim", "password": PASSWORD})
         env.clock.advance(30)
@@ -346,13 +346,13 @@ async def test_swapping_device_cookies_between_codes_buys_no_budget(login_store:
         await browser.post("/logout")
         r = await browser.post("/login", json={"identifier": "victim", "password": PASSWORD})
         assert r.json() == {"factor_required": "totp"}  # the holder of browser and password
-        owner_cookie = browser.cookies[DEVICE_COOKIE]
+        owner_cookie = browser.cookies[DEVICE_COOKIE_NAME]
         codes = wrong_codes(secret, env.clock.time())
         statuses = []
         for cookie in [owner_cookie, None, *own_cookies] * 2:
-            browser.cookies.delete(DEVICE_COOKIE)
+            browser.cookies.delete(DEVICE_COOKIE_NAME)
             if cookie is not None:
-                browser.cookies.set(DEVICE_COOKIE, cookie, domain="testserver.local")
+                browser.cookies.set(DEVICE_COOKIE_NAME, cookie, domain="testserver.local")
             for _ in range(THRESHOLD):
                 r = await browser.post("/factor", json={"totp": next(codes)})
                 statuses.append(r.status_code)

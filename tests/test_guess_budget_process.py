@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from axess import Keyring
+from axess import Keyring, SessionConfig
 from axess.authn import PasswordHasher
 from axess.authn.lockout import normalize_identifier
 from axess.authn.totp import TOTPSecretSealer, generate_secret, totp
@@ -30,6 +30,8 @@ from axess.stores.base import DEFAULT_TENANT, UserRecord
 from axess.stores.sql import SQLiteStore
 
 TESTS = Path(__file__).parent
+#: budget_app serves plain http (secure=False): the session cookie has no __Host- prefix.
+SESSION_COOKIE = SessionConfig(secure=False).resolved_cookie_name
 THRESHOLD = 5
 BURST = 200
 
@@ -165,7 +167,7 @@ async def _post(
     body: dict[str, str],
     cookie: str | None = None,
 ) -> httpx.Response:
-    headers = {"Cookie": f"axess.sid={cookie}"} if cookie else {}
+    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {}
     return await client.post(url + path, json=body, headers=headers)
 
 
@@ -193,7 +195,7 @@ async def _code_burst(client: httpx.AsyncClient, workers: Workers, secret: bytes
     body = {"identifier": "second", "password": "correct horse"}
     r = await _post(client, workers.url(0), "/login", body)
     assert r.json() == {"factor_required": "totp"}  # the password took one unit
-    sid = r.cookies["axess.sid"]
+    sid = r.cookies[SESSION_COOKIE]
     now = time.time()
     valid = {totp(secret, now + d * 30) for d in (-2, -1, 0, 1, 2)}
     wrong = [c for c in (f"{i:06d}" for i in range(1000)) if c not in valid][:BURST]

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import CountingStore, client, cookie_of, make_bound_auth
+from helpers import SESSION_COOKIE, CountingStore, client, cookie_of, make_bound_auth
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -96,7 +96,7 @@ async def signed_in(c: httpx.AsyncClient, headers: dict[str, str] = HOME) -> str
     r = await c.post("/login", headers=headers)
     cookie = cookie_of(r)
     assert cookie
-    c.cookies.set("axess.sid", cookie)
+    c.cookies.set(SESSION_COOKIE, cookie)
     # Warm every memo on the path: the next requests are pure hits.
     for _ in range(2):
         assert (await c.get("/read", headers=headers)).json()["user"] == "alice"
@@ -187,11 +187,11 @@ async def test_tiny_memos_bound_memory_and_change_no_answer() -> None:
         for _ in range(2):  # every lookup misses, every insert evicts another client
             for cookie, headers in zip(cookies, clients, strict=True):
                 c.cookies.clear()
-                c.cookies.set("axess.sid", cookie or "")
+                c.cookies.set(SESSION_COOKIE, cookie or "")
                 assert (await c.get("/read", headers=headers)).json()["user"] == "alice"
         # A thief is still caught with a one-entry verdict memo.
         c.cookies.clear()
-        c.cookies.set("axess.sid", cookies[0] or "")
+        c.cookies.set(SESSION_COOKIE, cookies[0] or "")
         r = await c.get("/read", headers={**clients[0], "user-agent": "curl/8.0"})
         assert r.json()["user"] is None
     session_stage = app.middleware_stack
@@ -297,7 +297,7 @@ async def test_reading_small_custom_scalars_parses_nothing(
 
 async def signed_in_prefs(c: httpx.AsyncClient) -> None:
     r = await c.post("/login", headers=HOME)
-    c.cookies.set("axess.sid", cookie_of(r) or "")
+    c.cookies.set(SESSION_COOKIE, cookie_of(r) or "")
     r = await c.post("/prefs", headers=HOME)
     assert r.status_code == 200
 

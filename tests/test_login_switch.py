@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from authn_app import Env, enrol_totp, make_env
+from helpers import SESSION_COOKIE
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -89,10 +90,10 @@ async def test_a_stolen_cookie_dropped_to_a_step_up_reveals_nothing(login_store:
     async with env.client() as victim:
         assert (await _login(victim, "alice")).status_code == 200
         await victim.post("/put?v=ALICE-PRIVATE-TOKEN")
-        stolen = victim.cookies["axess.sid"]
+        stolen = victim.cookies[SESSION_COOKIE]
     async with env.client() as thief:
         thief.headers["user-agent"] = "thief-browser/1.0"
-        thief.cookies.set("axess.sid", stolen, domain="testserver.local")
+        thief.cookies.set(SESSION_COOKIE, stolen, domain="testserver.local")
         seen = (await thief.get("/data")).json()
         assert seen["kind"] == "authenticating"  # dropped to a step-up
         assert (await _login(thief, "mallory")).status_code == 200

@@ -21,7 +21,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from helpers import asgi_request, client, cookie_of, make_app, make_bound_auth
+from helpers import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    asgi_request,
+    client,
+    cookie_of,
+    make_app,
+    make_bound_auth,
+)
 
 from axess import Keyring, MockClock
 from axess._cache import (
@@ -345,7 +353,7 @@ async def test_requests_with_huge_user_agents_leave_no_trace() -> None:
         r = await c.post(
             "/login", params={"user": "alice"}, headers=[forwarded, (b"user-agent", owner)]
         )
-    cookie = (b"cookie", b"axess.sid=" + (cookie_of(r) or "").encode())
+    cookie = (b"cookie", SESSION_COOKIE.encode() + b"=" + (cookie_of(r) or "").encode())
 
     async def burst(start: int, n: int) -> None:
         for i in range(start, start + n):
@@ -394,10 +402,10 @@ async def test_session_cookie_memo() -> None:
     for i in range(memo.capacity):
         value = stage.signer.sign(_sid(i))
         assert await _enter(
-            stage, pad(f"axess.sid={value}; other=", MAX_MEMO_HEADER_BYTES).encode()
+            stage, pad(f"{SESSION_COOKIE}={value}; other=", MAX_MEMO_HEADER_BYTES).encode()
         )
     assert_bounded(memo, "session cookie")
-    huge = f"axess.sid={value}; other=".encode() + b"x" * (60 * KiB)
+    huge = f"{SESSION_COOKIE}={value}; other=".encode() + b"x" * (60 * KiB)
     assert await _enter(stage, huge)
     assert huge not in memo
 
@@ -490,7 +498,7 @@ def test_csrf_cookie_fits_memo() -> None:
     token = stage.tokens.mint(None)
     size = MAX_MEMO_HEADER_BYTES + 64  # what a guest's key leaves of the bound
     for i in range(memo.capacity):
-        header = pad(f"axess.csrf={token}; n={i}; f=", size).encode()
+        header = pad(f"{CSRF_COOKIE}={token}; n={i}; f=", size).encode()
         state = {HEADERS_KEY: {b"cookie": header}, "session": sessions._new_guest()}
         message: dict[str, Any] = {"type": "http.response.start", "headers": []}
         assert stage.on_response_start_now({"type": "http", "state": state}, message)

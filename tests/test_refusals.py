@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from helpers import CountingStore, asgi_request
+from helpers import CSRF_COOKIE, CountingStore, asgi_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -162,7 +162,7 @@ Source = Callable[[Env, httpx.AsyncClient], Awaitable[httpx.Response]]
 
 
 async def csrf_token_missing(env: Env, c: httpx.AsyncClient) -> httpx.Response:
-    return await c.post("/limited", headers={"cookie": "axess.csrf=forged"})
+    return await c.post("/limited", headers={"cookie": f"{CSRF_COOKIE}=forged"})
 
 
 async def csrf_foreign_origin(env: Env, c: httpx.AsyncClient) -> httpx.Response:

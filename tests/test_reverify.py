@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 from authn_app import Env, enrol_totp, make_env
+from helpers import DEVICE_COOKIE_NAME
 
 from axess.authn.lockout import lockout_keys
 from axess.authn.recovery import RecoveryCodeHasher
@@ -66,7 +67,7 @@ async def test_a_burst_from_elsewhere_gets_the_login_budget(login_store: Any) ->
         await _signed_in(env, c)
         # A session used from a browser the account does not trust (a stolen
         # session cookie without the device cookie): the shared user lever.
-        c.cookies.delete("axess.device")
+        c.cookies.delete(DEVICE_COOKIE_NAME)
         checked, statuses, right = await _burst(env, c, THRESHOLD)
         assert checked == THRESHOLD
         assert statuses.count(401) == THRESHOLD
@@ -92,7 +93,7 @@ async def test_a_burst_from_the_trusted_browser_gets_two_levers_budgets(
     await env.add_user("victim")
     async with env.client() as c:
         await _signed_in(env, c)
-        assert "axess.device" in c.cookies
+        assert DEVICE_COOKIE_NAME in c.cookies
         checked, statuses, right = await _burst(env, c, 2 * THRESHOLD)
         assert checked == 2 * THRESHOLD
         assert statuses.count(401) == 2 * THRESHOLD
@@ -144,7 +145,7 @@ async def test_a_correct_password_hands_back_its_unit_and_resets_nothing(
     keys = lockout_keys(DEFAULT_TENANT, "victim", "127.0.0.1")
     async with env.client() as c:
         await _signed_in(env, c)
-        c.cookies.delete("axess.device")  # the shared lever (see the tests above)
+        c.cookies.delete(DEVICE_COOKIE_NAME)  # the shared lever (see the tests above)
         for i in range(THRESHOLD - 2):
             r = await c.post("/reverify", json={"password": f"guess-{i}"})
             assert r.status_code == 401

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from helpers import CSRF_COOKIE, DEVICE_COOKIE_NAME, SESSION_COOKIE
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -201,7 +202,7 @@ class Browser:
     async def post(
         self, path: str, body: Any = None, *, token: str | None = None
     ) -> httpx.Response:
-        sent = token or self.page_token or self.cookie("axess.csrf")
+        sent = token or self.page_token or self.cookie(CSRF_COOKIE)
         headers = {"x-csrf-token": sent} if sent else {}
         return await self.client.post(path, json=body or {}, headers=headers)
 
@@ -225,7 +226,7 @@ class Browser:
         return await self.post("/factor", {"totp": self.site.code(user)}, token=self.csrf())
 
     def csrf(self) -> str | None:
-        return self.cookie("axess.csrf")
+        return self.cookie(CSRF_COOKIE)
 
     async def signed_in_as(self, user: str) -> None:
         r = await self.sign_in(user)
@@ -272,7 +273,7 @@ async def test_rotation_drill(caplog: pytest.LogCaptureFixture) -> None:
     dave_laptop, dave_phone = site.browser(), site.browser()  # device cookies (d1)
     await dave_laptop.signed_in_as("dave")
     await dave_phone.signed_in_as("dave")
-    assert dave_laptop.cookie("axess.device") and dave_phone.cookie("axess.device")
+    assert dave_laptop.cookie(DEVICE_COOKIE_NAME) and dave_phone.cookie(DEVICE_COOKIE_NAME)
     carol = site.browser()  # TOTP user who does not sign in during the grace
     await carol.signed_in_as("carol")
     assert await site.sealed_kid("bob") == await site.sealed_kid("carol") == "e1"
@@ -282,9 +283,9 @@ async def test_rotation_drill(caplog: pytest.LogCaptureFixture) -> None:
     # -- signing: cookies signed by s1 verify and are re-signed with s2 ---------
     keys = promoted(keys, "signing")
     site.deploy(keys)
-    before = {u: b.cookie("axess.sid") for u, b in live.items()}
+    before = {u: b.cookie(SESSION_COOKIE) for u, b in live.items()}
     await everyone_still_works(site, live)
-    assert all(live[u].cookie("axess.sid") != before[u] for u in live)  # re-signed
+    assert all(live[u].cookie(SESSION_COOKIE) != before[u] for u in live)  # re-signed
     assert (await walt.me())["user"] == "walt"
 
     # -- envelope: payloads and TOTP secrets sealed by e1 open; both move to e2 --
@@ -315,7 +316,7 @@ async def test_rotation_drill(caplog: pytest.LogCaptureFixture) -> None:
     page_tokens = {u: b.page_token for u, b in live.items()}
     await everyone_still_works(site, live)
     for user, browser in live.items():
-        assert browser.cookie("axess.csrf") != page_tokens[user]  # re-minted (c2)
+        assert browser.cookie(CSRF_COOKIE) != page_tokens[user]  # re-minted (c2)
     await everyone_still_works(site, live)  # the old page still posts: no 403
     assert m["previous_key_used:csrf"] >= len(live)
 
@@ -323,9 +324,9 @@ async def test_rotation_drill(caplog: pytest.LogCaptureFixture) -> None:
     keys = promoted(keys, "device")
     site.deploy(keys)
     await everyone_still_works(site, live)
-    old_device = dave_laptop.cookie("axess.device")
+    old_device = dave_laptop.cookie(DEVICE_COOKIE_NAME)
     await dave_laptop.signed_in_as("dave")
-    assert dave_laptop.cookie("axess.device") != old_device  # re-signed with d2
+    assert dave_laptop.cookie(DEVICE_COOKIE_NAME) != old_device  # re-signed with d2
 
     # Inside every grace: nobody logged out, locked, refused or mismatched.
     assert m["session_binding_mismatch"] == m["session_invalidated"] == 0
@@ -443,6 +444,6 @@ async def test_csrf_tokens_of_a_guest_must_match_the_cookie_after_a_re_mint() ->
     old = await guest.load_page()
     site.deploy(promoted(keys, "csrf"))
     assert (await guest.post("/write", token=old)).status_code == 200  # c1 still verifies
-    assert guest.cookie("axess.csrf") != old  # the response re-minted it with c2
+    assert guest.cookie(CSRF_COOKIE) != old  # the response re-minted it with c2
     assert (await guest.post("/write", token=old)).status_code == 403
-    assert (await guest.post("/write", token=guest.cookie("axess.csrf"))).status_code == 200
+    assert (await guest.post("/write", token=guest.cookie(CSRF_COOKIE))).status_code == 200

@@ -8,6 +8,7 @@ import asyncio
 
 import httpx
 import pytest
+from helpers import SESSION_COOKIE
 from race_app import BACKENDS, RaceApi, race_api, race_store
 
 from axess import SessionConfig
@@ -29,7 +30,7 @@ def assert_evicted(r: httpx.Response) -> None:
     assert r.status_code == 401, r.text
     assert r.json()["error"] == "unauthenticated"
     assert "max_sessions_per_user" in r.json()["detail"]
-    assert "axess.sid=;" in r.headers["set-cookie"]
+    assert f"{SESSION_COOKIE}=;" in r.headers["set-cookie"]
     assert "Max-Age=0" in r.headers["set-cookie"]
 
 

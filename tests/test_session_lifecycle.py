@@ -8,7 +8,15 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import CountingStore, client, cookie_of, make_app, make_auth
+from helpers import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    CountingStore,
+    client,
+    cookie_of,
+    make_app,
+    make_auth,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -91,7 +99,7 @@ async def test_authentication_rotates_id_and_removes_old_row() -> None:
         assert r.json() == {"user": "alice", "n": 1, "auth": "authenticated"}
         # The pre-login cookie no longer works (fixation).
         c.cookies.clear()
-        c.cookies.set("axess.sid", before)
+        c.cookies.set(SESSION_COOKIE, before)
         assert (await c.get("/read")).json()["user"] is None
 
 
@@ -106,7 +114,7 @@ async def test_logout_deletes_row_and_clears_cookie() -> None:
         assert "Max-Age=0" in r.headers["set-cookie"]
     assert len(store) == 0
     async with client(make_app(auth)) as c:  # replaying the old cookie
-        c.cookies.set("axess.sid", cookie)
+        c.cookies.set(SESSION_COOKIE, cookie)
         assert (await c.get("/read")).json()["user"] is None
 
 
@@ -157,7 +165,7 @@ async def test_save_racing_invalidate_user_does_not_resurrect() -> None:
     async with client(login_app) as c:
         cookie = cookie_of(await c.post("/login?user=alice"))
     async with client(app) as c:
-        c.cookies.set("axess.sid", cookie or "")
+        c.cookies.set(SESSION_COOKIE, cookie or "")
         task = asyncio.create_task(c.post("/slow"))
         await entered.wait()
         assert await auth.invalidate_user("alice") == 1
@@ -188,8 +196,8 @@ async def test_logout_racing_a_rotation_of_its_session_still_logs_out(login_stor
     async with client(app) as c:
         cookie = cookie_of(await c.post("/login?user=alice"))
     async with client(app) as a, client(app) as b:
-        a.cookies.set("axess.sid", cookie or "")
-        b.cookies.set("axess.sid", cookie or "")
+        a.cookies.set(SESSION_COOKIE, cookie or "")
+        b.cookies.set(SESSION_COOKIE, cookie or "")
         logout = asyncio.create_task(a.post("/slow-logout"))
         await loaded.wait()
         successor = cookie_of(await b.post("/regenerate"))
@@ -198,7 +206,7 @@ async def test_logout_racing_a_rotation_of_its_session_still_logs_out(login_stor
         assert (await logout).status_code == 200
     assert await auth.list_sessions("alice") == []
     async with client(app) as c:
-        c.cookies.set("axess.sid", successor)
+        c.cookies.set(SESSION_COOKIE, successor)
         assert (await c.get("/read")).json()["user"] is None
 
 
@@ -302,7 +310,7 @@ async def test_store_outage_guest_mode_leaves_the_csrf_cookie_alone() -> None:
     store: CountingStore = auth.store  # type: ignore[assignment]
     async with client(make_app(auth)) as c:
         r = await c.post("/login?user=alice")
-        token = c.cookies["axess.csrf"]
+        token = c.cookies[CSRF_COOKIE]
         store.down = True
         r = await c.get("/read")
         assert r.status_code == 200 and "set-cookie" not in r.headers
@@ -322,9 +330,9 @@ async def test_max_sessions_per_user_evicts_oldest() -> None:
     listed = await auth.list_sessions("alice")
     assert len(listed) == 2
     async with client(make_app(auth)) as c:
-        c.cookies.set("axess.sid", cookies[0] or "")
+        c.cookies.set(SESSION_COOKIE, cookies[0] or "")
         assert (await c.get("/read")).json()["user"] is None
-        c.cookies.set("axess.sid", cookies[2] or "")
+        c.cookies.set(SESSION_COOKIE, cookies[2] or "")
         assert (await c.get("/read")).json()["user"] == "alice"
 
 
@@ -460,7 +468,7 @@ async def test_request_session_is_the_axess_session() -> None:
     async with client(app) as c:
         r = await c.post("/")
         assert r.json() == {"cart": ["book"], "keys": ["cart", "theme"], "has_theme": True}
-        c.cookies.set("axess.sid", cookie_of(r) or "")
+        c.cookies.set(SESSION_COOKIE, cookie_of(r) or "")
         r = await c.get("/")
         assert r.json() == {"cart": ["book"], "keys": ["cart", "theme"], "has_theme": True}
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from helpers import CSRF_COOKIE
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -187,7 +188,7 @@ class Browser:
         return [_normal(m) for m in sent]
 
     def token(self) -> str:
-        return self.cookies.get("axess.csrf", "")
+        return self.cookies.get(CSRF_COOKIE, "")
 
 
 def _normal(message: dict[str, Any]) -> dict[str, Any]:

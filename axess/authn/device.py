@@ -13,18 +13,27 @@ signed by a previous key is re-signed on the next successful login.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from starlette.requests import HTTPConnection
 
 from axess.clock import Random, SystemRandom
+from axess.errors import ConfigurationError
 from axess.keys import Keyring
-from axess.session.cookie import SessionCookieSigner, find_cookie, new_session_id
+from axess.session.cookie import (
+    SessionCookieSigner,
+    check_cookie_prefix,
+    cookie_values,
+    default_cookie_name,
+    new_session_id,
+)
 from axess.stack import queue_response_headers
 
 logger = logging.getLogger(__name__)
 
+#: The device cookie's name without a prefix: the default when the cookie
+#: cannot carry ``__Host-`` (not Secure, or a path other than ``/``).
 DEVICE_COOKIE: Final = "axess.device"
 _HKDF_INFO: Final = "device-cookie-v1"
 
@@ -32,12 +41,26 @@ _HKDF_INFO: Final = "device-cookie-v1"
 @dataclass(frozen=True, slots=True)
 class DeviceCookieConfig:
     """Cookie attributes of the device cookie. ``max_age`` (seconds) is
-    normally the lockout's ``trusted_origin_ttl``."""
+    normally the lockout's ``trusted_origin_ttl``.
 
-    name: str = DEVICE_COOKIE
+    ``name``: ``""`` (the default) is ``__Host-axess.device`` when the cookie
+    can carry the prefix (``secure`` and ``path="/"``), else ``axess.device``
+    (book: Lockout, "Trusted origins and the device cookie"); the name in use is
+    :attr:`resolved_name`."""
+
+    name: str = ""
     max_age: int = 30 * 86_400
     secure: bool = True
     path: str = "/"
+    #: The cookie name in use, resolved at construction.
+    resolved_name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        name = self.name or default_cookie_name(DEVICE_COOKIE, secure=self.secure, path=self.path)
+        object.__setattr__(self, "resolved_name", name)
+        if any(c in name for c in ' ;,=\t\r\n"') or not name.isascii():
+            raise ConfigurationError(f"invalid device cookie name {name!r}")
+        check_cookie_prefix(name, secure=self.secure, path=self.path)
 
 
 class DeviceCookie:
@@ -51,25 +74,29 @@ class DeviceCookie:
         random: Random | None = None,
     ) -> None:
         self.config = config or DeviceCookieConfig()
-        self._name = self.config.name.encode("latin-1")
+        self._name = self.config.resolved_name.encode("ascii")
         # Read on login attempts only, never on the request hot path: no memo.
         self._signer = SessionCookieSigner(keys, purpose="device", info=_HKDF_INFO)
         self._random = random or SystemRandom()
 
     def read(self, conn: HTTPConnection) -> str | None:
         """The device id of a validly signed device cookie, else ``None``
-        (absent, malformed or forged cookies are all just absent)."""
+        (absent, malformed or forged cookies are all just absent). Of several
+        cookies of the name, the first that verifies: one planted ahead of
+        the browser's own does not hide it (book: Lockout, "Trusted origins
+        and the device cookie")."""
         header = conn.headers.get("cookie")
         if not header:
             return None
         try:
-            raw = find_cookie(header.encode("latin-1"), self._name)
+            raw_header = header.encode("latin-1")
         except UnicodeEncodeError:
             return None
-        if raw is None:
-            return None
-        verified = self._signer.verify(raw)
-        return None if verified is None else verified.session_id
+        for raw in cookie_values(raw_header, self._name):
+            verified = self._signer.verify(raw)
+            if verified is not None:
+                return verified.session_id
+        return None
 
     def new_id(self) -> str:
         return new_session_id(self._random)
@@ -81,7 +108,7 @@ class DeviceCookie:
         if cfg.secure:
             attrs.append("Secure")
         value = self._signer.sign(device_id)
-        return f"{cfg.name}={value}; {'; '.join(attrs)}".encode("latin-1")
+        return f"{cfg.resolved_name}={value}; {'; '.join(attrs)}".encode("latin-1")
 
     def issue(self, conn: HTTPConnection, device_id: str) -> bool:
         """Have the response to ``conn`` set the cookie for ``device_id``.

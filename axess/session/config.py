@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from axess.clock import check_duration
 from axess.errors import ConfigurationError
-from axess.session.cookie import MAX_COOKIE_BYTES
+from axess.session.cookie import MAX_COOKIE_BYTES, check_cookie_prefix, default_cookie_name
 
 OnStoreError = Literal["unavailable", "guest"]
 
@@ -20,7 +20,11 @@ class SessionConfig:
     ``__Host-`` cookie that is not Secure, or ``SameSite=None`` without Secure.
     """
 
-    cookie_name: str = "axess.sid"
+    #: The cookie's name; ``""`` (the default): ``__Host-axess.sid`` when the
+    #: cookie can carry the prefix (Secure, ``path="/"``, no domain), else
+    #: ``axess.sid`` (book: Sessions, "Cookie tossing"). The name in use is
+    #: :attr:`resolved_cookie_name`.
+    cookie_name: str = ""
     #: Absolute lifetime in seconds (from creation; never extended).
     max_age: float = 24 * 3600
     #: Optional inactivity lifetime in seconds (``None`` = off).
@@ -41,9 +45,16 @@ class SessionConfig:
     retry_after: int = 5
     #: Evict the oldest sessions of a user beyond this many at login (None = no cap).
     max_sessions_per_user: int | None = None
+    #: The cookie name in use: ``cookie_name``, or axess's default for these
+    #: attributes when it is ``""`` (resolved at construction, so
+    #: ``dataclasses.replace`` resolves it anew).
+    resolved_cookie_name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        name = self.cookie_name
+        name = self.cookie_name or default_cookie_name(
+            "axess.sid", secure=self.secure, path=self.path, domain=self.domain
+        )
+        object.__setattr__(self, "resolved_cookie_name", name)
         if not name or any(c in name for c in ' ;,=\t\r\n"') or not name.isascii():
             raise ConfigurationError(f"invalid cookie name {name!r}")
         check_duration(self.max_age, "max_age")
@@ -61,10 +72,7 @@ class SessionConfig:
             raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
         if self.same_site == "none" and not self.secure:
             raise ConfigurationError("SameSite=None requires secure=True")
-        if name.startswith(("__Host-", "__Secure-")) and not self.secure:
-            raise ConfigurationError(f"a {name.split('-')[0]}- cookie requires secure=True")
-        if name.startswith("__Host-") and (self.path != "/" or self.domain is not None):
-            raise ConfigurationError("a __Host- cookie requires path='/' and no domain")
+        check_cookie_prefix(name, secure=self.secure, path=self.path, domain=self.domain)
         if not self.path.startswith("/") or any(c in self.path for c in ";\r\n"):
             raise ConfigurationError(f"invalid cookie path {self.path!r}")
         if self.domain is not None and any(c in self.domain for c in " ;,\r\n"):
@@ -83,6 +91,15 @@ class SessionConfig:
         out = []
         if not self.secure:
             out.append("session cookie without Secure (secure=False)")
+        elif (
+            not self.resolved_cookie_name.startswith("__Host-")
+            and self.path == "/"
+            and self.domain is None
+        ):
+            out.append(
+                f"session cookie named {self.resolved_cookie_name!r} without the __Host- "
+                "prefix: a sibling subdomain can plant one (cookie tossing)"
+            )
         if not self.http_only:
             out.append("session cookie readable by scripts (http_only=False)")
         if self.same_site == "none":

@@ -12,12 +12,14 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from itsdangerous import Signer
 
 from axess.clock import Random
+from axess.errors import ConfigurationError
 from axess.keys import Keyring, Purpose
 from axess.stack import join_headers
 
@@ -55,6 +57,10 @@ class VerifiedCookie:
     storage_key: str
     #: True when the signature came from a previous signing key.
     needs_resign: bool
+    #: True when another cookie of the name in the same Cookie header verified
+    #: too (a planted one, or the real one behind it): when this one names no
+    #: live session, the session middleware tries the others.
+    has_others: bool = False
 
 
 class SessionCookieSigner:
@@ -106,15 +112,25 @@ class SessionCookieSigner:
         return None
 
 
-def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
-    """The value of the first cookie called ``name`` in a Cookie header value.
+#: Cookies of one name looked at in one Cookie header. A browser sends
+#: several when a sibling subdomain planted one for the parent domain or a
+#: longer path (book: Sessions, "Cookie tossing"); the rest are ignored, so
+#: a header stuffed with look-alikes costs at most this many checks.
+MAX_SAME_NAME: Final = 8
 
-    Returns ``None`` when absent or when the value exceeds
-    :data:`MAX_COOKIE_BYTES`.
+
+def cookie_values(header: bytes | None, name: bytes) -> Iterator[bytes]:
+    """The values of the cookies called ``name`` in a Cookie header value, in
+    the order sent (at most :data:`MAX_SAME_NAME`).
+
+    Values over :data:`MAX_COOKIE_BYTES` are skipped. Callers take the first
+    value that *verifies*, not the first present: a planted cookie of the
+    same name ahead of the real one must not hide it.
     """
     if header is None:
-        return None
+        return
     needle = name + b"="
+    seen = 0
     start = header.find(needle)
     while start != -1:
         # Only a match at the start of a cookie pair counts: "xaxess.sid="
@@ -125,14 +141,45 @@ def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
             before -= 1
         if before == 0 or header[before - 1] == 0x3B:  # ';'
             end = header.find(b";", start)
-            v = header[start + len(needle) : end if end != -1 else len(header)].strip()
-            if len(v) > MAX_COOKIE_BYTES:
-                return None
-            if len(v) >= 2 and v[0] == v[-1] == 0x22:  # tolerate RFC 6265 quoting
-                v = v[1:-1]
-            return v
-        start = header.find(needle, start + 1)
-    return None
+            if end == -1:
+                end = len(header)
+            v = header[start + len(needle) : end].strip()
+            if len(v) <= MAX_COOKIE_BYTES:
+                if len(v) >= 2 and v[0] == v[-1] == 0x22:  # tolerate RFC 6265 quoting
+                    v = v[1:-1]
+                yield v
+            seen += 1
+            if seen == MAX_SAME_NAME or end == len(header):
+                return
+            start = header.find(needle, end)
+        else:
+            start = header.find(needle, start + 1)
+
+
+def find_cookie(header: bytes | None, name: bytes) -> bytes | None:
+    """The value of the first cookie called ``name`` in a Cookie header value
+    (see :func:`cookie_values`), or ``None``."""
+    return next(cookie_values(header, name), None)
+
+
+def default_cookie_name(base: str, *, secure: bool, path: str, domain: str | None = None) -> str:
+    """``__Host-<base>`` when a cookie with these attributes can carry the
+    prefix (Secure, ``Path=/``, no ``Domain``), else ``base``.
+
+    A ``__Host-`` cookie can only be set by the host itself, so a sibling
+    subdomain cannot plant one for the parent domain ahead of ours (book:
+    Sessions, "Cookie tossing").
+    """
+    return f"__Host-{base}" if secure and path == "/" and domain is None else base
+
+
+def check_cookie_prefix(name: str, *, secure: bool, path: str, domain: str | None = None) -> None:
+    """Raise :class:`ConfigurationError` when ``name``'s prefix asks for
+    attributes the cookie does not have (a browser would refuse to store it)."""
+    if name.startswith(("__Host-", "__Secure-")) and not secure:
+        raise ConfigurationError(f"a {name.split('-')[0]}- cookie requires secure=True")
+    if name.startswith("__Host-") and (path != "/" or domain is not None):
+        raise ConfigurationError("a __Host- cookie requires path='/' and no domain")
 
 
 #: Cookie headers up to this size are remembered by header value (the

@@ -2,11 +2,11 @@
 
 Token = base64url(nonce (16) ‖ HMAC-SHA256(csrf subkey, nonce ‖ binding)[:16])
 where *binding* is the session's storage key, or ``anon`` before the
-session is stored. The token travels in the ``axess.csrf`` cookie (readable
-by scripts) and must come back in the ``X-CSRF-Token`` header or the
-``csrf_token`` form field on unsafe methods. When the session id rotates
-(login, logout) the cookie is re-minted in the same response, so the next
-form works.
+session is stored. The token travels in the CSRF cookie
+(``__Host-axess.csrf`` by default; readable by scripts) and must come back
+in the ``X-CSRF-Token`` header or the ``csrf_token`` form field on unsafe
+methods. When the session id rotates (login, logout) the cookie is re-minted
+in the same response, so the next form works.
 
 Before the token, an unsafe request is checked for where a browser says it
 comes from (``Origin``, ``Sec-Fetch-Site``), with or without cookies: a
@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import html
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -34,7 +34,13 @@ from axess.errors import ConfigurationError
 from axess.keys import Keyring
 from axess.observability.metrics import AuthnMetrics, NoopMetrics
 from axess.refusals import Refusal
-from axess.session.cookie import MAX_MEMO_HEADER_BYTES, STORAGE_KEY_CHARS, find_cookie
+from axess.session.cookie import (
+    MAX_MEMO_HEADER_BYTES,
+    STORAGE_KEY_CHARS,
+    check_cookie_prefix,
+    cookie_values,
+    default_cookie_name,
+)
 from axess.session.data import Guest
 from axess.session.handle import Session
 from axess.stack import (
@@ -68,9 +74,14 @@ _STATE_KEY: Final = "csrf_token"
 class CSRFConfig:
     """CSRF settings. ``exempt_paths``: exact paths, or prefixes ending in
     ``/``, matched against the path the app's router sees (without the
-    ``root_path``)."""
+    ``root_path``).
 
-    cookie_name: str = "axess.csrf"
+    ``cookie_name``: ``""`` (the default) is ``__Host-axess.csrf`` when the
+    cookie can carry the prefix (``secure`` and ``path="/"``), else
+    ``axess.csrf`` (book: CSRF, "Cookie tossing"); the name in use is
+    :attr:`resolved_cookie_name`."""
+
+    cookie_name: str = ""
     header_name: str = "x-csrf-token"
     form_field: str = "csrf_token"
     exempt_paths: tuple[str, ...] = ()
@@ -83,11 +94,19 @@ class CSRFConfig:
     #: (``"https://app.example.com"``): other sites of yours, and your public
     #: origin when a proxy hides it from the app. Normalized at construction.
     allowed_origins: tuple[str, ...] = ()
+    #: The cookie name in use (``cookie_name``, or the default for these
+    #: attributes), resolved at construction.
+    resolved_cookie_name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in (self.cookie_name, self.header_name, self.form_field):
-            if not name or any(c in name for c in ' ;,=\r\n\t"'):
+        cookie = self.cookie_name or default_cookie_name(
+            "axess.csrf", secure=self.secure, path=self.path
+        )
+        object.__setattr__(self, "resolved_cookie_name", cookie)
+        for name in (cookie, self.header_name, self.form_field):
+            if not name or any(c in name for c in ' ;,=\r\n\t"') or not name.isascii():
                 raise ConfigurationError(f"invalid CSRF name {name!r}")
+        check_cookie_prefix(cookie, secure=self.secure, path=self.path)
         if self.same_site not in ("lax", "strict", "none"):
             raise ConfigurationError("same_site must be 'lax', 'strict' or 'none'")
         if self.max_form_bytes < 0:
@@ -223,7 +242,7 @@ def normalize_origin(value: str) -> str | None:
 
 class CSRFMiddleware(Stage):
     """Checks unsafe requests, answers 403 JSON on failure, and keeps the
-    ``axess.csrf`` cookie valid for the session it rides with.
+    CSRF cookie valid for the session it rides with.
 
     Must run inside ``SessionMiddleware`` (``Axess.install`` orders it).
     An unsafe request a browser marks as coming from elsewhere (an ``Origin``
@@ -247,7 +266,7 @@ class CSRFMiddleware(Stage):
         super().__init__(app)
         self.config = config or CSRFConfig()
         self.tokens = CSRFTokens(keys, random, metrics=metrics)
-        self._cookie_name = self.config.cookie_name.encode("latin-1")
+        self._cookie_name = self.config.resolved_cookie_name.encode("ascii")
         # (Cookie header, binding) -> whether the header's token is current
         # for it: the question every response asks, and a returning browser
         # asks it with the same header.
@@ -296,21 +315,32 @@ class CSRFMiddleware(Stage):
         cookie_header = headers.get(b"cookie")
         if cookie_header is None:
             return receive  # no ambient credentials: nothing to forge
-        cookie_token = find_cookie(cookie_header, self._cookie_name)
         submitted = headers.get(self._header)
         if submitted is not None:
             submitted = submitted.strip()
         else:
             submitted, receive = await self._form_token(scope, receive)
-        if not (
-            cookie_token is not None
-            and submitted is not None
-            and self._accepts(submitted, cookie_token, self._session(scope["state"]).csrf_binding)
+        if submitted is None or not self._accepts_any(
+            submitted, cookie_header, self._session(scope["state"]).csrf_binding
         ):
             logger.info("CSRF check failed for %s %s", scope["method"], scope["path"])
             await self.refuse(scope, receive, send, BAD_TOKEN)
             return None
         return receive
+
+    def _accepts_any(self, submitted: bytes, cookie_header: bytes, binding: str | None) -> bool:
+        """The double-submit check against each CSRF cookie in the header.
+
+        Several cookies of the name arrive when a sibling subdomain planted
+        one for the parent domain; the browser sends it first (book: CSRF,
+        "Cookie tossing"). Any of them may match: whoever can plant a cookie
+        could already make it the first, so trying the others gives an
+        attacker nothing and keeps the user's own token working.
+        """
+        return any(
+            self._accepts(submitted, token, binding)
+            for token in cookie_values(cookie_header, self._cookie_name)
+        )
 
     def _accepts(self, submitted: bytes, cookie_token: bytes, binding: str | None) -> bool:
         """The double-submit check: the submitted token is the cookie's and
@@ -399,15 +429,33 @@ class CSRFMiddleware(Stage):
             )
 
     def cookie_token(self, scope: Scope) -> str | None:
-        """The token the browser sent in the CSRF cookie, if any."""
-        raw = find_cookie(request_headers(scope).get(b"cookie"), self._cookie_name)
+        """The token the browser sent in the CSRF cookie, if any: of several
+        cookies of the name, the first current for the request's session."""
+        session = scope.get("state", {}).get("session")
+        binding = session.csrf_binding if isinstance(session, Session) else None
+        raw = self._browser_token(request_headers(scope).get(b"cookie"), binding)
         return raw.decode("latin-1") if raw else None
 
+    def _browser_token(self, header: bytes | None, binding: str | None) -> bytes | None:
+        """The first CSRF cookie in ``header`` current for ``binding``, else
+        the first one sent (``None`` without any): a planted cookie ahead of
+        the browser's own does not hide it (book: CSRF, "Cookie tossing")."""
+        first = None
+        for token in cookie_values(header, self._cookie_name):
+            if self.tokens.current(token, binding):
+                return token
+            if first is None:
+                first = token
+        return first
+
     def _token_fits(self, key: tuple[bytes | None, str | None]) -> bool:
-        """Whether the CSRF cookie in Cookie header ``key[0]`` is current for
+        """Whether a CSRF cookie in Cookie header ``key[0]`` is current for
         binding ``key[1]``."""
         header, binding = key
-        return self.tokens.current(find_cookie(header, self._cookie_name), binding)
+        return any(
+            self.tokens.current(token, binding)
+            for token in cookie_values(header, self._cookie_name)
+        )
 
     async def on_response_start(self, scope: Scope, message: Message, send: Send) -> bool:
         return self.on_response_start_now(scope, message)
@@ -426,7 +474,7 @@ class CSRFMiddleware(Stage):
         # The usual answer: the browser's token still fits the session.
         if not asked and self._fits[(header, committed)]:
             return True
-        current = find_cookie(header, self._cookie_name)
+        current = self._browser_token(header, committed)
         set_cookie = self._remint(
             state,
             current.decode("latin-1") if current else None,
@@ -476,7 +524,10 @@ class CSRFMiddleware(Stage):
             return None
         if token == current:
             return None
-        return (b"set-cookie", f"{self.config.cookie_name}={token}; {self._attrs}".encode())
+        return (
+            b"set-cookie",
+            f"{self.config.resolved_cookie_name}={token}; {self._attrs}".encode(),
+        )
 
     async def _form_token(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Receive]:
         """Read the body (bounded) for the form field; returns a receive that replays it."""

@@ -4,6 +4,7 @@ response starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any, Final, NamedTuple
@@ -26,7 +27,7 @@ from axess.session.cookie import (
     STORAGE_KEY_CHARS,
     SessionCookieSigner,
     VerifiedCookie,
-    find_cookie,
+    cookie_values,
     storage_key,
 )
 from axess.session.envelope import SessionCrypto
@@ -122,7 +123,7 @@ class SessionMiddleware(Stage):
             random=self.random,
             on_previous_key=self.metrics.session_decrypted_with_previous_key,
         )
-        self._cookie_name = self.config.cookie_name.encode("latin-1")
+        self._cookie_name = self.config.resolved_cookie_name.encode("ascii")
         # Cookie header -> (the session cookie in it if verified, had one?):
         # a returning browser sends the same header on every request, and
         # the answer is a pure function of the header bytes and the keyring.
@@ -161,6 +162,8 @@ class SessionMiddleware(Stage):
                 return False
             if isinstance(found, NotNow):
                 return False
+            if found is None and verified.has_others:
+                return False  # another cookie of the name may name a live session
             record = found
         session = self._session_for(verified, had_cookie, record, now)
         if isinstance(session, _Expired):
@@ -180,23 +183,28 @@ class SessionMiddleware(Stage):
 
     async def enter(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         state = scope["state"]
-        verified, had_cookie = self._cookies[state[HEADERS_KEY].get(b"cookie")]
+        header = state[HEADERS_KEY].get(b"cookie")
+        verified, had_cookie = self._cookies[header]
         now = self.clock.time()
         record = None
-        if verified is not None:
-            try:
+        try:
+            if verified is not None:
                 record = await self.store.load_session(verified.storage_key, now)
-            except StoreError:
-                if self.config.on_store_error != "guest":
-                    await self._unavailable(scope, send)
-                    return None
-                # A guest stands in; the cookie still names a session that
-                # may be fine once the store is back: it is not cleared.
-                stand_in = self._new_guest(now)
-                stand_in.stand_in = stand_in.had_cookie = True
-                state["session"] = scope["session"] = stand_in
-                return receive
-        session = self._session_for(verified, had_cookie, record, now)
+            session = self._session_for(verified, had_cookie, record, now)
+            if verified is not None and verified.has_others and not _is_stored(session):
+                other = await self._other_session(header, verified, now)
+                if other is not None:  # (not "or": an empty Session is falsy)
+                    session = other
+        except StoreError:
+            if self.config.on_store_error != "guest":
+                await self._unavailable(scope, send)
+                return None
+            # A guest stands in; the cookie still names a session that
+            # may be fine once the store is back: it is not cleared.
+            stand_in = self._new_guest(now)
+            stand_in.stand_in = stand_in.had_cookie = True
+            state["session"] = scope["session"] = stand_in
+            return receive
         if isinstance(session, _Expired):  # delete the row, start a guest
             try:
                 await self._expire(session, scope)
@@ -280,15 +288,48 @@ class SessionMiddleware(Stage):
         return Session(self, d.SessionData(created_at=now, last_seen_at=now))
 
     def _read_cookie(self, header: bytes | None) -> tuple[VerifiedCookie | None, bool]:
-        """(the session cookie in ``header`` if its signature verifies, whether
-        ``header`` holds a session cookie at all)."""
-        raw = find_cookie(header, self._cookie_name)
-        if raw is None:
-            return None, False
-        verified = self.signer.verify(raw)
-        if verified is None:
+        """(the first session cookie in ``header`` whose signature verifies,
+        whether ``header`` holds a session cookie at all).
+
+        Not simply the first one sent: a sibling subdomain can plant a cookie
+        of the same name for the parent domain that the browser sends ahead
+        of ours. Taking it would make the user a guest, and clearing "their"
+        cookie would delete the real one (book: Sessions, "Cookie tossing").
+        """
+        had_cookie = False
+        first = None
+        for raw in cookie_values(header, self._cookie_name):
+            had_cookie = True
+            verified = self.signer.verify(raw)
+            if verified is None:
+                continue
+            if first is None:
+                first = verified
+            elif verified.storage_key != first.storage_key:
+                return dataclasses.replace(first, has_others=True), True
+        if first is None and had_cookie:
             logger.debug("session cookie rejected (format or signature)")
-        return verified, True
+        return first, had_cookie
+
+    async def _other_session(
+        self, header: bytes | None, first: VerifiedCookie, now: float
+    ) -> Session | None:
+        """The live session of the first *other* cookie of the name in
+        ``header`` that verifies, when ``first`` (the first that verified)
+        names none: a planted cookie that once was valid (the attacker's own,
+        logged out since) must not hide the user's cookie sent after it, nor
+        have the response clear it (book: Sessions, "Cookie tossing")."""
+        for raw in cookie_values(header, self._cookie_name):
+            verified = self.signer.verify(raw)
+            if verified is None or verified.storage_key == first.storage_key:
+                continue
+            record = await self.store.load_session(verified.storage_key, now)
+            if record is not None:
+                session = self._session_for(verified, True, record, now)
+                if _is_stored(session):
+                    assert isinstance(session, Session)
+                    return session
+        return None
 
     def _open_payload(self, key: tuple[str, bytes]) -> _Opened | None:
         """The session data sealed in ``key``'s payload, its custom-data JSON
@@ -606,12 +647,12 @@ class SessionMiddleware(Stage):
         remaining = max(0, math.floor(data.created_at + self.config.max_age - now))
         value = self.signer.sign(sid)
         return (
-            f"{self.config.cookie_name}={value}; Max-Age={remaining}; {self._cookie_attrs}".encode()
-        )
+            f"{self.config.resolved_cookie_name}={value}; Max-Age={remaining}; {self._cookie_attrs}"
+        ).encode()
 
     def _clear_cookie(self) -> bytes:
         return (
-            f"{self.config.cookie_name}=; Max-Age=0; "
+            f"{self.config.resolved_cookie_name}=; Max-Age=0; "
             f"Expires=Thu, 01 Jan 1970 00:00:00 GMT; {self._cookie_attrs}"
         ).encode()
 
@@ -687,6 +728,12 @@ _UA_SUMMARY_CHARS: Final = 120
 
 #: Longest User-Agent passed on in session events (the audit field's cap).
 _UA_EVENT_CHARS: Final = 512
+
+
+def _is_stored(session: Session | _Expired) -> bool:
+    """Whether ``session`` is a live stored session (not expired, not a guest
+    standing in for a cookie that names nothing)."""
+    return isinstance(session, Session) and session.persisted_sid is not None
 
 
 def _client(scope: Scope) -> tuple[str | None, bytes | None]:
